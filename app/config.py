@@ -1,0 +1,98 @@
+"""One Settings object for the whole service; unsafe values fail at start-up, not at first use."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = Field(
+        default="production", alias="MAILSYNC_ENV"
+    )
+
+    database_url: str = Field(
+        default="postgresql+asyncpg://postgres@localhost:5432/mailsync", alias="DATABASE_URL"
+    )
+    redis_url: str = Field(default="redis://localhost:6379/0", alias="REDIS_URL")
+    token_encryption_keys: str = Field(default="", alias="TOKEN_ENCRYPTION_KEYS")
+
+    auth_jwt_secret: str = Field(default="", alias="AUTH_JWT_SECRET")
+    auth_jwks_url: str = Field(default="", alias="AUTH_JWKS_URL")
+    auth_jwt_audience: str = Field(default="", alias="AUTH_JWT_AUDIENCE")
+    auth_jwt_issuer: str = Field(default="", alias="AUTH_JWT_ISSUER")
+
+    public_base_url: str = Field(default="http://localhost:8000", alias="PUBLIC_BASE_URL")
+
+    microsoft_client_id: str = Field(default="", alias="MICROSOFT_CLIENT_ID")
+    microsoft_client_secret: str = Field(default="", alias="MICROSOFT_CLIENT_SECRET")
+    microsoft_authority_host: str = Field(
+        default="https://login.microsoftonline.com", alias="MICROSOFT_AUTHORITY_HOST"
+    )
+    microsoft_tenant: str = Field(default="common", alias="MICROSOFT_TENANT")
+    graph_base_url: str = Field(default="https://graph.microsoft.com/v1.0", alias="GRAPH_BASE_URL")
+
+    google_client_id: str = Field(default="", alias="GOOGLE_CLIENT_ID")
+    google_client_secret: str = Field(default="", alias="GOOGLE_CLIENT_SECRET")
+    google_token_url: str = Field(
+        default="https://oauth2.googleapis.com/token", alias="GOOGLE_TOKEN_URL"
+    )
+    gmail_base_url: str = Field(default="https://gmail.googleapis.com", alias="GMAIL_BASE_URL")
+    gmail_pubsub_topic: str = Field(default="", alias="GMAIL_PUBSUB_TOPIC")
+    google_push_audience: str = Field(default="", alias="GOOGLE_PUSH_AUDIENCE")
+    google_push_certs_url: str = Field(
+        default="https://www.googleapis.com/oauth2/v3/certs", alias="GOOGLE_PUSH_CERTS_URL"
+    )
+    google_push_service_account: str = Field(default="", alias="GOOGLE_PUSH_SERVICE_ACCOUNT")
+    # Google documents 250 units per user per second as a moving average.
+    gmail_quota_units_per_second: float = Field(default=250.0, alias="GMAIL_QUOTA_UNITS_PER_SECOND")
+    # Graph allows four concurrent requests per mailbox, across every client of the app.
+    graph_max_concurrency: int = Field(default=4, alias="GRAPH_MAX_CONCURRENCY")
+
+    # Engine tuning: a job does a bounded slice of work, then enqueues its continuation.
+    sync_interval_seconds: int = Field(default=900, alias="SYNC_INTERVAL_SECONDS")
+    sync_slice_seconds: float = Field(default=20.0, alias="SYNC_SLICE_SECONDS")
+    sync_slice_pages: int = Field(default=50, alias="SYNC_SLICE_PAGES")
+    lease_seconds: int = Field(default=60, alias="LEASE_SECONDS")
+    job_timeout_seconds: int = Field(default=120, alias="JOB_TIMEOUT_SECONDS")
+    token_refresh_margin_seconds: int = Field(default=300, alias="TOKEN_REFRESH_MARGIN_SECONDS")
+    max_transient_retries: int = Field(default=8, alias="MAX_TRANSIENT_RETRIES")
+    scheduler_batch: int = Field(default=500, alias="SCHEDULER_BATCH")
+    worker_max_jobs: int = Field(default=10, alias="WORKER_MAX_JOBS")
+
+    @property
+    def is_development(self) -> bool:
+        return self.environment in ("development", "test")
+
+    @property
+    def encryption_keys(self) -> list[str]:
+        return [k.strip() for k in self.token_encryption_keys.split(",") if k.strip()]
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        if self.is_development:
+            return self
+        missing: list[str] = []
+        if not self.encryption_keys:
+            missing.append("TOKEN_ENCRYPTION_KEYS")
+        if not self.auth_jwt_secret and not self.auth_jwks_url:
+            missing.append("AUTH_JWT_SECRET or AUTH_JWKS_URL")
+        if missing:
+            raise ValueError(
+                "refusing to start outside development without "
+                + ", ".join(missing)
+                + " (set MAILSYNC_ENV=development for local use)"
+            )
+        if self.auth_jwt_secret and len(self.auth_jwt_secret) < 32:
+            raise ValueError("AUTH_JWT_SECRET must be at least 32 characters outside development")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

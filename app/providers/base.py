@@ -1,0 +1,228 @@
+"""The contract between the provider-agnostic engine and each mail provider.
+
+A provider turns a provider's API into pages of normalized changes. It never touches the
+database, the queue or the HTTP API: everything it needs arrives through `SyncContext`,
+and everything it learns leaves as return values or as one of the errors below, which the
+engine maps onto retries and mailbox status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol, runtime_checkable
+
+ProviderName = Literal["google", "microsoft"]
+
+# ---------------------------------------------------------------------------
+# Error taxonomy. The engine decides what happens next from the class alone.
+# ---------------------------------------------------------------------------
+
+
+class ProviderError(Exception):
+    """Base of every error a provider raises on purpose."""
+
+
+class TransientError(ProviderError):
+    """Network trouble or a 5xx: try again later, with backoff."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ThrottledError(TransientError):
+    """429/503 or a quota error: wait at least `retry_after` seconds when the provider says so."""
+
+
+class AccessTokenRejected(ProviderError):
+    """The provider answered 401 for the access token; the engine refreshes once and retries."""
+
+
+class AuthExpiredError(ProviderError):
+    """The grant itself is gone (`invalid_grant`, revoked consent): only a reconnect helps.
+
+    `message` is shown to the user as `last_error`, so it carries the provider's own code
+    (an AADSTS number, Google's error description) and never a token.
+    """
+
+
+class CursorInvalidError(ProviderError):
+    """The stored cursor is dead (Graph 410 syncStateNotFound, Gmail history 404)."""
+
+
+class PermanentError(ProviderError):
+    """A request the provider will never accept; the mailbox goes to `error` with the reason."""
+
+
+# ---------------------------------------------------------------------------
+# Values exchanged with the engine.
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSet:
+    access_token: str
+    expires_at: datetime
+    # None when the provider did not rotate it (keep the stored one).
+    refresh_token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """Who the mailbox is at the provider. Never holds a secret."""
+
+    provider: ProviderName
+    mailbox_id: str
+    email: str | None = None
+    # "delegated": a user's OAuth grant; "application": Microsoft client-credentials (app-only).
+    auth_mode: Literal["delegated", "application"] = "delegated"
+    tenant_id: str | None = None
+    # The provider's id for the user (Graph user id for app-only; Gmail "me" otherwise).
+    provider_user_id: str | None = None
+
+
+@dataclass(slots=True)
+class NormalizedMessage:
+    provider_message_id: str
+    thread_id: str | None = None
+    internet_message_id: str | None = None
+    subject: str | None = None
+    from_: str | None = None
+    to: list[str] = field(default_factory=list)
+    cc: list[str] = field(default_factory=list)
+    bcc: list[str] = field(default_factory=list)
+    snippet: str | None = None
+    received_at: datetime | None = None
+    labels: list[str] = field(default_factory=list)
+    is_read: bool = False
+    has_attachments: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LabelChange:
+    """A partial update: only labels and read state changed (Gmail labelsAdded/Removed)."""
+
+    provider_message_id: str
+    add: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """One independently cursored sequence of changes: a Graph folder, the Gmail mailbox."""
+
+    key: str
+    name: str
+    total_estimate: int | None = None
+    # Labels every message of this stream carries (INBOX for the Inbox folder, …).
+    labels: tuple[str, ...] = ()
+
+
+Cursor = dict[str, Any]
+
+
+@dataclass(slots=True)
+class Page:
+    """What one fetch produced. The engine commits all of it, with `cursor`, in one transaction."""
+
+    upserts: list[NormalizedMessage] = field(default_factory=list)
+    # Provider ids that left this stream. Scoped to the stream: a message that moved to
+    # another folder and was already written there is not deleted by the old folder's entry.
+    deletes: list[str] = field(default_factory=list)
+    label_changes: list[LabelChange] = field(default_factory=list)
+    # The cursor to store once this page is committed; resuming from it must never skip work.
+    cursor: Cursor = field(default_factory=dict)
+    # True when the stream has caught up (a deltaLink, the end of history).
+    caught_up: bool = False
+    # True when this page ends a full enumeration started from an empty cursor: the engine
+    # then removes rows of this stream that the enumeration did not see.
+    full_sync_complete: bool = False
+    total_estimate: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A push channel at the provider (Graph subscription, Gmail watch)."""
+
+    subscription_id: str
+    expires_at: datetime
+    # Graph clientState; the engine stores it encrypted.
+    client_state: str | None = None
+    resource: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderLimits:
+    """A provider's documented per-mailbox limits, enforced across all workers by the engine."""
+
+    max_concurrency: int | None = None
+    units_per_second: float | None = None
+
+
+class RateGate(Protocol):
+    """Per-mailbox limits shared by every worker (Graph concurrency, Gmail quota units)."""
+
+    def request(self, cost: int = 1) -> AbstractAsyncContextManager[None]:
+        """Hold one concurrent-request slot and spend `cost` quota units for one request."""
+
+    async def pause(self, seconds: float) -> None:
+        """Tell every worker to send nothing for this mailbox for `seconds` (Retry-After)."""
+
+
+@dataclass(slots=True)
+class SyncContext:
+    account: Account
+    # Returns a currently valid access token; refreshes it when it is near expiry.
+    # Providers call it for every request and never keep the result, so a token that
+    # expires during a long sync is never sent.
+    access_token: Callable[[], Awaitable[str]]
+    gate: RateGate
+
+
+@runtime_checkable
+class MailProvider(Protocol):
+    name: ProviderName
+
+    def limits(self) -> ProviderLimits:
+        """Per-mailbox limits the engine's RateGate must keep."""
+
+    async def refresh_token(self, account: Account, refresh_token: str | None) -> TokenSet:
+        """Exchange the refresh token (or client credentials for app-only) for a new TokenSet.
+
+        Raises AuthExpiredError for `invalid_grant`, TransientError for network trouble.
+        """
+
+    async def list_streams(self, ctx: SyncContext) -> Sequence[StreamInfo]:
+        """The streams to sync now, with totals for progress."""
+
+    async def fetch_page(self, ctx: SyncContext, stream: StreamInfo, cursor: Cursor | None) -> Page:
+        """One page of changes after `cursor`; None starts a full enumeration of the stream."""
+
+    async def subscribe(self, ctx: SyncContext) -> Subscription | None:
+        """Create the push channel; None when push is not configured."""
+
+    async def renew(self, ctx: SyncContext, subscription: Subscription) -> Subscription:
+        """Extend it; raises CursorInvalidError-free ProviderError subclasses only."""
+
+    async def unsubscribe(self, ctx: SyncContext, subscription: Subscription) -> None:
+        """Remove it; a channel the provider no longer knows is not an error."""
+
+
+class SubscriptionGone(ProviderError):
+    """Renewal found the subscription deleted at the provider: create a new one."""
+
+
+async def aiter_pages(
+    provider: MailProvider, ctx: SyncContext, stream: StreamInfo, cursor: Cursor | None
+) -> AsyncIterator[Page]:
+    """Follow a stream until it catches up. Tests and benchmarks use it; the engine pages itself."""
+    while True:
+        page = await provider.fetch_page(ctx, stream, cursor)
+        yield page
+        cursor = page.cursor
+        if page.caught_up:
+            return

@@ -1,0 +1,149 @@
+"""State shared by every simulated provider: fault switches, latency and counters.
+
+Providers' documented limits (Graph's four concurrent requests, Gmail's quota units) live
+in their own packages; what is common is here: how a request is admitted (latency, random
+throttling, Retry-After bookkeeping) and what is counted about it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class FaultSettings(BaseModel):
+    """Switches set through `/_sim/faults`; all off by default."""
+
+    latency_ms: float = Field(default=0.0, ge=0)
+    # Probability that a provider API request is answered 429 (with Retry-After).
+    throttle_rate: float = Field(default=0.0, ge=0, le=1)
+    # Probability that a provider API request is answered 503 (with Retry-After).
+    unavailable_rate: float = Field(default=0.0, ge=0, le=1)
+    retry_after_seconds: float = Field(default=1.0, ge=0)
+    # Gmail per-user quota enforcement (units per second, moving average); 0 turns it off.
+    gmail_quota_units_per_second: float = Field(default=250.0, ge=0)
+    # Gmail history retention: a startHistoryId older than this many history records → 404.
+    gmail_history_retention: int = Field(default=100_000, ge=1)
+    # Graph concurrent requests per mailbox before a 429.
+    graph_max_concurrency: int = Field(default=4, ge=1)
+    seed: int | None = None
+
+
+@dataclass
+class AccountCounters:
+    requests: int = 0
+    throttled: int = 0
+    token_refreshes: int = 0
+    concurrency_peak: int = 0
+    retry_after_violations: int = 0
+    in_flight: int = 0
+    quota_units: int = 0
+
+
+@dataclass
+class Counters:
+    accounts: dict[str, AccountCounters] = field(default_factory=lambda: defaultdict(AccountCounters))
+    token_requests: int = 0
+
+    def for_account(self, account: str) -> AccountCounters:
+        return self.accounts[account]
+
+    def snapshot(self) -> dict[str, Any]:
+        totals = AccountCounters()
+        for c in self.accounts.values():
+            totals.requests += c.requests
+            totals.throttled += c.throttled
+            totals.token_refreshes += c.token_refreshes
+            totals.concurrency_peak = max(totals.concurrency_peak, c.concurrency_peak)
+            totals.retry_after_violations += c.retry_after_violations
+            totals.quota_units += c.quota_units
+        return {
+            "token_requests": self.token_requests,
+            "totals": asdict(totals),
+            "accounts": {k: asdict(v) for k, v in self.accounts.items()},
+        }
+
+
+class Throttled(Exception):
+    """Raised by `admit` when the request must be answered 429/503 with Retry-After."""
+
+    def __init__(self, status: int, retry_after: float, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.retry_after = retry_after
+        self.reason = reason
+
+
+class SimulatorCore:
+    """Holds fault settings and counters; one instance per simulator process."""
+
+    def __init__(self, faults: FaultSettings | None = None) -> None:
+        self.faults = faults or FaultSettings()
+        self.counters = Counters()
+        self._rng = random.Random(self.faults.seed)
+        # account -> monotonic time before which the client was told not to come back
+        self._retry_after_until: dict[str, float] = {}
+
+    def set_faults(self, faults: FaultSettings) -> None:
+        self.faults = faults
+        self._rng = random.Random(faults.seed)
+
+    def reset_counters(self) -> None:
+        self.counters = Counters()
+        self._retry_after_until.clear()
+
+    def told_to_wait(self, account: str, seconds: float) -> None:
+        """Remember a Retry-After we sent, to count clients that come back too early."""
+        until = time.monotonic() + seconds
+        self._retry_after_until[account] = max(self._retry_after_until.get(account, 0.0), until)
+
+    @asynccontextmanager
+    async def admit(self, account: str, *, max_concurrency: int | None = None) -> AsyncIterator[
+        AccountCounters
+    ]:
+        """Admit one provider API request for `account`, or raise Throttled.
+
+        Counts the request, a Retry-After violation (a request that arrives before the
+        Retry-After it was given), concurrency, random 429/503, and applies latency while
+        the request is in flight so concurrency is observable.
+        """
+        c = self.counters.for_account(account)
+        c.requests += 1
+        now = time.monotonic()
+        until = self._retry_after_until.get(account)
+        if until is not None:
+            # A small tolerance for clock granularity between client and server.
+            if now < until - 0.05:
+                c.retry_after_violations += 1
+            else:
+                del self._retry_after_until[account]
+        if max_concurrency is not None and c.in_flight >= max_concurrency:
+            c.throttled += 1
+            wait = max(self.faults.retry_after_seconds, 0.0)
+            self.told_to_wait(account, wait)
+            raise Throttled(429, wait, "too many concurrent requests")
+        roll = self._rng.random()
+        if roll < self.faults.throttle_rate:
+            c.throttled += 1
+            self.told_to_wait(account, self.faults.retry_after_seconds)
+            raise Throttled(429, self.faults.retry_after_seconds, "throttled")
+        if roll < self.faults.throttle_rate + self.faults.unavailable_rate:
+            c.throttled += 1
+            self.told_to_wait(account, self.faults.retry_after_seconds)
+            raise Throttled(503, self.faults.retry_after_seconds, "service unavailable")
+        c.in_flight += 1
+        c.concurrency_peak = max(c.concurrency_peak, c.in_flight)
+        try:
+            if self.faults.latency_ms:
+                await asyncio.sleep(self.faults.latency_ms / 1000)
+            yield c
+        finally:
+            c.in_flight -= 1

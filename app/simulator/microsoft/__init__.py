@@ -1,0 +1,11 @@
+"""Simulated microsoft endpoints (filled in by the microsoft simulator work)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.simulator.app import Simulator
+
+
+def build_routers(sim: Simulator) -> list[APIRouter]:
+    return []
