@@ -12,31 +12,165 @@ import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-_FIRST = (
-    "Ada Alan Grace Linus Margaret Ken Barbara Dennis Radia Donald Frances Edsger Hedy "
-    "Tim Katherine Vint Shafi John Leslie Sophie Annie Guido Yukihiro Bjarne Anders Rob "
-    "Joan Niklaus Jean Carol Ivan Lynn Fernando Mary Steve Evelyn Martin Ruth Claude"
-).split()
-_LAST = (
-    "Lovelace Turing Hopper Torvalds Hamilton Thompson Liskov Ritchie Perlman Knuth Allen "
-    "Dijkstra Lamarr Berners-Lee Johnson Cerf Goldwasser McCarthy Lamport Wilson Easley "
-    "Rossum Matsumoto Stroustrup Hejlsberg Pike Clarke Wirth Sammet Sutherland Conway "
-    "Corbato Shaw Wozniak Boyd Hellman Bernard Shannon Kahan Fox"
-).split()
+_FIRST = [
+    "Ada",
+    "Alan",
+    "Grace",
+    "Linus",
+    "Margaret",
+    "Ken",
+    "Barbara",
+    "Dennis",
+    "Radia",
+    "Donald",
+    "Frances",
+    "Edsger",
+    "Hedy",
+    "Tim",
+    "Katherine",
+    "Vint",
+    "Shafi",
+    "John",
+    "Leslie",
+    "Sophie",
+    "Annie",
+    "Guido",
+    "Yukihiro",
+    "Bjarne",
+    "Anders",
+    "Rob",
+    "Joan",
+    "Niklaus",
+    "Jean",
+    "Carol",
+    "Ivan",
+    "Lynn",
+    "Fernando",
+    "Mary",
+    "Steve",
+    "Evelyn",
+    "Martin",
+    "Ruth",
+    "Claude",
+]
+_LAST = [
+    "Lovelace",
+    "Turing",
+    "Hopper",
+    "Torvalds",
+    "Hamilton",
+    "Thompson",
+    "Liskov",
+    "Ritchie",
+    "Perlman",
+    "Knuth",
+    "Allen",
+    "Dijkstra",
+    "Lamarr",
+    "Berners-Lee",
+    "Johnson",
+    "Cerf",
+    "Goldwasser",
+    "McCarthy",
+    "Lamport",
+    "Wilson",
+    "Easley",
+    "Rossum",
+    "Matsumoto",
+    "Stroustrup",
+    "Hejlsberg",
+    "Pike",
+    "Clarke",
+    "Wirth",
+    "Sammet",
+    "Sutherland",
+    "Conway",
+    "Corbato",
+    "Shaw",
+    "Wozniak",
+    "Boyd",
+    "Hellman",
+    "Bernard",
+    "Shannon",
+    "Kahan",
+    "Fox",
+]
 _DOMAINS = ("example.com", "example.org", "contoso.com", "fabrikam.net", "acme.io", "initech.biz")
 _TOPICS = (
-    "Quarterly report", "Lunch on Friday?", "Re: contract draft", "Invoice", "Build failed on main",
-    "Offsite agenda", "Your order has shipped", "Design review notes", "Welcome aboard",
-    "Meeting moved to 3pm", "Security alert", "Travel itinerary", "Weekly digest",
-    "Customer escalation", "Hiring loop feedback", "Release candidate", "Budget approval",
-    "Conference talk accepted", "Password reset", "Happy birthday!",
+    "Quarterly report",
+    "Lunch on Friday?",
+    "Re: contract draft",
+    "Invoice",
+    "Build failed on main",
+    "Offsite agenda",
+    "Your order has shipped",
+    "Design review notes",
+    "Welcome aboard",
+    "Meeting moved to 3pm",
+    "Security alert",
+    "Travel itinerary",
+    "Weekly digest",
+    "Customer escalation",
+    "Hiring loop feedback",
+    "Release candidate",
+    "Budget approval",
+    "Conference talk accepted",
+    "Password reset",
+    "Happy birthday!",
 )
-_SNIPPET_WORDS = (
-    "please find attached the latest numbers and let me know if anything looks off before we "
-    "send it to the wider team tomorrow morning thanks again for the quick turnaround on this "
-    "one we should sync about next steps when you have a minute"
-).split()
-CATEGORIES = ("Blue category", "Green category", "Orange category", "Purple category", "Red category")
+_SNIPPET_WORDS = [
+    "please",
+    "find",
+    "attached",
+    "the",
+    "latest",
+    "numbers",
+    "and",
+    "let",
+    "me",
+    "know",
+    "if",
+    "anything",
+    "looks",
+    "off",
+    "before",
+    "we",
+    "send",
+    "it",
+    "to",
+    "the",
+    "wider",
+    "team",
+    "tomorrow",
+    "morning",
+    "thanks",
+    "again",
+    "for",
+    "the",
+    "quick",
+    "turnaround",
+    "on",
+    "this",
+    "one",
+    "we",
+    "should",
+    "sync",
+    "about",
+    "next",
+    "steps",
+    "when",
+    "you",
+    "have",
+    "a",
+    "minute",
+]
+CATEGORIES = (
+    "Blue category",
+    "Green category",
+    "Orange category",
+    "Purple category",
+    "Red category",
+)
 
 EPOCH = datetime(2019, 1, 1, tzinfo=UTC)
 SPAN_SECONDS = int(timedelta(days=365 * 7).total_seconds())
@@ -83,7 +217,7 @@ def generate(seed: int, index: int, total: int, owner: str) -> GeneratedMessage:
     if thread_index != index:
         subject = "Re: " + subject
     from_name, from_address = _person(rng)
-    to = (owner,) + tuple(_person(rng)[1] for _ in range(rng.choice((0, 0, 1, 2))))
+    to = (owner, *tuple(_person(rng)[1] for _ in range(rng.choice((0, 0, 1, 2)))))
     cc = tuple(_person(rng)[1] for _ in range(rng.choice((0, 0, 0, 1, 2))))
     # Spread over years, newest last, with jitter so order is realistic but not strict.
     fraction = (index + rng.random()) / max(total, 1)

@@ -1,0 +1,238 @@
+"""Tables. Rows are read and written only through the repositories next to this module."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlmodel import Field, SQLModel
+
+
+def _ts(nullable: bool = True, default_now: bool = False) -> Any:
+    return Field(
+        default=None,
+        sa_column=Column(
+            DateTime(timezone=True),
+            nullable=nullable,
+            server_default=text("now()") if default_now else None,
+        ),
+    )
+
+
+class Mailbox(SQLModel, table=True):
+    __tablename__ = "mailboxes"
+    __table_args__ = (
+        # One mailbox per provider account per user: reconnecting updates it.
+        UniqueConstraint("user_id", "provider", "account_key", name="uq_mailboxes_account"),
+        Index("ix_mailboxes_next_sync_at", "next_sync_at"),
+        Index("ix_mailboxes_email", "provider", "email"),
+        Index("ix_mailboxes_lease_expires_at", "lease_expires_at"),
+    )
+
+    id: uuid.UUID = Field(
+        default_factory=uuid.uuid4, sa_column=Column(UUID(as_uuid=True), primary_key=True)
+    )
+    user_id: str = Field(sa_column=Column(Text, nullable=False, index=True))
+    provider: str = Field(sa_column=Column(Text, nullable=False))
+    # Lower-cased email, or the app-only user id when no email was given.
+    account_key: str = Field(sa_column=Column(Text, nullable=False))
+    email: str | None = Field(default=None, sa_column=Column(Text))
+    auth_mode: str = Field(default="delegated", sa_column=Column(Text, nullable=False))
+    tenant_id: str | None = Field(default=None, sa_column=Column(Text))
+    provider_user_id: str | None = Field(default=None, sa_column=Column(Text))
+
+    status: str = Field(default="pending", sa_column=Column(Text, nullable=False))
+    phase: str | None = Field(default=None, sa_column=Column(Text))
+    messages_synced: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
+    messages_total_estimate: int | None = Field(default=None, sa_column=Column(BigInteger))
+    last_synced_at: datetime | None = _ts()
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    last_error_at: datetime | None = _ts()
+    consecutive_failures: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
+
+    next_sync_at: datetime | None = _ts()
+    # Set by webhooks and connect; a sync that started before it owes another pass.
+    sync_requested_at: datetime | None = _ts()
+    sync_started_at: datetime | None = _ts()
+
+    lease_owner: str | None = Field(default=None, sa_column=Column(Text))
+    lease_expires_at: datetime | None = _ts()
+    fencing_token: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
+
+    created_at: datetime | None = _ts(nullable=False, default_now=True)
+    updated_at: datetime | None = _ts(nullable=False, default_now=True)
+    disconnected_at: datetime | None = _ts()
+
+
+class Credential(SQLModel, table=True):
+    """Tokens live in their own table, encrypted; the API never selects from it."""
+
+    __tablename__ = "credentials"
+
+    mailbox_id: uuid.UUID = Field(
+        sa_column=Column(
+            UUID(as_uuid=True), ForeignKey("mailboxes.id", ondelete="CASCADE"), primary_key=True
+        )
+    )
+    # Fernet token of a JSON document {access_token, refresh_token}.
+    secret: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    access_expires_at: datetime | None = _ts()
+    version: int = Field(
+        default=1, sa_column=Column(BigInteger, nullable=False, server_default="1")
+    )
+    updated_at: datetime | None = _ts(nullable=False, default_now=True)
+
+
+class SyncCursor(SQLModel, table=True):
+    """One row per stream (a Graph folder, the Gmail mailbox)."""
+
+    __tablename__ = "sync_cursors"
+
+    mailbox_id: uuid.UUID = Field(
+        sa_column=Column(
+            UUID(as_uuid=True), ForeignKey("mailboxes.id", ondelete="CASCADE"), primary_key=True
+        )
+    )
+    stream_key: str = Field(sa_column=Column(Text, primary_key=True))
+    name: str | None = Field(default=None, sa_column=Column(Text))
+    labels: list[str] = Field(
+        default_factory=list, sa_column=Column(ARRAY(Text), nullable=False, server_default="{}")
+    )
+    cursor: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
+    # "full" while enumerating from scratch, "incremental" once caught up.
+    mode: str = Field(default="full", sa_column=Column(Text, nullable=False))
+    # Bumped by every full enumeration; rows not seen by the current one are swept at its end.
+    generation: int = Field(
+        default=1, sa_column=Column(BigInteger, nullable=False, server_default="1")
+    )
+    caught_up: bool = Field(default=False)
+    total_estimate: int | None = Field(default=None, sa_column=Column(BigInteger))
+    updated_at: datetime | None = _ts(nullable=False, default_now=True)
+
+
+class Message(SQLModel, table=True):
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("mailbox_id", "provider_message_id", name="uq_messages_provider_id"),
+        # Listing: newest first with a stable tiebreak (keyset pagination).
+        Index(
+            "ix_messages_listing",
+            "mailbox_id",
+            text("received_at DESC NULLS LAST"),
+            text("id DESC"),
+        ),
+        Index("ix_messages_stream", "mailbox_id", "stream_key", "generation"),
+    )
+
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True)
+    )
+    mailbox_id: uuid.UUID = Field(
+        sa_column=Column(
+            UUID(as_uuid=True), ForeignKey("mailboxes.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    provider_message_id: str = Field(sa_column=Column(Text, nullable=False))
+    stream_key: str = Field(sa_column=Column(Text, nullable=False))
+    generation: int = Field(default=1, sa_column=Column(BigInteger, nullable=False))
+    thread_id: str | None = Field(default=None, sa_column=Column(Text))
+    internet_message_id: str | None = Field(default=None, sa_column=Column(Text))
+    subject: str | None = Field(default=None, sa_column=Column(Text))
+    from_address: str | None = Field(default=None, sa_column=Column(Text))
+    to_addresses: list[str] = Field(
+        default_factory=list, sa_column=Column(ARRAY(Text), nullable=False)
+    )
+    cc_addresses: list[str] = Field(
+        default_factory=list, sa_column=Column(ARRAY(Text), nullable=False)
+    )
+    bcc_addresses: list[str] = Field(
+        default_factory=list, sa_column=Column(ARRAY(Text), nullable=False)
+    )
+    snippet: str | None = Field(default=None, sa_column=Column(Text))
+    received_at: datetime | None = _ts()
+    labels: list[str] = Field(default_factory=list, sa_column=Column(ARRAY(Text), nullable=False))
+    is_read: bool = Field(default=False)
+    has_attachments: bool = Field(default=False)
+    updated_at: datetime | None = _ts(nullable=False, default_now=True)
+
+
+class PushSubscription(SQLModel, table=True):
+    """A Graph subscription or a Gmail watch. Replaced ones stay briefly to map late notifications."""
+
+    __tablename__ = "subscriptions"
+
+    id: uuid.UUID = Field(
+        default_factory=uuid.uuid4, sa_column=Column(UUID(as_uuid=True), primary_key=True)
+    )
+    mailbox_id: uuid.UUID = Field(
+        sa_column=Column(
+            UUID(as_uuid=True),
+            ForeignKey("mailboxes.id", ondelete="CASCADE"),
+            nullable=False,
+            index=True,
+        )
+    )
+    provider: str = Field(sa_column=Column(Text, nullable=False))
+    subscription_id: str = Field(sa_column=Column(Text, nullable=False, unique=True))
+    resource: str | None = Field(default=None, sa_column=Column(Text))
+    client_state: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    expires_at: datetime = Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, index=True)
+    )
+    # active | replaced
+    status: str = Field(default="active", sa_column=Column(Text, nullable=False))
+    extra: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSONB, nullable=False, server_default="{}")
+    )
+    created_at: datetime | None = _ts(nullable=False, default_now=True)
+    replaced_at: datetime | None = _ts()
+
+
+class WebhookNotification(SQLModel, table=True):
+    __tablename__ = "webhook_notifications"
+
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True)
+    )
+    received_at: datetime | None = _ts(nullable=False, default_now=True)
+    provider: str = Field(sa_column=Column(Text, nullable=False))
+    mailbox_id: uuid.UUID | None = Field(
+        default=None, sa_column=Column(UUID(as_uuid=True), index=True)
+    )
+    kind: str = Field(sa_column=Column(Text, nullable=False))
+    subscription_id: str | None = Field(default=None, sa_column=Column(Text))
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
+
+
+class OutboxEvent(SQLModel, table=True):
+    """What changed, written in the page's transaction, for downstream publishers."""
+
+    __tablename__ = "outbox_events"
+
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True)
+    )
+    mailbox_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), nullable=False, index=True))
+    kind: str = Field(sa_column=Column(Text, nullable=False))
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
+    created_at: datetime | None = _ts(nullable=False, default_now=True)
+    published_at: datetime | None = _ts()
