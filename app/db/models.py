@@ -204,6 +204,7 @@ class PushSubscription(SQLModel, table=True):
         default_factory=dict, sa_column=Column(JSONB, nullable=False, server_default="{}")
     )
     created_at: datetime | None = _ts(nullable=False, default_now=True)
+    renewed_at: datetime | None = _ts(nullable=False, default_now=True)
     replaced_at: datetime | None = _ts()
 
 

@@ -50,7 +50,9 @@ class AccountCounters:
 
 @dataclass
 class Counters:
-    accounts: dict[str, AccountCounters] = field(default_factory=lambda: defaultdict(AccountCounters))
+    accounts: dict[str, AccountCounters] = field(
+        default_factory=lambda: defaultdict(AccountCounters)
+    )
     token_requests: int = 0
 
     def for_account(self, account: str) -> AccountCounters:
@@ -106,9 +108,9 @@ class SimulatorCore:
         self._retry_after_until[account] = max(self._retry_after_until.get(account, 0.0), until)
 
     @asynccontextmanager
-    async def admit(self, account: str, *, max_concurrency: int | None = None) -> AsyncIterator[
-        AccountCounters
-    ]:
+    async def admit(
+        self, account: str, *, max_concurrency: int | None = None
+    ) -> AsyncIterator[AccountCounters]:
         """Admit one provider API request for `account`, or raise Throttled.
 
         Counts the request, a Retry-After violation (a request that arrives before the

@@ -110,6 +110,13 @@ class CursorRepository:
             },
         )
 
+    async def start_pass(self, mailbox_id: uuid.UUID) -> None:
+        """Begin a pass: every stream owes one fetch from its cursor before the pass ends."""
+        await self.session.execute(
+            text("UPDATE sync_cursors SET caught_up = false WHERE mailbox_id = :id"),
+            {"id": mailbox_id},
+        )
+
     async def restart(self, mailbox_id: uuid.UUID, stream_key: str) -> int:
         """A dead cursor: start a new full enumeration (new generation) of this stream."""
         result = await self.session.execute(

@@ -331,3 +331,14 @@ class MailboxRepository:
             .limit(limit)
         )
         return [(row[0], int(row[1])) for row in result.all()]
+
+    async def disconnected_with_credentials(self, limit: int) -> list[uuid.UUID]:
+        """Disconnected mailboxes whose cleanup job was lost: credentials must not linger."""
+        result = await self.session.execute(
+            text(
+                "SELECT m.id FROM mailboxes m JOIN credentials c ON c.mailbox_id = m.id "
+                "WHERE m.status = 'disconnected' LIMIT :limit"
+            ),
+            {"limit": limit},
+        )
+        return [row[0] for row in result.all()]

@@ -78,6 +78,7 @@ class SubscriptionRepository:
                         CAST(:extra AS jsonb))
                 ON CONFLICT (subscription_id) DO UPDATE
                    SET expires_at = EXCLUDED.expires_at, status = 'active', replaced_at = NULL,
+                       renewed_at = now(),
                        extra = EXCLUDED.extra,
                        client_state = COALESCE(EXCLUDED.client_state, subscriptions.client_state)
                 """
@@ -118,18 +119,21 @@ class SubscriptionRepository:
         row = result.first()
         return self._load(row) if row else None
 
-    async def due_for_renewal(self, within_seconds: int, limit: int) -> list[uuid.UUID]:
+    async def due_for_renewal(self, every_seconds: int, limit: int) -> list[uuid.UUID]:
+        """Renew daily (`every_seconds`) and always once half the granted lifetime is gone,
+        so a subscription with a short lifetime is renewed well before it lapses."""
         result = await self.session.execute(
             text(
                 """
                 SELECT s.mailbox_id FROM subscriptions s JOIN mailboxes m ON m.id = s.mailbox_id
                  WHERE s.status = 'active'
-                   AND s.expires_at < now() + make_interval(secs => :within)
                    AND m.status NOT IN ('disconnected', 'auth_expired')
+                   AND (s.renewed_at < now() - make_interval(secs => :every)
+                        OR s.expires_at - now() < (s.expires_at - s.renewed_at) / 2)
                  ORDER BY s.expires_at LIMIT :limit
                 """
             ),
-            {"within": within_seconds, "limit": limit},
+            {"every": every_seconds, "limit": limit},
         )
         return [row[0] for row in result.all()]
 

@@ -1,0 +1,129 @@
+"""Provider webhooks: verify, record, enqueue, answer. No provider call happens here.
+
+Many notifications for one mailbox collapse into one pending sync job (see
+app.sync.queue); each is recorded first, so a 2xx means we will act on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import PlainTextResponse
+
+from app.api.deps import UnitOfWorkDep
+from app.api.errors import ApiError
+from app.db.repositories.mailboxes import MailboxRepository
+from app.db.repositories.subscriptions import NotificationRepository, SubscriptionRepository
+from app.metrics import WEBHOOK_NOTIFICATIONS
+from app.sync.queue import enqueue_subscription, enqueue_sync
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+
+MAX_BODY = 1_000_000
+
+
+async def _body(request: Request) -> bytes:
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise ApiError(413, "payload_too_large", "notification body too large")
+    return body
+
+
+@router.post("/microsoft", response_class=Response, status_code=202)
+async def microsoft(
+    request: Request,
+    uow: UnitOfWorkDep,
+    validation_token: Annotated[str | None, Query(alias="validationToken", max_length=4096)] = None,
+) -> Response:
+    from app.providers.outlook.notifications import client_state_matches, parse_notifications
+
+    if validation_token is not None:
+        # Graph's handshake: echo the (already URL-decoded) token as text/plain within 10 s.
+        return PlainTextResponse(validation_token, status_code=200)
+    try:
+        notifications = parse_notifications(await _body(request))
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", f"not a Graph notification: {exc}") from exc
+
+    subs = SubscriptionRepository(uow.session, uow.rt.cipher)
+    recorder = NotificationRepository(uow.session)
+    to_sync: set[uuid.UUID] = set()
+    to_resubscribe: set[uuid.UUID] = set()
+    for n in notifications:
+        stored = await subs.find(n.subscription_id)
+        if stored is None:
+            WEBHOOK_NOTIFICATIONS.labels("microsoft", "unknown_subscription").inc()
+            log.info("graph notification for unknown subscription %s ignored", n.subscription_id)
+            continue
+        if not client_state_matches(stored.client_state or "", n.client_state):
+            WEBHOOK_NOTIFICATIONS.labels("microsoft", "client_state_mismatch").inc()
+            log.warning("graph notification with a wrong clientState for %s ignored", n.subscription_id)
+            continue
+        kind = f"lifecycle:{n.lifecycle_event}" if n.lifecycle_event else f"change:{n.change_type}"
+        await recorder.record(
+            provider="microsoft",
+            kind=kind,
+            mailbox_id=stored.mailbox_id,
+            subscription_id=n.subscription_id,
+            payload={"resource": n.resource, "resource_id": n.resource_id, "tenant_id": n.tenant_id},
+        )
+        WEBHOOK_NOTIFICATIONS.labels("microsoft", kind).inc()
+        if n.lifecycle_event in ("reauthorizationRequired", "subscriptionRemoved"):
+            to_resubscribe.add(stored.mailbox_id)
+        if n.lifecycle_event != "reauthorizationRequired":
+            # Changes, `missed` and a removed subscription all mean: read the delta now.
+            to_sync.add(stored.mailbox_id)
+    await MailboxRepository(uow.session).request_sync(sorted(to_sync))
+    redis = uow.rt.redis
+    for mid in sorted(to_sync):
+        uow.after_commit(lambda m=mid: enqueue_sync(redis, m))
+    for mid in sorted(to_resubscribe):
+        uow.after_commit(lambda m=mid: enqueue_subscription(redis, m))
+    await uow.commit()
+    return Response(status_code=202)
+
+
+@router.post("/google", response_class=Response, status_code=204)
+async def google(request: Request, uow: UnitOfWorkDep) -> Response:
+    from app.providers.gmail.push import PushAuthError, PushVerifier, decode_push
+
+    verifier = getattr(request.app.state, "push_verifier", None)
+    if verifier is None:
+        # One verifier per app: it caches Google's signing keys.
+        verifier = request.app.state.push_verifier = PushVerifier(request.app.state.settings)
+    try:
+        claims = await verifier.verify(request.headers.get("authorization"))
+    except PushAuthError as exc:
+        WEBHOOK_NOTIFICATIONS.labels("google", "refused").inc()
+        log.warning("gmail push refused: %s", exc.reason)
+        code = "unauthorized" if exc.status == 401 else "forbidden"
+        raise ApiError(exc.status, code, exc.reason) from exc
+    try:
+        push = decode_push(await _body(request))
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", f"not a Pub/Sub push envelope: {exc}") from exc
+
+    mailbox_ids = await MailboxRepository(uow.session).ids_by_email("google", push.email_address)
+    recorder = NotificationRepository(uow.session)
+    payload = {"history_id": str(push.history_id), "message_id": push.message_id, "sub": claims.get("sub")}
+    if not mailbox_ids:
+        # Acknowledge: Pub/Sub would otherwise redeliver a push nobody can use.
+        WEBHOOK_NOTIFICATIONS.labels("google", "unknown_address").inc()
+        log.info("gmail push for an address with no mailbox acknowledged")
+        await recorder.record(provider="google", kind="push:unknown", mailbox_id=None, subscription_id=None, payload=payload)
+        await uow.commit()
+        return Response(status_code=204)
+    for mid in mailbox_ids:
+        await recorder.record(provider="google", kind="push", mailbox_id=mid, subscription_id=None, payload=payload)
+    WEBHOOK_NOTIFICATIONS.labels("google", "push").inc()
+    await MailboxRepository(uow.session).request_sync(mailbox_ids)
+    redis = uow.rt.redis
+    for mid in mailbox_ids:
+        uow.after_commit(lambda m=mid: enqueue_sync(redis, m))
+    await uow.commit()
+    return Response(status_code=204)

@@ -1,0 +1,17 @@
+"""Plain, greppable log lines; tokens never reach them (repr()s of credential types hide them)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def configure_logging() -> None:
+    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # httpx logs full request URLs at INFO; Graph delta links carry state tokens.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)

@@ -1,0 +1,257 @@
+"""An in-memory, scriptable MailProvider: the engine's test double.
+
+It behaves like a delta-cursor provider (Graph-like folders, or one Gmail-like stream) and
+can be told to misbehave the ways real providers do: throttle, expire a cursor, repeat a
+page, refuse a refresh, stall. Tests register it through `app.providers.registry.override`,
+the same door the real providers use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+from app.providers.base import (
+    AccessTokenRejected,
+    Account,
+    AuthExpiredError,
+    Cursor,
+    CursorInvalidError,
+    NormalizedMessage,
+    Page,
+    ProviderLimits,
+    ProviderName,
+    StreamInfo,
+    Subscription,
+    SubscriptionGone,
+    SyncContext,
+    ThrottledError,
+    TokenSet,
+)
+
+
+@dataclass
+class Faults:
+    throttle_next: int = 0
+    retry_after: float = 0.05
+    refuse_refresh: str | None = None
+    expire_cursor_streams: set[str] = field(default_factory=set)
+    repeat_next_page: bool = False
+    stall_seconds: float = 0.0
+    # Called before every page; tests use it to crash "between pages".
+    before_page: object | None = None
+
+
+@dataclass
+class _Change:
+    seq: int
+    stream: str
+    message_id: str
+    deleted: bool
+
+
+class MemoryProvider:
+    """A MailProvider over dicts. One instance can serve many mailboxes (keyed by mailbox id)."""
+
+    def __init__(
+        self,
+        name: ProviderName = "microsoft",
+        *,
+        page_size: int = 50,
+        access_token_ttl: float = 3600.0,
+        max_concurrency: int | None = 4,
+    ) -> None:
+        self.name = name
+        self.page_size = page_size
+        self.access_token_ttl = access_token_ttl
+        self._limits = ProviderLimits(max_concurrency=max_concurrency)
+        self.faults = Faults()
+        self.streams: dict[str, dict[str, NormalizedMessage]] = {}
+        self.stream_labels: dict[str, tuple[str, ...]] = {}
+        self._log: list[_Change] = []
+        self._seq = itertools.count(1)
+        self._expired_before: dict[str, int] = {}
+        self.valid_tokens: dict[str, datetime] = {}
+        self.refresh_tokens: set[str] = set()
+        # (token, expires_at, used_at) for every request: proves no expired token was sent.
+        self.token_uses: list[tuple[str, datetime, datetime]] = []
+        self.refresh_count = 0
+        self.pages_served = 0
+        self.subscriptions: dict[str, Subscription] = {}
+
+    # -- scripting ----------------------------------------------------------------------
+
+    def add_stream(self, key: str, labels: Sequence[str] = ()) -> None:
+        self.streams.setdefault(key, {})
+        self.stream_labels[key] = tuple(labels)
+
+    def put(self, stream: str, message: NormalizedMessage) -> None:
+        for other, messages in self.streams.items():
+            if other != stream and message.provider_message_id in messages:
+                del messages[message.provider_message_id]
+                self._log.append(_Change(next(self._seq), other, message.provider_message_id, True))
+        labels = sorted({*message.labels, *self.stream_labels.get(stream, ())})
+        self.streams[stream][message.provider_message_id] = replace(message, labels=labels)
+        self._log.append(_Change(next(self._seq), stream, message.provider_message_id, False))
+
+    def delete(self, stream: str, message_id: str) -> None:
+        if self.streams[stream].pop(message_id, None) is not None:
+            self._log.append(_Change(next(self._seq), stream, message_id, True))
+
+    def expire_cursors(self, stream: str) -> None:
+        """Cursors issued so far for `stream` become invalid (Graph 410, Gmail history 404)."""
+        self._expired_before[stream] = next(self._seq)
+
+    def issue_grant(self) -> tuple[str, str, int]:
+        access, refresh = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+        self.valid_tokens[access] = datetime.now(UTC) + timedelta(seconds=self.access_token_ttl)
+        self.refresh_tokens.add(refresh)
+        return access, refresh, int(self.access_token_ttl)
+
+    def truth(self) -> dict[str, NormalizedMessage]:
+        return {mid: m for msgs in self.streams.values() for mid, m in msgs.items()}
+
+    # -- MailProvider -------------------------------------------------------------------
+
+    def limits(self) -> ProviderLimits:
+        return self._limits
+
+    async def refresh_token(self, account: Account, refresh_token: str | None) -> TokenSet:
+        self.refresh_count += 1
+        if self.faults.refuse_refresh:
+            raise AuthExpiredError(self.faults.refuse_refresh)
+        if refresh_token not in self.refresh_tokens:
+            raise AuthExpiredError("invalid_grant: refresh token unknown or already used")
+        # Rotate like Microsoft does: the old refresh token stops working.
+        self.refresh_tokens.discard(refresh_token)
+        access, refresh, ttl = self.issue_grant()
+        return TokenSet(access, datetime.now(UTC) + timedelta(seconds=ttl), refresh)
+
+    async def _authorize(self, ctx: SyncContext) -> None:
+        token = await ctx.access_token()
+        now = datetime.now(UTC)
+        expires = self.valid_tokens.get(token)
+        self.token_uses.append((token, expires or now, now))
+        if expires is None or expires <= now:
+            raise AccessTokenRejected("401 InvalidAuthenticationToken")
+
+    async def list_streams(self, ctx: SyncContext) -> Sequence[StreamInfo]:
+        await self._authorize(ctx)
+        return [
+            StreamInfo(key=k, name=k, total_estimate=len(v), labels=self.stream_labels.get(k, ()))
+            for k, v in self.streams.items()
+        ]
+
+    async def fetch_page(self, ctx: SyncContext, stream: StreamInfo, cursor: Cursor | None) -> Page:
+        async with ctx.gate.request():
+            hook = self.faults.before_page
+            if callable(hook):
+                result = hook(stream, cursor)
+                if asyncio.iscoroutine(result):
+                    await result
+            await self._authorize(ctx)
+            if self.faults.stall_seconds:
+                await asyncio.sleep(self.faults.stall_seconds)
+            if self.faults.throttle_next > 0:
+                self.faults.throttle_next -= 1
+                await ctx.gate.pause(self.faults.retry_after)
+                raise ThrottledError("429 TooManyRequests", retry_after=self.faults.retry_after)
+            self.pages_served += 1
+            return self._page(stream.key, cursor)
+
+    def _page(self, key: str, cursor: Cursor | None) -> Page:
+        messages = self.streams.get(key, {})
+        if cursor is None:
+            cursor = {"full": True, "offset": 0, "seq": self._current_seq()}
+        issued = int(cursor["seq"])
+        if key in self.faults.expire_cursor_streams or issued < self._expired_before.get(key, 0):
+            self.faults.expire_cursor_streams.discard(key)
+            raise CursorInvalidError(f"cursor for {key} expired")
+        if cursor.get("full"):
+            ids = sorted(messages)
+            offset = int(cursor["offset"])
+            chunk = ids[offset : offset + self.page_size]
+            upserts = [messages[i] for i in chunk]
+            done = offset + len(chunk) >= len(ids)
+            next_cursor: Cursor = (
+                {"seq": issued} if done else {"full": True, "offset": offset + len(chunk), "seq": issued}
+            )
+            page = Page(
+                upserts=upserts,
+                cursor=next_cursor,
+                full_sync_complete=done,
+                total_estimate=len(messages),
+            )
+        else:
+            changes = [c for c in self._log if c.seq > issued and c.stream == key][: self.page_size]
+            upserts, deletes = [], []
+            latest = {c.message_id: c for c in changes}
+            for change in latest.values():
+                if change.deleted or change.message_id not in messages:
+                    deletes.append(change.message_id)
+                else:
+                    upserts.append(messages[change.message_id])
+            last = changes[-1].seq if changes else issued
+            more = any(c.seq > last and c.stream == key for c in self._log)
+            page = Page(
+                upserts=upserts,
+                deletes=deletes,
+                cursor={"seq": last},
+                caught_up=not more,
+                total_estimate=len(messages),
+            )
+        if self.faults.repeat_next_page:
+            # A provider replaying a page: the same content, the cursor not advanced.
+            self.faults.repeat_next_page = False
+            page.cursor = cursor
+            page.caught_up = False
+            page.full_sync_complete = False
+        return page
+
+    def _current_seq(self) -> int:
+        return self._log[-1].seq if self._log else 0
+
+    async def subscribe(self, ctx: SyncContext) -> Subscription | None:
+        await self._authorize(ctx)
+        sub = Subscription(
+            subscription_id=secrets.token_hex(8),
+            expires_at=datetime.now(UTC) + timedelta(days=3),
+            client_state=secrets.token_urlsafe(16),
+            resource="me/messages",
+        )
+        self.subscriptions[sub.subscription_id] = sub
+        return sub
+
+    async def renew(self, ctx: SyncContext, subscription: Subscription) -> Subscription:
+        await self._authorize(ctx)
+        if subscription.subscription_id not in self.subscriptions:
+            raise SubscriptionGone(subscription.subscription_id)
+        renewed = replace(subscription, expires_at=datetime.now(UTC) + timedelta(days=3))
+        self.subscriptions[subscription.subscription_id] = renewed
+        return renewed
+
+    async def unsubscribe(self, ctx: SyncContext, subscription: Subscription) -> None:
+        await self._authorize(ctx)
+        self.subscriptions.pop(subscription.subscription_id, None)
+
+
+def make_message(i: int, *, stream_labels: Sequence[str] = (), read: bool = True) -> NormalizedMessage:
+    """A plausible message for tests and benchmarks."""
+    return NormalizedMessage(
+        provider_message_id=f"msg-{i:07d}",
+        thread_id=f"thread-{i // 3:07d}",
+        internet_message_id=f"<{i}@example.com>",
+        subject=f"Subject {i}",
+        from_=f"sender{i % 17}@example.com",
+        to=["owner@example.com"],
+        cc=[f"cc{i % 5}@example.org"] if i % 4 == 0 else [],
+        snippet=f"snippet of message {i}",
+        received_at=datetime(2024, 1, 1, tzinfo=UTC) + timedelta(minutes=i),
+        labels=list(stream_labels) + ([] if read else ["UNREAD"]),
+        is_read=read,
+        has_attachments=i % 7 == 0,
+    )

@@ -1,0 +1,416 @@
+"""The provider-agnostic sync engine: one bounded slice of work for one mailbox.
+
+    take lease -> streams -> per stream: fetch page -> ONE transaction (messages, deletes,
+    label changes, sweep after a full enumeration, cursor, progress, outbox, lease check)
+    -> until caught up or the slice budget is spent -> release the lease with a status.
+
+A slice never runs long: when its budget is spent it says so and the job enqueues the
+continuation. Every write is fenced by the lease, so a worker whose lease lapsed (paused,
+partitioned, killed and revived) cannot write anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from app.db.models import Mailbox
+from app.db.repositories.cursors import CursorRepository, StreamState
+from app.db.repositories.mailboxes import Lease, LeaseLost, MailboxRepository
+from app.db.repositories.messages import MessageRepository
+from app.db.repositories.outbox import OutboxRepository
+from app.providers.base import (
+    AccessTokenRejected,
+    Account,
+    AuthExpiredError,
+    CursorInvalidError,
+    MailProvider,
+    Page,
+    PermanentError,
+    StreamInfo,
+    SyncContext,
+    ThrottledError,
+    TransientError,
+)
+from app.sync.ratelimit import RedisRateGate
+from app.sync.runtime import Runtime
+from app.sync.tokens import TokenSource
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(enum.StrEnum):
+    BUSY = "busy"  # another live worker holds the lease, or the mailbox is parked
+    CONTINUE = "continue"  # budget spent, more to do now
+    DONE = "done"  # every stream caught up
+    DONE_AGAIN = "done_again"  # caught up, but a change arrived meanwhile: another pass
+    RETRY_LATER = "retry_later"  # transient trouble; `delay` says when
+    AUTH_EXPIRED = "auth_expired"
+    ERROR = "error"
+    LEASE_LOST = "lease_lost"
+
+
+@dataclass(slots=True)
+class SliceResult:
+    outcome: Outcome
+    delay: float = 0.0
+    pages: int = 0
+    fencing_token: int | None = None
+    message: str | None = None
+
+
+@dataclass(slots=True)
+class _Budget:
+    deadline: float
+    pages_left: int
+
+    def spent(self) -> bool:
+        return self.pages_left <= 0 or time.monotonic() >= self.deadline
+
+
+@dataclass(slots=True)
+class _SliceState:
+    lease: Lease
+    totals: dict[str, int | None] = field(default_factory=dict)
+    pages: int = 0
+    incomplete: bool = False
+    phase: str | None = None
+
+
+def account_of(mailbox: Mailbox) -> Account:
+    return Account(
+        provider="google" if mailbox.provider == "google" else "microsoft",
+        mailbox_id=str(mailbox.id),
+        email=mailbox.email,
+        auth_mode="application" if mailbox.auth_mode == "application" else "delegated",
+        tenant_id=mailbox.tenant_id,
+        provider_user_id=mailbox.provider_user_id,
+    )
+
+
+def backoff_seconds(failures: int, *, base: float = 2.0, cap: float = 900.0) -> float:
+    """Exponential backoff with full jitter."""
+    return random.uniform(base / 2, min(cap, base * (2 ** max(failures, 0))))
+
+
+def _phase(streams: list[StreamState]) -> str:
+    full = [s for s in streams if s.mode == "full"]
+    if not full:
+        return "incremental"
+    return "resync" if any(s.generation > 1 for s in full) else "backfill"
+
+
+class SyncEngine:
+    def __init__(self, rt: Runtime, owner: str) -> None:
+        self.rt = rt
+        self.owner = owner
+        self.settings = rt.settings
+
+    # -- entry point ------------------------------------------------------------------
+
+    async def run_slice(self, mailbox_id: uuid.UUID) -> SliceResult:
+        settings = self.settings
+        async with self.rt.sessions() as session, session.begin():
+            lease = await MailboxRepository(session).acquire_lease(
+                mailbox_id, self.owner, settings.lease_seconds
+            )
+        if lease is None:
+            return SliceResult(Outcome.BUSY)
+        async with self.rt.sessions() as session:
+            mailbox = await MailboxRepository(session).get(mailbox_id)
+        assert mailbox is not None
+        provider = self.rt.provider(mailbox.provider)
+        account = account_of(mailbox)
+        tokens = TokenSource(self.rt, mailbox_id, account, provider)
+        gate = RedisRateGate(self.rt.redis, str(mailbox_id), provider.limits())
+        ctx = SyncContext(account=account, access_token=tokens.get, gate=gate)
+        state = _SliceState(lease=lease)
+        try:
+            return await self._sync(mailbox, provider, ctx, tokens, state)
+        except LeaseLost as exc:
+            log.warning("mailbox %s: %s; stopping without writing", mailbox_id, exc)
+            return SliceResult(Outcome.LEASE_LOST, pages=state.pages)
+        except AuthExpiredError as exc:
+            message = str(exc) or exc.__class__.__name__
+            log.warning("mailbox %s: authorization expired: %s", mailbox_id, message)
+            await self._guarded(lambda repo: repo.park_auth_expired(lease, message))
+            return SliceResult(Outcome.AUTH_EXPIRED, pages=state.pages, message=message)
+        except ThrottledError as exc:
+            return await self._retry_later(mailbox, state, exc, exc.retry_after)
+        except TransientError as exc:
+            return await self._retry_later(mailbox, state, exc, exc.retry_after)
+        except PermanentError as exc:
+            message = f"{exc.__class__.__name__}: {exc}"
+            log.error("mailbox %s: permanent provider error: %s", mailbox_id, message)
+            next_at = datetime.now(UTC) + timedelta(seconds=settings.sync_interval_seconds)
+            await self._guarded(
+                lambda repo: repo.finish(
+                    lease,
+                    status="error",
+                    phase=None,
+                    next_sync_at=next_at,
+                    last_error=message,
+                    failure=True,
+                )
+            )
+            return SliceResult(Outcome.ERROR, pages=state.pages, message=message)
+        except Exception as exc:
+            # An engine bug or an unclassified failure: never leave the mailbox "syncing".
+            log.exception("mailbox %s: unexpected failure", mailbox_id)
+            return await self._retry_later(mailbox, state, exc, None)
+
+    # -- the slice --------------------------------------------------------------------
+
+    async def _sync(
+        self,
+        mailbox: Mailbox,
+        provider: MailProvider,
+        ctx: SyncContext,
+        tokens: TokenSource,
+        state: _SliceState,
+    ) -> SliceResult:
+        settings = self.settings
+        lease = state.lease
+        budget = _Budget(time.monotonic() + settings.sync_slice_seconds, settings.sync_slice_pages)
+        first_pass = mailbox.last_synced_at is None
+
+        streams = await self._with_token_retry(tokens, lambda: provider.list_streams(ctx))
+        async with self.rt.sessions() as session, session.begin():
+            cursors = CursorRepository(session)
+            await cursors.sync_streams(mailbox.id, list(streams))
+            removed = await MessageRepository(session).delete_streams_except(
+                mailbox.id, [s.key for s in streams]
+            )
+            states = await cursors.list(mailbox.id)
+            if not any(not s.caught_up for s in states):
+                # A new pass: every stream is polled once from its cursor.
+                await cursors.start_pass(mailbox.id)
+                states = await cursors.list(mailbox.id)
+            state.totals = {s.stream_key: s.total_estimate for s in states}
+            state.phase = _phase(states)
+            status = "syncing" if first_pass or mailbox.status != "connected" else "connected"
+            await MailboxRepository(session).fence(
+                lease,
+                settings.lease_seconds,
+                synced_delta=-removed,
+                total_estimate=self._total(state),
+                status=status,
+                phase=state.phase,
+            )
+
+        pending = [s for s in states if not s.caught_up]
+        queue: asyncio.Queue[StreamState] = asyncio.Queue()
+        for s in pending:
+            queue.put_nowait(s)
+        limits = provider.limits()
+        workers = max(1, min(limits.max_concurrency or 1, len(pending)))
+
+        async def drain() -> None:
+            while not queue.empty() and not budget.spent():
+                stream_state = queue.get_nowait()
+                await self._follow_stream(
+                    provider, ctx, tokens, mailbox, stream_state, state, budget
+                )
+
+        # Streams (folders) in parallel up to the provider's concurrency; the first failure
+        # cancels the rest (an interrupted page rolls back and is simply fetched again).
+        tasks = [asyncio.create_task(drain()) for _ in range(workers)]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        if not queue.empty():
+            state.incomplete = True
+
+        if state.incomplete:
+            async with self.rt.sessions() as session, session.begin():
+                repo = MailboxRepository(session)
+                await repo.finish(
+                    lease,
+                    status="syncing"
+                    if first_pass or mailbox.status != "connected"
+                    else "connected",
+                    phase=state.phase,
+                    next_sync_at=datetime.now(UTC) + timedelta(seconds=settings.lease_seconds),
+                )
+            return SliceResult(
+                Outcome.CONTINUE, pages=state.pages, fencing_token=lease.fencing_token
+            )
+
+        jitter = random.uniform(0, settings.sync_interval_seconds * 0.1)
+        next_at = datetime.now(UTC) + timedelta(seconds=settings.sync_interval_seconds + jitter)
+        async with self.rt.sessions() as session, session.begin():
+            count = await MessageRepository(session).count(mailbox.id)
+            requested = await MailboxRepository(session).finish(
+                lease,
+                status="connected",
+                phase="idle",
+                next_sync_at=next_at,
+                synced=True,
+                messages_synced=count,
+            )
+        outcome = Outcome.DONE_AGAIN if requested is not None else Outcome.DONE
+        return SliceResult(outcome, pages=state.pages, fencing_token=lease.fencing_token)
+
+    async def _follow_stream(
+        self,
+        provider: MailProvider,
+        ctx: SyncContext,
+        tokens: TokenSource,
+        mailbox: Mailbox,
+        stream_state: StreamState,
+        state: _SliceState,
+        budget: _Budget,
+    ) -> None:
+        stream: StreamInfo = stream_state.as_stream()
+        cursor = stream_state.cursor
+        generation = stream_state.generation
+        mode = stream_state.mode
+        while True:
+            if budget.spent():
+                state.incomplete = True
+                return
+            budget.pages_left -= 1
+            try:
+                page = await self._with_token_retry(
+                    tokens, lambda c=cursor: provider.fetch_page(ctx, stream, c)
+                )
+            except CursorInvalidError as exc:
+                log.warning(
+                    "mailbox %s stream %s: cursor invalid (%s); full resync of the stream",
+                    mailbox.id,
+                    stream.key,
+                    exc,
+                )
+                async with self.rt.sessions() as session, session.begin():
+                    generation = await CursorRepository(session).restart(mailbox.id, stream.key)
+                    await MailboxRepository(session).fence(
+                        state.lease, self.settings.lease_seconds, phase="resync"
+                    )
+                cursor, mode = None, "full"
+                continue
+            if cursor is None:
+                mode = "full"
+            await self._commit_page(mailbox.id, stream, generation, mode, page, state)
+            state.pages += 1
+            cursor = page.cursor
+            if page.full_sync_complete:
+                mode = "incremental"
+            if page.caught_up:
+                return
+
+    async def _commit_page(
+        self,
+        mailbox_id: uuid.UUID,
+        stream: StreamInfo,
+        generation: int,
+        mode: str,
+        page: Page,
+        state: _SliceState,
+    ) -> None:
+        if page.total_estimate is not None:
+            state.totals[stream.key] = page.total_estimate
+        new_mode = (
+            "incremental"
+            if page.full_sync_complete or (page.caught_up and mode == "incremental")
+            else mode
+        )
+        async with self.rt.sessions() as session, session.begin():
+            messages = MessageRepository(session)
+            upserted = await messages.upsert_page(mailbox_id, stream.key, generation, page.upserts)
+            deleted = await messages.delete_from_stream(mailbox_id, stream.key, page.deletes)
+            relabelled = await messages.apply_label_changes(mailbox_id, page.label_changes)
+            swept = 0
+            if page.full_sync_complete:
+                swept = await messages.sweep_stream(mailbox_id, stream.key, generation)
+            await CursorRepository(session).save(
+                mailbox_id,
+                stream.key,
+                cursor=page.cursor,
+                caught_up=page.caught_up,
+                mode=new_mode,
+                total_estimate=page.total_estimate,
+            )
+            if page.upserts or deleted or relabelled or swept:
+                await OutboxRepository(session).add(
+                    mailbox_id,
+                    "messages.changed",
+                    {
+                        "stream": stream.key,
+                        "upserted": [m.provider_message_id for m in page.upserts],
+                        "deleted": deleted,
+                        "relabelled": relabelled,
+                        "swept": swept,
+                    },
+                )
+            # Last, so the lease check and the progress move commit with the page or not at all.
+            await MailboxRepository(session).fence(
+                state.lease,
+                self.settings.lease_seconds,
+                synced_delta=upserted.inserted - len(deleted) - swept,
+                total_estimate=self._total(state),
+            )
+
+    # -- helpers ----------------------------------------------------------------------
+
+    @staticmethod
+    def _total(state: _SliceState) -> int | None:
+        known = [t for t in state.totals.values() if t is not None]
+        return sum(known) if known else None
+
+    async def _with_token_retry(self, tokens: TokenSource, call):  # type: ignore[no-untyped-def]
+        """One 401 earns one refresh and one retry; a second 401 means the grant is unusable."""
+        try:
+            return await call()
+        except AccessTokenRejected:
+            await tokens.after_rejection()
+            try:
+                return await call()
+            except AccessTokenRejected as exc:
+                raise AuthExpiredError(
+                    "the provider rejected a freshly refreshed access token; reconnect the mailbox"
+                ) from exc
+
+    async def _guarded(self, action) -> None:  # type: ignore[no-untyped-def]
+        try:
+            async with self.rt.sessions() as session, session.begin():
+                await action(MailboxRepository(session))
+        except LeaseLost:
+            log.info("lease lost before the final status could be written")
+
+    async def _retry_later(
+        self, mailbox: Mailbox, state: _SliceState, exc: BaseException, retry_after: float | None
+    ) -> SliceResult:
+        failures = mailbox.consecutive_failures + 1
+        delay = max(retry_after or 0.0, backoff_seconds(failures))
+        message = f"{exc.__class__.__name__}: {exc}"[:500]
+        give_up = failures >= self.settings.max_transient_retries
+        status = (
+            "error" if give_up else ("connected" if mailbox.status == "connected" else "syncing")
+        )
+        log.warning(
+            "mailbox %s: %s; retrying in %.1fs (failure %d)", mailbox.id, message, delay, failures
+        )
+        next_at = datetime.now(UTC) + timedelta(seconds=delay)
+        await self._guarded(
+            lambda repo: repo.finish(
+                state.lease,
+                status=status,
+                phase=mailbox.phase,
+                next_sync_at=next_at,
+                last_error=message,
+                failure=True,
+            )
+        )
+        return SliceResult(Outcome.RETRY_LATER, delay=delay, pages=state.pages, message=message)

@@ -1,0 +1,118 @@
+"""ARQ job functions. Each takes ids only, opens its own sessions and is safe to run twice."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from app.db.repositories.credentials import CredentialRepository
+from app.db.repositories.mailboxes import MailboxRepository
+from app.db.repositories.subscriptions import SubscriptionRepository
+from app.providers.base import AuthExpiredError, ProviderError
+from app.sync.engine import Outcome, SyncEngine
+from app.sync.queue import enqueue_cleanup, enqueue_subscription, enqueue_sync
+from app.sync.runtime import Runtime
+from app.sync.subscriptions import SubscriptionService
+
+log = logging.getLogger(__name__)
+
+# How often a healthy push channel is renewed (Gmail asks for daily watch renewal).
+RENEW_EVERY_SECONDS = 24 * 3600
+
+
+def _rt(ctx: dict[str, Any]) -> Runtime:
+    rt: Runtime = ctx["rt"]
+    return rt
+
+
+async def sync_mailbox(ctx: dict[str, Any], mailbox_id: str) -> str:
+    """One bounded slice of sync for one mailbox, then schedule what follows."""
+    rt = _rt(ctx)
+    mid = uuid.UUID(mailbox_id)
+    result = await SyncEngine(rt, owner=ctx.get("worker_id", "worker")).run_slice(mid)
+    token = result.fencing_token
+    if result.outcome is Outcome.CONTINUE:
+        # Our own job id is still held while we run, so the continuation needs its own.
+        await enqueue_sync(rt.redis, mid, suffix=f"c{token}")
+    elif result.outcome is Outcome.DONE_AGAIN:
+        await enqueue_sync(rt.redis, mid, suffix=f"a{token}")
+    elif result.outcome is Outcome.RETRY_LATER:
+        await enqueue_sync(rt.redis, mid, suffix=f"r{uuid.uuid4().hex[:8]}", defer_by=result.delay)
+    log.info("sync %s: %s after %d pages", mailbox_id, result.outcome.value, result.pages)
+    return result.outcome.value
+
+
+async def ensure_subscription(ctx: dict[str, Any], mailbox_id: str) -> str:
+    rt = _rt(ctx)
+    try:
+        sub = await SubscriptionService(rt).ensure(uuid.UUID(mailbox_id))
+    except AuthExpiredError as exc:
+        log.warning("subscription for %s: authorization expired: %s", mailbox_id, exc)
+        return "auth_expired"
+    except ProviderError as exc:
+        # The renewal cron tries again; sync still runs on its schedule meanwhile.
+        log.warning("subscription for %s failed: %s: %s", mailbox_id, exc.__class__.__name__, exc)
+        return "failed"
+    return "none" if sub is None else "active"
+
+
+async def cleanup_disconnected(ctx: dict[str, Any], mailbox_id: str) -> str:
+    """After a disconnect: remove push channels at the provider, then the credentials."""
+    rt = _rt(ctx)
+    mid = uuid.UUID(mailbox_id)
+    async with rt.sessions() as session:
+        mailbox = await MailboxRepository(session).get(mid)
+    if mailbox is None or mailbox.status != "disconnected":
+        return "skipped"
+    try:
+        await SubscriptionService(rt).remove_all(mid)
+    except ProviderError as exc:
+        # The channel expires by itself; credentials must go regardless.
+        log.warning("unsubscribe for %s failed: %s", mailbox_id, exc)
+        async with rt.sessions() as session, session.begin():
+            await SubscriptionRepository(session, rt.cipher).delete_for_mailbox(mid)
+    async with rt.sessions() as session, session.begin():
+        current = await MailboxRepository(session).get(mid)
+        # A reconnect may have raced us: its new credentials must stay.
+        if current is not None and current.status == "disconnected":
+            await CredentialRepository(session, rt.cipher).delete(mid)
+    return "cleaned"
+
+
+async def schedule(ctx: dict[str, Any]) -> dict[str, int]:
+    """Rebuild the queue from PostgreSQL: due mailboxes, owed passes, lapsed leases."""
+    rt = _rt(ctx)
+    limit = rt.settings.scheduler_batch
+    async with rt.sessions() as session:
+        repo = MailboxRepository(session)
+        due = await repo.due_for_sync(limit)
+        lapsed = await repo.with_lapsed_lease(limit)
+        leftovers = await repo.disconnected_with_credentials(limit)
+    enqueued = 0
+    for mid in due:
+        enqueued += await enqueue_sync(rt.redis, mid)
+    for mid, token in lapsed:
+        # A dead worker's job id may still be held for the in-progress timeout; use a new one.
+        enqueued += await enqueue_sync(rt.redis, mid, suffix=f"recover{token}")
+    for mid in leftovers:
+        await enqueue_cleanup(rt.redis, mid)
+    if due or lapsed:
+        log.info(
+            "scheduler: %d due, %d lapsed leases, %d enqueued", len(due), len(lapsed), enqueued
+        )
+    return {"due": len(due), "lapsed": len(lapsed), "enqueued": enqueued}
+
+
+async def renew_subscriptions(ctx: dict[str, Any]) -> dict[str, int]:
+    rt = _rt(ctx)
+    limit = rt.settings.scheduler_batch
+    async with rt.sessions() as session:
+        subs = SubscriptionRepository(session, rt.cipher)
+        due = await subs.due_for_renewal(RENEW_EVERY_SECONDS, limit)
+        # Gmail push needs a Pub/Sub topic; without one there is nothing to create.
+        providers = ["microsoft"] + (["google"] if rt.settings.gmail_pubsub_topic else [])
+        missing = [mid for p in providers for mid in await subs.without_subscription(p, limit)]
+    for mid in {*due, *missing}:
+        await enqueue_subscription(rt.redis, mid)
+    return {"renew": len(due), "create": len(missing)}

@@ -1,0 +1,128 @@
+"""What connect, disconnect and status mean; the routes only translate HTTP to these calls."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.models import Mailbox
+from app.db.repositories.credentials import CredentialRepository
+from app.db.repositories.mailboxes import MailboxRepository
+from app.db.repositories.messages import MessageRepository
+from app.sync.queue import enqueue_cleanup, enqueue_subscription, enqueue_sync
+from app.sync.runtime import Runtime
+
+
+class MailboxNotFound(Exception):
+    pass
+
+
+class Transaction(Protocol):
+    """The caller's unit of work (app.api.deps.UnitOfWork): a session and after-commit jobs."""
+
+    session: AsyncSession
+    rt: Runtime
+
+    def after_commit(self, action: Callable[[], Awaitable[object]]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectCommand:
+    user_id: str
+    provider: str
+    auth_mode: str
+    email: str | None
+    access_token: str | None
+    refresh_token: str | None
+    expires_in: int | None
+    tenant_id: str | None = None
+    provider_user_id: str | None = None
+
+
+def account_key(cmd: ConnectCommand) -> str:
+    if cmd.email:
+        return cmd.email.lower()
+    if cmd.provider_user_id:
+        return f"user:{cmd.provider_user_id.lower()}"
+    # Without an address the refresh token is all that identifies the grant; callers that
+    # send `email` get idempotent reconnects, which the README recommends.
+    assert cmd.refresh_token is not None
+    return "grant:" + hashlib.sha256(cmd.refresh_token.encode()).hexdigest()[:24]
+
+
+async def connect(uow: Transaction, cmd: ConnectCommand) -> Mailbox:
+    """Create or revive the mailbox and store its credentials in the caller's transaction;
+    the first sync and the push subscription are enqueued after it commits."""
+    session = uow.session
+    mailbox = await MailboxRepository(session).upsert_for_connect(
+        user_id=cmd.user_id,
+        provider=cmd.provider,
+        account_key=account_key(cmd),
+        email=cmd.email.lower() if cmd.email else None,
+        auth_mode=cmd.auth_mode,
+        tenant_id=cmd.tenant_id,
+        provider_user_id=cmd.provider_user_id,
+    )
+    credentials = CredentialRepository(session, uow.rt.cipher)
+    if cmd.auth_mode == "application":
+        # App-only: the worker obtains tokens with the client credentials; store an expired
+        # placeholder so the first use mints a real token.
+        await credentials.put(
+            mailbox.id, access_token="", refresh_token=None, expires_at=datetime.now(UTC)
+        )
+    else:
+        assert cmd.access_token is not None and cmd.expires_in is not None
+        await credentials.put(
+            mailbox.id,
+            access_token=cmd.access_token,
+            refresh_token=cmd.refresh_token,
+            expires_at=datetime.now(UTC) + timedelta(seconds=cmd.expires_in),
+        )
+    redis = uow.rt.redis
+    mailbox_id = mailbox.id
+    # A reconnect while a sync job is queued must not be swallowed by job-id coalescing:
+    # the new credentials deserve a pass of their own.
+    uow.after_commit(lambda: enqueue_sync(redis, mailbox_id, suffix=f"connect{uuid.uuid4().hex[:8]}"))
+    uow.after_commit(lambda: enqueue_subscription(redis, mailbox_id))
+    return mailbox
+
+
+async def disconnect(uow: Transaction, mailbox_ids: list[uuid.UUID], *, purge: bool) -> None:
+    session = uow.session
+    repo = MailboxRepository(session)
+    for mailbox_id in mailbox_ids:
+        await repo.mark_disconnected(mailbox_id)
+        if purge:
+            await MessageRepository(session).purge(mailbox_id)
+        redis = uow.rt.redis
+        uow.after_commit(lambda mid=mailbox_id: enqueue_cleanup(redis, mid))
+
+
+async def resolve_targets(
+    session: AsyncSession, user_id: str, mailbox_id: uuid.UUID | None, provider: str | None
+) -> list[uuid.UUID]:
+    repo = MailboxRepository(session)
+    if mailbox_id is not None:
+        mailbox = await repo.get_for_user(user_id, mailbox_id)
+        if mailbox is None:
+            raise MailboxNotFound(str(mailbox_id))
+        return [mailbox.id]
+    found = [m.id for m in await repo.list_for_user(user_id) if m.provider == provider]
+    if not found:
+        raise MailboxNotFound(f"no {provider} mailbox")
+    return found
+
+
+def percent(mailbox: Mailbox) -> int:
+    if mailbox.status == "connected":
+        return 100
+    total = mailbox.messages_total_estimate
+    if not total:
+        return 0
+    return max(0, min(99, int(mailbox.messages_synced * 100 / total)))

@@ -1,0 +1,129 @@
+"""Per-mailbox provider limits shared by every worker, kept in Redis.
+
+One Lua script admits a request only when the mailbox is not paused (a Retry-After we were
+given), a concurrent-request slot is free (Graph: 4 per mailbox across all clients) and the
+quota bucket holds enough units (Gmail: 250 units per user per second). Slots are leases
+with an expiry, so a worker that dies holding one frees it after `slot_ttl`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from redis.asyncio import Redis
+
+from app.providers.base import ProviderLimits
+
+# KEYS: pause, slots (zset holder -> expiry ms), bucket (hash tokens, ts)
+# ARGV: now_ms, holder, slot_ttl_ms, max_concurrency (0 = none), rate (units/s, 0 = none),
+#       capacity, cost
+# Returns 0 when admitted, else the number of milliseconds to wait before trying again.
+_ADMIT = """
+local now = tonumber(ARGV[1])
+local pause_ttl = redis.call('PTTL', KEYS[1])
+if pause_ttl > 0 then return pause_ttl end
+local max_conc = tonumber(ARGV[4])
+if max_conc > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  if redis.call('ZCARD', KEYS[2]) >= max_conc then
+    return -1
+  end
+end
+local rate = tonumber(ARGV[5])
+local cost = tonumber(ARGV[7])
+if rate > 0 then
+  local capacity = tonumber(ARGV[6])
+  local state = redis.call('HMGET', KEYS[3], 'tokens', 'ts')
+  local tokens = tonumber(state[1]) or capacity
+  local ts = tonumber(state[2]) or now
+  tokens = math.min(capacity, tokens + (now - ts) * rate / 1000.0)
+  if tokens < cost then
+    redis.call('HSET', KEYS[3], 'tokens', tokens, 'ts', now)
+    redis.call('PEXPIRE', KEYS[3], 60000)
+    return math.max(1, math.ceil((cost - tokens) * 1000.0 / rate))
+  end
+  redis.call('HSET', KEYS[3], 'tokens', tokens - cost, 'ts', now)
+  redis.call('PEXPIRE', KEYS[3], 60000)
+end
+if max_conc > 0 then
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]) * 2)
+end
+return 0
+"""
+
+
+class RedisRateGate:
+    """A `RateGate` (app.providers.base) for one mailbox, shared through Redis."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        mailbox_key: str,
+        limits: ProviderLimits,
+        *,
+        slot_ttl_seconds: float = 120.0,
+        # A bucket of one second's worth of units: bursts up to the documented per-second
+        # rate, a moving average at the rate.
+        burst_seconds: float = 1.0,
+    ) -> None:
+        self._redis = redis
+        self._keys = [
+            f"gate:{mailbox_key}:pause",
+            f"gate:{mailbox_key}:slots",
+            f"gate:{mailbox_key}:bucket",
+        ]
+        self._limits = limits
+        self._slot_ttl_ms = int(slot_ttl_seconds * 1000)
+        rate = limits.units_per_second or 0.0
+        self._rate = rate
+        self._capacity = rate * burst_seconds
+        self._script = redis.register_script(_ADMIT)
+
+    async def _admit(self, holder: str, cost: int) -> int:
+        now_ms = int(time.time() * 1000)
+        # A request dearer than the whole bucket could never pass; let it through at capacity.
+        cost = min(cost, int(self._capacity)) if self._capacity else cost
+        wait = await self._script(
+            keys=self._keys,
+            args=[
+                now_ms,
+                holder,
+                self._slot_ttl_ms,
+                self._limits.max_concurrency or 0,
+                self._rate,
+                self._capacity,
+                cost,
+            ],
+        )
+        return int(wait)
+
+    @asynccontextmanager
+    async def request(self, cost: int = 1) -> AsyncIterator[None]:
+        holder = uuid.uuid4().hex
+        while True:
+            wait_ms = await self._admit(holder, cost)
+            if wait_ms == 0:
+                break
+            if wait_ms < 0:
+                # All slots busy: poll briefly with jitter; slots free in milliseconds.
+                await asyncio.sleep(random.uniform(0.005, 0.025))
+            else:
+                await asyncio.sleep(wait_ms / 1000 + random.uniform(0, 0.005))
+        try:
+            yield
+        finally:
+            if self._limits.max_concurrency:
+                await self._redis.zrem(self._keys[1], holder)
+
+    async def pause(self, seconds: float) -> None:
+        ms = max(1, int(seconds * 1000))
+        # Only lengthen a pause: another worker may have been told to wait longer.
+        current = await self._redis.pttl(self._keys[0])
+        if current is None or current < ms:
+            await self._redis.set(self._keys[0], b"1", px=ms)

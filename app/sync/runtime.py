@@ -1,0 +1,76 @@
+"""The long-lived things a worker (or the API) shares: engine, sessions, HTTP, Redis, cipher."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from dataclasses import dataclass, field
+
+import httpx
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.crypto import TokenCipher
+from app.db.session import make_engine, make_sessionmaker
+from app.providers.base import MailProvider, ProviderName
+from app.providers.registry import build_provider
+
+
+def make_http_client(settings: Settings) -> httpx.AsyncClient:
+    """One pooled client for every provider call; trusts SSL_CERT_FILE when it is set."""
+    # httpx reads SSL_CERT_FILE itself (trust_env); the explicit context keeps that true
+    # for clients created before the variable was exported, e.g. in tests.
+    verify: ssl.SSLContext | bool = True
+    cafile = os.environ.get("SSL_CERT_FILE")
+    if cafile:
+        verify = ssl.create_default_context(cafile=cafile)
+    return httpx.AsyncClient(
+        verify=verify,
+        timeout=httpx.Timeout(30.0, connect=10.0),
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
+        http2=False,
+    )
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    http: httpx.AsyncClient
+    redis: ArqRedis
+    cipher: TokenCipher
+    _providers: dict[str, MailProvider] = field(default_factory=dict)
+
+    @classmethod
+    async def create(cls, settings: Settings, *, redis: ArqRedis | None = None) -> Runtime:
+        engine = make_engine(settings.database_url)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=make_sessionmaker(engine),
+            http=make_http_client(settings),
+            redis=redis or await create_pool(RedisSettings.from_dsn(settings.redis_url)),
+            cipher=TokenCipher(settings.encryption_keys),
+        )
+
+    def provider(self, name: str) -> MailProvider:
+        if name not in self._providers:
+            self._providers[name] = build_provider(
+                _as_provider_name(name), self.settings, self.http
+            )
+        return self._providers[name]
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        await self.engine.dispose()
+        await self.redis.aclose()
+
+
+def _as_provider_name(name: str) -> ProviderName:
+    if name == "google":
+        return "google"
+    if name == "microsoft":
+        return "microsoft"
+    raise ValueError(f"unknown provider {name!r}")

@@ -1,0 +1,132 @@
+"""Push channels (Graph subscriptions, Gmail watches): create, renew, recreate, remove."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+from app.db.repositories.credentials import CredentialRepository
+from app.db.repositories.mailboxes import MailboxRepository
+from app.db.repositories.subscriptions import StoredSubscription, SubscriptionRepository
+from app.providers.base import (
+    AccessTokenRejected,
+    MailProvider,
+    Subscription,
+    SubscriptionGone,
+    SyncContext,
+)
+from app.sync.engine import account_of
+from app.sync.ratelimit import RedisRateGate
+from app.sync.runtime import Runtime
+from app.sync.tokens import TokenSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Bound:
+    provider: MailProvider
+    ctx: SyncContext
+    tokens: TokenSource
+
+
+class SubscriptionService:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    async def _bind(self, mailbox_id: uuid.UUID, *, live_only: bool = True) -> _Bound | None:
+        async with self.rt.sessions() as session:
+            mailbox = await MailboxRepository(session).get(mailbox_id)
+            has_credentials = await CredentialRepository(session, self.rt.cipher).get(mailbox_id)
+        if mailbox is None or has_credentials is None:
+            return None
+        if live_only and mailbox.status in ("disconnected", "auth_expired"):
+            return None
+        provider = self.rt.provider(mailbox.provider)
+        account = account_of(mailbox)
+        tokens = TokenSource(self.rt, mailbox_id, account, provider)
+        gate = RedisRateGate(self.rt.redis, str(mailbox_id), provider.limits())
+        return _Bound(provider, SyncContext(account, tokens.get, gate), tokens)
+
+    async def _store(self, mailbox_id: uuid.UUID, provider: str, sub: Subscription) -> None:
+        async with self.rt.sessions() as session, session.begin():
+            await SubscriptionRepository(session, self.rt.cipher).replace_active(
+                mailbox_id,
+                provider=provider,
+                subscription_id=sub.subscription_id,
+                expires_at=sub.expires_at,
+                client_state=sub.client_state,
+                resource=sub.resource,
+                extra=dict(sub.extra),
+            )
+
+    async def ensure(self, mailbox_id: uuid.UUID) -> Subscription | None:
+        """Create the channel if the mailbox has none; renew it if it has one."""
+        bound = await self._bind(mailbox_id)
+        if bound is None:
+            return None
+        async with self.rt.sessions() as session:
+            current = await SubscriptionRepository(session, self.rt.cipher).active_for(mailbox_id)
+        if current is not None:
+            return await self.renew(mailbox_id, current, bound)
+        sub = await self._call(bound, lambda: bound.provider.subscribe(bound.ctx))
+        if sub is not None:
+            await self._store(mailbox_id, bound.provider.name, sub)
+            log.info("mailbox %s: push subscription %s created", mailbox_id, sub.subscription_id)
+        return sub
+
+    async def renew(
+        self, mailbox_id: uuid.UUID, current: StoredSubscription, bound: _Bound | None = None
+    ) -> Subscription | None:
+        bound = bound or await self._bind(mailbox_id)
+        if bound is None:
+            return None
+        existing = Subscription(
+            subscription_id=current.subscription_id,
+            expires_at=current.expires_at,
+            client_state=current.client_state,
+            resource=current.resource,
+            extra=current.extra,
+        )
+        try:
+            sub = await self._call(bound, lambda: bound.provider.renew(bound.ctx, existing))
+        except SubscriptionGone:
+            log.info(
+                "mailbox %s: subscription %s is gone; recreating",
+                mailbox_id,
+                current.subscription_id,
+            )
+            sub = await self._call(bound, lambda: bound.provider.subscribe(bound.ctx))
+            if sub is None:
+                return None
+        await self._store(mailbox_id, bound.provider.name, sub)
+        return sub
+
+    async def remove_all(self, mailbox_id: uuid.UUID) -> None:
+        """Delete the mailbox's channels at the provider, then forget them."""
+        bound = await self._bind(mailbox_id, live_only=False)
+        async with self.rt.sessions() as session:
+            subs = await SubscriptionRepository(session, self.rt.cipher).all_for_mailbox(mailbox_id)
+        if bound is not None:
+            for stored in subs:
+                if stored.status != "active":
+                    continue
+                sub = Subscription(
+                    subscription_id=stored.subscription_id,
+                    expires_at=stored.expires_at,
+                    client_state=stored.client_state,
+                    resource=stored.resource,
+                    extra=stored.extra,
+                )
+                await self._call(bound, lambda s=sub: bound.provider.unsubscribe(bound.ctx, s))
+        async with self.rt.sessions() as session, session.begin():
+            await SubscriptionRepository(session, self.rt.cipher).delete_for_mailbox(mailbox_id)
+
+    @staticmethod
+    async def _call(bound: _Bound, call):  # type: ignore[no-untyped-def]
+        try:
+            return await call()
+        except AccessTokenRejected:
+            await bound.tokens.after_rejection()
+            return await call()

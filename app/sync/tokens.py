@@ -1,0 +1,93 @@
+"""Access tokens read from the store at use time, refreshed near expiry, one refresh at a time.
+
+Providers call `TokenSource.get()` before every request and never keep the result, so a
+token minted before a long sync is never sent after it expires. A refresh happens inside a
+transaction holding the credential row lock: a second worker waiting on the lock then finds
+the fresh token instead of spending a refresh token the provider has already rotated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from app.db.repositories.credentials import CredentialRepository, StoredCredential
+from app.providers.base import Account, AuthExpiredError, MailProvider
+from app.sync.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class MissingCredentials(AuthExpiredError):
+    """The mailbox has no stored credentials (disconnected meanwhile)."""
+
+
+class TokenSource:
+    def __init__(
+        self, rt: Runtime, mailbox_id: uuid.UUID, account: Account, provider: MailProvider
+    ):
+        self._rt = rt
+        self._mailbox_id = mailbox_id
+        self._account = account
+        self._provider = provider
+        self._margin = timedelta(seconds=rt.settings.token_refresh_margin_seconds)
+        self._cached: StoredCredential | None = None
+        self._lock = asyncio.Lock()
+        self.refreshes = 0
+
+    def _fresh(self, cred: StoredCredential | None) -> bool:
+        if cred is None or cred.expires_at is None:
+            return False
+        return cred.expires_at - datetime.now(UTC) > self._margin
+
+    async def get(self) -> str:
+        if self._fresh(self._cached):
+            assert self._cached is not None
+            return self._cached.access_token
+        async with self._lock:
+            if self._fresh(self._cached):
+                assert self._cached is not None
+                return self._cached.access_token
+            async with self._rt.sessions() as session:
+                cred = await CredentialRepository(session, self._rt.cipher).get(self._mailbox_id)
+            if self._fresh(cred):
+                assert cred is not None
+                self._cached = cred
+                return cred.access_token
+            return await self._refresh(rejected=None)
+
+    async def after_rejection(self, rejected: str | None = None) -> str:
+        """The provider answered 401: refresh once, unless someone already did."""
+        async with self._lock:
+            return await self._refresh(
+                rejected=rejected or (self._cached.access_token if self._cached else None)
+            )
+
+    async def _refresh(self, rejected: str | None) -> str:
+        async with self._rt.sessions() as session, session.begin():
+            repo = CredentialRepository(session, self._rt.cipher)
+            cred = await repo.get(self._mailbox_id, for_update=True)
+            if cred is None:
+                raise MissingCredentials("mailbox has no credentials; reconnect it")
+            if rejected is None and self._fresh(cred):
+                self._cached = cred
+                return cred.access_token
+            if rejected is not None and cred.access_token != rejected and self._fresh(cred):
+                self._cached = cred
+                return cred.access_token
+            tokens = await self._provider.refresh_token(self._account, cred.refresh_token)
+            refresh_token = tokens.refresh_token or cred.refresh_token
+            await repo.put(
+                self._mailbox_id,
+                access_token=tokens.access_token,
+                refresh_token=refresh_token,
+                expires_at=tokens.expires_at,
+            )
+            self.refreshes += 1
+            log.info("refreshed access token for mailbox %s", self._mailbox_id)
+        self._cached = StoredCredential(
+            tokens.access_token, refresh_token, tokens.expires_at, cred.version + 1
+        )
+        return tokens.access_token

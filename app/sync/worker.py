@@ -1,0 +1,96 @@
+"""`arq app.sync.worker.WorkerSettings`: the sync worker.
+
+Function timeouts are short on purpose: ARQ re-runs a killed worker's job only after the
+longest function timeout, and a slice of sync work is bounded well below it anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from typing import Any, ClassVar
+
+from arq import cron
+from arq.connections import RedisSettings
+from arq.worker import func
+
+from app.config import get_settings
+from app.logging import configure_logging
+from app.sync import jobs
+from app.sync.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+_settings = get_settings()
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    configure_logging()
+    ctx["rt"] = await Runtime.create(get_settings(), redis=ctx["redis"])
+    ctx["worker_id"] = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    log.info("worker %s started", ctx["worker_id"])
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    rt: Runtime | None = ctx.get("rt")
+    if rt is not None:
+        await rt.http.aclose()
+        await rt.engine.dispose()
+
+
+def _timeout() -> int:
+    return get_settings().job_timeout_seconds
+
+
+class WorkerSettings:
+    functions: ClassVar[list[Any]] = [
+        # keep_result=0: a finished job must never block the next enqueue of the same id.
+        func(
+            jobs.sync_mailbox, name="sync_mailbox", timeout=_timeout(), keep_result=0, max_tries=3
+        ),
+        func(
+            jobs.ensure_subscription,
+            name="ensure_subscription",
+            timeout=60,
+            keep_result=0,
+            max_tries=3,
+        ),
+        func(
+            jobs.cleanup_disconnected,
+            name="cleanup_disconnected",
+            timeout=60,
+            keep_result=0,
+            max_tries=3,
+        ),
+    ]
+    cron_jobs: ClassVar[list[Any]] = [
+        # Every 10 s: due mailboxes, owed passes, lapsed leases. Unique per run, so two
+        # workers do not both run one tick.
+        cron(
+            jobs.schedule,
+            second=set(range(0, 60, 10)),
+            run_at_startup=True,
+            timeout=30,
+            keep_result=0,
+            unique=True,
+        ),
+        cron(
+            jobs.renew_subscriptions,
+            minute=set(range(0, 60, 5)),
+            run_at_startup=True,
+            timeout=60,
+            keep_result=0,
+            unique=True,
+        ),
+    ]
+    on_startup = startup
+    on_shutdown = shutdown
+    redis_settings = RedisSettings.from_dsn(_settings.redis_url)
+    max_jobs = _settings.worker_max_jobs
+    job_timeout = _settings.job_timeout_seconds
+    keep_result = 0
+    # SIGTERM: stop taking jobs and let running slices (bounded by SYNC_SLICE_SECONDS) finish.
+    job_completion_wait = int(_settings.sync_slice_seconds) + 15
+    health_check_interval = 30
