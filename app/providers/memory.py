@@ -74,7 +74,7 @@ class MemoryProvider:
         self.stream_labels: dict[str, tuple[str, ...]] = {}
         self._log: list[_Change] = []
         self._seq = itertools.count(1)
-        self._expired_before: dict[str, int] = {}
+        self._epochs: dict[str, int] = {}
         self.valid_tokens: dict[str, datetime] = {}
         self.refresh_tokens: set[str] = set()
         # (token, expires_at, used_at) for every request: proves no expired token was sent.
@@ -104,7 +104,7 @@ class MemoryProvider:
 
     def expire_cursors(self, stream: str) -> None:
         """Cursors issued so far for `stream` become invalid (Graph 410, Gmail history 404)."""
-        self._expired_before[stream] = next(self._seq)
+        self._epochs[stream] = self._epochs.get(stream, 0) + 1
 
     def issue_grant(self) -> tuple[str, str, int]:
         access, refresh = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
@@ -165,10 +165,11 @@ class MemoryProvider:
 
     def _page(self, key: str, cursor: Cursor | None) -> Page:
         messages = self.streams.get(key, {})
+        epoch = self._epochs.get(key, 0)
         if cursor is None:
-            cursor = {"full": True, "offset": 0, "seq": self._current_seq()}
+            cursor = {"full": True, "offset": 0, "seq": self._current_seq(), "epoch": epoch}
         issued = int(cursor["seq"])
-        if key in self.faults.expire_cursor_streams or issued < self._expired_before.get(key, 0):
+        if key in self.faults.expire_cursor_streams or cursor.get("epoch", 0) != epoch:
             self.faults.expire_cursor_streams.discard(key)
             raise CursorInvalidError(f"cursor for {key} expired")
         if cursor.get("full"):
@@ -177,9 +178,9 @@ class MemoryProvider:
             chunk = ids[offset : offset + self.page_size]
             upserts = [messages[i] for i in chunk]
             done = offset + len(chunk) >= len(ids)
-            next_cursor: Cursor = (
-                {"seq": issued} if done else {"full": True, "offset": offset + len(chunk), "seq": issued}
-            )
+            next_cursor: Cursor = {"seq": issued, "epoch": epoch}
+            if not done:
+                next_cursor.update(full=True, offset=offset + len(chunk))
             page = Page(
                 upserts=upserts,
                 cursor=next_cursor,
@@ -200,7 +201,7 @@ class MemoryProvider:
             page = Page(
                 upserts=upserts,
                 deletes=deletes,
-                cursor={"seq": last},
+                cursor={"seq": last, "epoch": epoch},
                 caught_up=not more,
                 total_estimate=len(messages),
             )

@@ -242,7 +242,8 @@ class SyncEngine:
                     if first_pass or mailbox.status != "connected"
                     else "connected",
                     phase=state.phase,
-                    next_sync_at=datetime.now(UTC) + timedelta(seconds=settings.lease_seconds),
+                    # If the continuation job is lost (Redis flushed), the scheduler resumes soon.
+                    next_sync_at=datetime.now(UTC) + timedelta(seconds=5),
                 )
             return SliceResult(
                 Outcome.CONTINUE, pages=state.pages, fencing_token=lease.fencing_token
@@ -287,6 +288,9 @@ class SyncEngine:
                     tokens, lambda c=cursor: provider.fetch_page(ctx, stream, c)
                 )
             except CursorInvalidError as exc:
+                if cursor is None:
+                    # Refusing a fresh enumeration is not a dead cursor; do not loop on it.
+                    raise TransientError(f"stream {stream.key}: fresh cursor refused: {exc}") from exc
                 log.warning(
                     "mailbox %s stream %s: cursor invalid (%s); full resync of the stream",
                     mailbox.id,
