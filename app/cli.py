@@ -19,6 +19,17 @@ def migrate() -> int:
     return 0
 
 
+def openapi_document() -> str:
+    """The API's OpenAPI document as committed in openapi.json."""
+    import json
+
+    from app.config import Settings
+    from app.main import create_app
+
+    settings = Settings(_env_file=None, MAILSYNC_ENV="development")
+    return json.dumps(create_app(settings).openapi(), indent=2, sort_keys=True) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mailsync")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -28,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     api.add_argument("--migrate", action="store_true", help="run migrations first")
     sub.add_parser("worker", help="run an ARQ sync worker")
     sub.add_parser("migrate", help="apply database migrations (safe to run twice)")
+    spec = sub.add_parser("openapi", help="write openapi.json (or --check it is current)")
+    spec.add_argument("--check", action="store_true")
+    spec.add_argument("--path", type=Path, default=Path("openapi.json"))
     sim = sub.add_parser("simulator", help="serve the Graph/Gmail simulator over HTTPS")
     sim.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -43,7 +57,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "worker":
         # arq's own CLI handles signals and graceful shutdown.
-        return subprocess.call([sys.executable, "-m", "arq", "app.sync.worker.WorkerSettings"])  # noqa: S603
+        return subprocess.call([sys.executable, "-m", "arq", "app.sync.worker.WorkerSettings"])
+    if args.command == "openapi":
+        current = openapi_document()
+        if args.check:
+            if not args.path.exists() or args.path.read_text() != current:
+                print(f"{args.path} is out of date: run `mailsync openapi`", file=sys.stderr)
+                return 1
+            return 0
+        args.path.write_text(current)
+        return 0
     if args.command == "simulator":
         from app.simulator.__main__ import main as simulator_main
 

@@ -8,7 +8,7 @@ import os
 # Before app imports: the worker module reads settings when it is imported.
 os.environ.setdefault("MAILSYNC_ENV", "test")
 
-import asyncio  # noqa: E402
+import asyncio
 import secrets
 import time
 import uuid
@@ -33,12 +33,12 @@ from app.simulator.server import SimulatorServer
 from app.sync.runtime import Runtime
 from app.sync.worker import WorkerSettings
 
-PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "TEST_PG_ADMIN_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 JWT_SECRET = "test-secret-" + "x" * 32
-TABLES = (
-    "outbox_events, webhook_notifications, subscriptions, messages, sync_cursors, credentials, mailboxes"
-)
+TABLES = "outbox_events, webhook_notifications, subscriptions, messages, sync_cursors, credentials, mailboxes"
 
 
 @pytest.fixture(scope="session")
@@ -127,7 +127,9 @@ async def api(settings: Settings, rt: Runtime) -> AsyncIterator[httpx.AsyncClien
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://mailsync.test") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://mailsync.test"
+        ) as client:
             yield client
 
 
@@ -154,3 +156,21 @@ async def run_worker(rt: Runtime, *, max_seconds: float = 60.0, owner: str | Non
     finally:
         await worker.close()
     return worker
+
+
+@pytest.fixture(scope="module")
+def fuzz_client(database_url: str, redis_url: str) -> Iterator[Any]:
+    """A synchronous client (its own event loop in a thread), for property-based tests."""
+    from fastapi.testclient import TestClient
+
+    fuzz_settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        **{
+            "MAILSYNC_ENV": "test",
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "AUTH_JWT_SECRET": JWT_SECRET,
+        },
+    )
+    with TestClient(create_app(fuzz_settings), raise_server_exceptions=False) as client:
+        yield client

@@ -22,8 +22,12 @@ class ConnectRequest(BaseModel):
     refresh_token: str | None = Field(default=None, min_length=1, max_length=16384)
     expires_in: int | None = Field(default=None, ge=0, le=31_536_000)
     email: EmailStr | None = None
-    tenant_id: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9.\-]+$")
-    user_id: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9@.\-_]+$")
+    tenant_id: str | None = Field(
+        default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9.\-]+$"
+    )
+    user_id: str | None = Field(
+        default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9@.\-_]+$"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ConnectRequest:

@@ -240,7 +240,9 @@ class MemoryProvider:
         self.subscriptions.pop(subscription.subscription_id, None)
 
 
-def make_message(i: int, *, stream_labels: Sequence[str] = (), read: bool = True) -> NormalizedMessage:
+def make_message(
+    i: int, *, stream_labels: Sequence[str] = (), read: bool = True
+) -> NormalizedMessage:
     """A plausible message for tests and benchmarks."""
     return NormalizedMessage(
         provider_message_id=f"msg-{i:07d}",

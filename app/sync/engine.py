@@ -17,8 +17,11 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import TypeVar
 
 from app.db.models import Mailbox
 from app.db.repositories.cursors import CursorRepository, StreamState
@@ -43,6 +46,8 @@ from app.sync.runtime import Runtime
 from app.sync.tokens import TokenSource
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Outcome(enum.StrEnum):
@@ -285,12 +290,14 @@ class SyncEngine:
             budget.pages_left -= 1
             try:
                 page = await self._with_token_retry(
-                    tokens, lambda c=cursor: provider.fetch_page(ctx, stream, c)
+                    tokens, partial(provider.fetch_page, ctx, stream, cursor)
                 )
             except CursorInvalidError as exc:
                 if cursor is None:
                     # Refusing a fresh enumeration is not a dead cursor; do not loop on it.
-                    raise TransientError(f"stream {stream.key}: fresh cursor refused: {exc}") from exc
+                    raise TransientError(
+                        f"stream {stream.key}: fresh cursor refused: {exc}"
+                    ) from exc
                 log.warning(
                     "mailbox %s stream %s: cursor invalid (%s); full resync of the stream",
                     mailbox.id,
@@ -373,7 +380,7 @@ class SyncEngine:
         known = [t for t in state.totals.values() if t is not None]
         return sum(known) if known else None
 
-    async def _with_token_retry(self, tokens: TokenSource, call):  # type: ignore[no-untyped-def]
+    async def _with_token_retry(self, tokens: TokenSource, call: Callable[[], Awaitable[T]]) -> T:
         """One 401 earns one refresh and one retry; a second 401 means the grant is unusable."""
         try:
             return await call()
@@ -386,7 +393,7 @@ class SyncEngine:
                     "the provider rejected a freshly refreshed access token; reconnect the mailbox"
                 ) from exc
 
-    async def _guarded(self, action) -> None:  # type: ignore[no-untyped-def]
+    async def _guarded(self, action: Callable[[MailboxRepository], Awaitable[object]]) -> None:
         try:
             async with self.rt.sessions() as session, session.begin():
                 await action(MailboxRepository(session))

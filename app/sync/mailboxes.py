@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -88,20 +89,22 @@ async def connect(uow: Transaction, cmd: ConnectCommand) -> Mailbox:
     mailbox_id = mailbox.id
     # A reconnect while a sync job is queued must not be swallowed by job-id coalescing:
     # the new credentials deserve a pass of their own.
-    uow.after_commit(lambda: enqueue_sync(redis, mailbox_id, suffix=f"connect{uuid.uuid4().hex[:8]}"))
-    uow.after_commit(lambda: enqueue_subscription(redis, mailbox_id))
+    uow.after_commit(
+        lambda: enqueue_sync(redis, mailbox_id, suffix=f"connect{uuid.uuid4().hex[:8]}")
+    )
+    uow.after_commit(partial(enqueue_subscription, redis, mailbox_id))
     return mailbox
 
 
 async def disconnect(uow: Transaction, mailbox_ids: list[uuid.UUID], *, purge: bool) -> None:
     session = uow.session
     repo = MailboxRepository(session)
+    redis = uow.rt.redis
     for mailbox_id in mailbox_ids:
         await repo.mark_disconnected(mailbox_id)
         if purge:
             await MessageRepository(session).purge(mailbox_id)
-        redis = uow.rt.redis
-        uow.after_commit(lambda mid=mailbox_id: enqueue_cleanup(redis, mid))
+        uow.after_commit(partial(enqueue_cleanup, redis, mailbox_id))
 
 
 async def resolve_targets(

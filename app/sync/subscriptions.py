@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 from app.db.repositories.credentials import CredentialRepository
 from app.db.repositories.mailboxes import MailboxRepository
@@ -22,6 +25,8 @@ from app.sync.runtime import Runtime
 from app.sync.tokens import TokenSource
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -97,9 +102,10 @@ class SubscriptionService:
                 mailbox_id,
                 current.subscription_id,
             )
-            sub = await self._call(bound, lambda: bound.provider.subscribe(bound.ctx))
-            if sub is None:
+            recreated = await self._call(bound, partial(bound.provider.subscribe, bound.ctx))
+            if recreated is None:
                 return None
+            sub = recreated
         await self._store(mailbox_id, bound.provider.name, sub)
         return sub
 
@@ -119,12 +125,12 @@ class SubscriptionService:
                     resource=stored.resource,
                     extra=stored.extra,
                 )
-                await self._call(bound, lambda s=sub: bound.provider.unsubscribe(bound.ctx, s))
+                await self._call(bound, partial(bound.provider.unsubscribe, bound.ctx, sub))
         async with self.rt.sessions() as session, session.begin():
             await SubscriptionRepository(session, self.rt.cipher).delete_for_mailbox(mailbox_id)
 
     @staticmethod
-    async def _call(bound: _Bound, call):  # type: ignore[no-untyped-def]
+    async def _call(bound: _Bound, call: Callable[[], Awaitable[T]]) -> T:
         try:
             return await call()
         except AccessTokenRejected:

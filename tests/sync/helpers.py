@@ -25,7 +25,12 @@ class _Tx:
 def seeded(count: int, *, page_size: int = 40, streams: int = 2, **kwargs: Any) -> MemoryProvider:
     provider = MemoryProvider("microsoft", page_size=page_size, **kwargs)
     keys = ["inbox", "sent", "archive", "projects"][:streams]
-    labels = {"inbox": ["INBOX"], "sent": ["SENT"], "archive": ["ARCHIVE"], "projects": ["Projects"]}
+    labels = {
+        "inbox": ["INBOX"],
+        "sent": ["SENT"],
+        "archive": ["ARCHIVE"],
+        "projects": ["Projects"],
+    }
     for key in keys:
         provider.add_stream(key, labels=labels[key])
     for i in range(count):
@@ -67,7 +72,9 @@ async def connect(
 async def mailbox_row(rt: Runtime, mailbox_id: uuid.UUID) -> dict[str, Any]:
     async with rt.sessions() as session:
         row = (
-            await session.execute(text("SELECT * FROM mailboxes WHERE id = :id"), {"id": mailbox_id})
+            await session.execute(
+                text("SELECT * FROM mailboxes WHERE id = :id"), {"id": mailbox_id}
+            )
         ).one()
     return dict(row._mapping)
 
@@ -75,15 +82,20 @@ async def mailbox_row(rt: Runtime, mailbox_id: uuid.UUID) -> dict[str, Any]:
 async def stored_ids(rt: Runtime, mailbox_id: uuid.UUID) -> list[str]:
     async with rt.sessions() as session:
         rows = await session.execute(
-            text("SELECT provider_message_id FROM messages WHERE mailbox_id = :id"), {"id": mailbox_id}
+            text("SELECT provider_message_id FROM messages WHERE mailbox_id = :id"),
+            {"id": mailbox_id},
         )
         return [r[0] for r in rows.all()]
 
 
-async def stored_state(rt: Runtime, mailbox_id: uuid.UUID) -> dict[str, tuple[tuple[str, ...], bool]]:
+async def stored_state(
+    rt: Runtime, mailbox_id: uuid.UUID
+) -> dict[str, tuple[tuple[str, ...], bool]]:
     async with rt.sessions() as session:
         rows = await session.execute(
-            text("SELECT provider_message_id, labels, is_read FROM messages WHERE mailbox_id = :id"),
+            text(
+                "SELECT provider_message_id, labels, is_read FROM messages WHERE mailbox_id = :id"
+            ),
             {"id": mailbox_id},
         )
         return {r[0]: (tuple(sorted(r[1])), r[2]) for r in rows.all()}
@@ -97,7 +109,9 @@ async def expire_lease(rt: Runtime, mailbox_id: uuid.UUID) -> None:
     """Time passing: the holder's lease lapses (as if it died or stalled)."""
     async with rt.sessions() as session, session.begin():
         await session.execute(
-            text("UPDATE mailboxes SET lease_expires_at = now() - interval '1 second' WHERE id = :id"),
+            text(
+                "UPDATE mailboxes SET lease_expires_at = now() - interval '1 second' WHERE id = :id"
+            ),
             {"id": mailbox_id},
         )
 

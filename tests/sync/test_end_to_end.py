@@ -27,8 +27,13 @@ async def test_connect_sync_status_and_list(api: httpx.AsyncClient, rt: Runtime)
 
     response = await api.post(
         "/mail/connect",
-        json={"provider": "microsoft", "access_token": access, "refresh_token": refresh,
-              "expires_in": ttl, "email": "Alice@Example.com"},
+        json={
+            "provider": "microsoft",
+            "access_token": access,
+            "refresh_token": refresh,
+            "expires_in": ttl,
+            "email": "Alice@Example.com",
+        },
         headers=headers,
     )
     assert response.status_code == 202, response.text
@@ -43,7 +48,11 @@ async def test_connect_sync_status_and_list(api: httpx.AsyncClient, rt: Runtime)
     status = (await api.get("/mail/status", headers=headers)).json()
     [mailbox] = status["mailboxes"]
     assert mailbox["status"] == "connected", mailbox
-    assert mailbox["progress"] == {"messages_synced": 250, "messages_total_estimate": 250, "percent": 100}
+    assert mailbox["progress"] == {
+        "messages_synced": 250,
+        "messages_total_estimate": 250,
+        "percent": 100,
+    }
     assert mailbox["last_synced_at"] is not None and mailbox["last_error"] is None
 
     seen: list[dict] = []
@@ -68,6 +77,8 @@ async def test_connect_sync_status_and_list(api: httpx.AsyncClient, rt: Runtime)
     # Another user sees nothing of alice's mailbox.
     other = bearer("mallory")
     assert (await api.get("/mail/status", headers=other)).json()["mailboxes"] == []
-    response = await api.get("/mail/messages", params={"mailbox_id": body["mailbox_id"]}, headers=other)
+    response = await api.get(
+        "/mail/messages", params={"mailbox_id": body["mailbox_id"]}, headers=other
+    )
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"

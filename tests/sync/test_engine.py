@@ -19,8 +19,8 @@ from tests.conftest import run_worker
 from tests.sync.helpers import (
     connect,
     expire_lease,
-    make_due,
     mailbox_row,
+    make_due,
     seeded,
     stored_ids,
     stored_state,
@@ -94,7 +94,9 @@ async def test_a_worker_whose_lease_lapsed_cannot_write(rt: Runtime) -> None:
 
     page = Page(upserts=[make_message(999_999)], cursor={"seq": 1})
     with pytest.raises(LeaseLost):
-        await engine._commit_page(mailbox_id, StreamInfo("inbox", "inbox"), 1, "full", page, _SliceState(stale))
+        await engine._commit_page(
+            mailbox_id, StreamInfo("inbox", "inbox"), 1, "full", page, _SliceState(stale)
+        )
     assert await stored_ids(rt, mailbox_id) == []
     # Even a lease that has not lapsed in time is refused once it was taken over.
     async with rt.sessions() as session, session.begin():
@@ -148,7 +150,9 @@ async def test_expired_cursor_converges_to_exactly_the_provider(rt: Runtime) -> 
     assert row["messages_synced"] == len(provider.truth())
 
 
-async def test_token_captured_before_a_long_sync_is_never_used_expired(rt: Runtime, settings: Any) -> None:
+async def test_token_captured_before_a_long_sync_is_never_used_expired(
+    rt: Runtime, settings: Any
+) -> None:
     provider = seeded(100, page_size=5, streams=1, access_token_ttl=2.0)
     provider.faults.stall_seconds = 0.15
     registry.override("microsoft", lambda s, h: provider)
@@ -175,7 +179,12 @@ async def test_rotated_refresh_token_is_stored_and_never_reused(rt: Runtime) -> 
             repo = CredentialRepository(session, rt.cipher)
             cred = await repo.get(mailbox_id)
             assert cred is not None
-            await repo.put(mailbox_id, access_token="expired", refresh_token=cred.refresh_token, expires_at=None)
+            await repo.put(
+                mailbox_id,
+                access_token="expired",
+                refresh_token=cred.refresh_token,
+                expires_at=None,
+            )
         assert (await SyncEngine(rt, "w").run_slice(mailbox_id)).outcome is Outcome.DONE
     # Each refresh spent the token stored by the previous one (the memory provider refuses reuse).
     assert provider.refresh_count == 3

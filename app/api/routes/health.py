@@ -53,7 +53,9 @@ async def metrics(rt: RuntimeDep) -> Response:
     try:
         async with rt.engine.connect() as conn:
             rows = (
-                await conn.execute(text("SELECT provider, status, count(*) FROM mailboxes GROUP BY 1, 2"))
+                await conn.execute(
+                    text("SELECT provider, status, count(*) FROM mailboxes GROUP BY 1, 2")
+                )
             ).all()
         MAILBOXES.clear()
         for provider, status, count in rows:

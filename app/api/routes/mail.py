@@ -51,12 +51,14 @@ async def connect(body: ConnectRequest, user: CurrentUser, uow: UnitOfWorkDep) -
         mailbox_id=mailbox.id,
         provider=mailbox.provider,
         email=mailbox.email,
-        status=mailbox.status,  # type: ignore[arg-type]
+        status=mailbox.status,
     )
 
 
 @router.post("/disconnect")
-async def disconnect(body: DisconnectRequest, user: CurrentUser, uow: UnitOfWorkDep) -> DisconnectResponse:
+async def disconnect(
+    body: DisconnectRequest, user: CurrentUser, uow: UnitOfWorkDep
+) -> DisconnectResponse:
     try:
         targets = await service.resolve_targets(uow.session, user, body.mailbox_id, body.provider)
     except service.MailboxNotFound as exc:
@@ -76,7 +78,7 @@ async def status(user: CurrentUser, uow: UnitOfWorkDep) -> StatusResponse:
                 mailbox_id=m.id,
                 provider=m.provider,
                 email=m.email,
-                status=m.status,  # type: ignore[arg-type]
+                status=m.status,
                 phase=m.phase,
                 progress=Progress(
                     messages_synced=m.messages_synced,
@@ -150,6 +152,8 @@ async def messages(
         for r in rows
     ]
     next_cursor = (
-        _encode_cursor(ListingKey(rows[-1]["received_at"], rows[-1]["id"])) if more and rows else None
+        _encode_cursor(ListingKey(rows[-1]["received_at"], rows[-1]["id"]))
+        if more and rows
+        else None
     )
     return MessagesResponse(items=items, next_cursor=next_cursor)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -62,7 +63,9 @@ async def microsoft(
             continue
         if not client_state_matches(stored.client_state or "", n.client_state):
             WEBHOOK_NOTIFICATIONS.labels("microsoft", "client_state_mismatch").inc()
-            log.warning("graph notification with a wrong clientState for %s ignored", n.subscription_id)
+            log.warning(
+                "graph notification with a wrong clientState for %s ignored", n.subscription_id
+            )
             continue
         kind = f"lifecycle:{n.lifecycle_event}" if n.lifecycle_event else f"change:{n.change_type}"
         await recorder.record(
@@ -70,7 +73,11 @@ async def microsoft(
             kind=kind,
             mailbox_id=stored.mailbox_id,
             subscription_id=n.subscription_id,
-            payload={"resource": n.resource, "resource_id": n.resource_id, "tenant_id": n.tenant_id},
+            payload={
+                "resource": n.resource,
+                "resource_id": n.resource_id,
+                "tenant_id": n.tenant_id,
+            },
         )
         WEBHOOK_NOTIFICATIONS.labels("microsoft", kind).inc()
         if n.lifecycle_event in ("reauthorizationRequired", "subscriptionRemoved"):
@@ -81,9 +88,9 @@ async def microsoft(
     await MailboxRepository(uow.session).request_sync(sorted(to_sync))
     redis = uow.rt.redis
     for mid in sorted(to_sync):
-        uow.after_commit(lambda m=mid: enqueue_sync(redis, m))
+        uow.after_commit(partial(enqueue_sync, redis, mid))
     for mid in sorted(to_resubscribe):
-        uow.after_commit(lambda m=mid: enqueue_subscription(redis, m))
+        uow.after_commit(partial(enqueue_subscription, redis, mid))
     await uow.commit()
     return Response(status_code=202)
 
@@ -110,20 +117,32 @@ async def google(request: Request, uow: UnitOfWorkDep) -> Response:
 
     mailbox_ids = await MailboxRepository(uow.session).ids_by_email("google", push.email_address)
     recorder = NotificationRepository(uow.session)
-    payload = {"history_id": str(push.history_id), "message_id": push.message_id, "sub": claims.get("sub")}
+    payload = {
+        "history_id": str(push.history_id),
+        "message_id": push.message_id,
+        "sub": claims.get("sub"),
+    }
     if not mailbox_ids:
         # Acknowledge: Pub/Sub would otherwise redeliver a push nobody can use.
         WEBHOOK_NOTIFICATIONS.labels("google", "unknown_address").inc()
         log.info("gmail push for an address with no mailbox acknowledged")
-        await recorder.record(provider="google", kind="push:unknown", mailbox_id=None, subscription_id=None, payload=payload)
+        await recorder.record(
+            provider="google",
+            kind="push:unknown",
+            mailbox_id=None,
+            subscription_id=None,
+            payload=payload,
+        )
         await uow.commit()
         return Response(status_code=204)
     for mid in mailbox_ids:
-        await recorder.record(provider="google", kind="push", mailbox_id=mid, subscription_id=None, payload=payload)
+        await recorder.record(
+            provider="google", kind="push", mailbox_id=mid, subscription_id=None, payload=payload
+        )
     WEBHOOK_NOTIFICATIONS.labels("google", "push").inc()
     await MailboxRepository(uow.session).request_sync(mailbox_ids)
     redis = uow.rt.redis
     for mid in mailbox_ids:
-        uow.after_commit(lambda m=mid: enqueue_sync(redis, m))
+        uow.after_commit(partial(enqueue_sync, redis, mid))
     await uow.commit()
     return Response(status_code=204)

@@ -15,6 +15,7 @@ from datetime import datetime
 from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from app.db.models import Mailbox
 
@@ -64,14 +65,14 @@ class MailboxRepository:
             "next_sync_at": func.now(),
             "sync_requested_at": func.now(),
         }
-        stmt = insert(Mailbox).values(values)
-        stmt = stmt.on_conflict_do_update(
+        insert_stmt = insert(Mailbox).values(values)
+        stmt = insert_stmt.on_conflict_do_update(
             constraint="uq_mailboxes_account",
             set_={
-                "email": func.coalesce(stmt.excluded.email, Mailbox.email),
-                "auth_mode": stmt.excluded.auth_mode,
-                "tenant_id": stmt.excluded.tenant_id,
-                "provider_user_id": stmt.excluded.provider_user_id,
+                "email": func.coalesce(insert_stmt.excluded.email, col(Mailbox.email)),
+                "auth_mode": insert_stmt.excluded.auth_mode,
+                "tenant_id": insert_stmt.excluded.tenant_id,
+                "provider_user_id": insert_stmt.excluded.provider_user_id,
                 # A reconnect clears auth_expired/error/disconnected; a healthy mailbox keeps
                 # its status (it is syncing or connected with new credentials).
                 "status": text(
@@ -97,24 +98,24 @@ class MailboxRepository:
 
     async def get_for_user(self, user_id: str, mailbox_id: uuid.UUID) -> Mailbox | None:
         result = await self.session.execute(
-            select(Mailbox).where(Mailbox.id == mailbox_id, Mailbox.user_id == user_id)  # type: ignore[arg-type]
+            select(Mailbox).where(col(Mailbox.id) == mailbox_id, col(Mailbox.user_id) == user_id)
         )
         return result.scalar_one_or_none()
 
     async def list_for_user(self, user_id: str) -> Sequence[Mailbox]:
         result = await self.session.execute(
             select(Mailbox)
-            .where(Mailbox.user_id == user_id)
-            .order_by(Mailbox.created_at, Mailbox.id)  # type: ignore[arg-type]
+            .where(col(Mailbox.user_id) == user_id)
+            .order_by(col(Mailbox.created_at), col(Mailbox.id))
         )
         return result.scalars().all()
 
     async def ids_by_email(self, provider: str, email: str) -> list[uuid.UUID]:
         result = await self.session.execute(
-            select(Mailbox.id).where(
-                Mailbox.provider == provider,  # type: ignore[arg-type]
-                func.lower(Mailbox.email) == email.lower(),
-                Mailbox.status.notin_(("disconnected",)),  # type: ignore[union-attr]
+            select(col(Mailbox.id)).where(
+                col(Mailbox.provider) == provider,
+                func.lower(col(Mailbox.email)) == email.lower(),
+                col(Mailbox.status).notin_(("disconnected",)),
             )
         )
         return list(result.scalars().all())
@@ -125,7 +126,7 @@ class MailboxRepository:
         """Park the mailbox; bumping the fencing token refuses any in-flight sync's writes."""
         await self.session.execute(
             update(Mailbox)
-            .where(Mailbox.id == mailbox_id)  # type: ignore[arg-type]
+            .where(col(Mailbox.id) == mailbox_id)
             .values(
                 status="disconnected",
                 phase=None,
@@ -133,7 +134,7 @@ class MailboxRepository:
                 next_sync_at=None,
                 lease_owner=None,
                 lease_expires_at=None,
-                fencing_token=Mailbox.fencing_token + 1,
+                fencing_token=col(Mailbox.fencing_token) + 1,
                 updated_at=func.now(),
             )
         )
@@ -147,7 +148,7 @@ class MailboxRepository:
             return
         await self.session.execute(
             update(Mailbox)
-            .where(Mailbox.id.in_(mailbox_ids))  # type: ignore[union-attr]
+            .where(col(Mailbox.id).in_(mailbox_ids))
             .values(sync_requested_at=func.now())
         )
 
@@ -299,22 +300,22 @@ class MailboxRepository:
     async def due_for_sync(self, limit: int) -> list[uuid.UUID]:
         """Mailboxes whose periodic sync is due, or that owe a pass for a change notice."""
         result = await self.session.execute(
-            select(Mailbox.id)
+            select(col(Mailbox.id))
             .where(
-                Mailbox.status.notin_(PARKED),  # type: ignore[union-attr]
-                or_(Mailbox.lease_owner.is_(None), Mailbox.lease_expires_at < func.now()),  # type: ignore[union-attr, operator]
+                col(Mailbox.status).notin_(PARKED),
+                or_(col(Mailbox.lease_owner).is_(None), col(Mailbox.lease_expires_at) < func.now()),
                 or_(
-                    Mailbox.next_sync_at <= func.now(),  # type: ignore[operator]
+                    col(Mailbox.next_sync_at) <= func.now(),
                     and_(
-                        Mailbox.sync_requested_at.is_not(None),  # type: ignore[union-attr]
+                        col(Mailbox.sync_requested_at).is_not(None),
                         or_(
-                            Mailbox.sync_started_at.is_(None),  # type: ignore[union-attr]
-                            Mailbox.sync_requested_at > Mailbox.sync_started_at,  # type: ignore[operator]
+                            col(Mailbox.sync_started_at).is_(None),
+                            col(Mailbox.sync_requested_at) > col(Mailbox.sync_started_at),
                         ),
                     ),
                 ),
             )
-            .order_by(Mailbox.next_sync_at.asc().nulls_first())  # type: ignore[union-attr]
+            .order_by(col(Mailbox.next_sync_at).asc().nulls_first())
             .limit(limit)
         )
         return list(result.scalars().all())
@@ -322,11 +323,11 @@ class MailboxRepository:
     async def with_lapsed_lease(self, limit: int) -> list[tuple[uuid.UUID, int]]:
         """Mailboxes whose worker died mid-sync: (id, fencing token of the dead lease)."""
         result = await self.session.execute(
-            select(Mailbox.id, Mailbox.fencing_token)
+            select(col(Mailbox.id), col(Mailbox.fencing_token))
             .where(
-                Mailbox.lease_owner.is_not(None),  # type: ignore[union-attr]
-                Mailbox.lease_expires_at < func.now(),  # type: ignore[operator]
-                Mailbox.status.notin_(PARKED),  # type: ignore[union-attr]
+                col(Mailbox.lease_owner).is_not(None),
+                col(Mailbox.lease_expires_at) < func.now(),
+                col(Mailbox.status).notin_(PARKED),
             )
             .limit(limit)
         )

@@ -1,0 +1,93 @@
+"""Whatever a client sends, the answer is a JSON error with a 4xx, or a success: never a 500."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import bearer
+
+json_scalars = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+connect_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "provider": st.sampled_from(["google", "microsoft", "yahoo", ""]) | json_values,
+        "auth": st.sampled_from(["delegated", "application", "x"]) | json_values,
+        "access_token": st.text(max_size=30) | json_values,
+        "refresh_token": st.text(max_size=30) | json_values,
+        "expires_in": st.integers(min_value=-(2**70), max_value=2**70) | json_values,
+        "email": st.emails() | st.text(max_size=30),
+        "tenant_id": st.text(max_size=20),
+        "user_id": st.text(max_size=20),
+        "mailbox_id": st.uuids().map(str) | st.text(max_size=40),
+        "purge": json_values,
+    },
+)
+FUZZ = settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+def _assert_sane(response: Any) -> None:
+    assert response.status_code < 500, (response.status_code, response.text)
+    if response.status_code >= 400:
+        assert set(response.json()["error"]) == {"code", "message"}
+
+
+@FUZZ
+@given(body=connect_like | json_values)
+def test_fuzzed_bodies_never_500(fuzz_client: TestClient, body: Any) -> None:
+    headers = bearer("fuzzer")
+    for path in ("/mail/connect", "/mail/disconnect"):
+        _assert_sane(
+            fuzz_client.post(
+                path,
+                content=json.dumps(body),
+                headers={**headers, "content-type": "application/json"},
+            )
+        )
+
+
+@FUZZ
+@given(raw=st.binary(max_size=200))
+def test_fuzzed_bytes_never_500(fuzz_client: TestClient, raw: bytes) -> None:
+    headers = bearer("fuzzer")
+    for path in ("/mail/connect", "/mail/disconnect", "/webhooks/microsoft"):
+        _assert_sane(
+            fuzz_client.post(
+                path, content=raw, headers={**headers, "content-type": "application/json"}
+            )
+        )
+
+
+@FUZZ
+@given(
+    params=st.dictionaries(
+        st.sampled_from(["mailbox_id", "limit", "cursor", "other"]),
+        st.text(max_size=60),
+        max_size=3,
+    ),
+    auth=st.text(max_size=60),
+)
+def test_fuzzed_queries_and_headers_never_500(
+    fuzz_client: TestClient, params: dict[str, str], auth: str
+) -> None:
+    _assert_sane(fuzz_client.get("/mail/messages", params=params, headers=bearer("fuzzer")))
+    try:
+        headers = {"Authorization": auth}
+        _assert_sane(fuzz_client.get("/mail/status", headers=headers))
+    except UnicodeEncodeError:
+        pass  # not a header any HTTP client can send
