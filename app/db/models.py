@@ -140,7 +140,8 @@ class Message(SQLModel, table=True):
             text("received_at DESC NULLS LAST"),
             text("id DESC"),
         ),
-        Index("ix_messages_stream", "mailbox_id", "stream_key", "generation"),
+        # No index on (stream_key, generation): sweeps are rare and the unique index already
+        # narrows them to the mailbox; every extra index slows each page's upsert.
     )
 
     id: int | None = Field(

@@ -18,23 +18,30 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.providers.base import LabelChange, NormalizedMessage
 
+# A page travels as one array per column, expanded by unnest(): one round trip and one
+# statement per page, whatever its size. List columns go as PostgreSQL array literals
+# (one text per row) because unnest() cannot expand a ragged two-dimensional array.
 _UPSERT = text(
     """
-    WITH page AS (
-        SELECT * FROM jsonb_to_recordset(CAST(:page AS jsonb)) AS r(
-            provider_message_id text, thread_id text, internet_message_id text, subject text,
-            from_address text, to_addresses text[], cc_addresses text[], bcc_addresses text[],
-            snippet text, received_at timestamptz, labels text[], is_read boolean,
-            has_attachments boolean)
-    )
     INSERT INTO messages AS m (
         mailbox_id, provider_message_id, stream_key, generation, thread_id, internet_message_id,
         subject, from_address, to_addresses, cc_addresses, bcc_addresses, snippet, received_at,
         labels, is_read, has_attachments)
-    SELECT :mailbox_id, provider_message_id, :stream_key, :generation, thread_id,
-           internet_message_id, subject, from_address, to_addresses, cc_addresses, bcc_addresses,
-           snippet, received_at, labels, is_read, has_attachments
-      FROM page
+    SELECT :mailbox_id, p.provider_message_id, :stream_key, :generation, p.thread_id,
+           p.internet_message_id, p.subject, p.from_address, CAST(p.to_addresses AS text[]),
+           CAST(p.cc_addresses AS text[]), CAST(p.bcc_addresses AS text[]), p.snippet,
+           p.received_at, CAST(p.labels AS text[]), p.is_read, p.has_attachments
+      FROM unnest(
+            CAST(:provider_message_id AS text[]), CAST(:thread_id AS text[]),
+            CAST(:internet_message_id AS text[]), CAST(:subject AS text[]),
+            CAST(:from_address AS text[]), CAST(:to_addresses AS text[]),
+            CAST(:cc_addresses AS text[]), CAST(:bcc_addresses AS text[]),
+            CAST(:snippet AS text[]), CAST(:received_at AS timestamptz[]),
+            CAST(:labels AS text[]), CAST(:is_read AS boolean[]),
+            CAST(:has_attachments AS boolean[]))
+        AS p(provider_message_id, thread_id, internet_message_id, subject, from_address,
+             to_addresses, cc_addresses, bcc_addresses, snippet, received_at, labels, is_read,
+             has_attachments)
     ON CONFLICT ON CONSTRAINT uq_messages_provider_id DO UPDATE SET
         stream_key = EXCLUDED.stream_key,
         generation = EXCLUDED.generation,
@@ -97,22 +104,49 @@ class ListingKey:
     id: int
 
 
-def _row(message: NormalizedMessage) -> dict[str, Any]:
-    return {
-        "provider_message_id": message.provider_message_id,
-        "thread_id": message.thread_id,
-        "internet_message_id": message.internet_message_id,
-        "subject": message.subject,
-        "from_address": message.from_,
-        "to_addresses": message.to,
-        "cc_addresses": message.cc,
-        "bcc_addresses": message.bcc,
-        "snippet": message.snippet,
-        "received_at": message.received_at.isoformat() if message.received_at else None,
-        "labels": sorted(set(message.labels)),
-        "is_read": message.is_read,
-        "has_attachments": message.has_attachments,
+def array_literal(values: Iterable[str]) -> str:
+    """A PostgreSQL text[] literal; every element quoted, so commas and braces are safe."""
+    return (
+        "{"
+        + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+        + "}"
+    )
+
+
+def _columns(messages: Iterable[NormalizedMessage]) -> dict[str, list[Any]]:
+    columns: dict[str, list[Any]] = {
+        name: []
+        for name in (
+            "provider_message_id",
+            "thread_id",
+            "internet_message_id",
+            "subject",
+            "from_address",
+            "to_addresses",
+            "cc_addresses",
+            "bcc_addresses",
+            "snippet",
+            "received_at",
+            "labels",
+            "is_read",
+            "has_attachments",
+        )
     }
+    for m in messages:
+        columns["provider_message_id"].append(m.provider_message_id)
+        columns["thread_id"].append(m.thread_id)
+        columns["internet_message_id"].append(m.internet_message_id)
+        columns["subject"].append(m.subject)
+        columns["from_address"].append(m.from_)
+        columns["to_addresses"].append(array_literal(m.to))
+        columns["cc_addresses"].append(array_literal(m.cc))
+        columns["bcc_addresses"].append(array_literal(m.bcc))
+        columns["snippet"].append(m.snippet)
+        columns["received_at"].append(m.received_at)
+        columns["labels"].append(array_literal(sorted(set(m.labels))))
+        columns["is_read"].append(m.is_read)
+        columns["has_attachments"].append(m.has_attachments)
+    return columns
 
 
 def _net_label_changes(changes: Iterable[LabelChange]) -> list[dict[str, Any]]:
@@ -147,11 +181,10 @@ class MessageRepository:
             return UpsertResult(0, 0)
         # ON CONFLICT cannot touch one row twice in a statement: the last version wins.
         latest = {m.provider_message_id: m for m in messages}
-        page = json.dumps([_row(m) for m in latest.values()], separators=(",", ":"))
         result = await self.session.execute(
             _UPSERT,
             {
-                "page": page,
+                **_columns(latest.values()),
                 "mailbox_id": mailbox_id,
                 "stream_key": stream_key,
                 "generation": generation,

@@ -161,9 +161,6 @@ def upgrade() -> None:
         ],
         unique=False,
     )
-    op.create_index(
-        "ix_messages_stream", "messages", ["mailbox_id", "stream_key", "generation"], unique=False
-    )
     op.create_table(
         "subscriptions",
         sa.Column("id", sa.UUID(), nullable=False),
@@ -229,7 +226,6 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_subscriptions_mailbox_id"), table_name="subscriptions")
     op.drop_index(op.f("ix_subscriptions_expires_at"), table_name="subscriptions")
     op.drop_table("subscriptions")
-    op.drop_index("ix_messages_stream", table_name="messages")
     op.drop_index("ix_messages_listing", table_name="messages")
     op.drop_table("messages")
     op.drop_table("credentials")
