@@ -43,7 +43,7 @@ async def test_awkward_values_round_trip(rt: Runtime) -> None:
     message = make_message(1)
     message.to = ['"quoted" <a@x>', "back\\slash@x", "comma,brace}{@x", "NULL", ""]
     message.labels = ["Label with spaces", 'Quote"d', "UNREAD"]
-    message.subject = "naïve – ünïcode ✓ \x01"
+    message.subject = "naïve \u2013 ünïcode ✓ \x01"
     duplicate = make_message(1)
     duplicate.subject = "last one wins"
     async with rt.sessions() as session, session.begin():
@@ -51,7 +51,7 @@ async def test_awkward_values_round_trip(rt: Runtime) -> None:
             mailbox_id, "s", 1, [message, duplicate]
         )
     assert result.inserted == 1
-    message.subject = "naïve – ünïcode ✓ \x01"
+    message.subject = "naïve \u2013 ünïcode ✓ \x01"
     async with rt.sessions() as session, session.begin():
         await MessageRepository(session).upsert_page(mailbox_id, "s", 1, [message])
         rows = await MessageRepository(session).list_page([mailbox_id], 10, None)
