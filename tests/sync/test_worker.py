@@ -59,9 +59,10 @@ async def test_sigterm_lets_the_running_slice_finish(rt: Runtime) -> None:
         poll_delay=0.02,
         job_completion_wait=WorkerSettings.job_completion_wait,
     )
+    mid_sync = asyncio.Event()
+    provider.faults.before_page = lambda stream, cursor: provider.pages_served >= 3 and mid_sync.set()
     running = asyncio.create_task(worker.async_run())
-    while provider.pages_served < 3:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(mid_sync.wait(), timeout=30)
     worker.handle_sig_wait_for_completion(signal.SIGTERM)
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.wait_for(running, timeout=60)
