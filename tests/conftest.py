@@ -174,3 +174,78 @@ def fuzz_client(database_url: str, redis_url: str) -> Iterator[Any]:
     )
     with TestClient(create_app(fuzz_settings), raise_server_exceptions=False) as client:
         yield client
+
+
+@pytest.fixture
+def sim_settings(
+    settings: Settings, simulator: SimulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    """Settings that point every provider URL at the simulator (and trust its CA)."""
+    env = simulator.env()
+    # httpx and MSAL (requests) read these from the environment.
+    monkeypatch.setenv("SSL_CERT_FILE", env["SSL_CERT_FILE"])
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", env["REQUESTS_CA_BUNDLE"])
+    overrides = {
+        key: value
+        for key, value in env.items()
+        if key not in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+    }
+    merged = {
+        **{
+            f.alias: getattr(settings, name) for name, f in Settings.model_fields.items() if f.alias
+        },
+        **overrides,
+    }
+    return Settings(_env_file=None, **merged)  # type: ignore[call-arg]
+
+
+class LiveApi:
+    """The real API on a real port, so the simulator can call our webhooks."""
+
+    def __init__(self, settings: Settings) -> None:
+        import socket
+        import threading
+
+        import uvicorn
+
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.settings = settings.model_copy(update={"public_base_url": self.base_url})
+        config = uvicorn.Config(create_app(self.settings), log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
+
+    def start(self) -> LiveApi:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "API did not start"
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture
+async def live_api(sim_settings: Settings, rt: Runtime) -> AsyncIterator[LiveApi]:
+    server = LiveApi(sim_settings).start()
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+@pytest.fixture
+async def sim_rt(live_api: LiveApi, rt: Runtime) -> AsyncIterator[Runtime]:
+    """A worker runtime wired to the simulator, with PUBLIC_BASE_URL at the live API."""
+    runtime = await Runtime.create(live_api.settings)
+    try:
+        yield runtime
+    finally:
+        await runtime.close()
