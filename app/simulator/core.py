@@ -18,6 +18,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+# Seconds of slack around a Retry-After window (in-flight requests, timer granularity).
+RETRY_AFTER_GRACE = 0.02
+
 
 class FaultSettings(BaseModel):
     """Switches set through `/_sim/faults`; all off by default."""
@@ -91,8 +94,8 @@ class SimulatorCore:
         self.faults = faults or FaultSettings()
         self.counters = Counters()
         self._rng = random.Random(self.faults.seed)
-        # account -> monotonic time before which the client was told not to come back
-        self._retry_after_until: dict[str, float] = {}
+        # account -> (when we said it, monotonic time before which it must not come back)
+        self._retry_after_until: dict[str, tuple[float, float]] = {}
 
     def set_faults(self, faults: FaultSettings) -> None:
         self.faults = faults
@@ -104,8 +107,10 @@ class SimulatorCore:
 
     def told_to_wait(self, account: str, seconds: float) -> None:
         """Remember a Retry-After we sent, to count clients that come back too early."""
-        until = time.monotonic() + seconds
-        self._retry_after_until[account] = max(self._retry_after_until.get(account, 0.0), until)
+        now = time.monotonic()
+        until = now + seconds
+        told_at, previous = self._retry_after_until.get(account, (now, 0.0))
+        self._retry_after_until[account] = (told_at if previous > now else now, max(previous, until))
 
     @asynccontextmanager
     async def admit(
@@ -120,12 +125,15 @@ class SimulatorCore:
         c = self.counters.for_account(account)
         c.requests += 1
         now = time.monotonic()
-        until = self._retry_after_until.get(account)
-        if until is not None:
-            # A small tolerance for clock granularity between client and server.
-            if now < until - 0.05:
+        window = self._retry_after_until.get(account)
+        if window is not None:
+            told_at, until = window
+            # A request that was already on its way when the 429 left is not a violation:
+            # only one sent after the client could have read the Retry-After counts.
+            # (Small tolerances absorb scheduling jitter on both sides.)
+            if told_at + RETRY_AFTER_GRACE <= now < until - RETRY_AFTER_GRACE:
                 c.retry_after_violations += 1
-            else:
+            elif now >= until:
                 del self._retry_after_until[account]
         if max_concurrency is not None and c.in_flight >= max_concurrency:
             c.throttled += 1
