@@ -38,6 +38,7 @@ PG_ADMIN_URL = os.environ.get(
 )
 REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 JWT_SECRET = "test-secret-" + "x" * 32
+PUSH_AUDIENCE = "https://mailsync.test/webhooks/google"
 TABLES = "outbox_events, webhook_notifications, subscriptions, messages, sync_cursors, credentials, mailboxes"
 
 
@@ -190,6 +191,7 @@ def sim_settings(
         for key, value in env.items()
         if key not in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
     }
+    overrides["GOOGLE_PUSH_AUDIENCE"] = PUSH_AUDIENCE
     merged = {
         **{
             f.alias: getattr(settings, name) for name, f in Settings.model_fields.items() if f.alias

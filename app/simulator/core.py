@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 # Seconds of slack around a Retry-After window (in-flight requests, timer granularity).
-RETRY_AFTER_GRACE = 0.02
+RETRY_AFTER_GRACE = 0.1
 
 
 class FaultSettings(BaseModel):

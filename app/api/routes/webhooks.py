@@ -108,7 +108,7 @@ async def google(request: Request, uow: UnitOfWorkDep) -> Response:
     except PushAuthError as exc:
         WEBHOOK_NOTIFICATIONS.labels("google", "refused").inc()
         log.warning("gmail push refused: %s", exc.reason)
-        code = "unauthorized" if exc.status == 401 else "forbidden"
+        code = {401: "unauthorized", 403: "forbidden"}.get(exc.status, "unavailable")
         raise ApiError(exc.status, code, exc.reason) from exc
     try:
         push = decode_push(await _body(request))

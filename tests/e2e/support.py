@@ -1,0 +1,77 @@
+"""End-to-end plumbing: the simulator's control API, the live API, the database's view."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+
+from app.simulator.server import SimulatorServer
+from app.sync.runtime import Runtime
+from tests.conftest import LiveApi, bearer
+
+
+def unique_email(prefix: str, domain: str = "contoso.com") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}@{domain}"
+
+
+class Sim:
+    def __init__(self, server: SimulatorServer) -> None:
+        self.client = httpx.AsyncClient(
+            base_url=server.base_url, verify=server.ssl_context(), timeout=60
+        )
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = await self.client.request(method, path, **kwargs)
+        assert response.status_code < 300, (path, response.status_code, response.text)
+        return response.json()
+
+    async def counters(self, account: str | None = None) -> dict[str, Any]:
+        snapshot = await self.call("GET", "/_sim/counters")
+        if account is None:
+            return snapshot["totals"]
+        return snapshot["accounts"].get(account, {})
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+async def connect_via_api(live_api: LiveApi, user: str, body: dict[str, Any]) -> str:
+    async with httpx.AsyncClient(base_url=live_api.base_url) as client:
+        response = await client.post("/mail/connect", json=body, headers=bearer(user))
+    assert response.status_code == 202, response.text
+    return str(response.json()["mailbox_id"])
+
+
+async def status_of(live_api: LiveApi, user: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=live_api.base_url) as client:
+        response = await client.get("/mail/status", headers=bearer(user))
+    [mailbox] = response.json()["mailboxes"]
+    return dict(mailbox)
+
+
+async def stored_messages(rt: Runtime, mailbox_id: str) -> dict[str, dict[str, Any]]:
+    async with rt.sessions() as session:
+        rows = await session.execute(
+            text(
+                "SELECT provider_message_id, thread_id, internet_message_id, subject, from_address, "
+                "labels, is_read, has_attachments, received_at, stream_key "
+                "FROM messages WHERE mailbox_id = :id"
+            ),
+            {"id": uuid.UUID(mailbox_id)},
+        )
+        return {row[0]: dict(row._mapping) for row in rows.all()}
+
+
+async def message_count(rt: Runtime, mailbox_id: str) -> int:
+    async with rt.sessions() as session:
+        return int(
+            (
+                await session.execute(
+                    text("SELECT count(*) FROM messages WHERE mailbox_id = :id"),
+                    {"id": uuid.UUID(mailbox_id)},
+                )
+            ).scalar_one()
+        )

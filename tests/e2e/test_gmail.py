@@ -1,0 +1,252 @@
+"""Gmail through the whole service: API → queue → engine → Gmail simulator → PostgreSQL, and push."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from app.simulator.server import SimulatorServer
+from app.sync.engine import Outcome, SyncEngine
+from app.sync.runtime import Runtime
+from tests.conftest import PUSH_AUDIENCE, LiveApi, run_worker
+from tests.e2e.support import (
+    Sim,
+    connect_via_api,
+    message_count,
+    status_of,
+    stored_messages,
+    unique_email,
+)
+
+
+@pytest.fixture
+async def sim(simulator: SimulatorServer, live_api: LiveApi) -> AsyncIterator[Sim]:
+    client = Sim(simulator)
+    # Quota off for functional tests (bench/ measures it); pushes go to the live API.
+    await client.call("PUT", "/_sim/faults", json={"gmail_quota_units_per_second": 0})
+    await client.call(
+        "PUT",
+        "/_sim/google/push",
+        json={
+            "endpoint": f"{live_api.base_url}/webhooks/google",
+            "audience": PUSH_AUDIENCE,
+            "max_notifications_per_second": 0,
+        },
+    )
+    try:
+        yield client
+    finally:
+        await client.call("PUT", "/_sim/faults", json={})
+        await client.call("PUT", "/_sim/google/push", json={})
+        await client.close()
+
+
+@pytest.fixture
+def gmail_rt(sim_rt: Runtime) -> Runtime:
+    sim_rt.settings = sim_rt.settings.model_copy(update={"gmail_quota_units_per_second": 0})
+    return sim_rt
+
+
+async def new_account(sim: Sim, messages: int) -> dict[str, Any]:
+    email = unique_email("gmail", "example.com")
+    return dict(
+        await sim.call(
+            "POST", "/_sim/google/accounts", json={"email": email, "messages": messages, "seed": 11}
+        )
+    )
+
+
+def connect_body(account: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "provider": "google",
+        "access_token": account["access_token"],
+        "refresh_token": account["refresh_token"],
+        "expires_in": account["expires_in"],
+        "email": account["email"],
+    }
+
+
+async def label_names(sim: Sim, account: dict[str, Any]) -> dict[str, str]:
+    token = (await sim.call("POST", f"/_sim/google/accounts/{account['email']}/tokens"))[
+        "access_token"
+    ]
+    body = await sim.call(
+        "GET", "/gmail/v1/users/me/labels", headers={"Authorization": f"Bearer {token}"}
+    )
+    return {label["id"]: label["name"] for label in body["labels"]}
+
+
+async def assert_converged(sim: Sim, rt: Runtime, account: dict[str, Any], mailbox_id: str) -> None:
+    names = await label_names(sim, account)
+    truth = await sim.call(
+        "GET", f"/_sim/google/accounts/{account['email']}/truth", params={"limit": 100000}
+    )
+    expected = {m["id"]: m for m in truth["messages"]}
+    stored = await stored_messages(rt, mailbox_id)
+    assert set(stored) == set(expected), (len(stored), len(expected))
+    assert await message_count(rt, mailbox_id) == len(expected)
+    for mid, message in expected.items():
+        row = stored[mid]
+        assert row["thread_id"] == message["threadId"]
+        assert row["is_read"] == message["isRead"]
+        assert sorted(row["labels"]) == sorted(
+            names.get(label, label) for label in message["labelIds"]
+        ), mid
+        assert row["internet_message_id"] == message["internetMessageId"]
+
+
+async def wait_for_pushes(rt: Runtime, mailbox_id: str, at_least: int) -> None:
+    deadline = asyncio.get_running_loop().time() + 15
+    while True:
+        async with rt.sessions() as session:
+            received = (
+                await session.execute(
+                    text(
+                        "SELECT count(*) FROM webhook_notifications WHERE mailbox_id = :id AND kind = 'push'"
+                    ),
+                    {"id": uuid.UUID(mailbox_id)},
+                )
+            ).scalar_one()
+        if received >= at_least:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"only {received} pushes arrived"
+        await asyncio.sleep(0.05)
+
+
+async def test_full_sync_then_push_converges(
+    sim: Sim, live_api: LiveApi, gmail_rt: Runtime
+) -> None:
+    account = await new_account(sim, 1200)
+    mailbox_id = await connect_via_api(live_api, "gina", connect_body(account))
+    await run_worker(gmail_rt)
+    status = await status_of(live_api, "gina")
+    assert status["status"] == "connected", status
+    assert status["progress"]["messages_synced"] == 1200
+    await assert_converged(sim, gmail_rt, account, mailbox_id)
+    assert (await sim.call("GET", f"/_sim/google/accounts/{account['email']}"))["watch"] is not None
+
+    email = account["email"]
+    truth = (await sim.call("GET", f"/_sim/google/accounts/{email}/truth", params={"limit": 10}))[
+        "messages"
+    ]
+    await sim.call("POST", f"/_sim/google/accounts/{email}/messages", json={"count": 5})
+    await sim.call(
+        "POST",
+        f"/_sim/google/accounts/{email}/messages/delete",
+        json={"ids": [truth[0]["id"], truth[1]["id"]]},
+    )
+    await sim.call(
+        "POST",
+        f"/_sim/google/accounts/{email}/messages/mark",
+        json={"ids": [truth[2]["id"]], "read": not truth[2]["isRead"]},
+    )
+    await sim.call(
+        "POST",
+        f"/_sim/google/accounts/{email}/messages/modify",
+        json={"ids": [truth[3]["id"]], "add_label_ids": ["STARRED"], "remove_label_ids": ["INBOX"]},
+    )
+    await wait_for_pushes(gmail_rt, mailbox_id, 1)
+    await run_worker(gmail_rt)
+    await assert_converged(sim, gmail_rt, account, mailbox_id)
+
+
+async def test_forged_pushes_are_refused_and_trigger_nothing(
+    sim: Sim, live_api: LiveApi, gmail_rt: Runtime
+) -> None:
+    account = await new_account(sim, 10)
+    await connect_via_api(live_api, "fred", connect_body(account))
+    await run_worker(gmail_rt)
+    cases = [
+        ({"bad_signature": True}, 401),
+        ({"expired": True}, 401),
+        ({"audience": "https://someone-else.example/push"}, 403),
+        ({"service_account": "intruder@evil.iam.gserviceaccount.com"}, 403),
+    ]
+    async with httpx.AsyncClient(base_url=live_api.base_url) as client:
+        for forged, status in cases:
+            minted = await sim.call(
+                "POST",
+                "/_sim/google/push/mint",
+                json={"email": account["email"], "history_id": 1, **forged},
+            )
+            response = await client.post(
+                "/webhooks/google",
+                json=minted["body"],
+                headers={"Authorization": minted["authorization"]},
+            )
+            assert response.status_code == status, (forged, response.text)
+        response = await client.post("/webhooks/google", json=minted["body"])
+        assert response.status_code == 401
+    assert await gmail_rt.redis.zcard("arq:queue") == 0
+
+
+async def test_same_push_twice_at_once_syncs_once(
+    sim: Sim, live_api: LiveApi, gmail_rt: Runtime
+) -> None:
+    account = await new_account(sim, 10)
+    mailbox_id = await connect_via_api(live_api, "pat", connect_body(account))
+    await run_worker(gmail_rt)
+    minted = await sim.call(
+        "POST", "/_sim/google/push/mint", json={"email": account["email"], "history_id": 999}
+    )
+    async with httpx.AsyncClient(base_url=live_api.base_url) as client:
+        responses = await asyncio.gather(
+            *(
+                client.post(
+                    "/webhooks/google",
+                    json=minted["body"],
+                    headers={"Authorization": minted["authorization"]},
+                )
+                for _ in range(2)
+            )
+        )
+    assert [r.status_code for r in responses] == [204, 204]
+    assert [j.decode() for j in await gmail_rt.redis.zrange("arq:queue", 0, -1)] == [
+        f"sync:{mailbox_id}"
+    ]
+    # A push for an address nobody connected is acknowledged (and only logged).
+    stranger = await sim.call(
+        "POST", "/_sim/google/push/mint", json={"email": "nobody@example.com", "history_id": 5}
+    )
+    async with httpx.AsyncClient(base_url=live_api.base_url) as client:
+        response = await client.post(
+            "/webhooks/google",
+            json=stranger["body"],
+            headers={"Authorization": stranger["authorization"]},
+        )
+    assert response.status_code == 204
+
+
+async def test_expired_history_converges(sim: Sim, live_api: LiveApi, gmail_rt: Runtime) -> None:
+    account = await new_account(sim, 300)
+    email = account["email"]
+    mailbox_id = await connect_via_api(live_api, "hank", connect_body(account))
+    await run_worker(gmail_rt)
+    truth = (await sim.call("GET", f"/_sim/google/accounts/{email}/truth", params={"limit": 5}))[
+        "messages"
+    ]
+    await sim.call(
+        "POST", f"/_sim/google/accounts/{email}/messages/delete", json={"ids": [truth[0]["id"]]}
+    )
+    await sim.call("POST", f"/_sim/google/accounts/{email}/messages", json={"count": 3})
+    await sim.call("POST", f"/_sim/google/accounts/{email}/history/expire")
+    result = await SyncEngine(gmail_rt, "w").run_slice(uuid.UUID(mailbox_id))
+    assert result.outcome in (Outcome.DONE, Outcome.DONE_AGAIN)
+    await assert_converged(sim, gmail_rt, account, mailbox_id)
+
+
+async def test_revoked_grant_parks_mailbox(sim: Sim, live_api: LiveApi, gmail_rt: Runtime) -> None:
+    account = await new_account(sim, 10)
+    await sim.call("POST", f"/_sim/google/accounts/{account['email']}/revoke")
+    body = connect_body(account) | {"expires_in": 0}
+    await connect_via_api(live_api, "ron", body)
+    await run_worker(gmail_rt)
+    status = await status_of(live_api, "ron")
+    assert status["status"] == "auth_expired"
+    assert "revoked" in status["last_error"].lower() or "expired" in status["last_error"].lower()
