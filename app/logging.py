@@ -12,6 +12,10 @@ def configure_logging() -> None:
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # arq's CLI gives its logger a handler of its own; do not print its lines twice.
+    arq_logger = logging.getLogger("arq")
+    if arq_logger.handlers:
+        arq_logger.propagate = False
     # httpx logs full request URLs at INFO; Graph delta links carry state tokens.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)

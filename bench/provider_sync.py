@@ -1,0 +1,229 @@
+"""End-to-end sync speed: connect → `connected`, with the real worker process and the simulator.
+
+    python -m bench.provider_sync --provider microsoft --messages 100000 [--latency-ms 100]
+    python -m bench.provider_sync --provider google --messages 20000 [--quota 250 | --quota 0]
+
+The simulator and one worker (`arq app.sync.worker.WorkerSettings`) run as separate
+processes, as in production; this script connects the mailbox through the same service
+call the API uses and watches PostgreSQL. It prints messages/s, the worker's peak RSS, the
+simulator's request/throttle counters and, for comparison, the machine's ceiling: asyncpg
+COPY of the same rows into a scratch table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from sqlalchemy import text
+
+from app.config import Settings
+from app.sync import mailboxes as service
+from app.sync.queue import enqueue_subscription, enqueue_sync
+from app.sync.runtime import Runtime
+from bench.common import scratch_database
+
+REDIS_DB_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_simulator(workdir: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    env_file = workdir / "sim.env"
+    port = _free_port()
+    process = subprocess.Popen(  # noqa: S603 - our own module
+        [sys.executable, "-m", "app.simulator", "--port", str(port), "--state-dir", str(workdir), "--env-file", str(env_file)],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not env_file.exists():
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError("simulator did not start")
+        time.sleep(0.05)
+    env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    env = {k: v.strip("'") for k, v in env.items()}
+    base = env["GMAIL_BASE_URL"]
+    while True:
+        try:
+            httpx.get(f"{base}/_sim/healthz", verify=env["SSL_CERT_FILE"], timeout=1)
+            break
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    return process, env
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def _create_account(sim: httpx.AsyncClient, provider: str, messages: int) -> dict[str, Any]:
+    email = f"bench-{uuid.uuid4().hex[:6]}@{'example.com' if provider == 'google' else 'contoso.com'}"
+    if provider == "google":
+        body = {"email": email, "messages": messages, "seed": 3}
+        response = await sim.post("/_sim/google/accounts", json=body, timeout=600)
+    else:
+        body = {"email": email, "message_count": messages, "seed": 3}
+        response = await sim.post("/_sim/microsoft/accounts", json=body, timeout=600)
+    response.raise_for_status()
+    return dict(response.json())
+
+
+async def _copy_ceiling(url: str, mailbox_id: uuid.UUID) -> float:
+    """COPY the synced rows into an index-free scratch table: what PostgreSQL alone can take."""
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        rows = await conn.fetch(
+            "SELECT mailbox_id, provider_message_id, stream_key, generation, thread_id, internet_message_id, "
+            "subject, from_address, to_addresses, cc_addresses, bcc_addresses, snippet, received_at, labels, "
+            "is_read, has_attachments FROM messages WHERE mailbox_id = $1",
+            mailbox_id,
+        )
+        await conn.execute("CREATE TABLE copy_ceiling (LIKE messages INCLUDING DEFAULTS)")
+        records = [tuple(r) for r in rows]
+        columns = list(rows[0].keys())
+        started = time.perf_counter()
+        for i in range(0, len(records), 1000):
+            await conn.copy_records_to_table("copy_ceiling", records=records[i : i + 1000], columns=columns)
+        return len(records) / (time.perf_counter() - started)
+    finally:
+        await conn.close()
+
+
+async def run(args: argparse.Namespace) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="mailsync-bench-"))
+    sim_process, sim_env = _start_simulator(workdir)
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        async with scratch_database() as url:
+            env = {
+                **os.environ,
+                **sim_env,
+                "MAILSYNC_ENV": "development",
+                "DATABASE_URL": url,
+                "REDIS_URL": REDIS_DB_URL,
+                "PUBLIC_BASE_URL": "http://127.0.0.1:9",  # no webhooks in a benchmark
+                "GMAIL_QUOTA_UNITS_PER_SECOND": str(args.quota),
+                "SYNC_SLICE_PAGES": "1000",
+                "SYNC_SLICE_SECONDS": "20",
+                "LOG_LEVEL": "WARNING",
+            }
+            settings = Settings(_env_file=None, **{k: v for k, v in env.items() if k in _ALIASES})
+            rt = await Runtime.create(settings)
+            await rt.redis.flushdb()
+            sim = httpx.AsyncClient(base_url=sim_env["GMAIL_BASE_URL"], verify=sim_env["SSL_CERT_FILE"])
+            faults = {"latency_ms": args.latency_ms, "gmail_quota_units_per_second": args.quota}
+            (await sim.put("/_sim/faults", json=faults)).raise_for_status()
+            print(f"seeding a {args.messages:,}-message {args.provider} mailbox ...", flush=True)
+            account = await _create_account(sim, args.provider, args.messages)
+
+            worker = subprocess.Popen(  # noqa: S603 - our own worker
+                [sys.executable, "-m", "arq", "app.sync.worker.WorkerSettings"], env=env, stdout=subprocess.DEVNULL
+            )
+            async with rt.sessions() as session:
+
+                class _Tx:
+                    def __init__(self) -> None:
+                        self.session, self.rt, self.jobs = session, rt, []
+
+                    def after_commit(self, action: Any) -> None:
+                        self.jobs.append(action)
+
+                tx = _Tx()
+                started = time.perf_counter()
+                mailbox = await service.connect(
+                    tx,
+                    service.ConnectCommand(
+                        user_id="bench",
+                        provider=args.provider,
+                        auth_mode="delegated",
+                        email=account["email"],
+                        access_token=account["access_token"],
+                        refresh_token=account["refresh_token"],
+                        expires_in=int(account["expires_in"]),
+                    ),
+                )
+                await session.commit()
+            await enqueue_sync(rt.redis, mailbox.id)
+            await enqueue_subscription(rt.redis, mailbox.id)
+            status = ""
+            while status != "connected":
+                await asyncio.sleep(0.25)
+                async with rt.sessions() as session:
+                    row = (
+                        await session.execute(
+                            text("SELECT status, messages_synced, last_error FROM mailboxes WHERE id = :id"),
+                            {"id": mailbox.id},
+                        )
+                    ).one()
+                status = row[0]
+                if status in ("error", "auth_expired"):
+                    raise RuntimeError(f"sync failed: {row[2]}")
+                if worker.poll() is not None:
+                    raise RuntimeError("worker exited")
+            elapsed = time.perf_counter() - started
+            rss = _peak_rss_mib(worker.pid)
+            counters = (await sim.get("/_sim/counters")).json()["totals"]
+            synced = int(row[1])
+            rate = synced / elapsed
+            print(f"provider                 {args.provider}")
+            print(f"messages synced          {synced:,} in {elapsed:.1f} s")
+            print(f"throughput               {rate:,.0f} messages/s (connect → connected)")
+            print(f"simulator latency        {args.latency_ms} ms per request")
+            print(f"requests                 {counters['requests']:,} ({counters['throttled']} throttled, "
+                  f"{100 * counters['throttled'] / max(counters['requests'], 1):.2f}%)")
+            print(f"retry-after violations   {counters['retry_after_violations']}")
+            print(f"peak concurrency         {counters['concurrency_peak']}")
+            print(f"worker peak RSS          {rss:.0f} MiB")
+            if args.provider == "google" and args.quota:
+                ceiling = args.quota / 5  # messages.get (metadata) costs 5 units
+                print(f"quota ceiling            {ceiling:.1f} messages/s ({args.quota} units/s ÷ 5 units)")
+                print(f"fraction of ceiling      {rate / ceiling:.3f}")
+            else:
+                copy_rate = await _copy_ceiling(url, mailbox.id)
+                print(f"COPY ceiling             {copy_rate:,.0f} messages/s")
+                print(f"ratio to COPY            {rate / copy_rate:.3f}")
+            await sim.aclose()
+            await rt.close()
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.wait(timeout=30)
+            if worker.poll() is None:
+                worker.kill()
+        sim_process.terminate()
+        sim_process.wait(timeout=10)
+
+
+_ALIASES = {f.alias for f in Settings.model_fields.values() if f.alias}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--provider", choices=["microsoft", "google"], required=True)
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--quota", type=float, default=250.0, help="Gmail units per user per second (0 = off)")
+    asyncio.run(run(parser.parse_args()))
