@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import httpx
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
@@ -40,3 +46,45 @@ async def scratch_database(prefix: str = "mailsync_bench") -> AsyncIterator[str]
         yield url
     finally:
         await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_simulator(workdir: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    env_file = workdir / "sim.env"
+    port = free_port()
+    process = subprocess.Popen(  # noqa: S603 - our own module
+        [
+            sys.executable,
+            "-m",
+            "app.simulator",
+            "--port",
+            str(port),
+            "--state-dir",
+            str(workdir),
+            "--env-file",
+            str(env_file),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not env_file.exists():
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError("simulator did not start")
+        time.sleep(0.05)
+    env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    env = {k: v.strip("'") for k, v in env.items()}
+    base = env["GMAIL_BASE_URL"]
+    while True:
+        try:
+            httpx.get(f"{base}/_sim/healthz", verify=env["SSL_CERT_FILE"], timeout=1)
+            break
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    return process, env

@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,41 +31,9 @@ from app.config import Settings
 from app.sync import mailboxes as service
 from app.sync.queue import enqueue_subscription, enqueue_sync
 from app.sync.runtime import Runtime
-from bench.common import scratch_database
+from bench.common import scratch_database, start_simulator
 
 REDIS_DB_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _start_simulator(workdir: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    env_file = workdir / "sim.env"
-    port = _free_port()
-    process = subprocess.Popen(  # noqa: S603 - our own module
-        [sys.executable, "-m", "app.simulator", "--port", str(port), "--state-dir", str(workdir), "--env-file", str(env_file)],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while not env_file.exists():
-        if time.monotonic() > deadline or process.poll() is not None:
-            raise RuntimeError("simulator did not start")
-        time.sleep(0.05)
-    env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
-    env = {k: v.strip("'") for k, v in env.items()}
-    base = env["GMAIL_BASE_URL"]
-    while True:
-        try:
-            httpx.get(f"{base}/_sim/healthz", verify=env["SSL_CERT_FILE"], timeout=1)
-            break
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-    return process, env
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -79,7 +44,9 @@ def _peak_rss_mib(pid: int) -> float:
 
 
 async def _create_account(sim: httpx.AsyncClient, provider: str, messages: int) -> dict[str, Any]:
-    email = f"bench-{uuid.uuid4().hex[:6]}@{'example.com' if provider == 'google' else 'contoso.com'}"
+    email = (
+        f"bench-{uuid.uuid4().hex[:6]}@{'example.com' if provider == 'google' else 'contoso.com'}"
+    )
     if provider == "google":
         body = {"email": email, "messages": messages, "seed": 3}
         response = await sim.post("/_sim/google/accounts", json=body, timeout=600)
@@ -105,7 +72,9 @@ async def _copy_ceiling(url: str, mailbox_id: uuid.UUID) -> float:
         columns = list(rows[0].keys())
         started = time.perf_counter()
         for i in range(0, len(records), 1000):
-            await conn.copy_records_to_table("copy_ceiling", records=records[i : i + 1000], columns=columns)
+            await conn.copy_records_to_table(
+                "copy_ceiling", records=records[i : i + 1000], columns=columns
+            )
         return len(records) / (time.perf_counter() - started)
     finally:
         await conn.close()
@@ -113,8 +82,8 @@ async def _copy_ceiling(url: str, mailbox_id: uuid.UUID) -> float:
 
 async def run(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="mailsync-bench-"))
-    sim_process, sim_env = _start_simulator(workdir)
-    worker: subprocess.Popen[bytes] | None = None
+    sim_process, sim_env = start_simulator(workdir)
+    worker: asyncio.subprocess.Process | None = None
     try:
         async with scratch_database() as url:
             env = {
@@ -132,14 +101,21 @@ async def run(args: argparse.Namespace) -> None:
             settings = Settings(_env_file=None, **{k: v for k, v in env.items() if k in _ALIASES})
             rt = await Runtime.create(settings)
             await rt.redis.flushdb()
-            sim = httpx.AsyncClient(base_url=sim_env["GMAIL_BASE_URL"], verify=sim_env["SSL_CERT_FILE"])
+            sim = httpx.AsyncClient(
+                base_url=sim_env["GMAIL_BASE_URL"], verify=sim_env["SSL_CERT_FILE"]
+            )
             faults = {"latency_ms": args.latency_ms, "gmail_quota_units_per_second": args.quota}
             (await sim.put("/_sim/faults", json=faults)).raise_for_status()
             print(f"seeding a {args.messages:,}-message {args.provider} mailbox ...", flush=True)
             account = await _create_account(sim, args.provider, args.messages)
 
-            worker = subprocess.Popen(  # noqa: S603 - our own worker
-                [sys.executable, "-m", "arq", "app.sync.worker.WorkerSettings"], env=env, stdout=subprocess.DEVNULL
+            worker = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "arq",
+                "app.sync.worker.WorkerSettings",
+                env=env,
+                stdout=asyncio.subprocess.DEVNULL,
             )
             async with rt.sessions() as session:
 
@@ -173,14 +149,16 @@ async def run(args: argparse.Namespace) -> None:
                 async with rt.sessions() as session:
                     row = (
                         await session.execute(
-                            text("SELECT status, messages_synced, last_error FROM mailboxes WHERE id = :id"),
+                            text(
+                                "SELECT status, messages_synced, last_error FROM mailboxes WHERE id = :id"
+                            ),
                             {"id": mailbox.id},
                         )
                     ).one()
                 status = row[0]
                 if status in ("error", "auth_expired"):
                     raise RuntimeError(f"sync failed: {row[2]}")
-                if worker.poll() is not None:
+                if worker.returncode is not None:
                     raise RuntimeError("worker exited")
             elapsed = time.perf_counter() - started
             rss = _peak_rss_mib(worker.pid)
@@ -191,14 +169,18 @@ async def run(args: argparse.Namespace) -> None:
             print(f"messages synced          {synced:,} in {elapsed:.1f} s")
             print(f"throughput               {rate:,.0f} messages/s (connect → connected)")
             print(f"simulator latency        {args.latency_ms} ms per request")
-            print(f"requests                 {counters['requests']:,} ({counters['throttled']} throttled, "
-                  f"{100 * counters['throttled'] / max(counters['requests'], 1):.2f}%)")
+            print(
+                f"requests                 {counters['requests']:,} ({counters['throttled']} throttled, "
+                f"{100 * counters['throttled'] / max(counters['requests'], 1):.2f}%)"
+            )
             print(f"retry-after violations   {counters['retry_after_violations']}")
             print(f"peak concurrency         {counters['concurrency_peak']}")
             print(f"worker peak RSS          {rss:.0f} MiB")
             if args.provider == "google" and args.quota:
                 ceiling = args.quota / 5  # messages.get (metadata) costs 5 units
-                print(f"quota ceiling            {ceiling:.1f} messages/s ({args.quota} units/s ÷ 5 units)")
+                print(
+                    f"quota ceiling            {ceiling:.1f} messages/s ({args.quota} units/s ÷ 5 units)"
+                )
                 print(f"fraction of ceiling      {rate / ceiling:.3f}")
             else:
                 copy_rate = await _copy_ceiling(url, mailbox.id)
@@ -207,11 +189,11 @@ async def run(args: argparse.Namespace) -> None:
             await sim.aclose()
             await rt.close()
     finally:
-        if worker is not None and worker.poll() is None:
+        if worker is not None and worker.returncode is None:
             worker.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                worker.wait(timeout=30)
-            if worker.poll() is None:
+            try:
+                await asyncio.wait_for(worker.wait(), timeout=30)
+            except TimeoutError:
                 worker.kill()
         sim_process.terminate()
         sim_process.wait(timeout=10)
@@ -221,9 +203,13 @@ _ALIASES = {f.alias for f in Settings.model_fields.values() if f.alias}
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--provider", choices=["microsoft", "google"], required=True)
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--quota", type=float, default=250.0, help="Gmail units per user per second (0 = off)")
+    parser.add_argument(
+        "--quota", type=float, default=250.0, help="Gmail units per user per second (0 = off)"
+    )
     asyncio.run(run(parser.parse_args()))
