@@ -110,7 +110,10 @@ class SimulatorCore:
         now = time.monotonic()
         until = now + seconds
         told_at, previous = self._retry_after_until.get(account, (now, 0.0))
-        self._retry_after_until[account] = (told_at if previous > now else now, max(previous, until))
+        self._retry_after_until[account] = (
+            told_at if previous > now else now,
+            max(previous, until),
+        )
 
     @asynccontextmanager
     async def admit(

@@ -195,10 +195,50 @@ class GeneratedMessage:
     bucket: int
 
 
-def _person(rng: random.Random) -> tuple[str, str]:
-    first, last = rng.choice(_FIRST), rng.choice(_LAST)
-    address = f"{first.lower()}.{last.lower()}@{rng.choice(_DOMAINS)}"
-    return f"{first} {last}", address
+# Replies reach 0-3 messages back: consecutive indexes often share a thread.
+_THREAD_BACK = (0, 0, 0, 1, 1, 2, 3)
+MAX_THREAD_SPAN = 250
+_SNIPPETS = tuple(
+    " ".join(_r.choice(_SNIPPET_WORDS) for _ in range(_r.randint(8, 18)))
+    for _r in [random.Random(20190101)]
+    for _ in range(256)
+)
+
+
+def _draws(seed: int, index: int, salt: bytes = b"") -> bytes:
+    """40 independent-looking bytes for (seed, index): every random choice of a message.
+
+    One hash instead of seeding a Mersenne Twister per message: generating content is what
+    a large simulated mailbox spends its CPU on.
+    """
+    return hashlib.blake2b(b"%d:%d%s" % (seed, index, salt), digest_size=40).digest()
+
+
+def _address(first: int, last: int, domain: int) -> tuple[str, str]:
+    f, l_ = _FIRST[first % len(_FIRST)], _LAST[last % len(_LAST)]
+    return f"{f} {l_}", f"{f.lower()}.{l_.lower()}@{_DOMAINS[domain % len(_DOMAINS)]}"
+
+
+def _parent(seed: int, index: int, first_draw: int | None = None) -> int:
+    """The message `index` replies to (itself when it starts a thread)."""
+    if index <= 3:
+        return index
+    draw = _draws(seed, index)[0] if first_draw is None else first_draw
+    return index - _THREAD_BACK[draw % len(_THREAD_BACK)]
+
+
+def thread_index(seed: int, index: int, first_draw: int | None = None) -> int:
+    """The first message of message `index`'s thread: follow replies to the root.
+
+    Bounded to MAX_THREAD_SPAN messages back so callers can store the distance in a byte.
+    """
+    current = _parent(seed, index, first_draw)
+    while current != index and index - current < MAX_THREAD_SPAN:
+        parent = _parent(seed, current)
+        if parent == current or index - parent >= MAX_THREAD_SPAN:
+            return current
+        current = parent
+    return current
 
 
 def stable_id(*parts: object, length: int = 16) -> str:
@@ -209,24 +249,30 @@ def stable_id(*parts: object, length: int = 16) -> str:
 
 def generate(seed: int, index: int, total: int, owner: str) -> GeneratedMessage:
     """Message `index` of a mailbox of `total` messages; higher indexes are newer."""
-    rng = random.Random(seed * 1_000_003 + index)
-    # Threads of 1-4 messages: consecutive indexes often share a thread.
-    thread_index = index - rng.choice((0, 0, 0, 1, 1, 2, 3)) if index > 3 else index
-    thread_rng = random.Random(seed * 7_919 + thread_index)
-    subject = thread_rng.choice(_TOPICS)
-    if thread_index != index:
+    d = _draws(seed, index)
+    thread = thread_index(seed, index, d[0])
+    subject = _TOPICS[_draws(seed, thread, b"t")[0] % len(_TOPICS)]
+    if thread != index:
         subject = "Re: " + subject
-    from_name, from_address = _person(rng)
-    to = (owner, *tuple(_person(rng)[1] for _ in range(rng.choice((0, 0, 1, 2)))))
-    cc = tuple(_person(rng)[1] for _ in range(rng.choice((0, 0, 0, 1, 2))))
+    from_name, from_address = _address(d[1], d[2], d[3])
+    to = (
+        owner,
+        *(
+            _address(d[5 + 3 * k], d[6 + 3 * k], d[7 + 3 * k])[1]
+            for k in range((0, 0, 1, 2)[d[4] % 4])
+        ),
+    )
+    cc = tuple(
+        _address(d[12 + 3 * k], d[13 + 3 * k], d[14 + 3 * k])[1]
+        for k in range((0, 0, 0, 1, 2)[d[11] % 5])
+    )
     # Spread over years, newest last, with jitter so order is realistic but not strict.
-    fraction = (index + rng.random()) / max(total, 1)
-    received_at = EPOCH + timedelta(seconds=int(fraction * SPAN_SECONDS))
+    jitter = ((d[18] << 8) | d[19]) / 65536
+    received_at = EPOCH + timedelta(seconds=int((index + jitter) / max(total, 1) * SPAN_SECONDS))
     age_rank = total - index
-    snippet = " ".join(rng.choice(_SNIPPET_WORDS) for _ in range(rng.randint(8, 18)))
     return GeneratedMessage(
         index=index,
-        thread_index=thread_index,
+        thread_index=thread,
         subject=subject,
         from_name=from_name,
         from_address=from_address,
@@ -234,10 +280,10 @@ def generate(seed: int, index: int, total: int, owner: str) -> GeneratedMessage:
         cc=cc,
         received_at=received_at,
         # Old mail is read; the newest few percent are often unread.
-        is_read=age_rank > total * 0.03 or rng.random() < 0.5,
-        has_attachments=rng.random() < 0.18,
-        category=rng.choice(CATEGORIES) if rng.random() < 0.1 else None,
-        snippet=snippet,
-        internet_message_id=f"<{stable_id(seed, index, 'mid')}@{from_address.split('@')[1]}>",
-        bucket=rng.randrange(100),
+        is_read=age_rank > total * 0.03 or d[20] < 128,
+        has_attachments=d[21] < 46,  # ~18%
+        category=CATEGORIES[d[23] % len(CATEGORIES)] if d[22] < 26 else None,  # ~10%
+        snippet=_SNIPPETS[d[24]],
+        internet_message_id=f"<{d[32:40].hex()}@{from_address.split('@')[1]}>",
+        bucket=((d[25] << 8) | d[26]) % 100,
     )

@@ -82,6 +82,8 @@ class SimulatorServer:
             lifespan="off",
             # Many clients keep connections open across slow pages.
             timeout_keep_alive=30,
+            # Clients keep idle connections open; do not wait on them when stopping.
+            timeout_graceful_shutdown=1,
             backlog=4096,
         )
         self._server = uvicorn.Server(config)

@@ -62,10 +62,16 @@ class Runtime:
             )
         return self._providers[name]
 
-    async def close(self) -> None:
+    async def close(self, *, close_redis: bool = True) -> None:
+        for provider in self._providers.values():
+            # Providers with connections of their own (MSAL's) release them here.
+            closer = getattr(provider, "aclose", None)
+            if closer is not None:
+                await closer()
         await self.http.aclose()
         await self.engine.dispose()
-        await self.redis.aclose()
+        if close_redis:
+            await self.redis.aclose()
 
 
 def _as_provider_name(name: str) -> ProviderName:

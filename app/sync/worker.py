@@ -36,8 +36,8 @@ async def startup(ctx: dict[str, Any]) -> None:
 async def shutdown(ctx: dict[str, Any]) -> None:
     rt: Runtime | None = ctx.get("rt")
     if rt is not None:
-        await rt.http.aclose()
-        await rt.engine.dispose()
+        # arq closes the Redis pool it owns; the rest is ours.
+        await rt.close(close_redis=False)
 
 
 def _timeout() -> int:

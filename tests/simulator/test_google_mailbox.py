@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.simulator import corpus
-from app.simulator.google.mailbox import (
-    HistoryExpired,
-    Mailbox,
-    _thread_offset,
-)
+from app.simulator.google.mailbox import HistoryExpired, Mailbox
 
 
 def _mailbox(total: int = 300, retention: int = 1000, seed: int = 11) -> Mailbox:
@@ -20,13 +15,6 @@ def _mailbox(total: int = 300, retention: int = 1000, seed: int = 11) -> Mailbox
         history_id_start=9_999_999_990,
         retention=lambda: retention,
     )
-
-
-@pytest.mark.parametrize("seed", [0, 1, 77, 123456])
-def test_thread_offset_mirrors_the_corpus(seed: int) -> None:
-    for index in range(0, 400):
-        generated = corpus.generate(seed, index, 400, "o@example.com")
-        assert index - _thread_offset(seed, index) == generated.thread_index
 
 
 def test_seeded_ids_are_16_hex_unique_and_invertible() -> None:

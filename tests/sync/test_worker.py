@@ -60,7 +60,9 @@ async def test_sigterm_lets_the_running_slice_finish(rt: Runtime) -> None:
         job_completion_wait=WorkerSettings.job_completion_wait,
     )
     mid_sync = asyncio.Event()
-    provider.faults.before_page = lambda stream, cursor: provider.pages_served >= 3 and mid_sync.set()
+    provider.faults.before_page = lambda stream, cursor: (
+        provider.pages_served >= 3 and mid_sync.set()
+    )
     running = asyncio.create_task(worker.async_run())
     await asyncio.wait_for(mid_sync.wait(), timeout=30)
     worker.handle_sig_wait_for_completion(signal.SIGTERM)

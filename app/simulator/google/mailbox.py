@@ -50,18 +50,6 @@ def _generated(seed: int, index: int, total: int, owner: str) -> GeneratedMessag
     return corpus.generate(seed, index, total, owner)
 
 
-def _thread_offset(seed: int, index: int) -> int:
-    """How far back message `index`'s thread key is: corpus.generate's first draw.
-
-    Listing needs only ids and thread ids; drawing the thread key alone is six times
-    cheaper than generating the message. tests/simulator/test_google_mailbox.py asserts
-    that this agrees with `corpus.generate(...).thread_index`.
-    """
-    if index <= 3:
-        return 0
-    return random.Random(seed * 1_000_003 + index).choice((0, 0, 0, 1, 1, 2, 3))
-
-
 @dataclass(slots=True)
 class MessageView:
     """Everything the API can say about one message, whatever its origin."""
@@ -259,7 +247,7 @@ class Mailbox:
             chunk = self._offsets[index >> _CHUNK_BITS] = bytearray(_CHUNK)
         stored = chunk[index & _CHUNK_MASK]
         if not stored:
-            stored = _thread_offset(self.seed, index) + 1
+            stored = index - corpus.thread_index(self.seed, index) + 1
             chunk[index & _CHUNK_MASK] = stored
         return stored - 1
 

@@ -1,0 +1,105 @@
+"""Every Graph call: the mailbox's rate gate, a fresh token, Retry-After, classified errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from app.providers.base import SyncContext, ThrottledError, TransientError
+from app.providers.outlook.errors import THROTTLE_STATUSES, error_for_response, parse_retry_after
+
+log = logging.getLogger(__name__)
+
+
+class GraphClient:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        *,
+        max_retries: int = 4,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        max_inline_wait: float = 20.0,
+    ) -> None:
+        self._http = http
+        self.base_url = base_url.rstrip("/")
+        base = urlsplit(self.base_url)
+        self._origin = (base.scheme, base.netloc)
+        self._max_retries = max_retries
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        # A longer Retry-After ends the job slice: the engine reschedules instead of waiting.
+        self._max_inline_wait = max_inline_wait
+
+    def url(self, path_or_link: str) -> str:
+        if path_or_link.startswith(("https://", "http://")):
+            return path_or_link
+        return f"{self.base_url}/{path_or_link.lstrip('/')}"
+
+    def is_graph_url(self, link: str) -> bool:
+        """Bearer tokens go to Graph only, never to a host named in a stored cursor."""
+        parts = urlsplit(link)
+        return (parts.scheme, parts.netloc) == self._origin
+
+    async def request(
+        self,
+        ctx: SyncContext,
+        method: str,
+        path_or_link: str,
+        *,
+        params: dict[str, str] | None = None,
+        json: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        accept: frozenset[int] = frozenset(),
+    ) -> httpx.Response:
+        """Send one Graph request; 2xx (and statuses in `accept`) come back, the rest raise."""
+        url = self.url(path_or_link)
+        attempt = 0
+        while True:
+            # Fetched per attempt and never kept: a token may expire during a long sync.
+            token = await ctx.access_token()
+            request_headers = {"Authorization": f"Bearer {token}", **(headers or {})}
+            try:
+                async with ctx.gate.request():
+                    response = await self._http.request(
+                        method, url, params=params, json=json, headers=request_headers
+                    )
+            except httpx.HTTPError as exc:
+                raise TransientError(f"Graph request failed: {type(exc).__name__}") from exc
+            if response.is_success or response.status_code in accept:
+                return response
+            if response.status_code not in THROTTLE_STATUSES:
+                raise error_for_response(response)
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            attempt += 1
+            if retry_after is not None:
+                # Everyone sharing this mailbox's limit waits, not just this worker.
+                started = time.monotonic()
+                await ctx.gate.pause(retry_after)
+                if attempt > self._max_retries or retry_after > self._max_inline_wait:
+                    raise error_for_response(response)
+                remaining = retry_after - (time.monotonic() - started)
+                if remaining > 0:
+                    await asyncio.sleep(remaining)
+            else:
+                if attempt > self._max_retries:
+                    raise ThrottledError(
+                        f"Graph kept throttling ({response.status_code})",
+                        retry_after=self._backoff(attempt),
+                    )
+                await asyncio.sleep(self._backoff(attempt))
+            log.info(
+                "graph %s throttled (%s), retry %d/%d",
+                method, response.status_code, attempt, self._max_retries,
+            )  # fmt: skip
+
+    def _backoff(self, attempt: int) -> float:
+        # Full jitter: workers throttled together do not come back together.
+        return random.uniform(0, min(self._backoff_cap, self._backoff_base * 2**attempt))

@@ -1,0 +1,79 @@
+"""Graph answers → the engine's error taxonomy, decided in this one place."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+from app.providers.base import (
+    AccessTokenRejected,
+    CursorInvalidError,
+    PermanentError,
+    ProviderError,
+    ThrottledError,
+    TransientError,
+)
+
+# Graph throttles with 429; 503 and 504 come with Retry-After under load too.
+THROTTLE_STATUSES = frozenset({429, 503, 504})
+# Delta-query state errors: the token is dead, start the round again without it.
+CURSOR_INVALID_CODES = frozenset({"syncstatenotfound", "resyncrequired", "syncstateinvalid"})
+
+
+class GraphRequestError(PermanentError):
+    """A 4xx Graph will keep refusing; keeps status and code for callers that can recover."""
+
+    def __init__(self, status: int, code: str | None, message: str) -> None:
+        super().__init__(f"Graph answered {status} {code or ''}: {message}".replace("  ", " "))
+        self.status = status
+        self.code = code
+        self.graph_message = message
+
+
+def graph_error_detail(response: httpx.Response) -> tuple[str | None, str]:
+    """(error.code, error.message) from a Graph error body, tolerating any shape."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None, response.text[:200]
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return None, str(body)[:200]
+    code = error.get("code")
+    return (str(code) if code is not None else None), str(error.get("message", ""))[:500]
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds (fractions allowed) or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
+
+
+def error_for_response(response: httpx.Response) -> ProviderError:
+    status = response.status_code
+    code, message = graph_error_detail(response)
+    if status == 401:
+        return AccessTokenRejected(f"Graph rejected the access token ({code or 401})")
+    if status == 410 or (code or "").lower() in CURSOR_INVALID_CODES:
+        return CursorInvalidError(f"Graph delta state is gone ({code or status}): {message}")
+    if status in THROTTLE_STATUSES:
+        return ThrottledError(
+            f"Graph throttled the request ({status} {code or ''})".strip(),
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        )
+    if status >= 500:
+        return TransientError(f"Graph server error {status} {code or ''}: {message}".strip())
+    return GraphRequestError(status, code, message)

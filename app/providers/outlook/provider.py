@@ -1,0 +1,196 @@
+"""Microsoft 365 / Outlook through Graph: one delta-cursored stream per mail folder.
+
+A cursor is `{"next_link": url, "initial": bool}` inside a round and `{"delta_link": url}`
+between rounds. `initial` marks a round that began from an empty cursor, so the page with
+its deltaLink can tell the engine the folder was enumerated completely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+
+from app.config import Settings
+from app.providers.base import (
+    Account,
+    Cursor,
+    CursorInvalidError,
+    Page,
+    PermanentError,
+    ProviderLimits,
+    ProviderName,
+    StreamInfo,
+    Subscription,
+    SyncContext,
+    TokenSet,
+    TransientError,
+)
+from app.providers.outlook import subscriptions
+from app.providers.outlook.auth import MsalTokens
+from app.providers.outlook.client import GraphClient
+from app.providers.outlook.errors import GraphRequestError
+from app.providers.outlook.mapper import (
+    FOLDER_SELECT,
+    MESSAGE_SELECT,
+    WELL_KNOWN_LABELS,
+    folder_labels,
+    to_normalized,
+)
+
+# Graph caps message delta pages at 1000, the largest page it accepts.
+MAX_PAGE_SIZE = 1000
+_DELTA_PREFER = f'odata.maxpagesize={MAX_PAGE_SIZE}, IdType="ImmutableId"'
+_FOLDER_PAGE = "100"
+
+
+def user_path(account: Account) -> str:
+    """`/me` with a user's own token; app-only tokens must name the mailbox."""
+    if account.auth_mode == "application":
+        user = account.provider_user_id or account.email
+        if not user:
+            raise PermanentError("an app-only mailbox needs a Graph user id or address")
+        return f"users/{user}"
+    return "me"
+
+
+class OutlookProvider:
+    name: ProviderName = "microsoft"
+
+    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
+        self._settings = settings
+        self._graph = GraphClient(http, settings.graph_base_url)
+        self._tokens = MsalTokens(settings)
+
+    def limits(self) -> ProviderLimits:
+        return ProviderLimits(max_concurrency=self._settings.graph_max_concurrency)
+
+    async def aclose(self) -> None:
+        """Close MSAL's HTTP sessions (the shared httpx client belongs to the caller)."""
+        await asyncio.to_thread(self._tokens.close)
+
+    async def refresh_token(self, account: Account, refresh_token: str | None) -> TokenSet:
+        return await self._tokens.refresh(account, refresh_token)
+
+    # -- streams ------------------------------------------------------------------------
+
+    async def list_streams(self, ctx: SyncContext) -> Sequence[StreamInfo]:
+        base = user_path(ctx.account)
+        well_known = await self._well_known_folder_ids(ctx, base)
+        streams: list[StreamInfo] = []
+        pending = [f"{base}/mailFolders"]
+        while pending:
+            collection = pending.pop(0)
+            async for folder in self._folder_pages(ctx, collection):
+                folder_id = str(folder["id"])
+                name = str(folder.get("displayName") or "")
+                streams.append(
+                    StreamInfo(
+                        key=folder_id,
+                        name=name,
+                        total_estimate=folder.get("totalItemCount"),
+                        labels=folder_labels(name, well_known.get(folder_id)),
+                    )
+                )
+                if folder.get("childFolderCount"):
+                    pending.append(f"{base}/mailFolders/{folder_id}/childFolders")
+        return streams
+
+    async def _folder_pages(
+        self, ctx: SyncContext, collection: str
+    ) -> AsyncIterator[dict[str, Any]]:
+        link: str | None = collection
+        params: dict[str, str] | None = {"$top": _FOLDER_PAGE, "$select": FOLDER_SELECT}
+        while link:
+            body = (await self._graph.request(ctx, "GET", link, params=params)).json()
+            for folder in body.get("value", []):
+                yield folder
+            link, params = body.get("@odata.nextLink"), None
+
+    async def _well_known_folder_ids(self, ctx: SyncContext, base: str) -> dict[str, str]:
+        async def resolve(name: str) -> tuple[str, str] | None:
+            try:
+                response = await self._graph.request(
+                    ctx, "GET", f"{base}/mailFolders/{name}", params={"$select": "id"}
+                )
+            except GraphRequestError as exc:
+                # Not every mailbox has every well-known folder (archive, junk).
+                if exc.status == 404:
+                    return None
+                raise
+            return str(response.json()["id"]), WELL_KNOWN_LABELS[name]
+
+        found = await asyncio.gather(
+            *(resolve(name) for name in WELL_KNOWN_LABELS), return_exceptions=True
+        )
+        for outcome in found:
+            # Every lookup has finished here, so none is left running unobserved.
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return dict(pair for pair in found if isinstance(pair, tuple))
+
+    # -- pages --------------------------------------------------------------------------
+
+    async def fetch_page(self, ctx: SyncContext, stream: StreamInfo, cursor: Cursor | None) -> Page:
+        params: dict[str, str] | None = None
+        if not cursor:
+            link = f"{user_path(ctx.account)}/mailFolders/{stream.key}/messages/delta"
+            params = {"$select": MESSAGE_SELECT}
+            initial = True
+        elif isinstance(cursor.get("next_link"), str):
+            link, initial = cursor["next_link"], bool(cursor.get("initial"))
+        elif isinstance(cursor.get("delta_link"), str):
+            link, initial = cursor["delta_link"], False
+        else:
+            raise CursorInvalidError("unrecognized Graph cursor")
+        if params is None and not self._graph.is_graph_url(link):
+            raise CursorInvalidError("stored Graph link does not point at GRAPH_BASE_URL")
+        try:
+            response = await self._graph.request(
+                ctx, "GET", link, params=params, headers={"Prefer": _DELTA_PREFER}
+            )
+        except GraphRequestError as exc:
+            if exc.status == 404 and exc.code == "ErrorItemNotFound":
+                # The folder itself is gone: a complete, empty enumeration removes its rows.
+                return Page(cursor={}, caught_up=True, full_sync_complete=True, total_estimate=0)
+            raise
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise TransientError("Graph returned a delta page that is not JSON") from exc
+        page = Page(total_estimate=stream.total_estimate)
+        for item in body.get("value", []):
+            if "@removed" in item:
+                page.deletes.append(str(item["id"]))
+            else:
+                page.upserts.append(to_normalized(item, stream.labels))
+        if isinstance(body.get("@odata.nextLink"), str):
+            page.cursor = {"next_link": body["@odata.nextLink"], "initial": initial}
+        elif isinstance(body.get("@odata.deltaLink"), str):
+            page.cursor = {"delta_link": body["@odata.deltaLink"]}
+            page.caught_up = True
+            page.full_sync_complete = initial
+        else:
+            raise TransientError("Graph delta page had neither a nextLink nor a deltaLink")
+        return page
+
+    # -- push ---------------------------------------------------------------------------
+
+    def _notification_url(self) -> str | None:
+        base = self._settings.public_base_url.rstrip("/")
+        return f"{base}/webhooks/microsoft" if base.startswith(("https://", "http://")) else None
+
+    async def subscribe(self, ctx: SyncContext) -> Subscription | None:
+        url = self._notification_url()
+        if url is None:
+            return None
+        resource = f"{user_path(ctx.account)}/messages"
+        return await subscriptions.create(self._graph, ctx, resource=resource, notification_url=url)
+
+    async def renew(self, ctx: SyncContext, subscription: Subscription) -> Subscription:
+        return await subscriptions.renew(self._graph, ctx, subscription)
+
+    async def unsubscribe(self, ctx: SyncContext, subscription: Subscription) -> None:
+        await subscriptions.delete(self._graph, ctx, subscription)

@@ -1,0 +1,443 @@
+"""One simulated Exchange mailbox: folders, lazily generated messages, mutations, change logs.
+
+A seeded message costs nothing until it is read: its content comes from `corpus.generate`
+and its folder from a cheap hash of (seed, key). Only mutated messages get an overlay
+entry. Every mutation takes the next mailbox sequence number and is appended to the change
+log of each folder it touches; delta tokens are positions in those logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from array import array
+from bisect import bisect_right
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache
+
+from app.simulator.corpus import GeneratedMessage, generate
+from app.simulator.microsoft import ids
+
+
+@dataclass(frozen=True, slots=True)
+class FolderSpec:
+    display_name: str
+    well_known_name: str | None
+    parent: int | None
+    # Share of seeded messages, in buckets of 1%.
+    buckets: range = range(0)
+
+
+# Index 0 is the root ("msgfolderroot"); Exchange lists its children as the top-level folders.
+FOLDER_LAYOUT: tuple[FolderSpec, ...] = (
+    FolderSpec("Top of Information Store", "msgfolderroot", None),
+    FolderSpec("Inbox", "inbox", 0, range(0, 64)),
+    FolderSpec("Team", None, 1, range(64, 68)),
+    FolderSpec("Leads", None, 2, range(68, 70)),
+    FolderSpec("Sent Items", "sentitems", 0, range(70, 82)),
+    FolderSpec("Archive", "archive", 0, range(82, 90)),
+    FolderSpec("Projects", None, 0, range(90, 94)),
+    FolderSpec("Receipts", None, 0, range(94, 96)),
+    FolderSpec("Junk Email", "junkemail", 0, range(96, 97)),
+    FolderSpec("Drafts", "drafts", 0, range(97, 98)),
+    FolderSpec("Deleted Items", "deleteditems", 0, range(98, 100)),
+    FolderSpec("Outbox", "outbox", 0),
+    FolderSpec("Conversation History", "conversationhistory", 0),
+)
+_BUCKET_FOLDER = bytes(
+    next(i for i, spec in enumerate(FOLDER_LAYOUT) if b in spec.buckets) for b in range(100)
+)
+SENT_ITEMS = 4
+DRAFTS = 9
+# Exchange shows sent mail and drafts as read.
+_ALWAYS_READ = frozenset({SENT_ITEMS, DRAFTS})
+_MASK64 = (1 << 64) - 1
+
+
+def initial_bucket(seed: int, key: int) -> int:
+    """0..99 from a splitmix64 round: cheap enough to place a million messages in a second.
+
+    `corpus.generate` costs ~30 µs a message; placing folders from its `bucket` would mean
+    generating the whole mailbox before the first folder count could be answered.
+    """
+    x = (seed * 0x9E3779B97F4A7C15 + (key + 1) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (x ^ (x >> 31)) % 100
+
+
+@lru_cache(maxsize=16384)
+def _generated(seed: int, key: int, total: int, owner: str) -> GeneratedMessage:
+    return generate(seed, key, total, owner)
+
+
+@dataclass(slots=True)
+class MessageState:
+    """What a mutation changed about a message; unmutated messages have no entry."""
+
+    folder: int
+    is_read: bool
+    categories: tuple[str, ...]
+    deleted: bool = False
+    # REST ids embed it: a move mints a new REST id, the ImmutableId stays.
+    generation: int = 0
+    # Sequence number of the arrival in `folder`; 0 for the seeded placement.
+    folder_since: int = 0
+    modified_at: datetime | None = None
+    # Bumped by every mutation; etags and changeKeys are derived from it.
+    version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    """One mutation, for change notifications: created/updated/deleted in which folders."""
+
+    change_type: str
+    key: int
+    folder: int
+    previous_folder: int | None = None
+
+
+@dataclass
+class Folder:
+    index: int
+    id: str
+    spec: FolderSpec
+    children: list[int] = field(default_factory=list)
+    seed: array = field(default_factory=lambda: array("I"))
+    arrival_seq: array = field(default_factory=lambda: array("Q"))
+    arrival_key: array = field(default_factory=lambda: array("I"))
+    log_seq: array = field(default_factory=lambda: array("Q"))
+    log_key: array = field(default_factory=lambda: array("I"))
+    log_generation: array = field(default_factory=lambda: array("I"))
+    total: int = 0
+    unread: int = 0
+    # Delta tokens minted before this sequence number are dead (410).
+    valid_from: int = 0
+    invalid_code: str = "syncStateNotFound"
+    changed_seq: int = 0
+
+    @property
+    def display_name(self) -> str:
+        return self.spec.display_name
+
+    @property
+    def well_known_name(self) -> str | None:
+        return self.spec.well_known_name
+
+
+class Mailbox:
+    def __init__(
+        self,
+        *,
+        email: str,
+        seed: int,
+        message_count: int,
+        tenant_id: str,
+        user_id: str | None = None,
+        display_name: str | None = None,
+        token_lifetime: int = 3600,
+        app_only_granted: bool = True,
+    ) -> None:
+        self.email = email.lower()
+        self.user_id = user_id or ids.user_guid(self.email)
+        self.display_name = display_name or self.email.split("@")[0].replace(".", " ").title()
+        self.tenant_id = tenant_id
+        self.seed = seed
+        self.seeded_count = message_count
+        self.token_lifetime = token_lifetime
+        self.app_only_granted = app_only_granted
+        self.counter_key = f"microsoft:{self.email}"
+        self.tag = ids.mailbox_tag(self.user_id)
+        self.folders = [
+            Folder(index=i, id=ids.folder_id(self.tag, i), spec=spec)
+            for i, spec in enumerate(FOLDER_LAYOUT)
+        ]
+        for folder in self.folders:
+            if folder.spec.parent is not None:
+                self.folders[folder.spec.parent].children.append(folder.index)
+        self._folder_lookup = {f.id: f.index for f in self.folders}
+        self._folder_lookup.update(
+            {f.well_known_name: f.index for f in self.folders if f.well_known_name}
+        )
+        self.seq = 0
+        self.next_key = message_count
+        self.overlay: dict[int, MessageState] = {}
+        self.added: dict[int, GeneratedMessage] = {}
+        self.added_origin: dict[int, int] = {}
+        self._last_added_at = datetime.now(UTC).replace(microsecond=0)
+        # (folder, since, until) -> changed keys: a long round is paged without rescanning.
+        self.change_cache: OrderedDict[tuple[int, int, int], list[tuple[int, tuple[int, ...]]]] = (
+            OrderedDict()
+        )
+
+    # -- seeding ------------------------------------------------------------------------
+
+    def build_index(self) -> None:
+        """Place every seeded message and count folders; O(messages), no generation."""
+        seed, total = self.seed, self.seeded_count
+        arrays = [f.seed for f in self.folders]
+        placement = _BUCKET_FOLDER
+        for key in range(total):
+            arrays[placement[initial_bucket(seed, key)]].append(key)
+        for folder in self.folders:
+            folder.total = len(folder.seed)
+        # Only the newest 3% can be unread (corpus rule), so only those are generated here.
+        first_maybe_unread = max(0, int(total - total * 0.03) - 1)
+        for key in range(first_maybe_unread, total):
+            folder_index = placement[initial_bucket(seed, key)]
+            if not self._base_is_read(key, folder_index):
+                self.folders[folder_index].unread += 1
+
+    # -- reading ------------------------------------------------------------------------
+
+    def folder(self, ref: str) -> Folder | None:
+        index = self._folder_lookup.get(ref)
+        if index is None:
+            index = self._folder_lookup.get(ref.lower())
+        if index is None:
+            index = ids.parse_folder_id(self.tag, ref)
+            if index is not None and index >= len(self.folders):
+                index = None
+        return self.folders[index] if index is not None else None
+
+    def content(self, key: int) -> GeneratedMessage:
+        added = self.added.get(key)
+        if added is not None:
+            return added
+        return _generated(self.seed, key, self.seeded_count, self.email)
+
+    def base_folder(self, key: int) -> int:
+        return _BUCKET_FOLDER[initial_bucket(self.seed, key)]
+
+    def origin_folder(self, key: int) -> int:
+        """Where the message was first placed; a draft moved elsewhere is still a draft."""
+        origin = self.added_origin.get(key)
+        return origin if origin is not None else self.base_folder(key)
+
+    def sender(self, key: int, origin: int | None = None) -> tuple[str, str]:
+        """(name, address); the owner wrote what started in Sent Items or Drafts."""
+        if (self.origin_folder(key) if origin is None else origin) in _ALWAYS_READ:
+            return self.display_name, self.email
+        generated = self.content(key)
+        return generated.from_name, generated.from_address
+
+    def _base_is_read(self, key: int, folder_index: int) -> bool:
+        return folder_index in _ALWAYS_READ or self.content(key).is_read
+
+    def state(self, key: int) -> MessageState:
+        """The message's current state (not stored unless it was mutated)."""
+        state = self.overlay.get(key)
+        if state is not None:
+            return state
+        folder_index = self.base_folder(key)
+        generated = self.content(key)
+        return MessageState(
+            folder=folder_index,
+            is_read=folder_index in _ALWAYS_READ or generated.is_read,
+            categories=(generated.category,) if generated.category else (),
+        )
+
+    def exists(self, key: int) -> bool:
+        if key < 0 or key >= self.next_key:
+            return False
+        state = self.overlay.get(key)
+        return state is None or not state.deleted
+
+    def placement(self, key: int) -> tuple[int, int]:
+        """(folder, arrival seq) without generating content; folder -1 when deleted."""
+        state = self.overlay.get(key)
+        if state is None:
+            return self.base_folder(key), 0
+        return (-1 if state.deleted else state.folder), state.folder_since
+
+    def resolve_message(self, value: str) -> int | None:
+        """The key behind a REST or immutable id; None when unknown, deleted or stale."""
+        parsed = ids.parse_message_id(self.tag, value)
+        if parsed is None:
+            return None
+        key, generation = parsed
+        if not self.exists(key):
+            return None
+        if generation is not None and generation != self.state(key).generation:
+            return None
+        return key
+
+    def message_id(self, key: int, *, immutable: bool, generation: int | None = None) -> str:
+        if immutable:
+            return ids.message_id(self.tag, key, 0, immutable=True)
+        if generation is None:
+            generation = self.state(key).generation
+        return ids.message_id(self.tag, key, generation, immutable=False)
+
+    def members(self, folder: Folder) -> Iterator[int]:
+        """Current messages of a folder, newest key first."""
+        seq_cutoff = self.seq
+        arrived = [
+            key
+            for seq, key in zip(folder.arrival_seq, folder.arrival_key, strict=True)
+            if seq <= seq_cutoff and self.placement(key) == (folder.index, seq)
+        ]
+        arrived.sort(reverse=True)
+        seeded = (key for key in reversed(folder.seed) if self.placement(key) == (folder.index, 0))
+        yield from heapq.merge(arrived, seeded, reverse=True)
+
+    def all_keys_desc(self) -> Iterator[int]:
+        for key in range(self.next_key - 1, -1, -1):
+            if self.exists(key):
+                yield key
+
+    def received_at(self, key: int) -> datetime:
+        return self.content(key).received_at
+
+    # -- mutating -----------------------------------------------------------------------
+
+    def _materialize(self, key: int) -> MessageState:
+        state = self.overlay.get(key)
+        if state is None:
+            state = self.state(key)
+            self.overlay[key] = state
+        return state
+
+    def _log(self, folder: Folder, key: int, generation: int) -> None:
+        folder.log_seq.append(self.seq)
+        folder.log_key.append(key)
+        folder.log_generation.append(generation)
+
+    def _count(self, folder: Folder, total: int, unread: int) -> None:
+        folder.total += total
+        folder.unread += unread
+        folder.changed_seq = self.seq
+
+    def add_message(
+        self,
+        folder: Folder,
+        *,
+        subject: str | None = None,
+        from_address: str | None = None,
+        is_read: bool = False,
+    ) -> ChangeEvent:
+        key = self.next_key
+        self.next_key += 1
+        self.seq += 1
+        generated = generate(self.seed, key, key + 1, self.email)
+        now = max(datetime.now(UTC).replace(microsecond=0), self._last_added_at)
+        self._last_added_at = now
+        changes: dict[str, object] = {"received_at": now, "is_read": is_read, "category": None}
+        if subject is not None:
+            changes["subject"] = subject
+        if from_address is not None:
+            changes["from_address"] = from_address.lower()
+            changes["from_name"] = display_name(from_address)
+        self.added[key] = dataclasses.replace(generated, **changes)  # type: ignore[arg-type]
+        self.added_origin[key] = folder.index
+        self.overlay[key] = MessageState(
+            folder=folder.index,
+            is_read=is_read,
+            categories=(),
+            folder_since=self.seq,
+            modified_at=now,
+        )
+        folder.arrival_seq.append(self.seq)
+        folder.arrival_key.append(key)
+        self._log(folder, key, 0)
+        self._count(folder, 1, 0 if is_read else 1)
+        return ChangeEvent("created", key, folder.index)
+
+    def delete(self, key: int) -> ChangeEvent:
+        state = self._materialize(key)
+        self.seq += 1
+        folder = self.folders[state.folder]
+        state.deleted = True
+        state.version += 1
+        state.modified_at = datetime.now(UTC)
+        self._log(folder, key, state.generation)
+        self._count(folder, -1, 0 if state.is_read else -1)
+        return ChangeEvent("deleted", key, folder.index)
+
+    def move(self, key: int, destination: Folder) -> ChangeEvent | None:
+        state = self._materialize(key)
+        if state.folder == destination.index:
+            return None
+        self.seq += 1
+        source = self.folders[state.folder]
+        self._log(source, key, state.generation)
+        self._count(source, -1, 0 if state.is_read else -1)
+        state.folder = destination.index
+        state.generation += 1
+        state.version += 1
+        state.folder_since = self.seq
+        state.modified_at = datetime.now(UTC)
+        destination.arrival_seq.append(self.seq)
+        destination.arrival_key.append(key)
+        self._log(destination, key, state.generation)
+        self._count(destination, 1, 0 if state.is_read else 1)
+        return ChangeEvent("updated", key, destination.index, previous_folder=source.index)
+
+    def set_read(self, key: int, is_read: bool) -> ChangeEvent | None:
+        state = self._materialize(key)
+        if state.is_read == is_read:
+            return None
+        self.seq += 1
+        folder = self.folders[state.folder]
+        state.is_read = is_read
+        state.version += 1
+        state.modified_at = datetime.now(UTC)
+        self._log(folder, key, state.generation)
+        self._count(folder, 0, -1 if is_read else 1)
+        return ChangeEvent("updated", key, folder.index)
+
+    def set_categories(self, key: int, categories: tuple[str, ...]) -> ChangeEvent | None:
+        state = self._materialize(key)
+        if state.categories == categories:
+            return None
+        self.seq += 1
+        folder = self.folders[state.folder]
+        state.categories = categories
+        state.version += 1
+        state.modified_at = datetime.now(UTC)
+        self._log(folder, key, state.generation)
+        folder.changed_seq = self.seq
+        return ChangeEvent("updated", key, folder.index)
+
+    def expire_delta_tokens(self, folder: Folder | None, code: str = "syncStateNotFound") -> None:
+        # Bump the sequence so a round started right after this is valid again.
+        self.seq += 1
+        for target in [folder] if folder is not None else self.folders:
+            target.valid_from = self.seq
+            target.invalid_code = code
+
+    def changed_keys(
+        self, folder: Folder, since: int, until: int
+    ) -> list[tuple[int, tuple[int, ...]]]:
+        """Distinct keys touched in (since, until], with the REST generations they had here."""
+        cache_key = (folder.index, since, until)
+        cached = self.change_cache.get(cache_key)
+        if cached is not None:
+            self.change_cache.move_to_end(cache_key)
+            return cached
+        start = bisect_right(folder.log_seq, since)
+        stop = bisect_right(folder.log_seq, until)
+        seen: dict[int, list[int]] = {}
+        for i in range(start, stop):
+            gens = seen.setdefault(folder.log_key[i], [])
+            generation = folder.log_generation[i]
+            if generation not in gens:
+                gens.append(generation)
+        result = [(key, tuple(gens)) for key, gens in seen.items()]
+        self.change_cache[cache_key] = result
+        if len(self.change_cache) > 32:
+            self.change_cache.popitem(last=False)
+        return result
+
+
+def display_name(address: str) -> str:
+    """What Exchange shows for an address it has no name for: its local part, titled."""
+    return address.split("@")[0].replace(".", " ").replace("-", " ").title()
+
+
+def change_key(key: int, version: int) -> str:
+    return f"CQAAABYAAAA{key:08x}{version:04x}"
