@@ -86,6 +86,7 @@ class _SliceState:
     pages: int = 0
     incomplete: bool = False
     phase: str | None = None
+    status: str = "syncing"
 
 
 def account_of(mailbox: Mailbox) -> Account:
@@ -199,13 +200,14 @@ class SyncEngine:
                 states = await cursors.list(mailbox.id)
             state.totals = {s.stream_key: s.total_estimate for s in states}
             state.phase = _phase(states)
-            status = "syncing" if first_pass or mailbox.status != "connected" else "connected"
+            # A healthy mailbox stays "connected" through later passes; `phase` says more.
+            state.status = "syncing" if first_pass or mailbox.status != "connected" else "connected"
             await MailboxRepository(session).fence(
                 lease,
                 settings.lease_seconds,
                 synced_delta=-removed,
                 total_estimate=self._total(state),
-                status=status,
+                status=state.status,
                 phase=state.phase,
             )
 
@@ -243,9 +245,7 @@ class SyncEngine:
                 repo = MailboxRepository(session)
                 await repo.finish(
                     lease,
-                    status="syncing"
-                    if first_pass or mailbox.status != "connected"
-                    else "connected",
+                    status=state.status,
                     phase=state.phase,
                     # If the continuation job is lost (Redis flushed), the scheduler resumes soon.
                     next_sync_at=datetime.now(UTC) + timedelta(seconds=5),
@@ -257,7 +257,9 @@ class SyncEngine:
         jitter = random.uniform(0, settings.sync_interval_seconds * 0.1)
         next_at = datetime.now(UTC) + timedelta(seconds=settings.sync_interval_seconds + jitter)
         async with self.rt.sessions() as session, session.begin():
-            count = await MessageRepository(session).count(mailbox.id)
+            # Pages keep the counter exact; after an enumeration, recount as a safety net.
+            recount = state.phase != "incremental"
+            count = await MessageRepository(session).count(mailbox.id) if recount else None
             requested = await MailboxRepository(session).finish(
                 lease,
                 status="connected",
