@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import NamedTuple
 
 _FIRST = [
     "Ada",
@@ -176,9 +177,8 @@ EPOCH = datetime(2019, 1, 1, tzinfo=UTC)
 SPAN_SECONDS = int(timedelta(days=365 * 7).total_seconds())
 
 
-@dataclass(frozen=True, slots=True)
-class GeneratedMessage:
-    index: int
+class GeneratedMessage(NamedTuple):
+    position: int
     thread_index: int
     subject: str
     from_name: str
@@ -214,17 +214,36 @@ def _draws(seed: int, index: int, salt: bytes = b"") -> bytes:
     return hashlib.blake2b(b"%d:%d%s" % (seed, index, salt), digest_size=40).digest()
 
 
-def _address(first: int, last: int, domain: int) -> tuple[str, str]:
-    f, l_ = _FIRST[first % len(_FIRST)], _LAST[last % len(_LAST)]
-    return f"{f} {l_}", f"{f.lower()}.{l_.lower()}@{_DOMAINS[domain % len(_DOMAINS)]}"
+# Every (name, address) a generated message can use, built once.
+_PEOPLE = tuple(
+    (f"{f} {l_}", f"{f.lower()}.{l_.lower()}@{domain}")
+    for f in _FIRST
+    for l_ in _LAST
+    for domain in _DOMAINS
+)
+
+
+def _person(high: int, low: int) -> tuple[str, str]:
+    return _PEOPLE[((high << 8) | low) % len(_PEOPLE)]
 
 
 def _parent(seed: int, index: int, first_draw: int | None = None) -> int:
     """The message `index` replies to (itself when it starts a thread)."""
     if index <= 3:
         return index
-    draw = _draws(seed, index)[0] if first_draw is None else first_draw
+    draw = _first_draw(seed, index) if first_draw is None else first_draw
     return index - _THREAD_BACK[draw % len(_THREAD_BACK)]
+
+
+@lru_cache(maxsize=65_536)
+def _first_draw(seed: int, index: int) -> int:
+    # Thread chains revisit recent indexes: keep their first draw.
+    return _draws(seed, index)[0]
+
+
+@lru_cache(maxsize=16_384)
+def _subject(seed: int, thread: int) -> str:
+    return _TOPICS[_draws(seed, thread, b"t")[0] % len(_TOPICS)]
 
 
 def thread_index(seed: int, index: int, first_draw: int | None = None) -> int:
@@ -251,27 +270,21 @@ def generate(seed: int, index: int, total: int, owner: str) -> GeneratedMessage:
     """Message `index` of a mailbox of `total` messages; higher indexes are newer."""
     d = _draws(seed, index)
     thread = thread_index(seed, index, d[0])
-    subject = _TOPICS[_draws(seed, thread, b"t")[0] % len(_TOPICS)]
+    subject = _subject(seed, thread)
     if thread != index:
         subject = "Re: " + subject
-    from_name, from_address = _address(d[1], d[2], d[3])
+    from_name, from_address = _person(d[1], d[2])
     to = (
         owner,
-        *(
-            _address(d[5 + 3 * k], d[6 + 3 * k], d[7 + 3 * k])[1]
-            for k in range((0, 0, 1, 2)[d[4] % 4])
-        ),
+        *(_person(d[5 + 2 * k], d[6 + 2 * k])[1] for k in range((0, 0, 1, 2)[d[4] % 4])),
     )
-    cc = tuple(
-        _address(d[12 + 3 * k], d[13 + 3 * k], d[14 + 3 * k])[1]
-        for k in range((0, 0, 0, 1, 2)[d[11] % 5])
-    )
+    cc = tuple(_person(d[12 + 2 * k], d[13 + 2 * k])[1] for k in range((0, 0, 0, 1, 2)[d[11] % 5]))
     # Spread over years, newest last, with jitter so order is realistic but not strict.
     jitter = ((d[18] << 8) | d[19]) / 65536
     received_at = EPOCH + timedelta(seconds=int((index + jitter) / max(total, 1) * SPAN_SECONDS))
     age_rank = total - index
     return GeneratedMessage(
-        index=index,
+        position=index,
         thread_index=thread,
         subject=subject,
         from_name=from_name,

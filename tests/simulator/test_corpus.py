@@ -33,7 +33,7 @@ def test_same_inputs_same_message_and_realistic_spread() -> None:
     assert 0.12 < sum(m.has_attachments for m in messages) / total < 0.24
     assert 0.06 < sum(m.category is not None for m in messages) / total < 0.14
     # Threads: replies share the subject of their thread's first message.
-    replies = [m for m in messages if m.thread_index != m.index]
+    replies = [m for m in messages if m.thread_index != m.position]
     assert len(replies) > total / 4
     assert all(m.subject.endswith(messages[m.thread_index].subject) for m in replies[:200])
     assert all(m.to[0] == "owner@example.com" for m in messages)

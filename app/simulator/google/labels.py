@@ -76,7 +76,7 @@ def derive_bits(message: GeneratedMessage, seed: int) -> int:
     bits = DERIVED
     if folder is not None:
         bits |= _BIT[folder]
-    mix = _mix(seed, message.index)
+    mix = _mix(seed, message.position)
     received = folder not in ("SENT", "DRAFT")
     if received:
         if not message.is_read:

@@ -8,7 +8,6 @@ log of each folder it touches; delta tokens are positions in those logs.
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 from array import array
 from bisect import bisect_right
@@ -326,13 +325,14 @@ class Mailbox:
         generated = generate(self.seed, key, key + 1, self.email)
         now = max(datetime.now(UTC).replace(microsecond=0), self._last_added_at)
         self._last_added_at = now
-        changes: dict[str, object] = {"received_at": now, "is_read": is_read, "category": None}
-        if subject is not None:
-            changes["subject"] = subject
-        if from_address is not None:
-            changes["from_address"] = from_address.lower()
-            changes["from_name"] = display_name(from_address)
-        self.added[key] = dataclasses.replace(generated, **changes)  # type: ignore[arg-type]
+        self.added[key] = generated._replace(
+            received_at=now,
+            is_read=is_read,
+            category=None,
+            subject=generated.subject if subject is None else subject,
+            from_address=generated.from_address if from_address is None else from_address.lower(),
+            from_name=generated.from_name if from_address is None else display_name(from_address),
+        )
         self.added_origin[key] = folder.index
         self.overlay[key] = MessageState(
             folder=folder.index,
