@@ -32,6 +32,7 @@ from app.providers.base import (
     AccessTokenRejected,
     Account,
     AuthExpiredError,
+    Cursor,
     CursorInvalidError,
     MailProvider,
     Page,
@@ -285,43 +286,58 @@ class SyncEngine:
         cursor = stream_state.cursor
         generation = stream_state.generation
         mode = stream_state.mode
-        while True:
-            if budget.spent():
-                state.incomplete = True
-                return
-            budget.pages_left -= 1
-            try:
-                page = await self._with_token_retry(
-                    tokens, partial(provider.fetch_page, ctx, stream, cursor)
-                )
-            except CursorInvalidError as exc:
-                if cursor is None:
-                    # Refusing a fresh enumeration is not a dead cursor; do not loop on it.
-                    raise TransientError(
-                        f"stream {stream.key}: fresh cursor refused: {exc}"
-                    ) from exc
-                log.warning(
-                    "mailbox %s stream %s: cursor invalid (%s); full resync of the stream",
-                    mailbox.id,
-                    stream.key,
-                    exc,
-                )
-                async with self.rt.sessions() as session, session.begin():
-                    generation = await CursorRepository(session).restart(mailbox.id, stream.key)
-                    await MailboxRepository(session).fence(
-                        state.lease, self.settings.lease_seconds, phase="resync"
+
+        def fetch(after: Cursor | None) -> asyncio.Task[Page]:
+            return asyncio.create_task(
+                self._with_token_retry(tokens, partial(provider.fetch_page, ctx, stream, after))
+            )
+
+        # While a page commits, the next one is already on its way: a provider hands out the
+        # next cursor with the page, and the prefetched page is used only after the commit.
+        upcoming: asyncio.Task[Page] | None = None
+        try:
+            while True:
+                if budget.spent():
+                    state.incomplete = True
+                    return
+                budget.pages_left -= 1
+                current, upcoming = upcoming or fetch(cursor), None
+                try:
+                    page = await current
+                except CursorInvalidError as exc:
+                    if cursor is None:
+                        # Refusing a fresh enumeration is not a dead cursor; do not loop on it.
+                        raise TransientError(
+                            f"stream {stream.key}: fresh cursor refused: {exc}"
+                        ) from exc
+                    log.warning(
+                        "mailbox %s stream %s: cursor invalid (%s); full resync of the stream",
+                        mailbox.id,
+                        stream.key,
+                        exc,
                     )
-                cursor, mode = None, "full"
-                continue
-            if cursor is None:
-                mode = "full"
-            await self._commit_page(mailbox.id, stream, generation, mode, page, state)
-            state.pages += 1
-            cursor = page.cursor
-            if page.full_sync_complete:
-                mode = "incremental"
-            if page.caught_up:
-                return
+                    async with self.rt.sessions() as session, session.begin():
+                        generation = await CursorRepository(session).restart(mailbox.id, stream.key)
+                        await MailboxRepository(session).fence(
+                            state.lease, self.settings.lease_seconds, phase="resync"
+                        )
+                    cursor, mode = None, "full"
+                    continue
+                if cursor is None:
+                    mode = "full"
+                if not page.caught_up and budget.pages_left > 0:
+                    upcoming = fetch(page.cursor)
+                await self._commit_page(mailbox.id, stream, generation, mode, page, state)
+                state.pages += 1
+                cursor = page.cursor
+                if page.full_sync_complete:
+                    mode = "incremental"
+                if page.caught_up:
+                    return
+        finally:
+            if upcoming is not None:
+                upcoming.cancel()
+                await asyncio.gather(upcoming, return_exceptions=True)
 
     async def _commit_page(
         self,

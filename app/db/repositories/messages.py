@@ -19,8 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.providers.base import LabelChange, NormalizedMessage
 
 # A page travels as one array per column, expanded by unnest(): one round trip and one
-# statement per page, whatever its size. List columns go as PostgreSQL array literals
-# (one text per row) because unnest() cannot expand a ragged two-dimensional array.
+# statement per page, whatever its size. Each column is sent as a single PostgreSQL array
+# literal (text), which costs a fraction of binding a 1000-element array element by element;
+# list columns nest a literal per row because unnest() cannot expand a ragged 2-D array.
 _UPSERT = text(
     """
     INSERT INTO messages AS m (
@@ -32,13 +33,19 @@ _UPSERT = text(
            CAST(p.cc_addresses AS text[]), CAST(p.bcc_addresses AS text[]), p.snippet,
            p.received_at, CAST(p.labels AS text[]), p.is_read, p.has_attachments
       FROM unnest(
-            CAST(:provider_message_id AS text[]), CAST(:thread_id AS text[]),
-            CAST(:internet_message_id AS text[]), CAST(:subject AS text[]),
-            CAST(:from_address AS text[]), CAST(:to_addresses AS text[]),
-            CAST(:cc_addresses AS text[]), CAST(:bcc_addresses AS text[]),
-            CAST(:snippet AS text[]), CAST(:received_at AS timestamptz[]),
-            CAST(:labels AS text[]), CAST(:is_read AS boolean[]),
-            CAST(:has_attachments AS boolean[]))
+            CAST(CAST(:provider_message_id AS text) AS text[]),
+            CAST(CAST(:thread_id AS text) AS text[]),
+            CAST(CAST(:internet_message_id AS text) AS text[]),
+            CAST(CAST(:subject AS text) AS text[]),
+            CAST(CAST(:from_address AS text) AS text[]),
+            CAST(CAST(:to_addresses AS text) AS text[]),
+            CAST(CAST(:cc_addresses AS text) AS text[]),
+            CAST(CAST(:bcc_addresses AS text) AS text[]),
+            CAST(CAST(:snippet AS text) AS text[]),
+            CAST(CAST(:received_at AS text) AS timestamptz[]),
+            CAST(CAST(:labels AS text) AS text[]),
+            CAST(CAST(:is_read AS text) AS boolean[]),
+            CAST(CAST(:has_attachments AS text) AS boolean[]))
         AS p(provider_message_id, thread_id, internet_message_id, subject, from_address,
              to_addresses, cc_addresses, bcc_addresses, snippet, received_at, labels, is_read,
              has_attachments)
@@ -104,49 +111,41 @@ class ListingKey:
     id: int
 
 
-def array_literal(values: Iterable[str]) -> str:
-    """A PostgreSQL text[] literal; every element quoted, so commas and braces are safe."""
-    return (
-        "{"
-        + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
-        + "}"
-    )
+def _element(value: str | None) -> str:
+    if value is None:
+        return "NULL"
+    if "\\" in value or '"' in value:
+        value = value.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + value + '"'
 
 
-def _columns(messages: Iterable[NormalizedMessage]) -> dict[str, list[Any]]:
-    columns: dict[str, list[Any]] = {
-        name: []
-        for name in (
-            "provider_message_id",
-            "thread_id",
-            "internet_message_id",
-            "subject",
-            "from_address",
-            "to_addresses",
-            "cc_addresses",
-            "bcc_addresses",
-            "snippet",
-            "received_at",
-            "labels",
-            "is_read",
-            "has_attachments",
-        )
+def array_literal(values: Iterable[str | None]) -> str:
+    """A PostgreSQL array literal; every element quoted, so commas and braces are safe."""
+    return "{" + ",".join(map(_element, values)) + "}"
+
+
+def _bools(values: Iterable[bool]) -> str:
+    return "{" + ",".join("t" if v else "f" for v in values) + "}"
+
+
+def _columns(messages: Sequence[NormalizedMessage]) -> dict[str, str]:
+    return {
+        "provider_message_id": array_literal(m.provider_message_id for m in messages),
+        "thread_id": array_literal(m.thread_id for m in messages),
+        "internet_message_id": array_literal(m.internet_message_id for m in messages),
+        "subject": array_literal(m.subject for m in messages),
+        "from_address": array_literal(m.from_ for m in messages),
+        "to_addresses": array_literal(array_literal(m.to) for m in messages),
+        "cc_addresses": array_literal(array_literal(m.cc) for m in messages),
+        "bcc_addresses": array_literal(array_literal(m.bcc) for m in messages),
+        "snippet": array_literal(m.snippet for m in messages),
+        "received_at": array_literal(
+            m.received_at.isoformat() if m.received_at else None for m in messages
+        ),
+        "labels": array_literal(array_literal(sorted(set(m.labels))) for m in messages),
+        "is_read": _bools(m.is_read for m in messages),
+        "has_attachments": _bools(m.has_attachments for m in messages),
     }
-    for m in messages:
-        columns["provider_message_id"].append(m.provider_message_id)
-        columns["thread_id"].append(m.thread_id)
-        columns["internet_message_id"].append(m.internet_message_id)
-        columns["subject"].append(m.subject)
-        columns["from_address"].append(m.from_)
-        columns["to_addresses"].append(array_literal(m.to))
-        columns["cc_addresses"].append(array_literal(m.cc))
-        columns["bcc_addresses"].append(array_literal(m.bcc))
-        columns["snippet"].append(m.snippet)
-        columns["received_at"].append(m.received_at)
-        columns["labels"].append(array_literal(sorted(set(m.labels))))
-        columns["is_read"].append(m.is_read)
-        columns["has_attachments"].append(m.has_attachments)
-    return columns
 
 
 def _net_label_changes(changes: Iterable[LabelChange]) -> list[dict[str, Any]]:
@@ -184,7 +183,7 @@ class MessageRepository:
         result = await self.session.execute(
             _UPSERT,
             {
-                **_columns(latest.values()),
+                **_columns(list(latest.values())),
                 "mailbox_id": mailbox_id,
                 "stream_key": stream_key,
                 "generation": generation,

@@ -11,7 +11,6 @@ the engine refreshes the token once and calls again.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -20,6 +19,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import quote, urlencode
 
 import httpx
+import orjson
 
 from app.config import Settings
 from app.providers.base import ProviderError, SyncContext, ThrottledError, TransientError
@@ -117,7 +117,7 @@ class GmailClient:
             except httpx.HTTPError as exc:
                 raise TransientError(f"Gmail {operation}: {type(exc).__name__}") from exc
         if response.is_success:
-            parsed: JSON | None = response.json() if response.content else None
+            parsed: JSON | None = orjson.loads(response.content) if response.content else None
             return parsed
         raise classify(
             response.status_code, response.headers, response.content, operation=operation
@@ -309,7 +309,7 @@ class GmailClient:
                 outcome.error = outcome.error or TransientError("Gmail batch: a part went missing")
                 continue
             if 200 <= part.status < 300:
-                outcome.done[message_id] = json.loads(part.body)
+                outcome.done[message_id] = orjson.loads(part.body)
                 continue
             failure = classify(part.status, part.headers, part.body, operation=operation)
             if isinstance(failure, MessageNotFound):

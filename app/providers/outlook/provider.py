@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
+import orjson
 
 from app.config import Settings
 from app.providers.base import (
@@ -157,8 +158,9 @@ class OutlookProvider:
                 return Page(cursor={}, caught_up=True, full_sync_complete=True, total_estimate=0)
             raise
         try:
-            body = response.json()
-        except ValueError as exc:
+            # A delta page is up to 1000 messages: orjson parses it several times faster.
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
             raise TransientError("Graph returned a delta page that is not JSON") from exc
         page = Page(total_estimate=stream.total_estimate)
         for item in body.get("value", []):
