@@ -11,10 +11,43 @@ from pathlib import Path
 ALEMBIC_INI = Path(__file__).parent / "db" / "alembic.ini"
 
 
+def ensure_database(database_url: str) -> None:
+    """Create the database named in DATABASE_URL when the server does not have it yet."""
+    import asyncio
+
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    url = make_url(database_url)
+    name = url.database
+    if not name or not url.drivername.startswith("postgresql"):
+        return
+
+    async def create() -> None:
+        admin = create_async_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        try:
+            async with admin.connect() as conn:
+                exists = await conn.scalar(
+                    text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+                )
+                if not exists:
+                    quoted = name.replace('"', '""')
+                    await conn.execute(text(f'CREATE DATABASE "{quoted}"'))
+                    print(f"created database {name}", file=sys.stderr)
+        finally:
+            await admin.dispose()
+
+    asyncio.run(create())
+
+
 def migrate() -> int:
     from alembic import command
     from alembic.config import Config
 
+    from app.config import get_settings
+
+    ensure_database(get_settings().database_url)
     command.upgrade(Config(str(ALEMBIC_INI)), "head")
     return 0
 
