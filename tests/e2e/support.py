@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -75,3 +76,24 @@ async def message_count(rt: Runtime, mailbox_id: str) -> int:
                 )
             ).scalar_one()
         )
+
+
+async def wait_for_notifications(rt: Runtime, mailbox_id: str, kind: str) -> int:
+    """Wait (up to 15 s) until a provider's push for the mailbox was recorded."""
+    async with asyncio.timeout(15):
+        while True:
+            async with rt.sessions() as session:
+                received = int(
+                    (
+                        await session.execute(
+                            text(
+                                "SELECT count(*) FROM webhook_notifications "
+                                "WHERE mailbox_id = :id AND kind LIKE :kind"
+                            ),
+                            {"id": uuid.UUID(mailbox_id), "kind": kind},
+                        )
+                    ).scalar_one()
+                )
+            if received:
+                return received
+            await asyncio.sleep(0.05)

@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 
 from app.simulator.server import SimulatorServer
 from app.sync.engine import Outcome, SyncEngine
@@ -22,6 +21,7 @@ from tests.e2e.support import (
     status_of,
     stored_messages,
     unique_email,
+    wait_for_notifications,
 )
 
 
@@ -101,24 +101,6 @@ async def assert_converged(sim: Sim, rt: Runtime, account: dict[str, Any], mailb
         assert row["internet_message_id"] == message["internetMessageId"]
 
 
-async def wait_for_pushes(rt: Runtime, mailbox_id: str, at_least: int) -> None:
-    deadline = asyncio.get_running_loop().time() + 15
-    while True:
-        async with rt.sessions() as session:
-            received = (
-                await session.execute(
-                    text(
-                        "SELECT count(*) FROM webhook_notifications WHERE mailbox_id = :id AND kind = 'push'"
-                    ),
-                    {"id": uuid.UUID(mailbox_id)},
-                )
-            ).scalar_one()
-        if received >= at_least:
-            return
-        assert asyncio.get_running_loop().time() < deadline, f"only {received} pushes arrived"
-        await asyncio.sleep(0.05)
-
-
 async def test_full_sync_then_push_converges(
     sim: Sim, live_api: LiveApi, gmail_rt: Runtime
 ) -> None:
@@ -151,7 +133,7 @@ async def test_full_sync_then_push_converges(
         f"/_sim/google/accounts/{email}/messages/modify",
         json={"ids": [truth[3]["id"]], "add_label_ids": ["STARRED"], "remove_label_ids": ["INBOX"]},
     )
-    await wait_for_pushes(gmail_rt, mailbox_id, 1)
+    await wait_for_notifications(gmail_rt, mailbox_id, "push")
     await run_worker(gmail_rt)
     await assert_converged(sim, gmail_rt, account, mailbox_id)
 

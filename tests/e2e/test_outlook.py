@@ -23,6 +23,7 @@ from tests.e2e.support import (
     status_of,
     stored_messages,
     unique_email,
+    wait_for_notifications,
 )
 from tests.sync.helpers import expire_lease
 
@@ -136,20 +137,7 @@ async def test_backfill_then_notifications_converge(
         f"/_sim/microsoft/accounts/{email}/messages/categories",
         json={"folder": "sentitems", "count": 2, "categories": ["Red category"]},
     )
-    async with sim_rt.sessions() as session:
-        deadline = asyncio.get_running_loop().time() + 10
-        while True:
-            received = (
-                await session.execute(
-                    text("SELECT count(*) FROM webhook_notifications WHERE mailbox_id = :id"),
-                    {"id": uuid.UUID(mailbox_id)},
-                )
-            ).scalar_one()
-            if received or asyncio.get_running_loop().time() > deadline:
-                break
-            await asyncio.sleep(0.05)
-            await session.rollback()
-    assert received > 0, "no change notification reached the webhook"
+    await wait_for_notifications(sim_rt, mailbox_id, "change:%")
     await run_worker(sim_rt)
     await assert_converged(sim, sim_rt, email, mailbox_id)
 
