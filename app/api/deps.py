@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.sync.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 
 class UnitOfWork:
@@ -30,7 +34,12 @@ class UnitOfWork:
         await self.session.commit()
         actions, self._after_commit = self._after_commit, []
         for action in actions:
-            await action()
+            try:
+                await action()
+            except (RedisError, OSError) as exc:
+                # PostgreSQL already holds the work (next_sync_at, sync_requested_at); the
+                # scheduler enqueues it once Redis is back. The caller's request succeeded.
+                log.warning("enqueue after commit failed (%s); the scheduler will retry", exc)
 
 
 def get_runtime(request: Request) -> Runtime:

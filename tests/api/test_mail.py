@@ -158,3 +158,30 @@ async def test_health_endpoints(api: httpx.AsyncClient) -> None:
     assert ready.status_code == 200 and ready.json()["checks"] == {"postgres": "ok", "redis": "ok"}
     metrics = await api.get("/metrics")
     assert metrics.status_code == 200 and "mailsync_mailboxes" in metrics.text
+
+
+async def test_connect_succeeds_while_redis_is_down(
+    api: httpx.AsyncClient, rt: Runtime, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from app.sync import jobs
+
+    provider = seeded(5)
+    registry.override("microsoft", lambda s, h: provider)
+
+    async def unreachable(*args: object, **kwargs: object) -> None:
+        raise RedisConnectionError("Redis is down")
+
+    app_rt = api._transport.app.state.rt  # type: ignore[attr-defined]
+    monkeypatch.setattr(app_rt.redis, "enqueue_job", unreachable)
+    response = await api.post(
+        "/mail/connect", json=connect_body(provider, email="down@example.com"), headers=ALICE
+    )
+    assert response.status_code == 202
+    assert await rt.redis.zcard("arq:queue") == 0
+    # PostgreSQL holds the work: the scheduler enqueues it once Redis answers again.
+    assert (await jobs.schedule({"rt": rt}))["enqueued"] == 1
+    await run_worker(rt)
+    status = (await api.get("/mail/status", headers=ALICE)).json()["mailboxes"][0]
+    assert status["status"] == "connected"
