@@ -8,8 +8,7 @@ its deltaLink can tell the engine the folder was enumerated completely.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import httpx
 import orjson
@@ -33,18 +32,16 @@ from app.providers.outlook import subscriptions
 from app.providers.outlook.auth import MsalTokens
 from app.providers.outlook.client import GraphClient
 from app.providers.outlook.errors import GraphRequestError
+from app.providers.outlook.folders import FolderTracker
 from app.providers.outlook.mapper import (
-    FOLDER_SELECT,
     MESSAGE_SELECT,
     WELL_KNOWN_LABELS,
-    folder_labels,
     to_normalized,
 )
 
 # Graph caps message delta pages at 1000, the largest page it accepts.
 MAX_PAGE_SIZE = 1000
 _DELTA_PREFER = f'odata.maxpagesize={MAX_PAGE_SIZE}, IdType="ImmutableId"'
-_FOLDER_PAGE = "100"
 
 
 def user_path(account: Account) -> str:
@@ -64,6 +61,7 @@ class OutlookProvider:
         self._settings = settings
         self._graph = GraphClient(http, settings.graph_base_url)
         self._tokens = MsalTokens(settings)
+        self._folders = FolderTracker(self._graph)
 
     def limits(self) -> ProviderLimits:
         return ProviderLimits(max_concurrency=self._settings.graph_max_concurrency)
@@ -79,36 +77,9 @@ class OutlookProvider:
 
     async def list_streams(self, ctx: SyncContext) -> Sequence[StreamInfo]:
         base = user_path(ctx.account)
-        well_known = await self._well_known_folder_ids(ctx, base)
-        streams: list[StreamInfo] = []
-        pending = [f"{base}/mailFolders"]
-        while pending:
-            collection = pending.pop(0)
-            async for folder in self._folder_pages(ctx, collection):
-                folder_id = str(folder["id"])
-                name = str(folder.get("displayName") or "")
-                streams.append(
-                    StreamInfo(
-                        key=folder_id,
-                        name=name,
-                        total_estimate=folder.get("totalItemCount"),
-                        labels=folder_labels(name, well_known.get(folder_id)),
-                    )
-                )
-                if folder.get("childFolderCount"):
-                    pending.append(f"{base}/mailFolders/{folder_id}/childFolders")
-        return streams
-
-    async def _folder_pages(
-        self, ctx: SyncContext, collection: str
-    ) -> AsyncIterator[dict[str, Any]]:
-        link: str | None = collection
-        params: dict[str, str] | None = {"$top": _FOLDER_PAGE, "$select": FOLDER_SELECT}
-        while link:
-            body = (await self._graph.request(ctx, "GET", link, params=params)).json()
-            for folder in body.get("value", []):
-                yield folder
-            link, params = body.get("@odata.nextLink"), None
+        return await self._folders.streams(
+            ctx, base, lambda: self._well_known_folder_ids(ctx, base)
+        )
 
     async def _well_known_folder_ids(self, ctx: SyncContext, base: str) -> dict[str, str]:
         async def resolve(name: str) -> tuple[str, str] | None:

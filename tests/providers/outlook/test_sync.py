@@ -85,6 +85,19 @@ async def test_streams_cover_every_folder_with_labels(
     assert sum(s.total_estimate or 0 for s in streams) == 300
 
 
+async def test_folders_are_tracked_with_folder_delta(
+    client: httpx.AsyncClient, connect: Connect, sent_requests: list[tuple[float, str]]
+) -> None:
+    mailbox = connect(await create_account(client, message_count=50))
+    first = await mailbox.provider.list_streams(mailbox.ctx)
+    assert any("/mailFolders/delta" in url for _, url in sent_requests)
+    sent_requests.clear()
+    again = await mailbox.provider.list_streams(mailbox.ctx)
+    # Known mailbox: one folder-delta request from the stored deltaLink, nothing else.
+    assert len(sent_requests) == 1 and "deltatoken" in sent_requests[0][1].lower()
+    assert {s.key: s.labels for s in again} == {s.key: s.labels for s in first}
+
+
 async def test_full_enumeration_equals_ground_truth(
     client: httpx.AsyncClient, connect: Connect
 ) -> None:

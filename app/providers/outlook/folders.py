@@ -1,0 +1,99 @@
+"""Mail folders through `mailFolders/delta`: after the first listing, one request per slice.
+
+Graph's folder delta returns every folder of the mailbox (nested ones too, with their
+parentFolderId) and then only the folders that changed. The folder set and its deltaLink
+are kept per mailbox in a bounded in-process cache: a worker that has seen a mailbox asks
+Graph for folder changes with a single request; a worker that has not (or whose folder
+deltaLink died) enumerates again, which is always correct, only slower.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from app.providers.base import CursorInvalidError, StreamInfo, SyncContext
+from app.providers.outlook.client import GraphClient
+from app.providers.outlook.mapper import FOLDER_SELECT, folder_labels
+
+_FOLDER_PAGE_PREFER = "odata.maxpagesize=100"
+
+
+@dataclass(slots=True)
+class _KnownFolders:
+    delta_link: str = ""
+    folders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # folder id -> system label (INBOX, SENT, ...), resolved once per mailbox
+    well_known: dict[str, str] = field(default_factory=dict)
+
+
+class FolderTracker:
+    def __init__(self, graph: GraphClient, *, capacity: int = 4096) -> None:
+        self._graph = graph
+        self._capacity = capacity
+        self._known: OrderedDict[str, _KnownFolders] = OrderedDict()
+
+    async def streams(
+        self,
+        ctx: SyncContext,
+        base: str,
+        resolve_well_known: Callable[[], Awaitable[dict[str, str]]],
+    ) -> list[StreamInfo]:
+        key = ctx.account.mailbox_id
+        known = self._known.pop(key, None)
+        if known is not None:
+            try:
+                await self._follow(ctx, known, known.delta_link, None)
+            except CursorInvalidError:
+                known = None
+        if known is None:
+            known = _KnownFolders(well_known=await resolve_well_known())
+            await self._follow(ctx, known, f"{base}/mailFolders/delta", {"$select": FOLDER_SELECT})
+        self._known[key] = known
+        while len(self._known) > self._capacity:
+            self._known.popitem(last=False)
+        return [
+            StreamInfo(
+                key=folder_id,
+                name=str(folder.get("displayName") or ""),
+                total_estimate=folder.get("totalItemCount"),
+                labels=folder_labels(
+                    str(folder.get("displayName") or ""), known.well_known.get(folder_id)
+                ),
+            )
+            for folder_id, folder in known.folders.items()
+        ]
+
+    def forget(self, mailbox_id: str) -> None:
+        self._known.pop(mailbox_id, None)
+
+    async def _follow(
+        self, ctx: SyncContext, known: _KnownFolders, link: str, params: dict[str, str] | None
+    ) -> None:
+        folders = dict(known.folders)
+        while True:
+            response = await self._graph.request(
+                ctx, "GET", link, params=params, headers={"Prefer": _FOLDER_PAGE_PREFER}
+            )
+            body = orjson.loads(response.content)
+            for folder in body.get("value", []):
+                folder_id = str(folder["id"])
+                if "@removed" in folder:
+                    folders.pop(folder_id, None)
+                else:
+                    # Changed folders may carry only the properties that changed.
+                    folders[folder_id] = {**folders.get(folder_id, {}), **folder}
+            next_link = body.get("@odata.nextLink")
+            if isinstance(next_link, str):
+                link, params = next_link, None
+                continue
+            delta_link = body.get("@odata.deltaLink")
+            if not isinstance(delta_link, str):
+                raise CursorInvalidError("folder delta page had neither a nextLink nor a deltaLink")
+            # Only a completed round replaces what we knew.
+            known.folders, known.delta_link = folders, delta_link
+            return
