@@ -15,7 +15,7 @@ import json
 from bisect import bisect_right
 from dataclasses import dataclass
 
-from app.simulator.microsoft.mailbox import Folder, Mailbox
+from app.simulator.microsoft.mailbox import Folder, Mailbox, seeded_state
 from app.simulator.microsoft.resources import message_json, removed_json
 
 DEFAULT_PAGE_SIZE = 10
@@ -138,10 +138,18 @@ async def _enumeration_page(
         if state is None:
             if arrived:
                 continue
-            state = mailbox.state(key)
+            # An unmutated seeded message: its content is read once, for state and JSON.
+            generated = mailbox.content(key)
+            state = seeded_state(generated, index)
         elif state.deleted or state.folder != index or state.folder_since != arrived:
             continue
-        items.append(message_json(mailbox, key, state, immutable=immutable, select=select))
+        else:
+            generated = None
+        items.append(
+            message_json(
+                mailbox, key, state, immutable=immutable, select=select, generated=generated
+            )
+        )
         if len(items) % YIELD_EVERY == 0:
             await asyncio.sleep(0)
     if position < end:

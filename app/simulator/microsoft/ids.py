@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import struct
 import uuid
+from functools import lru_cache
 
 # Prefixes seen on real Exchange ids; they make ids look familiar in logs and nothing else.
 REST_PREFIX = "AAMkAG"
@@ -36,8 +37,24 @@ def user_guid(email: str) -> str:
     return str(uuid.UUID(bytes=hashlib.blake2b(email.lower().encode(), digest_size=16).digest()))
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_KIND_INDEX = struct.Struct(">BI")
+_KIND_INDEX_GENERATION = struct.Struct(">BIH")
+
+
+def _b64(raw: bytes) -> str:
+    return binascii.b2a_base64(raw, newline=False).translate(_URLSAFE).decode()
+
+
 def _encode(prefix: str, payload: bytes) -> str:
-    return prefix + base64.urlsafe_b64encode(payload).decode()
+    return prefix + _b64(payload)
+
+
+@lru_cache(maxsize=256)
+def _head(prefix: str, tag: bytes) -> str:
+    # The 6-byte tag is a whole number of base64 groups, so its encoding is a fixed prefix
+    # of every id in the mailbox: ids (two a message on a delta page) encode only the rest.
+    return prefix + _b64(tag)
 
 
 def _decode(prefix: str, value: str) -> bytes | None:
@@ -51,9 +68,9 @@ def _decode(prefix: str, value: str) -> bytes | None:
 
 def message_id(tag: bytes, key: int, generation: int, *, immutable: bool) -> str:
     if immutable:
-        return _encode(IMMUTABLE_PREFIX, tag + struct.pack(">BI", _KIND_MESSAGE, key) + _FILLER)
-    body = tag + struct.pack(">BIH", _KIND_MESSAGE, key, generation) + _FILLER
-    return _encode(REST_PREFIX, body)
+        return _head(IMMUTABLE_PREFIX, tag) + _b64(_KIND_INDEX.pack(_KIND_MESSAGE, key) + _FILLER)
+    body = _KIND_INDEX_GENERATION.pack(_KIND_MESSAGE, key, generation) + _FILLER
+    return _head(REST_PREFIX, tag) + _b64(body)
 
 
 def parse_message_id(tag: bytes, value: str) -> tuple[int, int | None] | None:
@@ -82,4 +99,6 @@ def parse_folder_id(tag: bytes, value: str) -> int | None:
 
 
 def conversation_id(tag: bytes, thread_index: int) -> str:
-    return _encode(CONVERSATION_PREFIX, tag + struct.pack(">BI", _KIND_CONVERSATION, thread_index))
+    return _head(CONVERSATION_PREFIX, tag) + _b64(
+        _KIND_INDEX.pack(_KIND_CONVERSATION, thread_index)
+    )
