@@ -196,6 +196,10 @@ class MailProvider(Protocol):
         Raises AuthExpiredError for `invalid_grant`, TransientError for network trouble.
         """
 
+    async def account_address(self, ctx: SyncContext) -> str | None:
+        """The mailbox's own address at the provider, for a connect that did not give one
+        (pushes are matched to mailboxes by address)."""
+
     async def list_streams(self, ctx: SyncContext) -> Sequence[StreamInfo]:
         """The streams to sync now, with totals for progress."""
 

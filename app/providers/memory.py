@@ -82,6 +82,7 @@ class MemoryProvider:
         self.refresh_count = 0
         self.pages_served = 0
         self.subscriptions: dict[str, Subscription] = {}
+        self.address: str | None = "owner@example.com"
 
     # -- scripting ----------------------------------------------------------------------
 
@@ -138,6 +139,10 @@ class MemoryProvider:
         self.token_uses.append((token, expires or now, now))
         if expires is None or expires <= now:
             raise AccessTokenRejected("401 InvalidAuthenticationToken")
+
+    async def account_address(self, ctx: SyncContext) -> str | None:
+        await self._authorize(ctx)
+        return self.address
 
     async def list_streams(self, ctx: SyncContext) -> Sequence[StreamInfo]:
         await self._authorize(ctx)

@@ -12,6 +12,7 @@ partitioned, killed and revived) cannot write anything.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import random
@@ -187,7 +188,14 @@ class SyncEngine:
         budget = _Budget(time.monotonic() + settings.sync_slice_seconds, settings.sync_slice_pages)
         first_pass = mailbox.last_synced_at is None
 
-        streams = await self._with_token_retry(tokens, lambda: provider.list_streams(ctx))
+        if mailbox.email is None:
+            address = await self._with_token_retry(tokens, partial(provider.account_address, ctx))
+            if address:
+                async with self.rt.sessions() as session, session.begin():
+                    await MailboxRepository(session).learn_email(mailbox.id, address)
+                mailbox.email = address
+                ctx.account = dataclasses.replace(ctx.account, email=address)
+        streams = await self._with_token_retry(tokens, partial(provider.list_streams, ctx))
         async with self.rt.sessions() as session, session.begin():
             cursors = CursorRepository(session)
             await cursors.sync_streams(mailbox.id, list(streams))

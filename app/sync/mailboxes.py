@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Protocol
@@ -39,8 +39,9 @@ class ConnectCommand:
     provider: str
     auth_mode: str
     email: str | None
-    access_token: str | None
-    refresh_token: str | None
+    # Secrets: kept out of repr() so a logged command never carries a token.
+    access_token: str | None = field(repr=False)
+    refresh_token: str | None = field(repr=False)
     expires_in: int | None
     tenant_id: str | None = None
     provider_user_id: str | None = None

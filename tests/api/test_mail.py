@@ -185,3 +185,12 @@ async def test_connect_succeeds_while_redis_is_down(
     await run_worker(rt)
     status = (await api.get("/mail/status", headers=ALICE)).json()["mailboxes"][0]
     assert status["status"] == "connected"
+
+
+def test_connect_command_repr_hides_tokens() -> None:
+    from app.sync.mailboxes import ConnectCommand
+
+    command = ConnectCommand(
+        "u", "google", "delegated", "a@example.com", "ya29.secret", "1//refresh", 3600
+    )
+    assert "secret" not in repr(command) and "refresh" not in repr(command)

@@ -232,3 +232,29 @@ async def test_revoked_grant_parks_mailbox(sim: Sim, live_api: LiveApi, gmail_rt
     status = await status_of(live_api, "ron")
     assert status["status"] == "auth_expired"
     assert "revoked" in status["last_error"].lower() or "expired" in status["last_error"].lower()
+
+
+async def test_connect_without_email_learns_the_address(
+    sim: Sim, live_api: LiveApi, gmail_rt: Runtime
+) -> None:
+    account = await new_account(sim, 20)
+    body = connect_body(account)
+    del body["email"]
+    mailbox_id = await connect_via_api(live_api, "nina", body)
+    await run_worker(gmail_rt)
+    status = await status_of(live_api, "nina")
+    assert status["status"] == "connected" and status["email"] == account["email"]
+    # Pushes are matched by address, so this mailbox now hears about changes.
+    minted = await sim.call(
+        "POST", "/_sim/google/push/mint", json={"email": account["email"], "history_id": 7}
+    )
+    async with httpx.AsyncClient(base_url=live_api.base_url) as client:
+        response = await client.post(
+            "/webhooks/google",
+            json=minted["body"],
+            headers={"Authorization": minted["authorization"]},
+        )
+    assert response.status_code == 204
+    assert [j.decode() for j in await gmail_rt.redis.zrange("arq:queue", 0, -1)] == [
+        f"sync:{mailbox_id}"
+    ]

@@ -120,6 +120,14 @@ class MailboxRepository:
         )
         return list(result.scalars().all())
 
+    async def learn_email(self, mailbox_id: uuid.UUID, email: str) -> None:
+        """Fill in the address a connect did not give (never overwrites one)."""
+        await self.session.execute(
+            update(Mailbox)
+            .where(col(Mailbox.id) == mailbox_id, col(Mailbox.email).is_(None))
+            .values(email=email.lower(), updated_at=func.now())
+        )
+
     # -- user actions -----------------------------------------------------------------
 
     async def mark_disconnected(self, mailbox_id: uuid.UUID) -> None:

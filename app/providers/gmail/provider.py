@@ -70,6 +70,10 @@ class GmailProvider:
     async def refresh_token(self, account: Account, refresh_token: str | None) -> TokenSet:
         return await refresh_access_token(self._settings, self._http, refresh_token)
 
+    async def account_address(self, ctx: SyncContext) -> str | None:
+        address = (await self._client.get_profile(ctx)).get("emailAddress")
+        return str(address).lower() if address else None
+
     async def list_streams(self, ctx: SyncContext) -> Sequence[StreamInfo]:
         profile = await self._client.get_profile(ctx)
         return [

@@ -75,6 +75,14 @@ class OutlookProvider:
 
     # -- streams ------------------------------------------------------------------------
 
+    async def account_address(self, ctx: SyncContext) -> str | None:
+        response = await self._graph.request(
+            ctx, "GET", user_path(ctx.account), params={"$select": "mail,userPrincipalName"}
+        )
+        profile = orjson.loads(response.content)
+        address = profile.get("mail") or profile.get("userPrincipalName")
+        return str(address).lower() if address else None
+
     async def list_streams(self, ctx: SyncContext) -> Sequence[StreamInfo]:
         base = user_path(ctx.account)
         return await self._folders.streams(
