@@ -12,7 +12,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from hashlib import blake2b as _blake2b
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 _FIRST = [
     "Ada",
@@ -231,14 +231,7 @@ _PEOPLE_COUNT = len(_PEOPLE)
 _REPLY_SUBJECTS = {topic: "Re: " + topic for topic in _TOPICS}
 _EPOCH_TS = int(EPOCH.timestamp())
 _new_tuple = tuple.__new__
-
-
-def _parent(seed: int, index: int, first_draw: int | None = None) -> int:
-    """The message `index` replies to (itself when it starts a thread)."""
-    if index <= 3:
-        return index
-    draw = _first_draw(seed, index) if first_draw is None else first_draw
-    return index - _THREAD_BACK[draw % len(_THREAD_BACK)]
+_BACK_BY_DRAW = tuple(_THREAD_BACK[draw % len(_THREAD_BACK)] for draw in range(256))
 
 
 @lru_cache(maxsize=4096)
@@ -258,9 +251,14 @@ def thread_index(seed: int, index: int, first_draw: int | None = None) -> int:
 
     Bounded to MAX_THREAD_SPAN messages back so callers can store the distance in a byte.
     """
-    current = _parent(seed, index, first_draw)
+    # Once per generated message: the reply distance of a message comes from a 256-entry
+    # table (the same `draw % len(_THREAD_BACK)`), and the walk stays inline.
+    if index <= 3:
+        return index
+    back = _BACK_BY_DRAW
+    current = index - back[_first_draw(seed, index) if first_draw is None else first_draw]
     while current != index and index - current < MAX_THREAD_SPAN:
-        parent = _parent(seed, current)
+        parent = current if current <= 3 else current - back[_first_draw(seed, current)]
         if parent == current or index - parent >= MAX_THREAD_SPAN:
             return current
         current = parent
@@ -273,8 +271,11 @@ def stable_id(*parts: object, length: int = 16) -> str:
     return digest[:length]
 
 
-def generate(seed: int, index: int, total: int, owner: str) -> GeneratedMessage:
-    """Message `index` of a mailbox of `total` messages; higher indexes are newer."""
+def generate_fields(seed: int, index: int, total: int, owner: str) -> tuple[Any, ...]:
+    """`generate`'s fields as a plain tuple, `received_at` as integer UTC epoch seconds.
+
+    Renderers of cold pages use this: formatting a date from seconds needs no datetime.
+    """
     # Hot path (a cold 1000-message page generates 1000 of these): unrolled, no generators.
     d = _blake2b(b"%d:%d" % (seed, index), digest_size=40).digest()  # == _draws(seed, index)
     thread = thread_index(seed, index, d[0])
@@ -309,25 +310,30 @@ def generate(seed: int, index: int, total: int, owner: str) -> GeneratedMessage:
     # Spread over years, newest last, with jitter so order is realistic but not strict.
     jitter = ((d[18] << 8) | d[19]) / 65536
     offset = int((index + jitter) / max(total, 1) * SPAN_SECONDS)
-    received_at = datetime.fromtimestamp(_EPOCH_TS + offset, UTC)
+    return (
+        index,
+        thread,
+        subject,
+        from_name,
+        from_address,
+        to,
+        cc,
+        _EPOCH_TS + offset,
+        # Old mail is read; the newest few percent are often unread.
+        total - index > total * 0.03 or d[20] < 128,
+        d[21] < 46,  # ~18% have attachments
+        CATEGORIES[d[23] % len(CATEGORIES)] if d[22] < 26 else None,  # ~10%
+        _SNIPPETS[d[24]],
+        f"<{d[32:40].hex()}@{_PERSON_DOMAINS[person]}>",
+        ((d[25] << 8) | d[26]) % 100,
+    )
+
+
+def generate(seed: int, index: int, total: int, owner: str) -> GeneratedMessage:
+    """Message `index` of a mailbox of `total` messages; higher indexes are newer."""
+    fields = generate_fields(seed, index, total, owner)
     # tuple.__new__ skips the NamedTuple's Python-level __new__ (~0.5 µs a message).
     return _new_tuple(
         GeneratedMessage,
-        (
-            index,
-            thread,
-            subject,
-            from_name,
-            from_address,
-            to,
-            cc,
-            received_at,
-            # Old mail is read; the newest few percent are often unread.
-            total - index > total * 0.03 or d[20] < 128,
-            d[21] < 46,  # ~18% have attachments
-            CATEGORIES[d[23] % len(CATEGORIES)] if d[22] < 26 else None,  # ~10%
-            _SNIPPETS[d[24]],
-            f"<{d[32:40].hex()}@{_PERSON_DOMAINS[person]}>",
-            ((d[25] << 8) | d[26]) % 100,
-        ),
+        (*fields[:7], datetime.fromtimestamp(fields[7], UTC), *fields[8:]),
     )

@@ -15,8 +15,9 @@ import json
 from bisect import bisect_right
 from dataclasses import dataclass
 
-from app.simulator.microsoft.mailbox import Folder, Mailbox, seeded_state
-from app.simulator.microsoft.resources import message_json, removed_json
+from app.simulator.corpus import generate_fields
+from app.simulator.microsoft.mailbox import Folder, Mailbox
+from app.simulator.microsoft.resources import message_json, removed_json, seeded_renderer
 
 DEFAULT_PAGE_SIZE = 10
 # Outlook caps message pages at 1000 whatever odata.maxpagesize asks for.
@@ -125,33 +126,41 @@ async def _enumeration_page(
     items: list[str] = []
     overlay = mailbox.overlay
     index = folder.index
-    while position < end and len(items) < page_size:
-        if position < arrivals:
-            slot = arrivals - 1 - position
-            key = folder.arrival_key[slot]
-            arrived = folder.arrival_seq[slot]
-        else:
-            key = folder.seed[seeded - 1 - (position - arrivals)]
-            arrived = 0
+    while position < arrivals and len(items) < page_size:
+        slot = arrivals - 1 - position
+        key = folder.arrival_key[slot]
         position += 1
         state = overlay.get(key)
-        if state is None:
-            if arrived:
-                continue
-            # An unmutated seeded message: its content is read once, for state and JSON.
-            generated = mailbox.content(key)
-            state = seeded_state(generated, index)
-        elif state.deleted or state.folder != index or state.folder_since != arrived:
+        if (
+            state is None
+            or state.deleted
+            or state.folder != index
+            or state.folder_since != folder.arrival_seq[slot]
+        ):
             continue
-        else:
-            generated = None
-        items.append(
-            message_json(
-                mailbox, key, state, immutable=immutable, select=select, generated=generated
-            )
-        )
+        items.append(message_json(mailbox, key, state, immutable=immutable, select=select))
         if len(items) % YIELD_EVERY == 0:
             await asyncio.sleep(0)
+    if position < end and len(items) < page_size:
+        # Seeded members: almost all are never mutated, and those are rendered by a
+        # renderer compiled for this $select straight from the corpus fields.
+        render = seeded_renderer(mailbox, folder, immutable=immutable, select=select)
+        seed_keys = folder.seed
+        seed, total, owner = mailbox.seed, mailbox.seeded_count, mailbox.email
+        append = items.append
+        overlay_get = overlay.get
+        while position < end and len(items) < page_size:
+            key = seed_keys[seeded - 1 - (position - arrivals)]
+            position += 1
+            state = overlay_get(key)
+            if state is None:
+                append(render(key, generate_fields(seed, key, total, owner)))
+            elif state.deleted or state.folder != index or state.folder_since != 0:
+                continue
+            else:
+                append(message_json(mailbox, key, state, immutable=immutable, select=select))
+            if len(items) % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
     if position < end:
         return DeltaPage(items, next_token=_advance(token, position))
     return DeltaPage(items, delta_token=_round_done(token, token.since))

@@ -102,3 +102,30 @@ def conversation_id(tag: bytes, thread_index: int) -> str:
     return _head(CONVERSATION_PREFIX, tag) + _b64(
         _KIND_INDEX.pack(_KIND_CONVERSATION, thread_index)
     )
+
+
+def message_id_pieces(tag: bytes, *, immutable: bool) -> tuple[str, str]:
+    """(head, tail) of every message id in the mailbox; only the middle varies by message.
+
+    The key (and generation) sit in whole base64 groups after the tag, so an id is
+    head + _b64(id_middle) + tail; renderers of whole pages encode only the middle.
+    """
+    if immutable:
+        return _head(IMMUTABLE_PREFIX, tag), _b64(_KIND_INDEX.pack(_KIND_MESSAGE, 0) + _FILLER)[8:]
+    middle = _KIND_INDEX_GENERATION.pack(_KIND_MESSAGE, 0, 0) + _FILLER
+    return _head(REST_PREFIX, tag), _b64(middle)[12:]
+
+
+def immutable_middle(key: int) -> bytes:
+    return _KIND_INDEX.pack(_KIND_MESSAGE, key) + _FILLER[:1]
+
+
+def rest_middle(key: int, generation: int) -> bytes:
+    return _KIND_INDEX_GENERATION.pack(_KIND_MESSAGE, key, generation) + _FILLER[:2]
+
+
+conversation_pack = _KIND_INDEX.pack
+
+
+def conversation_head(tag: bytes) -> str:
+    return _head(CONVERSATION_PREFIX, tag)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -9,7 +10,7 @@ from functools import lru_cache
 from json.encoder import encode_basestring as _quote
 from typing import Any
 
-from app.simulator.corpus import GeneratedMessage
+from app.simulator.corpus import CATEGORIES, GeneratedMessage
 from app.simulator.microsoft import ids
 from app.simulator.microsoft.mailbox import (
     ALWAYS_READ,
@@ -364,3 +365,230 @@ def user_resource(mailbox: Mailbox) -> dict[str, Any]:
         "officeLocation": None,
         "preferredLanguage": "en-US",
     }
+
+
+# -- cold enumeration pages -------------------------------------------------------------
+#
+# A cold delta page is ~1000 never-mutated seeded messages, and `message_json` spends most
+# of their time deciding, per message, what the $select wants. Instead, a renderer is
+# compiled once per (plan, id style): Python source is generated that renders exactly the
+# selected properties of a seeded message, straight from `corpus.generate_fields`, with no
+# per-message branching on the plan and without building a MessageState.
+#
+# Safety: the source is assembled only from fragments written below, chosen by property
+# names of the fixed MESSAGE_PROPERTIES whitelist (parse_select has already mapped the
+# request onto it); every string value, including the JSON pieces, is passed in as a
+# variable, so no request text ever reaches compile(). The output must equal
+# `message_json(..., seeded_state(...))` byte for byte (tests/ and a snapshot check it).
+
+_SEEDED_CATEGORIES: dict[str | None, str] = {None: "[]", **{c: _dumps([c]) for c in CATEGORIES}}
+_DAY_SECONDS = 86_400
+
+
+def _day_prefix(day: int) -> str:
+    prefix = _DAY_PREFIXES.get(day)
+    if prefix is None:
+        if len(_DAY_PREFIXES) > 100_000:
+            _DAY_PREFIXES.clear()
+        prefix = _DAY_PREFIXES[day] = (_UNIX_EPOCH + timedelta(days=day)).date().isoformat() + "T"
+    return prefix
+
+
+# Names the generated code may read besides its per-page context.
+_RENDER_GLOBALS: dict[str, Any] = {
+    "b2a": binascii.b2a_base64,
+    "urlsafe": bytes.maketrans(b"+/", b"-_"),
+    "immutable_middle": ids.immutable_middle,
+    "rest_middle": ids.rest_middle,
+    "days_get": _DAY_PREFIXES.get,
+    "day_prefix": _day_prefix,
+    "hour_minutes": _HOUR_MINUTES,
+    "seconds_z": _SECONDS,
+    "subjects": _SUBJECTS,
+    "previews": _PREVIEWS,
+    "bodies": _BODIES,
+    "recipient": _recipient,
+    "sender_json": _sender_json,
+    "quote": _quote,
+    "seeded_categories": _SEEDED_CATEGORIES,
+    "DAY": _DAY_SECONDS,
+    "is_read_json": (',"isRead":false', ',"isRead":true'),
+    "attachments_json": (',"hasAttachments":false', ',"hasAttachments":true'),
+    "comma_join": ",".join,
+}
+# Per-page values, bound as closure variables of the compiled renderer.
+_CONTEXT_NAMES = (
+    "id_head", "id_tail", "folder_id", "read_floor", "draft", "owner_sender", "conv_head",
+    "conv_cache", "k",
+)  # fmt: skip
+
+
+def _seeded_source(plan: _Plan, immutable: bool) -> tuple[str, list[str]]:
+    """The factory's source and its constant JSON runs (passed in as `k[i]`)."""
+    consts: list[str] = []
+    parts: list[str] = []  # f-string fields: expressions only
+
+    def const(text: str) -> None:
+        if text:
+            consts.append(text)
+            parts.append(f"k[{len(consts) - 1}]")
+
+    body = [
+        "_p, thread, subject, from_name, from_address, to, cc, ts, is_read, attachments,"
+        " category, snippet, internet_id, _b = f",
+        "changed = '%08x0000' % key",
+    ]
+    middle = "immutable_middle(key)" if immutable else "rest_middle(key, 0)"
+    body.append(
+        f"message_id = id_head + b2a({middle}, newline=False).translate(urlsafe).decode() + id_tail"
+    )
+    if plan.uses_received:
+        body += [
+            "received = days_get(ts // DAY) or day_prefix(ts // DAY)",
+            "received += hour_minutes[ts % DAY // 60] + seconds_z[ts % 60]",
+        ]
+    const('{"@odata.type":"#microsoft.graph.message","@odata.etag":"W/\\"CQAAABYAAAA')
+    parts.append("changed")
+    const('\\"","id":"')
+    parts.append("message_id")
+    const('"')
+    for name in plan.dynamic:
+        if name == "isRead":
+            parts.append("is_read_json[read_floor or is_read]")
+        elif name == "categories":
+            const(',"categories":')
+            parts.append("seeded_categories[category]")
+        elif name == "parentFolderId":
+            const(',"parentFolderId":"')
+            parts.append("folder_id")
+            const('"')
+        elif name == "lastModifiedDateTime":
+            const(',"lastModifiedDateTime":"')
+            parts.append("received")
+            const('"')
+        elif name == "changeKey":
+            const(',"changeKey":"CQAAABYAAAA')
+            parts.append("changed")
+            const('"')
+        elif name == "webLink":
+            const(',"webLink":"https://outlook.office365.com/owa/?ItemID=')
+            parts.append("message_id")
+            const('"')
+    for i, piece in enumerate(plan.dates):
+        const(piece)
+        if i < len(plan.dates) - 1:
+            parts.append("received")
+    if plan.has_attachments:
+        parts.append("attachments_json[attachments]")
+    if plan.internet_message_id:
+        const(',"internetMessageId":')
+        parts.append("quote(internet_id)")
+    if plan.subject:
+        parts.append("subjects[subject]")
+    if plan.body_preview:
+        parts.append("previews[snippet]")
+    const(plan.after_preview)
+    if plan.conversation_id:
+        body += [
+            "conversation = conv_cache.get(thread)",
+            "if conversation is None:",
+            "    if len(conv_cache) >= 256:",
+            "        conv_cache.clear()",
+            "    conversation = conv_cache[thread] = conv_head + b2a("
+            "conv_pack(3, thread), newline=False).translate(urlsafe).decode()",
+        ]
+        const(',"conversationId":"')
+        parts.append("conversation")
+        const('"')
+    if plan.conversation_index:
+        const(',"conversationIndex":"AQHZ')
+        parts.append("conv_head[6:]")
+        parts.append("b2a(conv_pack(3, key), newline=False).translate(urlsafe).decode()")
+        const('"')
+    const(plan.after_conversation)
+    if plan.is_draft:
+        parts.append("draft")
+    const(plan.after_draft)
+    if plan.body:
+        const(',"body":')
+        parts.append("bodies[snippet]")
+    if plan.unique_body:
+        const(',"uniqueBody":')
+        parts.append("bodies[snippet]")
+    if plan.sender or plan.from_:
+        body.append("sender = owner_sender or sender_json(from_address, from_name)")
+        if plan.sender:
+            const(',"sender":')
+            parts.append("sender")
+        if plan.from_:
+            const(',"from":')
+            parts.append("sender")
+    if plan.to:
+        const(',"toRecipients":[')
+        parts.append("comma_join(map(recipient, to))")
+        const("]")
+    if plan.cc:
+        const(',"ccRecipients":[')
+        parts.append("comma_join(map(recipient, cc))")
+        const("]")
+    const(plan.tail)
+    const("}")
+    # Adjacent constants would each cost a FORMAT_VALUE: merge them.
+    merged_consts: list[str] = []
+    merged_parts: list[str] = []
+    for part in parts:
+        if part.startswith("k[") and merged_parts and merged_parts[-1].startswith("k["):
+            merged_consts[-1] += consts[int(part[2:-1])]
+        elif part.startswith("k["):
+            merged_consts.append(consts[int(part[2:-1])])
+            merged_parts.append(f"k[{len(merged_consts) - 1}]")
+        else:
+            merged_parts.append(part)
+    # Constants are closure locals k0..kn rather than subscripts of `k`.
+    fields = "".join(
+        "{" + (f"k{part[2:-1]}" if part.startswith("k[") else part) + "}" for part in merged_parts
+    )
+    unpack = "".join(f"    k{i} = k[{i}]\n" for i in range(len(merged_consts)))
+    source = (
+        f"def make({', '.join(_CONTEXT_NAMES)}):\n"
+        f"{unpack}"
+        "    def render(key, f):\n"
+        + "".join(f"        {line}\n" for line in body)
+        + f'        return f"{fields}"\n'
+        "    return render\n"
+    )
+    return source, merged_consts
+
+
+@lru_cache(maxsize=64)
+def _seeded_factory(
+    select: tuple[str, ...] | None, immutable: bool
+) -> tuple[Callable[..., Callable[[int, tuple[Any, ...]], str]], tuple[str, ...]]:
+    source, consts = _seeded_source(_plan(select), immutable)
+    namespace = dict(_RENDER_GLOBALS, conv_pack=ids.conversation_pack)
+    exec(compile(source, "<seeded message renderer>", "exec"), namespace)  # noqa: S102
+    return namespace["make"], tuple(consts)
+
+
+def seeded_renderer(
+    mailbox: Mailbox, folder: Folder, *, immutable: bool, select: tuple[str, ...] | None
+) -> Callable[[int, tuple[Any, ...]], str]:
+    """render(key, corpus.generate_fields(...)) for never-mutated seeded messages of `folder`.
+
+    Such a message is in the folder it was seeded into, at version and generation 0, so
+    everything its state would contribute is fixed for the page and bound here once.
+    """
+    make, consts = _seeded_factory(select, immutable)
+    head, tail = ids.message_id_pieces(mailbox.tag, immutable=immutable)
+    owner = folder.index in ALWAYS_READ
+    return make(
+        id_head=head,
+        id_tail=tail,
+        folder_id=folder.id,
+        read_floor=owner,
+        draft=',"isDraft":true' if folder.index == DRAFTS else ',"isDraft":false',
+        owner_sender=_sender_json(mailbox.email, mailbox.display_name) if owner else "",
+        conv_head=ids.conversation_head(mailbox.tag),
+        conv_cache={},
+        k=consts,
+    )
