@@ -133,11 +133,12 @@ class Message(SQLModel, table=True):
     __tablename__ = "messages"
     __table_args__ = (
         UniqueConstraint("mailbox_id", "provider_message_id", name="uq_messages_provider_id"),
-        # Listing: newest first with a stable tiebreak (keyset pagination).
+        # Keyset listing, newest first, undated last: a row-value comparison on
+        # (COALESCE(received_at, '-infinity'), id) walks this index from any cursor.
         Index(
             "ix_messages_listing",
             "mailbox_id",
-            text("received_at DESC NULLS LAST"),
+            text("COALESCE(received_at, '-infinity'::timestamptz) DESC"),
             text("id DESC"),
         ),
         # No index on (stream_key, generation): sweeps are rare and the unique index already

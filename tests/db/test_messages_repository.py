@@ -6,7 +6,7 @@ import uuid
 
 from sqlalchemy import text
 
-from app.db.repositories.messages import MessageRepository
+from app.db.repositories.messages import ListingKey, MessageRepository
 from app.providers.base import LabelChange
 from app.providers.memory import make_message
 from app.sync.runtime import Runtime
@@ -94,3 +94,47 @@ async def test_scoped_deletes_label_changes_and_sweep(rt: Runtime) -> None:
         "msg-0000005",
     ]
     assert state["msg-0000005"]["stream_key"] == "archive"
+
+
+async def test_listing_pages_across_mailboxes_with_undated_messages(rt: Runtime) -> None:
+    first, second = await _mailbox(rt), await _mailbox(rt)
+    async with rt.sessions() as session, session.begin():
+        repo = MessageRepository(session)
+        a = [make_message(i) for i in range(7)]
+        b = [make_message(100 + i) for i in range(6)]
+        a[2].received_at = a[5].received_at = None  # undated: listed after every dated one
+        b[1].received_at = a[3].received_at  # equal dates: ordered by id
+        await repo.upsert_page(first, "s", 1, a)
+        await repo.upsert_page(second, "s", 1, b)
+    seen: list[dict] = []
+    after = None
+    async with rt.sessions() as session:
+        repo = MessageRepository(session)
+        while True:
+            page = await repo.list_page([first, second], 3, after)
+            seen.extend(page)
+            if len(page) < 3:
+                break
+            after = ListingKey(page[-1]["received_at"], page[-1]["id"])
+        # A handful of rows would make any plan fine; ask whether the index *can* serve it.
+        await session.execute(text("SET LOCAL enable_seqscan = off"))
+        plan = (
+            (
+                await session.execute(
+                    text(
+                        "EXPLAIN SELECT id FROM messages WHERE mailbox_id = :m AND "
+                        "(COALESCE(received_at, '-infinity'::timestamptz), id) < ('2030-01-01', 10) "
+                        "ORDER BY COALESCE(received_at, '-infinity'::timestamptz) DESC, id DESC LIMIT 3"
+                    ),
+                    {"m": first},
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert len(seen) == 13 and len({r["id"] for r in seen}) == 13
+    keys = [((r["received_at"] is not None), r["received_at"] or 0, r["id"]) for r in seen]
+    dated = [k for k in keys if k[0]]
+    assert dated == sorted(dated, key=lambda k: (k[1], k[2]), reverse=True)
+    assert [k[0] for k in keys] == [True] * 11 + [False] * 2
+    assert any("ix_messages_listing" in line for line in plan), plan

@@ -262,30 +262,36 @@ class MessageRepository:
     async def list_page(
         self, mailbox_ids: Sequence[uuid.UUID], limit: int, after: ListingKey | None
     ) -> list[dict[str, Any]]:
-        """Newest first, keyset-paginated on (received_at, id); NULL dates sort last."""
-        params: dict[str, Any] = {"ids": list(mailbox_ids), "limit": limit}
+        """Newest first, undated last, keyset-paginated on (received_at, id).
+
+        Each mailbox is read through its own index range (LATERAL, LIMIT per mailbox) and
+        the results merged, so a page costs O(limit) whatever the mailboxes' sizes.
+        """
         keyset = ""
+        params: dict[str, Any] = {"ids": list(mailbox_ids), "limit": limit}
         if after is not None:
-            params["after_id"] = after.id
-            if after.received_at is None:
-                keyset = "AND received_at IS NULL AND id < :after_id"
-            else:
-                params["after_received"] = after.received_at
-                keyset = (
-                    "AND (received_at < :after_received OR received_at IS NULL "
-                    "OR (received_at = :after_received AND id < :after_id))"
-                )
+            keyset = (
+                "AND (COALESCE(received_at, '-infinity'::timestamptz), id) < "
+                "(COALESCE(CAST(:after_received AS timestamptz), '-infinity'::timestamptz), "
+                ":after_id)"
+            )
+            params.update(after_received=after.received_at, after_id=after.id)
         result = await self.session.execute(
             text(
                 f"""
-                SELECT id, mailbox_id, provider_message_id, thread_id, internet_message_id,
-                       subject, from_address, to_addresses, cc_addresses, bcc_addresses, snippet,
-                       received_at, labels, is_read, has_attachments
-                  FROM messages
-                 WHERE mailbox_id = ANY(CAST(:ids AS uuid[])) {keyset}
-                 ORDER BY received_at DESC NULLS LAST, id DESC
-                 LIMIT :limit
-                """  # noqa: S608 - `keyset` is one of two constant fragments
+                SELECT page.* FROM unnest(CAST(:ids AS uuid[])) AS mailbox(id)
+                CROSS JOIN LATERAL (
+                    SELECT id, mailbox_id, provider_message_id, thread_id, internet_message_id,
+                           subject, from_address, to_addresses, cc_addresses, bcc_addresses,
+                           snippet, received_at, labels, is_read, has_attachments
+                      FROM messages
+                     WHERE mailbox_id = mailbox.id {keyset}
+                     ORDER BY COALESCE(received_at, '-infinity'::timestamptz) DESC, id DESC
+                     LIMIT :limit
+                ) AS page
+                ORDER BY COALESCE(page.received_at, '-infinity'::timestamptz) DESC, page.id DESC
+                LIMIT :limit
+                """  # noqa: S608 - `keyset` is a constant fragment
             ),
             params,
         )

@@ -156,7 +156,7 @@ def upgrade() -> None:
         "messages",
         [
             "mailbox_id",
-            sa.literal_column("received_at DESC NULLS LAST"),
+            sa.literal_column("COALESCE(received_at, '-infinity'::timestamptz) DESC"),
             sa.literal_column("id DESC"),
         ],
         unique=False,
