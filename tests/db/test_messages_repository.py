@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from app.db.repositories.messages import ListingKey, MessageRepository
+from app.db.session import make_engine, make_sessionmaker
 from app.providers.base import LabelChange
 from app.providers.memory import make_message
 from app.sync.runtime import Runtime
@@ -138,3 +142,64 @@ async def test_listing_pages_across_mailboxes_with_undated_messages(rt: Runtime)
     assert dated == sorted(dated, key=lambda k: (k[1], k[2]), reverse=True)
     assert [k[0] for k in keys] == [True] * 11 + [False] * 2
     assert any("ix_messages_listing" in line for line in plan), plan
+
+
+_TEXT = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\x1f"),
+    max_size=12,
+)
+
+
+@given(
+    subjects=st.lists(_TEXT, min_size=1, max_size=6),
+    labels=st.lists(_TEXT.filter(bool), max_size=4),
+)
+@example(subjects=['a","b', "c"], labels=['x","y', "z"])  # a separator inside a value
+@example(subjects=['"', "\\", "{,}", "NULL"], labels=["NULL", '"'])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_any_text_round_trips_in_column_order(
+    database_url: str, subjects: list[str], labels: list[str]
+) -> None:
+    """Quotes, backslashes, commas, braces and separators never shift a value into another row."""
+
+    async def scenario() -> None:
+        engine = make_engine(database_url, pool_size=1)
+        sessions = make_sessionmaker(engine)
+        mailbox_id = uuid.uuid4()
+        try:
+            async with sessions() as session, session.begin():
+                await session.execute(
+                    text(
+                        "INSERT INTO mailboxes (id, user_id, provider, account_key, auth_mode, status) "
+                        "VALUES (:id, 'u', 'google', :key, 'delegated', 'syncing')"
+                    ),
+                    {"id": mailbox_id, "key": mailbox_id.hex},
+                )
+                messages = []
+                for i, subject in enumerate(subjects):
+                    message = make_message(i)
+                    message.subject, message.labels, message.to = (
+                        subject,
+                        labels,
+                        [subject or "x@y"],
+                    )
+                    messages.append(message)
+                await MessageRepository(session).upsert_page(mailbox_id, "s", 1, messages)
+                rows = {
+                    r["provider_message_id"]: r
+                    for r in await MessageRepository(session).list_page([mailbox_id], 50, None)
+                }
+                for message in messages:
+                    row = rows[message.provider_message_id]
+                    assert row["subject"] == message.subject
+                    assert row["labels"] == sorted(set(labels))
+                    assert row["to_addresses"] == message.to
+                await session.execute(
+                    text("DELETE FROM mailboxes WHERE id = :id"), {"id": mailbox_id}
+                )
+        finally:
+            await engine.dispose()
+
+    asyncio.run(scenario())

@@ -20,8 +20,9 @@ from app.providers.base import LabelChange, NormalizedMessage
 
 # A page travels as one array per column, expanded by unnest(): one round trip and one
 # statement per page, whatever its size. Each column is sent as a single PostgreSQL array
-# literal (text), which costs a fraction of binding a 1000-element array element by element;
-# list columns nest a literal per row because unnest() cannot expand a ragged 2-D array.
+# literal (text), which costs a fraction of binding a 1000-element array element by element.
+# unnest() cannot expand a ragged 2-D array, so a list column carries one string per row,
+# its items joined by the unit separator (U+001F) and split again by string_to_array().
 _UPSERT = text(
     """
     INSERT INTO messages AS m (
@@ -29,9 +30,10 @@ _UPSERT = text(
         subject, from_address, to_addresses, cc_addresses, bcc_addresses, snippet, received_at,
         labels, is_read, has_attachments)
     SELECT :mailbox_id, p.provider_message_id, :stream_key, :generation, p.thread_id,
-           p.internet_message_id, p.subject, p.from_address, CAST(p.to_addresses AS text[]),
-           CAST(p.cc_addresses AS text[]), CAST(p.bcc_addresses AS text[]), p.snippet,
-           p.received_at, CAST(p.labels AS text[]), p.is_read, p.has_attachments
+           p.internet_message_id, p.subject, p.from_address,
+           string_to_array(p.to_addresses, E'\\x1f'), string_to_array(p.cc_addresses, E'\\x1f'),
+           string_to_array(p.bcc_addresses, E'\\x1f'), p.snippet, p.received_at,
+           string_to_array(p.labels, E'\\x1f'), p.is_read, p.has_attachments
       FROM unnest(
             CAST(CAST(:provider_message_id AS text) AS text[]),
             CAST(CAST(:thread_id AS text) AS text[]),
@@ -121,7 +123,27 @@ def _element(value: str | None) -> str:
 
 def array_literal(values: Iterable[str | None]) -> str:
     """A PostgreSQL array literal; every element quoted, so commas and braces are safe."""
-    return "{" + ",".join(map(_element, values)) + "}"
+    items = list(values)
+    if not items:
+        return "{}"
+    if None not in items:
+        # Common case, one join for the whole column: nothing needs escaping when the only
+        # quotes in the joined text are the separators' (two each) and it has no backslash.
+        joined = '","'.join(items)  # type: ignore[arg-type]
+        if joined.count('"') == 2 * (len(items) - 1) and "\\" not in joined:
+            return '{"' + joined + '"}'
+    return "{" + ",".join(map(_element, items)) + "}"
+
+
+_UNIT = "\x1f"
+
+
+def _joined(values: Sequence[str]) -> str:
+    """A list cell: items joined by U+001F (a control character no address or label has)."""
+    joined = _UNIT.join(values)
+    if joined.count(_UNIT) != max(len(values) - 1, 0):
+        joined = _UNIT.join(v.replace(_UNIT, "") for v in values)
+    return joined
 
 
 def _bools(values: Iterable[bool]) -> str:
@@ -135,14 +157,14 @@ def _columns(messages: Sequence[NormalizedMessage]) -> dict[str, str]:
         "internet_message_id": array_literal(m.internet_message_id for m in messages),
         "subject": array_literal(m.subject for m in messages),
         "from_address": array_literal(m.from_ for m in messages),
-        "to_addresses": array_literal(array_literal(m.to) for m in messages),
-        "cc_addresses": array_literal(array_literal(m.cc) for m in messages),
-        "bcc_addresses": array_literal(array_literal(m.bcc) for m in messages),
+        "to_addresses": array_literal(_joined(m.to) for m in messages),
+        "cc_addresses": array_literal(_joined(m.cc) for m in messages),
+        "bcc_addresses": array_literal(_joined(m.bcc) for m in messages),
         "snippet": array_literal(m.snippet for m in messages),
         "received_at": array_literal(
             m.received_at.isoformat() if m.received_at else None for m in messages
         ),
-        "labels": array_literal(array_literal(sorted(set(m.labels))) for m in messages),
+        "labels": array_literal(_joined(sorted(set(m.labels))) for m in messages),
         "is_read": _bools(m.is_read for m in messages),
         "has_attachments": _bools(m.has_attachments for m in messages),
     }

@@ -48,7 +48,15 @@ def _address(recipient: Any) -> str | None:
 def _addresses(recipients: Any) -> list[str]:
     if not isinstance(recipients, list):
         return []
-    return [a for a in map(_address, recipients) if a]
+    addresses: list[str] = []
+    for recipient in recipients:  # inlined _address: three lists per message, every page
+        try:
+            address = recipient["emailAddress"]["address"]
+        except (KeyError, TypeError):
+            continue
+        if isinstance(address, str) and (address := address.strip()):
+            addresses.append(address.lower())
+    return addresses
 
 
 def parse_datetime(value: Any) -> datetime | None:
