@@ -7,7 +7,8 @@ import ssl
 from dataclasses import dataclass, field
 
 import httpx
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis
+from redis.asyncio import ConnectionPool
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
@@ -33,6 +34,16 @@ def make_http_client(settings: Settings) -> httpx.AsyncClient:
     )
 
 
+def lazy_redis(url: str) -> ArqRedis:
+    """An ARQ client that connects on first use: a process starts (and reports not ready)
+    while Redis is down, instead of failing at start-up."""
+    return ArqRedis(
+        ConnectionPool.from_url(url, socket_connect_timeout=2, socket_timeout=5),
+        # Never wait forever on a half-open connection: a request must answer.
+        health_check_interval=30,
+    )
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -51,7 +62,7 @@ class Runtime:
             engine=engine,
             sessions=make_sessionmaker(engine),
             http=make_http_client(settings),
-            redis=redis or await create_pool(RedisSettings.from_dsn(settings.redis_url)),
+            redis=redis or lazy_redis(settings.redis_url),
             cipher=TokenCipher(settings.encryption_keys),
         )
 

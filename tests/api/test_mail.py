@@ -194,3 +194,19 @@ def test_connect_command_repr_hides_tokens() -> None:
         "u", "google", "delegated", "a@example.com", "ya29.secret", "1//refresh", 3600
     )
     assert "secret" not in repr(command) and "refresh" not in repr(command)
+
+
+async def test_api_starts_and_reports_not_ready_while_redis_is_down(settings) -> None:  # type: ignore[no-untyped-def]
+    from app.main import create_app
+
+    down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    app = create_app(down)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://mailsync.test"
+        ) as client:
+            assert (await client.get("/healthz")).status_code == 200
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"] == {"postgres": "ok", "redis": "unavailable"}
