@@ -12,6 +12,7 @@ from app.api.errors import install_error_handlers
 from app.api.routes import health, mail, webhooks
 from app.config import Settings, get_settings
 from app.logging import configure_logging
+from app.providers.gmail.push import PushVerifier
 from app.sync.runtime import Runtime
 
 
@@ -28,6 +29,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         configure_logging()
         rt = await Runtime.create(settings)
         app.state.rt = rt
+        # One verifier per process: it caches Google's push signing keys.
+        app.state.push_verifier = PushVerifier(settings)
         try:
             yield
         finally:

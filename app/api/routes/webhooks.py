@@ -19,6 +19,8 @@ from app.api.errors import ApiError
 from app.db.repositories.mailboxes import MailboxRepository
 from app.db.repositories.subscriptions import NotificationRepository, SubscriptionRepository
 from app.metrics import WEBHOOK_NOTIFICATIONS
+from app.providers.gmail.push import PushAuthError, PushVerifier, decode_push
+from app.providers.outlook.notifications import client_state_matches, parse_notifications
 from app.sync.queue import enqueue_subscription, enqueue_sync
 
 log = logging.getLogger(__name__)
@@ -41,8 +43,6 @@ async def microsoft(
     uow: UnitOfWorkDep,
     validation_token: Annotated[str | None, Query(alias="validationToken", max_length=4096)] = None,
 ) -> Response:
-    from app.providers.outlook.notifications import client_state_matches, parse_notifications
-
     if validation_token is not None:
         # Graph's handshake: echo the (already URL-decoded) token as text/plain within 10 s.
         return PlainTextResponse(validation_token, status_code=200)
@@ -97,12 +97,7 @@ async def microsoft(
 
 @router.post("/google", response_class=Response, status_code=204)
 async def google(request: Request, uow: UnitOfWorkDep) -> Response:
-    from app.providers.gmail.push import PushAuthError, PushVerifier, decode_push
-
-    verifier = getattr(request.app.state, "push_verifier", None)
-    if verifier is None:
-        # One verifier per app: it caches Google's signing keys.
-        verifier = request.app.state.push_verifier = PushVerifier(request.app.state.settings)
+    verifier: PushVerifier = request.app.state.push_verifier
     try:
         claims = await verifier.verify(request.headers.get("authorization"))
     except PushAuthError as exc:
