@@ -79,21 +79,34 @@ async def message_count(rt: Runtime, mailbox_id: str) -> int:
 
 
 async def wait_for_notifications(rt: Runtime, mailbox_id: str, kind: str) -> int:
-    """Wait (up to 15 s) until a provider's push for the mailbox was recorded."""
+    """Wait (up to 15 s) until a provider's push for the mailbox was recorded, then until the
+    webhook's sync job is queued (it is enqueued just after the record commits)."""
     async with asyncio.timeout(15):
-        while True:
-            async with rt.sessions() as session:
-                received = int(
-                    (
-                        await session.execute(
-                            text(
-                                "SELECT count(*) FROM webhook_notifications "
-                                "WHERE mailbox_id = :id AND kind LIKE :kind"
-                            ),
-                            {"id": uuid.UUID(mailbox_id), "kind": kind},
-                        )
-                    ).scalar_one()
-                )
-            if received:
-                return received
-            await asyncio.sleep(0.05)
+        received = await _recorded(rt, mailbox_id, kind)
+        await _queued(rt, f"arq:job:sync:{mailbox_id}")
+        return received
+
+
+async def _queued(rt: Runtime, job_key: str) -> None:
+    # Polling Redis is the only way to observe another process's enqueue.
+    while not await rt.redis.exists(job_key):  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+
+
+async def _recorded(rt: Runtime, mailbox_id: str, kind: str) -> int:
+    while True:
+        async with rt.sessions() as session:
+            received = int(
+                (
+                    await session.execute(
+                        text(
+                            "SELECT count(*) FROM webhook_notifications "
+                            "WHERE mailbox_id = :id AND kind LIKE :kind"
+                        ),
+                        {"id": uuid.UUID(mailbox_id), "kind": kind},
+                    )
+                ).scalar_one()
+            )
+        if received:
+            return received
+        await asyncio.sleep(0.05)
