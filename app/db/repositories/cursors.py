@@ -132,8 +132,3 @@ class CursorRepository:
             {"id": mailbox_id, "key": stream_key},
         )
         return int(result.scalar_one())
-
-    async def delete_all(self, mailbox_id: uuid.UUID) -> None:
-        await self.session.execute(
-            text("DELETE FROM sync_cursors WHERE mailbox_id = :id"), {"id": mailbox_id}
-        )

@@ -147,9 +147,6 @@ class MailboxRepository:
             )
         )
 
-    async def delete(self, mailbox_id: uuid.UUID) -> None:
-        await self.session.execute(text("DELETE FROM mailboxes WHERE id = :id"), {"id": mailbox_id})
-
     async def request_sync(self, mailbox_ids: Sequence[uuid.UUID]) -> None:
         """Note that something changed; a sync that started earlier owes another pass."""
         if not mailbox_ids:

@@ -196,10 +196,3 @@ class NotificationRepository:
                 "payload": json.dumps(payload),
             },
         )
-
-    async def count_for(self, mailbox_id: uuid.UUID) -> int:
-        result = await self.session.execute(
-            text("SELECT count(*) FROM webhook_notifications WHERE mailbox_id = :id"),
-            {"id": mailbox_id},
-        )
-        return int(result.scalar_one())

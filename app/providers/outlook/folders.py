@@ -68,9 +68,6 @@ class FolderTracker:
             for folder_id, folder in known.folders.items()
         ]
 
-    def forget(self, mailbox_id: str) -> None:
-        self._known.pop(mailbox_id, None)
-
     async def _follow(
         self, ctx: SyncContext, known: _KnownFolders, link: str, params: dict[str, str] | None
     ) -> None:
