@@ -117,6 +117,12 @@ async def run(args: argparse.Namespace) -> None:
                 env=env,
                 stdout=asyncio.subprocess.DEVNULL,
             )
+            # A production worker is running before anyone connects: start the clock when
+            # this one is ready (ARQ writes its health-check key once it polls the queue).
+            while not await rt.redis.exists("arq:queue:health-check"):
+                if worker.returncode is not None:
+                    raise RuntimeError("worker exited during start-up")
+                await asyncio.sleep(0.05)
             async with rt.sessions() as session:
 
                 class _Tx:
@@ -145,7 +151,7 @@ async def run(args: argparse.Namespace) -> None:
             await enqueue_subscription(rt.redis, mailbox.id)
             status = ""
             while status != "connected":
-                await asyncio.sleep(0.25)
+                await asyncio.sleep(0.05)
                 async with rt.sessions() as session:
                     row = (
                         await session.execute(

@@ -12,12 +12,14 @@ import argparse
 import asyncio
 import time
 import uuid
+from itertools import repeat
 
 import asyncpg
 from sqlalchemy import text
 
 from app.db.repositories.messages import MessageRepository
 from app.db.session import make_engine, make_sessionmaker
+from app.providers.base import MessageBatch
 from app.providers.memory import make_message
 from bench.common import scratch_database
 
@@ -36,7 +38,8 @@ async def main(total: int, page: int) -> None:
                 {"id": mailbox_id},
             )
         pages = [
-            [make_message(i) for i in range(s, min(s + page, total))] for s in range(0, total, page)
+            MessageBatch.of(make_message(i) for i in range(s, min(s + page, total)))
+            for s in range(0, total, page)
         ]
 
         async def run(label: str, batches: list) -> None:
@@ -52,9 +55,8 @@ async def main(total: int, page: int) -> None:
         await run("upsert, first write", pages)
         await run("upsert, identical replay", pages)
         for batch in pages:
-            for m in batch:
-                m.is_read = not m.is_read
-                m.labels = [*m.labels, "Follow-up"]
+            batch.is_read[:] = [not read for read in batch.is_read]
+            batch.labels[:] = [[*labels, "Follow-up"] for labels in batch.labels]
         await run("upsert, changed replay", pages)
 
         # The ceiling: COPY of the same rows into a scratch table, one page per COPY.
@@ -80,27 +82,27 @@ async def main(total: int, page: int) -> None:
         ]
         started = time.perf_counter()
         for batch in pages:
-            records = [
-                (
-                    mailbox_id,
-                    m.provider_message_id,
-                    "inbox",
-                    1,
-                    m.thread_id,
-                    m.internet_message_id,
-                    m.subject,
-                    m.from_,
-                    m.to,
-                    m.cc,
-                    m.bcc,
-                    m.snippet,
-                    m.received_at,
-                    m.labels,
-                    m.is_read,
-                    m.has_attachments,
+            records = list(
+                zip(
+                    repeat(mailbox_id),
+                    batch.provider_message_id,
+                    repeat("inbox"),
+                    repeat(1),
+                    batch.thread_id,
+                    batch.internet_message_id,
+                    batch.subject,
+                    batch.from_,
+                    batch.to,
+                    batch.cc,
+                    batch.bcc,
+                    batch.snippet,
+                    batch.received_at,
+                    batch.labels,
+                    batch.is_read,
+                    batch.has_attachments,
+                    strict=False,
                 )
-                for m in batch
-            ]
+            )
             await conn.copy_records_to_table("copy_ceiling", records=records, columns=columns)
         elapsed = time.perf_counter() - started
         print(

@@ -21,6 +21,7 @@ from app.providers.base import (
     AuthExpiredError,
     Cursor,
     CursorInvalidError,
+    MessageBatch,
     NormalizedMessage,
     Page,
     ProviderLimits,
@@ -181,7 +182,7 @@ class MemoryProvider:
             ids = sorted(messages)
             offset = int(cursor["offset"])
             chunk = ids[offset : offset + self.page_size]
-            upserts = [messages[i] for i in chunk]
+            upserts = MessageBatch.of(messages[i] for i in chunk)
             done = offset + len(chunk) >= len(ids)
             next_cursor: Cursor = {"seq": issued, "epoch": epoch}
             if not done:
@@ -194,7 +195,7 @@ class MemoryProvider:
             )
         else:
             changes = [c for c in self._log if c.seq > issued and c.stream == key][: self.page_size]
-            upserts, deletes = [], []
+            upserts, deletes = MessageBatch(), []
             latest = {c.message_id: c for c in changes}
             for change in latest.values():
                 if change.deleted or change.message_id not in messages:

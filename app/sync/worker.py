@@ -6,6 +6,7 @@ longest function timeout, and a slice of sync work is bounded well below it anyw
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -24,6 +25,21 @@ from app.sync.runtime import Runtime
 log = logging.getLogger(__name__)
 
 _settings = get_settings()
+if os.environ.get("UVL"):
+    import uvloop
+
+    uvloop.install()
+
+
+def _keep_collector_off_the_long_lived_heap() -> None:
+    """A backfill page allocates tens of thousands of short-lived dicts and lists (decoded
+    JSON). With the default thresholds that sets off many collections per page, and the
+    older generations walk everything the worker imported, none of which is garbage.
+    Freeze what exists after start-up and collect young objects in larger steps.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -31,6 +47,12 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["rt"] = await Runtime.create(get_settings(), redis=ctx["redis"])
     ctx["worker_id"] = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     log.info("worker %s started", ctx["worker_id"])
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    if os.environ.get("GCT"):
+        gc.set_threshold(*map(int, os.environ["GCT"].split(",")))
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

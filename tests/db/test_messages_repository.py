@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterable
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -11,9 +12,13 @@ from sqlalchemy import text
 
 from app.db.repositories.messages import ListingKey, MessageRepository
 from app.db.session import make_engine, make_sessionmaker
-from app.providers.base import LabelChange
+from app.providers.base import LabelChange, MessageBatch
 from app.providers.memory import make_message
 from app.sync.runtime import Runtime
+
+
+def _batch(indexes: Iterable[int]) -> MessageBatch:
+    return MessageBatch.of(make_message(i) for i in indexes)
 
 
 async def _mailbox(rt: Runtime) -> uuid.UUID:
@@ -33,9 +38,13 @@ async def test_upsert_is_idempotent_and_counts_inserts(rt: Runtime) -> None:
     mailbox_id = await _mailbox(rt)
     page = [make_message(i) for i in range(1000)]
     async with rt.sessions() as session, session.begin():
-        first = await MessageRepository(session).upsert_page(mailbox_id, "s", 1, page)
+        first = await MessageRepository(session).upsert_page(
+            mailbox_id, "s", 1, MessageBatch.of(page)
+        )
     async with rt.sessions() as session, session.begin():
-        replay = await MessageRepository(session).upsert_page(mailbox_id, "s", 1, page)
+        replay = await MessageRepository(session).upsert_page(
+            mailbox_id, "s", 1, MessageBatch.of(page)
+        )
         assert await MessageRepository(session).count(mailbox_id) == 1000
     assert (first.inserted, first.updated) == (1000, 0)
     # An identical replay rewrites nothing at all.
@@ -52,12 +61,12 @@ async def test_awkward_values_round_trip(rt: Runtime) -> None:
     duplicate.subject = "last one wins"
     async with rt.sessions() as session, session.begin():
         result = await MessageRepository(session).upsert_page(
-            mailbox_id, "s", 1, [message, duplicate]
+            mailbox_id, "s", 1, MessageBatch.of([message, duplicate])
         )
     assert result.inserted == 1
     message.subject = "naïve \u2013 ünïcode ✓ \x01"
     async with rt.sessions() as session, session.begin():
-        await MessageRepository(session).upsert_page(mailbox_id, "s", 1, [message])
+        await MessageRepository(session).upsert_page(mailbox_id, "s", 1, MessageBatch.of([message]))
         rows = await MessageRepository(session).list_page([mailbox_id], 10, None)
     [row] = rows
     assert row["to_addresses"] == message.to
@@ -69,8 +78,8 @@ async def test_scoped_deletes_label_changes_and_sweep(rt: Runtime) -> None:
     mailbox_id = await _mailbox(rt)
     async with rt.sessions() as session, session.begin():
         repo = MessageRepository(session)
-        await repo.upsert_page(mailbox_id, "inbox", 1, [make_message(i) for i in range(10)])
-        await repo.upsert_page(mailbox_id, "archive", 1, [make_message(5)])  # moved
+        await repo.upsert_page(mailbox_id, "inbox", 1, _batch(range(10)))
+        await repo.upsert_page(mailbox_id, "archive", 1, _batch([5]))  # moved
         # The old folder's removal must not delete the moved message.
         assert await repo.delete_from_stream(
             mailbox_id, "inbox", ["msg-0000005", "msg-0000006"]
@@ -87,7 +96,7 @@ async def test_scoped_deletes_label_changes_and_sweep(rt: Runtime) -> None:
         relabelled = (await repo.ground_truth(mailbox_id))["msg-0000001"]
         assert relabelled["labels"] == ["UNREAD"] and relabelled["is_read"] is False
         # A new generation sees only 0..3: the sweep removes the rest of that stream.
-        await repo.upsert_page(mailbox_id, "inbox", 2, [make_message(i) for i in range(4)])
+        await repo.upsert_page(mailbox_id, "inbox", 2, _batch(range(4)))
         assert await repo.sweep_stream(mailbox_id, "inbox", 2) == 4  # 4, 7, 8, 9
         state = await repo.ground_truth(mailbox_id)
     assert sorted(state) == [
@@ -108,8 +117,8 @@ async def test_listing_pages_across_mailboxes_with_undated_messages(rt: Runtime)
         b = [make_message(100 + i) for i in range(6)]
         a[2].received_at = a[5].received_at = None  # undated: listed after every dated one
         b[1].received_at = a[3].received_at  # equal dates: ordered by id
-        await repo.upsert_page(first, "s", 1, a)
-        await repo.upsert_page(second, "s", 1, b)
+        await repo.upsert_page(first, "s", 1, MessageBatch.of(a))
+        await repo.upsert_page(second, "s", 1, MessageBatch.of(b))
     seen: list[dict] = []
     after = None
     async with rt.sessions() as session:
@@ -186,7 +195,9 @@ def test_any_text_round_trips_in_column_order(
                         [subject or "x@y"],
                     )
                     messages.append(message)
-                await MessageRepository(session).upsert_page(mailbox_id, "s", 1, messages)
+                await MessageRepository(session).upsert_page(
+                    mailbox_id, "s", 1, MessageBatch.of(messages)
+                )
                 rows = {
                     r["provider_message_id"]: r
                     for r in await MessageRepository(session).list_page([mailbox_id], 50, None)

@@ -10,7 +10,7 @@ import pytest
 
 from app.db.repositories.mailboxes import LeaseLost, MailboxRepository
 from app.providers import registry
-from app.providers.base import StreamInfo
+from app.providers.base import MessageBatch, StreamInfo
 from app.providers.memory import make_message
 from app.sync import jobs
 from app.sync.engine import Outcome, SyncEngine, _SliceState
@@ -92,7 +92,7 @@ async def test_a_worker_whose_lease_lapsed_cannot_write(rt: Runtime) -> None:
     engine = SyncEngine(rt, "stale")
     from app.providers.base import Page
 
-    page = Page(upserts=[make_message(999_999)], cursor={"seq": 1})
+    page = Page(upserts=MessageBatch.of([make_message(999_999)]), cursor={"seq": 1})
     with pytest.raises(LeaseLost):
         await engine._commit_page(
             mailbox_id, StreamInfo("inbox", "inbox"), 1, "full", page, _SliceState(stale)

@@ -1,6 +1,6 @@
 """Messages: one set-based statement per page for upserts, deletes and label changes.
 
-A page travels to PostgreSQL as one JSON document expanded by `jsonb_to_recordset`, so a
+A page travels to PostgreSQL as one array literal per column expanded by `unnest`, so a
 1000-message page is one round trip and one statement, whatever its size.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.providers.base import LabelChange, NormalizedMessage
+from app.providers.base import LabelChange, MessageBatch
 
 # A page travels as one array per column, expanded by unnest(): one round trip and one
 # statement per page, whatever its size. Each column is sent as a single PostgreSQL array
@@ -138,35 +138,35 @@ def array_literal(values: Iterable[str | None]) -> str:
 _UNIT = "\x1f"
 
 
-def _joined(values: Sequence[str]) -> str:
-    """A list cell: items joined by U+001F (a control character no address or label has)."""
-    joined = _UNIT.join(values)
-    if joined.count(_UNIT) != max(len(values) - 1, 0):
-        joined = _UNIT.join(v.replace(_UNIT, "") for v in values)
-    return joined
+def _list_column(rows: Sequence[Sequence[str]]) -> str:
+    """A list column: each row's items joined by U+001F, as one array literal."""
+    literal = array_literal([_UNIT.join(row) for row in rows])
+    # A separator inside an item would split it in two; checked once for the whole column.
+    if literal.count(_UNIT) != sum(len(row) - 1 for row in rows if row):
+        literal = array_literal([_UNIT.join(v.replace(_UNIT, "") for v in row) for row in rows])
+    return literal
 
 
 def _bools(values: Iterable[bool]) -> str:
-    return "{" + ",".join("t" if v else "f" for v in values) + "}"
+    return "{" + ",".join(["t" if v else "f" for v in values]) + "}"
 
 
-def _columns(messages: Sequence[NormalizedMessage]) -> dict[str, str]:
+def _columns(batch: MessageBatch) -> dict[str, str]:
     return {
-        "provider_message_id": array_literal(m.provider_message_id for m in messages),
-        "thread_id": array_literal(m.thread_id for m in messages),
-        "internet_message_id": array_literal(m.internet_message_id for m in messages),
-        "subject": array_literal(m.subject for m in messages),
-        "from_address": array_literal(m.from_ for m in messages),
-        "to_addresses": array_literal(_joined(m.to) for m in messages),
-        "cc_addresses": array_literal(_joined(m.cc) for m in messages),
-        "bcc_addresses": array_literal(_joined(m.bcc) for m in messages),
-        "snippet": array_literal(m.snippet for m in messages),
-        "received_at": array_literal(
-            m.received_at.isoformat() if m.received_at else None for m in messages
-        ),
-        "labels": array_literal(_joined(sorted(set(m.labels))) for m in messages),
-        "is_read": _bools(m.is_read for m in messages),
-        "has_attachments": _bools(m.has_attachments for m in messages),
+        "provider_message_id": array_literal(batch.provider_message_id),
+        "thread_id": array_literal(batch.thread_id),
+        "internet_message_id": array_literal(batch.internet_message_id),
+        "subject": array_literal(batch.subject),
+        "from_address": array_literal(batch.from_),
+        "to_addresses": _list_column(batch.to),
+        "cc_addresses": _list_column(batch.cc),
+        "bcc_addresses": _list_column(batch.bcc),
+        "snippet": array_literal(batch.snippet),
+        "received_at": array_literal([d.isoformat() if d else None for d in batch.received_at]),
+        # Sorted and unique, so an unchanged message compares equal and is not rewritten.
+        "labels": _list_column([sorted(set(labels)) for labels in batch.labels]),
+        "is_read": _bools(batch.is_read),
+        "has_attachments": _bools(batch.has_attachments),
     }
 
 
@@ -196,16 +196,15 @@ class MessageRepository:
         mailbox_id: uuid.UUID,
         stream_key: str,
         generation: int,
-        messages: Sequence[NormalizedMessage],
+        messages: MessageBatch,
     ) -> UpsertResult:
         if not messages:
             return UpsertResult(0, 0)
-        # ON CONFLICT cannot touch one row twice in a statement: the last version wins.
-        latest = {m.provider_message_id: m for m in messages}
         result = await self.session.execute(
             _UPSERT,
             {
-                **_columns(list(latest.values())),
+                # ON CONFLICT cannot touch one row twice in a statement: the last version wins.
+                **_columns(messages.latest()),
                 "mailbox_id": mailbox_id,
                 "stream_key": stream_key,
                 "generation": generation,

@@ -26,7 +26,7 @@ from app.providers.base import (
     Cursor,
     CursorInvalidError,
     LabelChange,
-    NormalizedMessage,
+    MessageBatch,
     Page,
     PermanentError,
     ProviderLimits,
@@ -167,15 +167,15 @@ class GmailProvider:
             caught_up=caught_up,
         )
 
-    async def _fetch(self, ctx: SyncContext, ids: Sequence[str]) -> list[NormalizedMessage]:
+    async def _fetch(self, ctx: SyncContext, ids: Sequence[str]) -> MessageBatch:
         """Normalized metadata of `ids`, in order, without the ones deleted meanwhile."""
         if not ids:
-            return []
+            return MessageBatch()
         found = await self._client.get_messages(ctx, ids, METADATA_HEADERS)
         messages = [m for i in ids if (m := found.get(i)) is not None]
         label_ids = {label for m in messages for label in m.get("labelIds") or ()}
         names = await self._labels.names(ctx, label_ids)
-        return [to_normalized(m, names) for m in messages]
+        return MessageBatch.of(to_normalized(m, names) for m in messages)
 
     # -- push ------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from app.providers.outlook.folders import FolderTracker
 from app.providers.outlook.mapper import (
     MESSAGE_SELECT,
     WELL_KNOWN_LABELS,
-    to_normalized,
+    read_delta_items,
 )
 
 # Graph caps message delta pages at 1000, the largest page it accepts.
@@ -141,12 +141,8 @@ class OutlookProvider:
             body = orjson.loads(response.content)
         except orjson.JSONDecodeError as exc:
             raise TransientError("Graph returned a delta page that is not JSON") from exc
-        page = Page(total_estimate=stream.total_estimate)
-        for item in body.get("value", []):
-            if "@removed" in item:
-                page.deletes.append(str(item["id"]))
-            else:
-                page.upserts.append(to_normalized(item, stream.labels))
+        upserts, deletes = read_delta_items(body.get("value", []), stream.labels)
+        page = Page(upserts=upserts, deletes=deletes, total_estimate=stream.total_estimate)
         if isinstance(body.get("@odata.nextLink"), str):
             page.cursor = {"next_link": body["@odata.nextLink"], "initial": initial}
         elif isinstance(body.get("@odata.deltaLink"), str):

@@ -206,7 +206,7 @@ async def test_a_vanished_folder_is_an_empty_complete_enumeration(
     mailbox = connect(await create_account(client, message_count=20))
     gone = StreamInfo(key="AQMkADdeleted-folder", name="Old", labels=("Old",))
     page = await mailbox.provider.fetch_page(mailbox.ctx, gone, None)
-    assert page.upserts == [] and page.deletes == []
+    assert len(page.upserts) == 0 and page.deletes == []
     assert page.caught_up and page.full_sync_complete
 
 
