@@ -235,7 +235,13 @@ class SyncEngine:
                 phase=state.phase,
             )
 
-        pending = [s for s in states if not s.caught_up]
+        # Largest first: a folder's pages come one after another, so the biggest folder is
+        # the critical path of a backfill and must not start behind the small ones.
+        pending = sorted(
+            (s for s in states if not s.caught_up),
+            key=lambda s: s.total_estimate or 0,
+            reverse=True,
+        )
         queue: asyncio.Queue[StreamState] = asyncio.Queue()
         for s in pending:
             queue.put_nowait(s)

@@ -116,3 +116,6 @@ class WorkerSettings:
     # SIGTERM: stop taking jobs and let running slices (bounded by SYNC_SLICE_SECONDS) finish.
     job_completion_wait = int(_settings.sync_slice_seconds) + 15
     health_check_interval = 30
+    # ARQ polls Redis for due jobs; the default half second would be added to every sync a
+    # webhook asks for.
+    poll_delay = 0.1

@@ -25,6 +25,7 @@ from app.providers.base import LabelChange, MessageBatch
 # its items joined by the unit separator (U+001F) and split again by string_to_array().
 _UPSERT = text(
     """
+    WITH written AS (
     INSERT INTO messages AS m (
         mailbox_id, provider_message_id, stream_key, generation, thread_id, internet_message_id,
         subject, from_address, to_addresses, cc_addresses, bcc_addresses, snippet, received_at,
@@ -77,6 +78,9 @@ _UPSERT = text(
            EXCLUDED.to_addresses, EXCLUDED.cc_addresses, EXCLUDED.bcc_addresses, EXCLUDED.snippet,
            EXCLUDED.received_at, EXCLUDED.labels, EXCLUDED.is_read, EXCLUDED.has_attachments)
     RETURNING (xmax = 0) AS inserted
+    )
+    -- Counted here: a page answers with one row, not one per message.
+    SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) AS written FROM written
     """
 )
 
@@ -210,9 +214,8 @@ class MessageRepository:
                 "generation": generation,
             },
         )
-        flags = [bool(row[0]) for row in result.all()]
-        inserted = sum(flags)
-        return UpsertResult(inserted=inserted, updated=len(flags) - inserted)
+        inserted, written = result.one()
+        return UpsertResult(inserted=int(inserted), updated=int(written) - int(inserted))
 
     async def delete_from_stream(
         self, mailbox_id: uuid.UUID, stream_key: str | None, provider_message_ids: Sequence[str]
