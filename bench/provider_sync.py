@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,62 @@ from app.sync.runtime import Runtime
 from bench.common import scratch_database, start_simulator
 
 REDIS_DB_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # a PostgreSQL backend that has just exited
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _postgres_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+@dataclass
+class _CpuSample:
+    """Who used the machine's CPU: the worker, PostgreSQL (all its processes), the simulator."""
+
+    worker: float
+    postgres: dict[int, float]
+    simulator: float
+    busy: float
+    total: float
+
+    @classmethod
+    def take(cls, worker: int, simulator: int) -> _CpuSample:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = ticks[3] + ticks[4]  # idle + iowait
+        return cls(
+            worker=_cpu_seconds(worker),
+            postgres={pid: _cpu_seconds(pid) for pid in _postgres_pids()},
+            simulator=_cpu_seconds(simulator),
+            busy=(sum(ticks) - idle) / _TICK,
+            total=sum(ticks) / _TICK,
+        )
+
+    def since(self, before: _CpuSample) -> dict[str, float]:
+        postgres = sum(t - before.postgres.get(pid, 0.0) for pid, t in self.postgres.items())
+        return {
+            "worker": self.worker - before.worker,
+            "postgres": postgres,
+            "simulator": self.simulator - before.simulator,
+            "utilization": (self.busy - before.busy) / max(self.total - before.total, 1e-9),
+        }
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -133,6 +190,7 @@ async def run(args: argparse.Namespace) -> None:
                         self.jobs.append(action)
 
                 tx = _Tx()
+                cpu_before = _CpuSample.take(worker.pid, sim_process.pid)
                 started = time.perf_counter()
                 mailbox = await service.connect(
                     tx,
@@ -150,6 +208,7 @@ async def run(args: argparse.Namespace) -> None:
             await enqueue_sync(rt.redis, mailbox.id)
             await enqueue_subscription(rt.redis, mailbox.id)
             status = ""
+            first_visible: float | None = None
             while status != "connected":
                 await asyncio.sleep(0.05)
                 async with rt.sessions() as session:
@@ -162,17 +221,21 @@ async def run(args: argparse.Namespace) -> None:
                         )
                     ).one()
                 status = row[0]
+                if first_visible is None and row[1]:
+                    first_visible = time.perf_counter() - started
                 if status in ("error", "auth_expired"):
                     raise RuntimeError(f"sync failed: {row[2]}")
                 if worker.returncode is not None:
                     raise RuntimeError("worker exited")
             elapsed = time.perf_counter() - started
+            cpu = _CpuSample.take(worker.pid, sim_process.pid).since(cpu_before)
             rss = _peak_rss_mib(worker.pid)
             counters = (await sim.get("/_sim/counters")).json()["totals"]
             synced = int(row[1])
             rate = synced / elapsed
             print(f"provider                 {args.provider}")
             print(f"messages synced          {synced:,} in {elapsed:.1f} s")
+            print(f"first messages visible   {first_visible or elapsed:.2f} s after connect")
             print(f"throughput               {rate:,.0f} messages/s (connect → connected)")
             print(f"simulator latency        {args.latency_ms} ms per request")
             print(
@@ -182,6 +245,14 @@ async def run(args: argparse.Namespace) -> None:
             print(f"retry-after violations   {counters['retry_after_violations']}")
             print(f"peak concurrency         {counters['concurrency_peak']}")
             print(f"worker peak RSS          {rss:.0f} MiB")
+            per_thousand = 1000 * 1000 / max(synced, 1)
+            print(
+                "CPU per 1000 messages    "
+                f"worker {cpu['worker'] * per_thousand:.0f} ms, "
+                f"PostgreSQL {cpu['postgres'] * per_thousand:.0f} ms, "
+                f"simulator {cpu['simulator'] * per_thousand:.0f} ms "
+                f"(machine {100 * cpu['utilization']:.0f}% busy, {os.cpu_count()} cores)"
+            )
             if args.provider == "google" and args.quota:
                 ceiling = args.quota / 5  # messages.get (metadata) costs 5 units
                 print(
