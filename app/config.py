@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     sync_interval_seconds: int = Field(default=900, alias="SYNC_INTERVAL_SECONDS")
     sync_slice_seconds: float = Field(default=20.0, alias="SYNC_SLICE_SECONDS")
     sync_slice_pages: int = Field(default=50, alias="SYNC_SLICE_PAGES")
+    # A first sync stores this many of the newest messages before the backfill (0: off).
+    sync_recent_first: int = Field(default=100, ge=0, le=1000, alias="SYNC_RECENT_FIRST")
     lease_seconds: int = Field(default=60, alias="LEASE_SECONDS")
     job_timeout_seconds: int = Field(default=120, alias="JOB_TIMEOUT_SECONDS")
     token_refresh_margin_seconds: int = Field(default=300, alias="TOKEN_REFRESH_MARGIN_SECONDS")

@@ -279,6 +279,12 @@ class MailProvider(Protocol):
     async def fetch_page(self, ctx: SyncContext, stream: StreamInfo, cursor: Cursor | None) -> Page:
         """One page of changes after `cursor`; None starts a full enumeration of the stream."""
 
+    async def recent(
+        self, ctx: SyncContext, streams: Sequence[StreamInfo], limit: int
+    ) -> dict[str, MessageBatch]:
+        """The mailbox's newest `limit` messages by stream key, shown before a first backfill
+        reaches them. Empty when the provider's enumeration is newest first anyway."""
+
     async def subscribe(self, ctx: SyncContext) -> Subscription | None:
         """Create the push channel; None when push is not configured."""
 

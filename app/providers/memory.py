@@ -71,6 +71,7 @@ class MemoryProvider:
         self.access_token_ttl = access_token_ttl
         self._limits = ProviderLimits(max_concurrency=max_concurrency)
         self.faults = Faults()
+        self.recent_calls = 0
         self.streams: dict[str, dict[str, NormalizedMessage]] = {}
         self.stream_labels: dict[str, tuple[str, ...]] = {}
         self._log: list[_Change] = []
@@ -218,6 +219,25 @@ class MemoryProvider:
             page.caught_up = False
             page.full_sync_complete = False
         return page
+
+    async def recent(
+        self, ctx: SyncContext, streams: Sequence[StreamInfo], limit: int
+    ) -> dict[str, MessageBatch]:
+        async with ctx.gate.request():
+            await self._authorize(ctx)
+            self.recent_calls += 1
+            wanted = {stream.key for stream in streams}
+            present = [
+                (message.received_at or datetime.min.replace(tzinfo=UTC), key, message)
+                for key, messages in self.streams.items()
+                if key in wanted
+                for message in messages.values()
+            ]
+            present.sort(key=lambda entry: entry[0], reverse=True)
+            found: dict[str, MessageBatch] = {}
+            for _, key, message in present[:limit]:
+                found.setdefault(key, MessageBatch()).append(message)
+            return found
 
     def _current_seq(self) -> int:
         return self._log[-1].seq if self._log else 0

@@ -235,6 +235,9 @@ class SyncEngine:
                 phase=state.phase,
             )
 
+        if first_pass and settings.sync_recent_first and all(s.cursor is None for s in states):
+            await self._show_recent_first(provider, ctx, tokens, mailbox, states, state)
+
         # Largest first: a folder's pages come one after another, so the biggest folder is
         # the critical path of a backfill and must not start behind the small ones.
         pending = sorted(
@@ -300,6 +303,62 @@ class SyncEngine:
             )
         outcome = Outcome.DONE_AGAIN if requested is not None else Outcome.DONE
         return SliceResult(outcome, pages=state.pages, fencing_token=lease.fencing_token)
+
+    async def _show_recent_first(
+        self,
+        provider: MailProvider,
+        ctx: SyncContext,
+        tokens: TokenSource,
+        mailbox: Mailbox,
+        streams: list[StreamState],
+        state: _SliceState,
+    ) -> None:
+        """Store the newest messages before any enumeration starts: the first screen a user
+        sees is their latest mail, not whatever a folder enumeration happens to start with.
+
+        The rows are provisional: written one generation below their stream's enumeration,
+        which rewrites every message it sees at its own generation and sweeps the rest, so
+        a message deleted meanwhile does not outlive the backfill and none is counted twice.
+        """
+        recent = await self._with_token_retry(
+            tokens,
+            partial(
+                provider.recent,
+                ctx,
+                [s.as_stream() for s in streams],
+                self.settings.sync_recent_first,
+            ),
+        )
+        generations = {s.stream_key: s.generation for s in streams}
+        async with self.rt.sessions() as session, session.begin():
+            messages = MessageRepository(session)
+            inserted = 0
+            for key, batch in recent.items():
+                if key in generations and batch:
+                    written = await messages.upsert_page(
+                        mailbox.id, key, generations[key] - 1, batch
+                    )
+                    inserted += written.inserted
+            if inserted:
+                await OutboxRepository(session).add(
+                    mailbox.id,
+                    "messages.changed",
+                    {
+                        "recent": True,
+                        "upserted": [
+                            message_id
+                            for key, batch in recent.items()
+                            if key in generations
+                            for message_id in batch.provider_message_id
+                        ],
+                    },
+                )
+            await MailboxRepository(session).fence(
+                state.lease,
+                self.settings.lease_seconds,
+                synced_delta=inserted,
+                total_estimate=self._total(state),
+            )
 
     async def _follow_stream(
         self,

@@ -33,6 +33,7 @@ class Crash(BaseException):
 
 
 async def test_killed_between_pages_resumes_from_last_committed_page(rt: Runtime) -> None:
+    rt.settings = rt.settings.model_copy(update={"sync_recent_first": 0})  # pages only
     provider = seeded(400, page_size=25, streams=1)
     registry.override("microsoft", lambda s, h: provider)
     mailbox_id = await connect(rt, provider)

@@ -92,6 +92,7 @@ async def test_next_page_writes_before_the_previous_commits_and_cursors_stay_in_
 async def test_a_failed_commit_takes_the_page_written_beside_it_down_too(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    rt.settings = rt.settings.model_copy(update={"sync_recent_first": 0})  # pages only
     provider = seeded(200, page_size=25, streams=1)
     registry.override("microsoft", lambda s, h: provider)
     mailbox_id = await connect(rt, provider)

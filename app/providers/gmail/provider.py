@@ -177,6 +177,12 @@ class GmailProvider:
         names = await self._labels.names(ctx, label_ids)
         return MessageBatch.of(to_normalized(m, names) for m in messages)
 
+    async def recent(
+        self, ctx: SyncContext, streams: Sequence[StreamInfo], limit: int
+    ) -> dict[str, MessageBatch]:
+        # messages.list answers newest first, and the full sync walks it in that order.
+        return {}
+
     # -- push ------------------------------------------------------------------------
 
     async def _watch(self, ctx: SyncContext, topic: str) -> Subscription:

@@ -18,6 +18,7 @@ from app.providers.base import (
     Account,
     Cursor,
     CursorInvalidError,
+    MessageBatch,
     Page,
     PermanentError,
     ProviderLimits,
@@ -152,6 +153,35 @@ class OutlookProvider:
         else:
             raise TransientError("Graph delta page had neither a nextLink nor a deltaLink")
         return page
+
+    async def recent(
+        self, ctx: SyncContext, streams: Sequence[StreamInfo], limit: int
+    ) -> dict[str, MessageBatch]:
+        # Graph does not say in which order a delta round enumerates a folder: one listing
+        # of the whole mailbox, newest first, puts recent mail on screen in any case.
+        response = await self._graph.request(
+            ctx,
+            "GET",
+            f"{user_path(ctx.account)}/messages",
+            params={
+                "$top": str(min(limit, MAX_PAGE_SIZE)),
+                "$orderby": "receivedDateTime desc",
+                "$select": f"{MESSAGE_SELECT},parentFolderId",
+            },
+            headers={"Prefer": 'IdType="ImmutableId"'},
+        )
+        try:
+            items = orjson.loads(response.content).get("value") or []
+        except orjson.JSONDecodeError as exc:
+            raise TransientError("Graph returned a message listing that is not JSON") from exc
+        by_folder: dict[str, list[dict[str, object]]] = {}
+        for item in items:
+            by_folder.setdefault(str(item.get("parentFolderId")), []).append(item)
+        found: dict[str, MessageBatch] = {}
+        for stream in streams:
+            if stream.key in by_folder:
+                found[stream.key], _ = read_delta_items(by_folder[stream.key], stream.labels)
+        return found
 
     # -- push ---------------------------------------------------------------------------
 

@@ -1,0 +1,87 @@
+"""A first sync stores the newest messages before any folder enumeration starts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import text
+
+from app.providers import registry
+from app.providers.base import StreamInfo
+from app.sync.engine import Outcome, SyncEngine
+from app.sync.runtime import Runtime
+from tests.sync.helpers import connect, mailbox_row, seeded, stored_ids, stored_state, truth_state
+
+
+def _newest(provider: Any, count: int) -> set[str]:
+    messages = sorted(provider.truth().values(), key=lambda m: m.received_at, reverse=True)
+    return {m.provider_message_id for m in messages[:count]}
+
+
+async def test_newest_messages_are_stored_before_the_backfill_starts(rt: Runtime) -> None:
+    rt.settings = rt.settings.model_copy(update={"sync_recent_first": 20})
+    provider = seeded(300, page_size=25, streams=3)
+    registry.override("microsoft", lambda s, h: provider)
+    mailbox_id = await connect(rt, provider)
+    newest = _newest(provider, 20)
+    seen_at_first_page: list[set[str]] = []
+    fetches: list[str] = []
+
+    async def before_first_page(stream: StreamInfo, cursor: Any) -> None:
+        fetches.append(stream.key)
+        if len(fetches) == 1:  # folders start together: only the very first fetch looks
+            seen_at_first_page.append(set(await stored_ids(rt, mailbox_id)))
+
+    provider.faults.before_page = before_first_page
+    assert (await SyncEngine(rt, "w").run_slice(mailbox_id)).outcome is Outcome.DONE
+    assert seen_at_first_page == [newest]
+    ids = await stored_ids(rt, mailbox_id)
+    assert len(ids) == len(set(ids)) == 300
+    assert await stored_state(rt, mailbox_id) == truth_state(provider)
+    assert (await mailbox_row(rt, mailbox_id))["messages_synced"] == 300
+
+    # Only a first sync does it.
+    provider.delete("inbox", next(iter(newest)))
+    assert (await SyncEngine(rt, "w").run_slice(mailbox_id)).outcome is Outcome.DONE
+    assert provider.recent_calls == 1
+    assert await stored_state(rt, mailbox_id) == truth_state(provider)
+
+
+async def test_a_recent_message_gone_before_the_enumeration_does_not_survive_it(
+    rt: Runtime,
+) -> None:
+    rt.settings = rt.settings.model_copy(update={"sync_recent_first": 10})
+    provider = seeded(120, page_size=25, streams=2)
+    registry.override("microsoft", lambda s, h: provider)
+    mailbox_id = await connect(rt, provider)
+    doomed = sorted(_newest(provider, 10))[0]
+    stream = next(key for key, messages in provider.streams.items() if doomed in messages)
+
+    def vanish_before_first_page(info: StreamInfo, cursor: Any) -> None:
+        # Deleted after the first view stored it, before any enumeration saw the folder;
+        # the provider will never report it, so only the sweep can remove it.
+        provider.streams[stream].pop(doomed, None)
+
+    provider.faults.before_page = vanish_before_first_page
+    assert (await SyncEngine(rt, "w").run_slice(mailbox_id)).outcome is Outcome.DONE
+    ids = await stored_ids(rt, mailbox_id)
+    assert doomed not in ids and len(ids) == len(set(ids)) == 119
+    assert await stored_state(rt, mailbox_id) == truth_state(provider)
+    assert (await mailbox_row(rt, mailbox_id))["messages_synced"] == 119
+
+
+async def test_switched_off_it_fetches_nothing_extra(rt: Runtime) -> None:
+    rt.settings = rt.settings.model_copy(update={"sync_recent_first": 0})
+    provider = seeded(60, page_size=25)
+    registry.override("microsoft", lambda s, h: provider)
+    mailbox_id = await connect(rt, provider)
+    assert (await SyncEngine(rt, "w").run_slice(mailbox_id)).outcome is Outcome.DONE
+    assert provider.recent_calls == 0
+    async with rt.sessions() as session:
+        events = (
+            await session.execute(
+                text("SELECT payload FROM outbox_events WHERE mailbox_id = :id"),
+                {"id": mailbox_id},
+            )
+        ).scalars()
+        assert not any(payload.get("recent") for payload in events)
