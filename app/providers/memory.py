@@ -45,6 +45,8 @@ class Faults:
     stall_seconds: float = 0.0
     # Called before every page; tests use it to crash "between pages".
     before_page: object | None = None
+    # Raised by `recent` (a provider refusing the newest-first listing).
+    recent_error: Exception | None = None
 
 
 @dataclass
@@ -226,6 +228,8 @@ class MemoryProvider:
         async with ctx.gate.request():
             await self._authorize(ctx)
             self.recent_calls += 1
+            if self.faults.recent_error is not None:
+                raise self.faults.recent_error
             wanted = {stream.key for stream in streams}
             present = [
                 (message.received_at or datetime.min.replace(tzinfo=UTC), key, message)

@@ -320,15 +320,20 @@ class SyncEngine:
         which rewrites every message it sees at its own generation and sweeps the rest, so
         a message deleted meanwhile does not outlive the backfill and none is counted twice.
         """
-        recent = await self._with_token_retry(
-            tokens,
-            partial(
-                provider.recent,
-                ctx,
-                [s.as_stream() for s in streams],
-                self.settings.sync_recent_first,
-            ),
-        )
+        try:
+            recent = await self._with_token_retry(
+                tokens,
+                partial(
+                    provider.recent,
+                    ctx,
+                    [s.as_stream() for s in streams],
+                    self.settings.sync_recent_first,
+                ),
+            )
+        except PermanentError as exc:
+            # Only a head start: the enumerations bring every message anyway.
+            log.warning("mailbox %s: newest-first listing refused, skipped: %s", mailbox.id, exc)
+            return
         generations = {s.stream_key: s.generation for s in streams}
         async with self.rt.sessions() as session, session.begin():
             messages = MessageRepository(session)

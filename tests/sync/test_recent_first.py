@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import text
 
 from app.providers import registry
-from app.providers.base import StreamInfo
+from app.providers.base import PermanentError, StreamInfo
 from app.sync.engine import Outcome, SyncEngine
 from app.sync.runtime import Runtime
 from tests.sync.helpers import connect, mailbox_row, seeded, stored_ids, stored_state, truth_state
@@ -85,3 +85,14 @@ async def test_switched_off_it_fetches_nothing_extra(rt: Runtime) -> None:
             )
         ).scalars()
         assert not any(payload.get("recent") for payload in events)
+
+
+async def test_a_refused_listing_only_costs_the_head_start(rt: Runtime) -> None:
+    provider = seeded(80, page_size=25)
+    provider.faults.recent_error = PermanentError("400 ErrorInvalidUrlQuery")
+    registry.override("microsoft", lambda s, h: provider)
+    mailbox_id = await connect(rt, provider)
+    assert (await SyncEngine(rt, "w").run_slice(mailbox_id)).outcome is Outcome.DONE
+    assert provider.recent_calls == 1
+    assert await stored_state(rt, mailbox_id) == truth_state(provider)
+    assert (await mailbox_row(rt, mailbox_id))["status"] == "connected"

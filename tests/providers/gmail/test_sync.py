@@ -238,3 +238,20 @@ async def test_random_throttling_and_outages_are_retried(
     assert counters["retry_after_violations"] == 0
     assert h.gate.pauses  # the whole mailbox was told to wait
     await _assert_matches_truth(sim, h, store)
+
+
+async def test_recent_is_the_newest_messages_of_the_mailbox(
+    sim: GoogleSim, harness: MakeHarness
+) -> None:
+    h = await harness(messages=300, quota=False)
+    async with sim.faults(gmail_quota_units_per_second=0):
+        recent = await h.provider.recent(h.ctx, [h.stream], 25)
+        store = Store()
+        await _sync(h, store)
+    truth = await sim.truth(h.account.email)
+    newest = sorted(truth, key=lambda m: int(m["internalDate"]), reverse=True)[:25]
+    assert list(recent) == ["mailbox"]
+    assert set(recent["mailbox"].provider_message_id) == {m["id"] for m in newest}
+    # The same normalized messages the full sync stores.
+    for message in recent["mailbox"]:
+        assert store.messages[message.provider_message_id] == message
