@@ -114,21 +114,6 @@ def _phase(streams: list[StreamState]) -> str:
     return "resync" if any(s.generation > 1 for s in full) else "backfill"
 
 
-def can_overlap(earlier: Page, later: Page) -> bool:
-    """May `later` write its messages while `earlier` (same stream) is still committing?
-
-    Only if it touches none of the rows `earlier` still has to write or delete, and
-    `earlier` does not sweep: otherwise one transaction would wait on a row lock the other
-    holds while that one waits, in the engine, for the first to commit.
-    """
-    if earlier.full_sync_complete or not later.upserts:
-        return False
-    touched = set(earlier.upserts.provider_message_id)
-    touched.update(earlier.deletes)
-    touched.update(change.provider_message_id for change in earlier.label_changes)
-    return touched.isdisjoint(later.upserts.provider_message_id)
-
-
 class SyncEngine:
     def __init__(self, rt: Runtime, owner: str) -> None:
         self.rt = rt
@@ -388,15 +373,11 @@ class SyncEngine:
         # While a page commits, the next one is already on its way: a provider hands out the
         # next cursor with the page, and the prefetched page is used only after the commit.
         upcoming: asyncio.Task[Page] | None = None
-        # The previous page's commit, while it runs: the next page writes its messages in
-        # its own transaction meanwhile and commits only after it (see `_commit_page`).
-        committing: asyncio.Task[None] | None = None
-        previous: Page | None = None
         try:
             while True:
                 if budget.spent():
                     state.incomplete = True
-                    break
+                    return
                 budget.pages_left -= 1
                 current, upcoming = upcoming or fetch(cursor), None
                 try:
@@ -413,45 +394,27 @@ class SyncEngine:
                         stream.key,
                         exc,
                     )
-                    if committing is not None:
-                        await committing
-                        committing = None
                     async with self.rt.sessions() as session, session.begin():
                         generation = await CursorRepository(session).restart(mailbox.id, stream.key)
                         await MailboxRepository(session).fence(
                             state.lease, self.settings.lease_seconds, phase="resync"
                         )
-                    cursor, mode, previous = None, "full", None
+                    cursor, mode = None, "full"
                     continue
                 if cursor is None:
                     mode = "full"
                 if not page.caught_up and budget.pages_left > 0:
                     upcoming = fetch(page.cursor)
-                earlier = committing
-                if earlier is not None and not (previous and can_overlap(previous, page)):
-                    await earlier
-                    earlier = None
-                committing = asyncio.create_task(
-                    self._commit_page(mailbox.id, stream, generation, mode, page, state, earlier)
-                )
-                if earlier is not None:
-                    # At most two pages in flight; a failed commit stops the stream here (the
-                    # page after it fails too, waiting for it, and rolls back).
-                    await earlier
-                previous, cursor = page, page.cursor
+                await self._commit_page(mailbox.id, stream, generation, mode, page, state)
+                cursor = page.cursor
                 if page.full_sync_complete:
                     mode = "incremental"
                 if page.caught_up:
-                    break
-            if committing is not None:
-                await committing
-                committing = None
+                    return
         finally:
-            pending = [task for task in (upcoming, committing) if task is not None]
             if upcoming is not None:
                 upcoming.cancel()
-            # A commit already under way is not cancelled: it lands or fails on its own.
-            await asyncio.gather(*pending, return_exceptions=True)
+                await asyncio.gather(upcoming, return_exceptions=True)
 
     async def _commit_page(
         self,
@@ -461,7 +424,6 @@ class SyncEngine:
         mode: str,
         page: Page,
         state: _SliceState,
-        after: asyncio.Task[None] | None = None,
     ) -> None:
         if page.total_estimate is not None:
             state.totals[stream.key] = page.total_estimate
@@ -473,10 +435,6 @@ class SyncEngine:
         async with self.rt.sessions() as session, session.begin():
             messages = MessageRepository(session)
             upserted = await messages.upsert_page(mailbox_id, stream.key, generation, page.upserts)
-            if after is not None:
-                # Pages of a stream commit in order: this page's cursor must never be stored
-                # before the previous page is, or a crash between them would skip messages.
-                await after
             deleted = await messages.delete_from_stream(mailbox_id, stream.key, page.deletes)
             relabelled = await messages.apply_label_changes(mailbox_id, page.label_changes)
             swept = 0

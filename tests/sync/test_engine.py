@@ -11,7 +11,7 @@ import pytest
 from app.db.repositories.mailboxes import LeaseLost, MailboxRepository
 from app.providers import registry
 from app.providers.base import MessageBatch, StreamInfo
-from app.providers.memory import make_message
+from app.providers.memory import MemoryProvider, make_message
 from app.sync import jobs
 from app.sync.engine import Outcome, SyncEngine, _SliceState
 from app.sync.runtime import Runtime
@@ -262,3 +262,28 @@ async def test_disconnect_stops_sync_and_fences_running_worker(rt: Runtime) -> N
             await MailboxRepository(session).fence(lease, 30)
     assert (await SyncEngine(rt, "w2").run_slice(mailbox_id)).outcome is Outcome.BUSY
     assert uuid.UUID(str(mailbox_id))
+
+
+async def test_the_largest_stream_starts_first(rt: Runtime) -> None:
+    provider = MemoryProvider("microsoft", page_size=50, max_concurrency=1)
+    # Stream keys sort in another order than their sizes.
+    sizes = {"a-small": 5, "b-large": 120, "c-medium": 40}
+    first_id = 0
+    for key, size in sizes.items():
+        provider.add_stream(key)
+        for i in range(first_id, first_id + size):
+            provider.put(key, make_message(i))
+        first_id += size
+    registry.override("microsoft", lambda s, h: provider)
+    mailbox_id = await connect(rt, provider)
+    first_fetches: list[str] = []
+
+    def record(stream: Any, cursor: Any) -> None:
+        if cursor is None:
+            first_fetches.append(stream.key)
+
+    provider.faults.before_page = record
+    assert (await SyncEngine(rt, "w").run_slice(mailbox_id)).outcome is Outcome.DONE
+    # One stream at a time here, so the order is exactly the stream order.
+    assert first_fetches == ["b-large", "c-medium", "a-small"]
+    assert await stored_state(rt, mailbox_id) == truth_state(provider)
