@@ -155,7 +155,7 @@ class MessageBatch:
         return len(self.provider_message_id)
 
     def __getitem__(self, index: int) -> NormalizedMessage:
-        return NormalizedMessage(*(getattr(self, name)[index] for name in _BATCH_COLUMNS))
+        return NormalizedMessage(**{name: getattr(self, name)[index] for name in _BATCH_COLUMNS})
 
     def __iter__(self) -> Iterator[NormalizedMessage]:
         return (self[i] for i in range(len(self)))
