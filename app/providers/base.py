@@ -283,7 +283,7 @@ class MailProvider(Protocol):
         self, ctx: SyncContext, streams: Sequence[StreamInfo], limit: int
     ) -> dict[str, MessageBatch]:
         """The mailbox's newest `limit` messages by stream key, shown before a first backfill
-        reaches them. Empty when the provider's enumeration is newest first anyway."""
+        reaches them. May be empty: it is only a head start."""
 
     async def subscribe(self, ctx: SyncContext) -> Subscription | None:
         """Create the push channel; None when push is not configured."""

@@ -322,26 +322,17 @@ class SyncEngine:
         generations = {s.stream_key: s.generation for s in streams}
         async with self.rt.sessions() as session, session.begin():
             messages = MessageRepository(session)
-            inserted = 0
+            inserted, upserted = 0, []
             for key, batch in recent.items():
                 if key in generations and batch:
                     written = await messages.upsert_page(
                         mailbox.id, key, generations[key] - 1, batch
                     )
                     inserted += written.inserted
+                    upserted.extend(batch.provider_message_id)
             if inserted:
                 await OutboxRepository(session).add(
-                    mailbox.id,
-                    "messages.changed",
-                    {
-                        "recent": True,
-                        "upserted": [
-                            message_id
-                            for key, batch in recent.items()
-                            if key in generations
-                            for message_id in batch.provider_message_id
-                        ],
-                    },
+                    mailbox.id, "messages.changed", {"recent": True, "upserted": upserted}
                 )
             await MailboxRepository(session).fence(
                 state.lease,
