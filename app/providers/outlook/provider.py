@@ -37,7 +37,8 @@ from app.providers.outlook.folders import FolderTracker
 from app.providers.outlook.mapper import (
     MESSAGE_SELECT,
     WELL_KNOWN_LABELS,
-    read_delta_items,
+    MalformedPage,
+    decode_messages,
 )
 
 # Graph caps message delta pages at 1000, the largest page it accepts.
@@ -138,16 +139,15 @@ class OutlookProvider:
                 return Page(cursor={}, caught_up=True, full_sync_complete=True, total_estimate=0)
             raise
         try:
-            # A delta page is up to 1000 messages: orjson parses it several times faster.
-            body = orjson.loads(response.content)
-        except orjson.JSONDecodeError as exc:
-            raise TransientError("Graph returned a delta page that is not JSON") from exc
-        upserts, deletes = read_delta_items(body.get("value", []), stream.labels)
+            decoded = decode_messages(response.content)
+        except MalformedPage as exc:
+            raise TransientError(f"Graph returned a delta page that is {exc}") from exc
+        upserts, deletes = decoded.read(stream.labels)
         page = Page(upserts=upserts, deletes=deletes, total_estimate=stream.total_estimate)
-        if isinstance(body.get("@odata.nextLink"), str):
-            page.cursor = {"next_link": body["@odata.nextLink"], "initial": initial}
-        elif isinstance(body.get("@odata.deltaLink"), str):
-            page.cursor = {"delta_link": body["@odata.deltaLink"]}
+        if isinstance(decoded.next_link, str):
+            page.cursor = {"next_link": decoded.next_link, "initial": initial}
+        elif isinstance(decoded.delta_link, str):
+            page.cursor = {"delta_link": decoded.delta_link}
             page.caught_up = True
             page.full_sync_complete = initial
         else:
@@ -171,16 +171,13 @@ class OutlookProvider:
             headers={"Prefer": 'IdType="ImmutableId"'},
         )
         try:
-            items = orjson.loads(response.content).get("value") or []
-        except orjson.JSONDecodeError as exc:
-            raise TransientError("Graph returned a message listing that is not JSON") from exc
-        by_folder: dict[str, list[dict[str, object]]] = {}
-        for item in items:
-            by_folder.setdefault(str(item.get("parentFolderId")), []).append(item)
+            by_folder = decode_messages(response.content).by_folder()
+        except MalformedPage as exc:
+            raise TransientError(f"Graph returned a message listing that is {exc}") from exc
         found: dict[str, MessageBatch] = {}
         for stream in streams:
             if stream.key in by_folder:
-                found[stream.key], _ = read_delta_items(by_folder[stream.key], stream.labels)
+                found[stream.key], _ = by_folder[stream.key].read(stream.labels)
         return found
 
     # -- push ---------------------------------------------------------------------------

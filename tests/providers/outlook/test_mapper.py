@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from app.providers.outlook.mapper import read_delta_items
+import orjson
+import pytest
+
+from app.providers.outlook.mapper import MalformedPage, decode_messages, read_delta_items
 
 
 def _item(message_id: str, **fields: Any) -> dict[str, Any]:
@@ -38,7 +41,11 @@ def test_maps_fields_labels_and_removals() -> None:
         # A draft with no `from`: the sender stands in; the Drafts folder is not labelled twice.
         _item("m2", isDraft=True, isRead=True, sender=_address("me@x"), receivedDateTime=None),
     ]
-    batch, deletes = read_delta_items(items, ("INBOX",))
+    # Numbers among the categories and a string among the recipients are not Graph's schema:
+    # the page is read by the tolerant reader, which skips what it cannot use.
+    page = decode_messages(orjson.dumps({"value": items, "@odata.nextLink": "https://next"}))
+    assert page.tolerant and page.next_link == "https://next" and page.delta_link is None
+    batch, deletes = page.read(("INBOX",))
     assert deletes == ["gone"]
     first, second = list(batch)
     assert first.provider_message_id == "m1" and first.thread_id == "c1"
@@ -46,7 +53,7 @@ def test_maps_fields_labels_and_removals() -> None:
     assert first.from_ == "ada@example.com"
     assert first.to == ["b@x"] and first.cc == [] and first.bcc == []
     assert first.snippet == "preview"
-    assert first.received_at == datetime(2024, 5, 1, 10, 11, 12, 123456, tzinfo=UTC)
+    assert first.received_at == datetime(2024, 5, 1, 10, 11, 12, 123457, tzinfo=UTC)
     assert first.labels == ["INBOX", "UNREAD", "Red category", "Blue category"]
     assert first.is_read is False and first.has_attachments is True
     assert second.from_ == "me@x" and second.received_at is None
@@ -56,3 +63,64 @@ def test_maps_fields_labels_and_removals() -> None:
 def test_draft_label_is_not_repeated_in_the_drafts_folder() -> None:
     batch, _ = read_delta_items([_item("d", isDraft=True, isRead=True)], ("DRAFT",))
     assert batch.labels == [["DRAFT"]]
+
+
+def _well_formed_page() -> list[dict[str, Any]]:
+    return [
+        _item(
+            "m1",
+            conversationId="c1",
+            internetMessageId="<m1@x>",
+            subject="Hello",
+            bodyPreview="preview",
+            receivedDateTime="2024-05-01T10:11:12.1234567Z",
+            isRead=False,
+            isDraft=False,
+            hasAttachments=True,
+            categories=["Red category", "Red category", "Blue category"],
+            **{
+                "from": _address(" Ada@Example.COM "),
+                "sender": _address("assistant@example.com"),
+                "toRecipients": [_address("B@x"), {"emailAddress": {}}, _address(None)],
+                "ccRecipients": [],
+                "bccRecipients": [_address("  ")],
+            },
+        ),
+        {"id": "gone", "@removed": {"reason": "deleted"}},
+        _item("m2", isDraft=True, isRead=True, sender=_address("me@x"), receivedDateTime=None),
+        _item("m3", subject=None, receivedDateTime="2024-05-01T10:11:12"),
+    ]
+
+
+def test_typed_and_tolerant_readers_agree_on_a_well_formed_page() -> None:
+    items = _well_formed_page()
+    page = decode_messages(orjson.dumps({"value": items, "@odata.deltaLink": "https://delta"}))
+    assert not page.tolerant and page.delta_link == "https://delta" and page.next_link is None
+    typed, typed_deletes = page.read(("INBOX",))
+    tolerant, tolerant_deletes = read_delta_items(items, ("INBOX",))
+    assert typed_deletes == tolerant_deletes == ["gone"]
+    assert list(typed) == list(tolerant)
+    first, second, third = list(typed)
+    assert first.from_ == "ada@example.com" and first.to == ["b@x"] and first.bcc == []
+    assert first.labels == ["INBOX", "UNREAD", "Red category", "Blue category"]
+    assert second.from_ == "me@x" and second.labels == ["INBOX", "DRAFT"]
+    # Graph writes UTC; a timestamp without an offset is read as UTC, not local time.
+    assert third.received_at == datetime(2024, 5, 1, 10, 11, 12, tzinfo=UTC)
+
+
+def test_a_listing_is_grouped_by_parent_folder() -> None:
+    items = [
+        _item("a", parentFolderId="inbox-id", isRead=True),
+        _item("b", parentFolderId="sent-id", isRead=True),
+        _item("c", parentFolderId="inbox-id", isRead=True),
+    ]
+    groups = decode_messages(orjson.dumps({"value": items})).by_folder()
+    assert sorted(groups) == ["inbox-id", "sent-id"]
+    inbox, _ = groups["inbox-id"].read(("INBOX",))
+    assert inbox.provider_message_id == ["a", "c"] and inbox.labels == [["INBOX"], ["INBOX"]]
+
+
+@pytest.mark.parametrize("body", [b"<html>busy</html>", b"[1, 2]", b""])
+def test_a_body_that_is_not_a_json_object_is_malformed(body: bytes) -> None:
+    with pytest.raises(MalformedPage):
+        decode_messages(body)
