@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.crypto import TokenCipher
 from app.db.session import make_engine, make_sessionmaker
+from app.providers.asyncio_transport import AsyncioTransport
 from app.providers.base import MailProvider, ProviderName
 from app.providers.registry import build_provider
 
@@ -22,15 +23,14 @@ def make_http_client(settings: Settings) -> httpx.AsyncClient:
     """One pooled client for every provider call; trusts SSL_CERT_FILE when it is set."""
     # httpx reads SSL_CERT_FILE itself (trust_env); the explicit context keeps that true
     # for clients created before the variable was exported, e.g. in tests.
-    verify: ssl.SSLContext | bool = True
     cafile = os.environ.get("SSL_CERT_FILE")
-    if cafile:
-        verify = ssl.create_default_context(cafile=cafile)
+    context = ssl.create_default_context(cafile=cafile) if cafile else httpx.create_ssl_context()
     return httpx.AsyncClient(
-        verify=verify,
+        transport=AsyncioTransport(
+            ssl_context=context,
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
+        ),
         timeout=httpx.Timeout(30.0, connect=10.0),
-        limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
-        http2=False,
     )
 
 
