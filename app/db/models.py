@@ -132,7 +132,6 @@ class SyncCursor(SQLModel, table=True):
 class Message(SQLModel, table=True):
     __tablename__ = "messages"
     __table_args__ = (
-        UniqueConstraint("mailbox_id", "provider_message_id", name="uq_messages_provider_id"),
         # Keyset listing, newest first, undated last: a row-value comparison on
         # (COALESCE(received_at, '-infinity'), id) walks this index from any cursor.
         Index(
@@ -141,19 +140,30 @@ class Message(SQLModel, table=True):
             text("COALESCE(received_at, '-infinity'::timestamptz) DESC"),
             text("id DESC"),
         ),
-        # No index on (stream_key, generation): sweeps are rare and the unique index already
+        # No index on (stream_key, generation): sweeps are rare and the primary key already
         # narrows them to the mailbox; every extra index slows each page's upsert.
     )
 
+    # The public id and the listing's tie-breaker, from its sequence. Nothing looks a
+    # message up by it, so it has no index of its own (migration 0002).
     id: int | None = Field(
-        default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True)
-    )
-    mailbox_id: uuid.UUID = Field(
+        default=None,
         sa_column=Column(
-            UUID(as_uuid=True), ForeignKey("mailboxes.id", ondelete="CASCADE"), nullable=False
-        )
+            BigInteger,
+            server_default=text("nextval('messages_id_seq'::regclass)"),
+            nullable=False,
+        ),
     )
-    provider_message_id: str = Field(sa_column=Column(Text, nullable=False))
+    # (mailbox, provider id) is what every upsert probes: the primary key.
+    #
+    # No foreign key to mailboxes: PostgreSQL checks one row by row, locking the mailbox
+    # row for each message, and with a mailbox's folders committing side by side that cost
+    # as much CPU as the rest of the insert. Every transaction that writes messages ends
+    # with the lease fence, an UPDATE of this mailbox's row that fails when the row is
+    # gone, so the reference is still checked, once a page; and mailboxes are never deleted
+    # (disconnect parks them).
+    mailbox_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), primary_key=True))
+    provider_message_id: str = Field(sa_column=Column(Text, primary_key=True))
     stream_key: str = Field(sa_column=Column(Text, nullable=False))
     generation: int = Field(default=1, sa_column=Column(BigInteger, nullable=False))
     thread_id: str | None = Field(default=None, sa_column=Column(Text))

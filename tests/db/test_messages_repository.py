@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta, timezone
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -72,6 +73,24 @@ async def test_awkward_values_round_trip(rt: Runtime) -> None:
     assert row["to_addresses"] == message.to
     assert row["labels"] == sorted(message.labels)
     assert row["subject"] == message.subject
+
+
+async def test_timestamps_round_trip_exactly(rt: Runtime) -> None:
+    mailbox_id = await _mailbox(rt)
+    stamps = [
+        datetime(2024, 5, 1, 10, 11, 12, 123457, tzinfo=UTC),
+        None,
+        datetime(1999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
+        datetime(2024, 2, 29, 0, 0, 0, 1, tzinfo=UTC),
+    ]
+    messages = [make_message(i) for i in range(len(stamps))]
+    for message, stamp in zip(messages, stamps, strict=True):
+        message.received_at = stamp
+    async with rt.sessions() as session, session.begin():
+        await MessageRepository(session).upsert_page(mailbox_id, "s", 1, MessageBatch.of(messages))
+        rows = await MessageRepository(session).list_page([mailbox_id], 10, None)
+    stored = {row["provider_message_id"]: row["received_at"] for row in rows}
+    assert [stored[m.provider_message_id] for m in messages] == stamps
 
 
 async def test_scoped_deletes_label_changes_and_sweep(rt: Runtime) -> None:

@@ -105,6 +105,30 @@ async def test_a_worker_whose_lease_lapsed_cannot_write(rt: Runtime) -> None:
             await MailboxRepository(session).fence(stale, 30)
 
 
+async def test_messages_are_never_written_for_a_mailbox_row_that_is_gone(rt: Runtime) -> None:
+    # messages.mailbox_id has no foreign key (migration 0002): the fence that ends every
+    # page's transaction is what refuses a page for a mailbox that no longer exists.
+    from sqlalchemy import text
+
+    from app.providers.base import Page
+
+    provider = seeded(10)
+    registry.override("microsoft", lambda s, h: provider)
+    mailbox_id = await connect(rt, provider)
+    async with rt.sessions() as session, session.begin():
+        lease = await MailboxRepository(session).acquire_lease(mailbox_id, "w", 30)
+    assert lease is not None
+    async with rt.sessions() as session, session.begin():
+        await session.execute(text("DELETE FROM mailboxes WHERE id = :id"), {"id": mailbox_id})
+
+    page = Page(upserts=MessageBatch.of([make_message(1), make_message(2)]), cursor={"seq": 1})
+    with pytest.raises(LeaseLost):
+        await SyncEngine(rt, "w")._commit_page(
+            mailbox_id, StreamInfo("inbox", "inbox"), 1, "full", page, _SliceState(lease)
+        )
+    assert await stored_ids(rt, mailbox_id) == []
+
+
 async def test_redis_flushed_mid_sync_scheduler_rebuilds_work(rt: Runtime, settings: Any) -> None:
     provider = seeded(300, page_size=20)
     registry.override("microsoft", lambda s, h: provider)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -52,7 +53,7 @@ _UPSERT = text(
         AS p(provider_message_id, thread_id, internet_message_id, subject, from_address,
              to_addresses, cc_addresses, bcc_addresses, snippet, received_at, labels, is_read,
              has_attachments)
-    ON CONFLICT ON CONSTRAINT uq_messages_provider_id DO UPDATE SET
+    ON CONFLICT (mailbox_id, provider_message_id) DO UPDATE SET
         stream_key = EXCLUDED.stream_key,
         generation = EXCLUDED.generation,
         thread_id = EXCLUDED.thread_id,
@@ -90,7 +91,7 @@ _LABEL_CHANGES = text(
         SELECT * FROM jsonb_to_recordset(CAST(:changes AS jsonb))
             AS c(provider_message_id text, add text[], remove text[])
     ), relabelled AS (
-        SELECT m.id,
+        SELECT m.provider_message_id,
                ARRAY(SELECT DISTINCT l FROM unnest(m.labels || c.add) AS l
                       WHERE l <> ALL (c.remove) ORDER BY l) AS labels
           FROM messages m JOIN change c ON c.provider_message_id = m.provider_message_id
@@ -99,7 +100,8 @@ _LABEL_CHANGES = text(
     UPDATE messages m
        SET labels = r.labels, is_read = NOT ('UNREAD' = ANY (r.labels)), updated_at = now()
       FROM relabelled r
-     WHERE m.id = r.id AND m.labels IS DISTINCT FROM r.labels
+     WHERE m.mailbox_id = :mailbox_id AND m.provider_message_id = r.provider_message_id
+       AND m.labels IS DISTINCT FROM r.labels
     RETURNING m.provider_message_id
     """
 )
@@ -151,6 +153,13 @@ def _list_column(rows: Sequence[Sequence[str]]) -> str:
     return literal
 
 
+def _timestamps(values: list[datetime | None]) -> str:
+    """A timestamptz array literal: msgspec writes RFC 3339 (which PostgreSQL reads) in C,
+    several times faster than isoformat() per value. A JSON array of such strings and nulls
+    has no character PostgreSQL's array syntax would read differently."""
+    return "{" + msgspec.json.encode(values)[1:-1].decode() + "}"
+
+
 def _bools(values: Iterable[bool]) -> str:
     return "{" + ",".join(["t" if v else "f" for v in values]) + "}"
 
@@ -166,7 +175,7 @@ def _columns(batch: MessageBatch) -> dict[str, str]:
         "cc_addresses": _list_column(batch.cc),
         "bcc_addresses": _list_column(batch.bcc),
         "snippet": array_literal(batch.snippet),
-        "received_at": array_literal([d.isoformat() if d else None for d in batch.received_at]),
+        "received_at": _timestamps(batch.received_at),
         # Sorted and unique, so an unchanged message compares equal and is not rewritten.
         "labels": _list_column([sorted(set(labels)) for labels in batch.labels]),
         "is_read": _bools(batch.is_read),
