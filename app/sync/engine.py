@@ -18,11 +18,12 @@ import logging
 import random
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from app.db.models import Mailbox
 from app.db.repositories.cursors import CursorRepository, StreamState
@@ -112,6 +113,43 @@ def _phase(streams: list[StreamState]) -> str:
     if not full:
         return "incremental"
     return "resync" if any(s.generation > 1 for s in full) else "backfill"
+
+
+# A stream's pages arrive one after another (each carries the link to the next), so the
+# largest folder is a backfill's critical path. Up to this many of its pages write at once,
+# each in its own transaction, committing strictly in order (see `_commit_page`).
+PAGES_IN_FLIGHT = 3
+
+
+@dataclass(slots=True)
+class _Writing:
+    """A page whose transaction is still open, and the rows it writes or deletes."""
+
+    task: asyncio.Task[None]
+    # None when the page ends an enumeration: its sweep may touch any row of the stream.
+    touched: set[str] | None
+
+    @classmethod
+    def start(cls, page: Page, task: asyncio.Task[None]) -> _Writing:
+        if page.full_sync_complete:
+            return cls(task, None)
+        touched = set(page.upserts.provider_message_id)
+        touched.update(page.deletes)
+        touched.update(change.provider_message_id for change in page.label_changes)
+        return cls(task, touched)
+
+    def allows(self, later: Page) -> bool:
+        """May `later` write its messages while this page is still committing?
+
+        Only if it touches none of this page's rows, and this page does not sweep:
+        otherwise one transaction would wait on a row lock the other holds while that one
+        waits, in the engine, for the first to commit.
+        """
+        return (
+            self.touched is not None
+            and bool(later.upserts)
+            and self.touched.isdisjoint(later.upserts.provider_message_id)
+        )
 
 
 class SyncEngine:
@@ -361,14 +399,16 @@ class SyncEngine:
                 self._with_token_retry(tokens, partial(provider.fetch_page, ctx, stream, after))
             )
 
-        # While a page commits, the next one is already on its way: a provider hands out the
-        # next cursor with the page, and the prefetched page is used only after the commit.
+        # While pages are written, the next one is already on its way: a provider hands out
+        # the next cursor with the page.
         upcoming: asyncio.Task[Page] | None = None
+        # Pages of this stream whose transactions are open, oldest first.
+        writing: deque[_Writing] = deque()
         try:
             while True:
                 if budget.spent():
                     state.incomplete = True
-                    return
+                    break
                 budget.pages_left -= 1
                 current, upcoming = upcoming or fetch(cursor), None
                 try:
@@ -385,6 +425,8 @@ class SyncEngine:
                         stream.key,
                         exc,
                     )
+                    while writing:
+                        await writing.popleft().task
                     async with self.rt.sessions() as session, session.begin():
                         generation = await CursorRepository(session).restart(mailbox.id, stream.key)
                         await MailboxRepository(session).fence(
@@ -396,16 +438,31 @@ class SyncEngine:
                     mode = "full"
                 if not page.caught_up and budget.pages_left > 0:
                     upcoming = fetch(page.cursor)
-                await self._commit_page(mailbox.id, stream, generation, mode, page, state)
+                # A failed commit stops the stream here: the pages after it fail too (each
+                # waits for its predecessor) and roll back.
+                while writing and (
+                    len(writing) >= PAGES_IN_FLIGHT or not all(w.allows(page) for w in writing)
+                ):
+                    await writing.popleft().task
+                after = writing[-1].task if writing else None
+                task = asyncio.create_task(
+                    self._commit_page(mailbox.id, stream, generation, mode, page, state, after)
+                )
+                writing.append(_Writing.start(page, task))
                 cursor = page.cursor
                 if page.full_sync_complete:
                     mode = "incremental"
                 if page.caught_up:
-                    return
+                    break
+            while writing:
+                await writing.popleft().task
         finally:
+            pending: list[asyncio.Task[Any]] = [w.task for w in writing]
             if upcoming is not None:
                 upcoming.cancel()
-                await asyncio.gather(upcoming, return_exceptions=True)
+                pending.append(upcoming)
+            # A commit already under way is not cancelled: it lands or fails on its own.
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _commit_page(
         self,
@@ -415,6 +472,7 @@ class SyncEngine:
         mode: str,
         page: Page,
         state: _SliceState,
+        after: asyncio.Task[None] | None = None,
     ) -> None:
         if page.total_estimate is not None:
             state.totals[stream.key] = page.total_estimate
@@ -426,6 +484,10 @@ class SyncEngine:
         async with self.rt.sessions() as session, session.begin():
             messages = MessageRepository(session)
             upserted = await messages.upsert_page(mailbox_id, stream.key, generation, page.upserts)
+            if after is not None:
+                # Pages of a stream commit in order: this page's cursor must never be stored
+                # before the previous page is, or a crash between them would skip messages.
+                await after
             deleted = await messages.delete_from_stream(mailbox_id, stream.key, page.deletes)
             relabelled = await messages.apply_label_changes(mailbox_id, page.label_changes)
             swept = 0
