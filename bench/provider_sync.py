@@ -29,6 +29,7 @@ import httpx
 from sqlalchemy import text
 
 from app.config import Settings
+from app.providers.outlook.mapper import MESSAGE_SELECT
 from app.sync import mailboxes as service
 from app.sync.queue import enqueue_subscription, enqueue_sync
 from app.sync.runtime import Runtime
@@ -165,6 +166,15 @@ async def run(args: argparse.Namespace) -> None:
             (await sim.put("/_sim/faults", json=faults)).raise_for_status()
             print(f"seeding a {args.messages:,}-message {args.provider} mailbox ...", flush=True)
             account = await _create_account(sim, args.provider, args.messages)
+            if args.provider == "microsoft" and args.prerender:
+                # Exchange reads stored messages; the simulator otherwise generates each one
+                # on this machine's cores, next to the worker and PostgreSQL being measured.
+                response = await sim.post(
+                    f"/_sim/microsoft/accounts/{account['email']}/prerender",
+                    json={"select": MESSAGE_SELECT, "immutable": True},
+                    timeout=600,
+                )
+                response.raise_for_status()
 
             worker = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -238,6 +248,15 @@ async def run(args: argparse.Namespace) -> None:
             print(f"first messages visible   {first_visible or elapsed:.2f} s after connect")
             print(f"throughput               {rate:,.0f} messages/s (connect → connected)")
             print(f"simulator latency        {args.latency_ms} ms per request")
+            if args.provider == "microsoft":
+                print(
+                    "simulator messages       "
+                    + (
+                        "pre-rendered (served from memory)"
+                        if args.prerender
+                        else "generated per request"
+                    )
+                )
             print(
                 f"requests                 {counters['requests']:,} ({counters['throttled']} throttled, "
                 f"{100 * counters['throttled'] / max(counters['requests'], 1):.2f}%)"
@@ -288,5 +307,11 @@ if __name__ == "__main__":
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument(
         "--quota", type=float, default=250.0, help="Gmail units per user per second (0 = off)"
+    )
+    parser.add_argument(
+        "--no-prerender",
+        dest="prerender",
+        action="store_false",
+        help="Microsoft: let the simulator generate every message while the clock runs",
     )
     asyncio.run(run(parser.parse_args()))

@@ -1,13 +1,15 @@
-"""Simulated messages/delta: paging, maxpagesize, @removed, replay, expired sync state."""
+"""Simulated messages/delta: paging, maxpagesize, @removed, replay, expiry, pre-render."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
+from app.simulator.microsoft.state import get_state
 from app.simulator.server import SimulatorServer
 from tests.providers.outlook.support import create_account, ground_truth, sim_client
 
@@ -229,3 +231,126 @@ async def test_a_token_from_another_mailbox_or_folder_is_rejected(
         headers=headers(bob),
     )
     assert other_mailbox.status_code == 400
+
+
+async def enumerate_folders(
+    client: httpx.AsyncClient, account: dict[str, Any], hdrs: dict[str, str], select: str | None
+) -> dict[str, list[bytes]]:
+    """Every folder's full round as the raw bytes of its pages."""
+    folders = (await client.get(f"/_sim/microsoft/accounts/{account['user_id']}")).json()
+    params = {"$select": select} if select is not None else None
+    result = {}
+    for folder in folders["folders"]:
+        url = f"/v1.0/me/mailFolders/{folder['id']}/messages/delta"
+        response = await client.get(url, headers=hdrs, params=params)
+        pages = []
+        while True:
+            assert response.status_code == 200, response.text
+            pages.append(response.content)
+            link = response.json().get("@odata.nextLink")
+            if link is None:
+                break
+            response = await client.get(link, headers=hdrs)
+        result[folder["well_known_name"] or folder["display_name"]] = pages
+    return result
+
+
+def items_of(pages: list[bytes]) -> list[dict[str, Any]]:
+    return [m for page in pages for m in json.loads(page)["value"]]
+
+
+async def prerender(
+    client: httpx.AsyncClient, account: dict[str, Any], **body: Any
+) -> dict[str, Any]:
+    response = await client.post(
+        f"/_sim/microsoft/accounts/{account['user_id']}/prerender", json=body
+    )
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+async def test_prerender_counts_every_seeded_message_and_its_bytes(
+    client: httpx.AsyncClient,
+) -> None:
+    account = await create_account(client, message_count=250)
+    hdrs = headers(account, "odata.maxpagesize=1000", IMMUTABLE)
+    done = await prerender(client, account, select="subject,from,toRecipients")
+    pages = await enumerate_folders(client, account, hdrs, "subject,from,toRecipients")
+    items = [m for folder in pages.values() for m in items_of(folder)]
+    assert done["messages"] == len(items) == 250
+    assert done["bytes"] == sum(
+        len(json.dumps(m, separators=(",", ":"), ensure_ascii=False).encode()) for m in items
+    )
+
+
+@pytest.mark.parametrize(
+    ("select", "immutable"),
+    [
+        ("Subject, isRead,categories,from,parentFolderId,changeKey", True),
+        (None, True),
+        (None, False),
+        ("id,webLink,conversationIndex,isDraft,sender,lastModifiedDateTime", False),
+    ],
+)
+async def test_prerendered_pages_are_byte_identical_and_follow_mutations(
+    client: httpx.AsyncClient, simulator: SimulatorServer, select: str | None, immutable: bool
+) -> None:
+    account = await create_account(client, message_count=400)
+    user = account["user_id"]
+    prefer = ["odata.maxpagesize=60", *([IMMUTABLE] if immutable else [])]
+    hdrs = headers(account, *prefer)
+    control = f"/_sim/microsoft/accounts/{user}/messages"
+
+    async def mutate(path: str, body: dict[str, Any]) -> None:
+        response = await client.post(control + path, json=body)
+        assert response.is_success, response.text
+
+    # Mutated before the prerender: these must keep coming from their overlay state.
+    await mutate("/move", {"folder": "inbox", "count": 3, "destination": "archive"})
+    await mutate("/read", {"folder": "sentitems", "count": 2, "is_read": False})
+    await mutate("/categories", {"folder": "archive", "count": 4, "categories": ["Red category"]})
+    await mutate("/delete", {"folder": "deleteditems", "count": 1})
+    await mutate("", {"folder": "inbox", "count": 2})
+    rendered = await enumerate_folders(client, account, hdrs, select)
+
+    done = await prerender(client, account, select=select, immutable=immutable)
+    assert done["messages"] == 400
+    mailbox = get_state(simulator.sim).mailboxes[user]
+    assert len(mailbox.prerendered) == len(mailbox.folders)
+    assert await enumerate_folders(client, account, hdrs, select) == rendered
+
+    # Mutated after it: the enumeration shows the change, and equals one rendered without it.
+    moved, toggled, deleted = (await ground_truth(client, user, "inbox"))[5:8]
+    await mutate("/move", {"ids": [moved["id"]], "destination": "junkemail"})
+    await mutate("/read", {"ids": [toggled["id"]], "is_read": not toggled["is_read"]})
+    await mutate("/delete", {"ids": [deleted["id"]]})
+    after = await enumerate_folders(client, account, hdrs, select)
+    mailbox.prerendered.clear()
+    assert await enumerate_folders(client, account, hdrs, select) == after
+
+    id_field = "id" if immutable else "rest_id"
+    for name in ("inbox", "junkemail"):
+        truth = await ground_truth(client, user, name)
+        assert sorted(m["id"] for m in items_of(after[name])) == sorted(m[id_field] for m in truth)
+    assert moved[id_field] not in {m["id"] for m in items_of(after["inbox"])}
+    assert deleted[id_field] not in {m["id"] for m in items_of(after["inbox"])}
+    (now,) = [m for m in items_of(after["inbox"]) if m["id"] == toggled[id_field]]
+    if "isRead" in now:
+        assert now["isRead"] is (not toggled["is_read"])
+
+
+async def test_prerender_rejects_a_bad_select_and_an_unknown_user(
+    client: httpx.AsyncClient,
+) -> None:
+    account = await create_account(client, message_count=10)
+    bad = await client.post(
+        f"/_sim/microsoft/accounts/{account['user_id']}/prerender",
+        json={"select": "subject,nonsense"},
+    )
+    assert bad.status_code == 400
+    assert "nonsense" in bad.json()["detail"]
+    unknown = await client.post(
+        "/_sim/microsoft/accounts/nobody@contoso.com/prerender", json={"select": "subject"}
+    )
+    assert unknown.status_code == 404

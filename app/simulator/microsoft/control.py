@@ -12,9 +12,9 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
 from app.simulator.app import Simulator
-from app.simulator.microsoft import ids
+from app.simulator.microsoft import delta, ids
 from app.simulator.microsoft.mailbox import ChangeEvent, Folder, Mailbox
-from app.simulator.microsoft.resources import iso
+from app.simulator.microsoft.resources import MESSAGE_PROPERTIES, SelectError, iso, parse_select
 from app.simulator.microsoft.state import MicrosoftState, get_state
 from app.simulator.microsoft.subscriptions import LIFECYCLE_EVENTS, notify_changes, send_lifecycle
 
@@ -75,6 +75,12 @@ class RevokeGrants(BaseModel):
 class ExpireDelta(BaseModel):
     folder: str | None = None
     code: Literal["syncStateNotFound", "resyncRequired"] = "syncStateNotFound"
+
+
+class Prerender(BaseModel):
+    # Exactly as the client will send $select (any spelling Graph accepts); null for none.
+    select: str | None = None
+    immutable: bool = True
 
 
 class Lifecycle(BaseModel):
@@ -288,6 +294,17 @@ def build_control_router(sim: Simulator) -> APIRouter:
         folder = folder_or_404(mailbox, body.folder) if body.folder else None
         mailbox.expire_delta_tokens(folder, body.code)
         return {"seq": mailbox.seq}
+
+    @router.post("/accounts/{user}/prerender")
+    async def prerender(user: str, body: Prerender) -> dict[str, Any]:
+        """Keep the JSON of every seeded message, so delta enumerations only look it up."""
+        mailbox = mailbox_or_404(user)
+        try:
+            select = parse_select(body.select, MESSAGE_PROPERTIES, "microsoft.graph.message")
+        except SelectError as exc:
+            raise HTTPException(400, str(exc)) from exc
+        messages, size = await delta.prerender(mailbox, immutable=body.immutable, select=select)
+        return {"messages": messages, "bytes": size}
 
     @router.get("/accounts/{user}/messages")
     async def ground_truth(

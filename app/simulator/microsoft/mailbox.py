@@ -54,6 +54,8 @@ DRAFTS = 9
 # Exchange shows sent mail and drafts as read.
 ALWAYS_READ = frozenset({SENT_ITEMS, DRAFTS})
 _MASK64 = (1 << 64) - 1
+# (folder index, immutable ids, parsed $select): one kind of seeded enumeration output.
+PrerenderKey = tuple[int, bool, tuple[str, ...] | None]
 
 
 def initial_bucket(seed: int, key: int) -> int:
@@ -169,6 +171,13 @@ class Mailbox:
         self.change_cache: OrderedDict[tuple[int, int, int], list[tuple[int, tuple[int, ...]]]] = (
             OrderedDict()
         )
+        # (folder, immutable ids, $select) -> each seeded member's JSON as never mutated, by
+        # its position in `folder.seed`; filled only on request (control API "prerender").
+        # Nothing a seeded render reads changes after construction (ids, folder ids, the
+        # owner's name and address, seed, count); only a message's overlay entry does, and
+        # readers check that first, so no mutation makes an entry stale. Whatever becomes
+        # changeable later (a PATCHable display name, say) must clear this.
+        self.prerendered: dict[PrerenderKey, list[str]] = {}
 
     # -- seeding ------------------------------------------------------------------------
 
