@@ -19,6 +19,7 @@ from arq.worker import func
 
 from app.config import get_settings
 from app.logging import configure_logging
+from app.providers import registry
 from app.sync import jobs
 from app.sync.runtime import Runtime
 
@@ -42,6 +43,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     configure_logging()
     ctx["rt"] = await Runtime.create(get_settings(), redis=ctx["redis"])
     ctx["worker_id"] = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    registry.import_providers()
     _keep_collector_off_the_long_lived_heap()
     log.info("worker %s started", ctx["worker_id"])
 
