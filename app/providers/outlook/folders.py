@@ -9,6 +9,7 @@ deltaLink died) enumerates again, which is always correct, only slower.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -51,8 +52,19 @@ class FolderTracker:
             except CursorInvalidError:
                 known = None
         if known is None:
-            known = _KnownFolders(well_known=await resolve_well_known())
-            await self._follow(ctx, known, f"{base}/mailFolders/delta", {"$select": FOLDER_SELECT})
+            # Independent lookups: the well-known names beside the folder enumeration.
+            known = _KnownFolders()
+            well_known, followed = await asyncio.gather(
+                resolve_well_known(),
+                self._follow(ctx, known, f"{base}/mailFolders/delta", {"$select": FOLDER_SELECT}),
+                return_exceptions=True,
+            )
+            # Both have finished here, so neither is left running unobserved.
+            for outcome in (well_known, followed):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            assert isinstance(well_known, dict)
+            known.well_known = well_known
         self._known[key] = known
         while len(self._known) > self._capacity:
             self._known.popitem(last=False)
