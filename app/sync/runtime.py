@@ -14,18 +14,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.crypto import TokenCipher
 from app.db.session import make_engine, make_sessionmaker
-from app.providers.asyncio_transport import AsyncioTransport
 from app.providers.base import MailProvider, ProviderName
+from app.providers.http_client import AsyncioTransport, ProviderHttpClient
 from app.providers.registry import build_provider
 
 
-def make_http_client(settings: Settings) -> httpx.AsyncClient:
+def make_http_client(settings: Settings) -> ProviderHttpClient:
     """One pooled client for every provider call; trusts SSL_CERT_FILE when it is set."""
     # httpx reads SSL_CERT_FILE itself (trust_env); the explicit context keeps that true
     # for clients created before the variable was exported, e.g. in tests.
     cafile = os.environ.get("SSL_CERT_FILE")
     context = ssl.create_default_context(cafile=cafile) if cafile else httpx.create_ssl_context()
-    return httpx.AsyncClient(
+    return ProviderHttpClient(
         transport=AsyncioTransport(
             ssl_context=context,
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),

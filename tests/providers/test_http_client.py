@@ -1,9 +1,12 @@
-"""httpx on asyncio streams: bodies, keep-alive, a server that hangs up, timeouts, TLS."""
+"""The provider HTTP client: bodies, keep-alive, a server that hangs up, timeouts, TLS, and
+responses freed without waiting for the garbage collector."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import ssl
+import weakref
 from collections.abc import AsyncIterator, Callable
 
 import certifi
@@ -11,7 +14,7 @@ import httpx
 import pytest
 
 from app.config import Settings
-from app.providers.asyncio_transport import AsyncioTransport
+from app.providers.http_client import AsyncioTransport, ProviderHttpClient
 from app.simulator.server import SimulatorServer
 from app.sync.runtime import make_http_client
 
@@ -63,7 +66,7 @@ async def serve() -> AsyncIterator[Callable[[_Server], asyncio.Future[str]]]:
 
 def _client(timeout: float = 5.0) -> httpx.AsyncClient:
     transport = AsyncioTransport(ssl_context=ssl.create_default_context(), limits=LIMITS)
-    return httpx.AsyncClient(transport=transport, timeout=timeout)
+    return ProviderHttpClient(transport=transport, timeout=timeout)
 
 
 async def test_large_bodies_arrive_whole_over_one_kept_alive_connection(serve: object) -> None:
@@ -75,6 +78,22 @@ async def test_large_bodies_arrive_whole_over_one_kept_alive_connection(serve: o
             response = await client.get(url)
             assert response.status_code == 200 and response.content == body
     assert server.connections == 1
+
+
+async def test_a_read_response_is_freed_without_the_cycle_collector(serve: object) -> None:
+    body = b"x" * 100_000
+    url = await serve(_Server(body))  # type: ignore[operator]
+    async with _client() as client:
+        gc.disable()
+        try:
+            response = await client.get(url)
+            assert response.content == body and response.elapsed.total_seconds() > 0
+            freed = weakref.ref(response)
+            del response
+            # Reference counting alone frees it: nothing waits for a full collection.
+            assert freed() is None
+        finally:
+            gc.enable()
 
 
 async def test_a_connection_the_server_closed_is_not_reused(serve: object) -> None:
