@@ -6,6 +6,7 @@ longest function timeout, and a slice of sync work is bounded well below it anyw
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -16,8 +17,10 @@ from typing import Any, ClassVar
 from arq import cron
 from arq.connections import RedisSettings
 from arq.worker import func
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import get_settings
+from app.db.session import open_connections
 from app.logging import configure_logging
 from app.providers import registry
 from app.sync import jobs
@@ -26,6 +29,19 @@ from app.sync.runtime import Runtime
 log = logging.getLogger(__name__)
 
 _settings = get_settings()
+
+
+# A sync takes a connection per folder page in flight: the first job finds some open.
+_CONNECTIONS_AT_START = 4
+
+
+async def _open_database_connections(rt: Runtime) -> None:
+    # Best effort: with PostgreSQL down the worker still starts, and connects later.
+    try:
+        async with asyncio.timeout(5):
+            await open_connections(rt.engine, _CONNECTIONS_AT_START)
+    except (OSError, TimeoutError, SQLAlchemyError) as exc:
+        log.warning("no database connections opened at start-up: %s", exc)
 
 
 # Collections start after this many net allocations of tracked objects (CPython's default:
@@ -53,6 +69,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["rt"] = await Runtime.create(get_settings(), redis=ctx["redis"])
     ctx["worker_id"] = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     registry.import_providers()
+    await _open_database_connections(ctx["rt"])
     _tune_the_collector()
     log.info("worker %s started", ctx["worker_id"])
 
