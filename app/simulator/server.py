@@ -19,6 +19,7 @@ from pathlib import Path
 import trustme
 import uvicorn
 
+from app.simulator import outbound
 from app.simulator.app import Simulator, create_simulator_app
 
 
@@ -73,6 +74,7 @@ class SimulatorServer:
         return ssl.create_default_context(cafile=str(self.ca_path))
 
     def start(self) -> SimulatorServer:
+        outbound.tls_context()  # now, not in the middle of serving requests
         config = uvicorn.Config(
             self.app,
             ssl_certfile=str(self._cert_path),

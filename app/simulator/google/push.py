@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field
 
+from app.simulator import outbound
 from app.simulator.google.keys import SigningKeys
 
 # The same defaults SimulatorServer.env() hands to mailsync.
@@ -176,7 +177,7 @@ class PushService:
     async def _deliver(self, delivery: PushDelivery) -> None:
         assert delivery.endpoint is not None and delivery.authorization is not None
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=10.0)
+            self._client = outbound.client(timeout=10.0)
         config = self.config
         for attempt in range(config.max_attempts):
             delivery.attempts = attempt + 1

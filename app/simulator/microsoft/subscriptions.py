@@ -23,6 +23,7 @@ import httpx
 from fastapi import Request
 from starlette.responses import Response
 
+from app.simulator import outbound
 from app.simulator.core import Throttled
 from app.simulator.microsoft.errors import graph_error, json_response, throttled_response
 from app.simulator.microsoft.mailbox import ChangeEvent, Mailbox, change_key
@@ -308,7 +309,7 @@ def _client() -> httpx.AsyncClient:
     loop_id = id(asyncio.get_running_loop())
     client = _clients.get(loop_id)
     if client is None:
-        client = httpx.AsyncClient(follow_redirects=False)
+        client = outbound.client(follow_redirects=False)
         _clients[loop_id] = client
     return client
 
