@@ -7,10 +7,11 @@ import uuid
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
-from app.db.repositories.mailboxes import LeaseLost, MailboxRepository
+from app.db.repositories.mailboxes import Lease, LeaseLost, MailboxRepository
 from app.providers import registry
-from app.providers.base import MessageBatch, StreamInfo
+from app.providers.base import MessageBatch, Page, StreamInfo
 from app.providers.memory import MemoryProvider, make_message
 from app.sync import jobs
 from app.sync.engine import Outcome, SyncEngine, _SliceState
@@ -26,6 +27,16 @@ from tests.sync.helpers import (
     stored_state,
     truth_state,
 )
+
+
+async def _leased_mailbox(rt: Runtime, provider: MemoryProvider) -> tuple[uuid.UUID, Lease]:
+    """A connected mailbox whose lease worker "w" holds, as a running sync would."""
+    registry.override("microsoft", lambda s, h: provider)
+    mailbox_id = await connect(rt, provider)
+    async with rt.sessions() as session, session.begin():
+        lease = await MailboxRepository(session).acquire_lease(mailbox_id, "w", 30)
+    assert lease is not None
+    return mailbox_id, lease
 
 
 class Crash(BaseException):
@@ -91,8 +102,6 @@ async def test_a_worker_whose_lease_lapsed_cannot_write(rt: Runtime) -> None:
     assert fresh is not None and fresh.fencing_token == stale.fencing_token + 1
 
     engine = SyncEngine(rt, "stale")
-    from app.providers.base import Page
-
     page = Page(upserts=MessageBatch.of([make_message(999_999)]), cursor={"seq": 1})
     with pytest.raises(LeaseLost):
         await engine._commit_page(
@@ -108,16 +117,7 @@ async def test_a_worker_whose_lease_lapsed_cannot_write(rt: Runtime) -> None:
 async def test_messages_are_never_written_for_a_mailbox_row_that_is_gone(rt: Runtime) -> None:
     # messages.mailbox_id has no foreign key (migration 0002): the fence that ends every
     # page's transaction is what refuses a page for a mailbox that no longer exists.
-    from sqlalchemy import text
-
-    from app.providers.base import Page
-
-    provider = seeded(10)
-    registry.override("microsoft", lambda s, h: provider)
-    mailbox_id = await connect(rt, provider)
-    async with rt.sessions() as session, session.begin():
-        lease = await MailboxRepository(session).acquire_lease(mailbox_id, "w", 30)
-    assert lease is not None
+    mailbox_id, lease = await _leased_mailbox(rt, seeded(10))
     async with rt.sessions() as session, session.begin():
         await session.execute(text("DELETE FROM mailboxes WHERE id = :id"), {"id": mailbox_id})
 
@@ -273,12 +273,7 @@ async def test_change_during_sync_earns_another_pass(rt: Runtime) -> None:
 
 
 async def test_disconnect_stops_sync_and_fences_running_worker(rt: Runtime) -> None:
-    provider = seeded(50)
-    registry.override("microsoft", lambda s, h: provider)
-    mailbox_id = await connect(rt, provider)
-    async with rt.sessions() as session, session.begin():
-        lease = await MailboxRepository(session).acquire_lease(mailbox_id, "w", 30)
-        assert lease is not None
+    mailbox_id, lease = await _leased_mailbox(rt, seeded(50))
     async with rt.sessions() as session, session.begin():
         await MailboxRepository(session).mark_disconnected(mailbox_id)
     async with rt.sessions() as session, session.begin():

@@ -13,7 +13,7 @@ from app.db.repositories.cursors import CursorRepository
 from app.db.repositories.messages import MessageRepository
 from app.providers import registry
 from app.providers.base import LabelChange, MessageBatch, Page
-from app.providers.memory import make_message
+from app.providers.memory import MemoryProvider, make_message
 from app.sync.engine import PAGES_IN_FLIGHT, Outcome, SyncEngine, _Writing
 from app.sync.runtime import Runtime
 from tests.sync.helpers import connect, seeded, stored_ids, stored_state, truth_state
@@ -46,6 +46,13 @@ def test_only_disjoint_pages_without_a_sweep_overlap() -> None:
     assert not _can_overlap(_page(1), _page())
 
 
+async def _one_folder_of_eight_pages(rt: Runtime) -> tuple[MemoryProvider, uuid.UUID]:
+    rt.settings = rt.settings.model_copy(update={"sync_recent_first": 0})  # pages only
+    provider = seeded(200, page_size=25, streams=1)
+    registry.override("microsoft", lambda s, h: provider)
+    return provider, await connect(rt, provider)
+
+
 async def _stored_cursor(rt: Runtime, mailbox_id: uuid.UUID, stream: str) -> Any:
     async with rt.sessions() as session:
         return (
@@ -59,10 +66,7 @@ async def _stored_cursor(rt: Runtime, mailbox_id: uuid.UUID, stream: str) -> Any
 async def test_next_page_writes_before_the_previous_commits_and_cursors_stay_in_order(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rt.settings = rt.settings.model_copy(update={"sync_recent_first": 0})  # pages only
-    provider = seeded(200, page_size=25, streams=1)
-    registry.override("microsoft", lambda s, h: provider)
-    mailbox_id = await connect(rt, provider)
+    provider, mailbox_id = await _one_folder_of_eight_pages(rt)
     events: list[tuple[str, Any]] = []
     upsert, save = MessageRepository.upsert_page, CursorRepository.save
 
@@ -103,10 +107,7 @@ async def test_next_page_writes_before_the_previous_commits_and_cursors_stay_in_
 async def test_a_failed_commit_takes_the_pages_written_beside_it_down_too(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rt.settings = rt.settings.model_copy(update={"sync_recent_first": 0})  # pages only
-    provider = seeded(200, page_size=25, streams=1)
-    registry.override("microsoft", lambda s, h: provider)
-    mailbox_id = await connect(rt, provider)
+    provider, mailbox_id = await _one_folder_of_eight_pages(rt)
     save = CursorRepository.save
     later_page_wrote = asyncio.Event()
     upsert = MessageRepository.upsert_page
