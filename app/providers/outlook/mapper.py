@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from app.providers.base import MessageBatch
+from app.providers.base import MessageBatch, NormalizedMessage
 
 # Only what the store keeps; Graph always adds id and @odata.etag.
 MESSAGE_SELECT = ",".join(
@@ -85,34 +85,6 @@ def parse_datetime(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-class _Columns:
-    """A batch's column appenders, bound once for a page's hot loop."""
-
-    __slots__ = (
-        "attachments",
-        "bcc",
-        "cc",
-        "from_",
-        "id",
-        "imid",
-        "labels",
-        "read",
-        "received",
-        "snippet",
-        "subject",
-        "thread",
-        "to",
-    )
-
-    def __init__(self, batch: MessageBatch) -> None:
-        self.id, self.thread = batch.provider_message_id.append, batch.thread_id.append
-        self.imid, self.subject = batch.internet_message_id.append, batch.subject.append
-        self.from_, self.to, self.cc = batch.from_.append, batch.to.append, batch.cc.append
-        self.bcc, self.snippet = batch.bcc.append, batch.snippet.append
-        self.received, self.labels = batch.received_at.append, batch.labels.append
-        self.read, self.attachments = batch.is_read.append, batch.has_attachments.append
-
-
 def _labels(
     base: list[str], draft_label: bool, is_draft: bool, is_read: bool, categories: Any
 ) -> list[str]:
@@ -131,10 +103,12 @@ def _labels(
 def read_delta_items(
     items: list[Any], stream_labels: tuple[str, ...]
 ) -> tuple[MessageBatch, list[str]]:
-    """Tolerant reader: a page's `value` as dicts → messages to write, ids that left."""
+    """Tolerant reader: a page's `value` as dicts → messages to write, ids that left.
+
+    The fallback for a page outside Graph's schema, so it builds a message at a time.
+    """
     batch = MessageBatch()
     deletes: list[str] = []
-    add = _Columns(batch)
     base_labels = list(stream_labels)
     draft_label = "DRAFT" not in base_labels
     for item in items:
@@ -144,21 +118,25 @@ def read_delta_items(
             deletes.append(str(item["id"]))
             continue
         get = item.get
-        add.id(str(item["id"]))
-        add.thread(_text(get("conversationId")))
-        add.imid(_text(get("internetMessageId")))
-        add.subject(_text(get("subject")))
-        add.from_(_sender(item))
-        add.to(_addresses(get("toRecipients")))
-        add.cc(_addresses(get("ccRecipients")))
-        add.bcc(_addresses(get("bccRecipients")))
-        add.snippet(_text(get("bodyPreview")))
-        add.received(parse_datetime(get("receivedDateTime")))
         is_read = get("isRead") is True
-        add.read(is_read)
-        add.attachments(get("hasAttachments") is True)
-        add.labels(
-            _labels(base_labels, draft_label, get("isDraft") is True, is_read, get("categories"))
+        batch.append(
+            NormalizedMessage(
+                provider_message_id=str(item["id"]),
+                thread_id=_text(get("conversationId")),
+                internet_message_id=_text(get("internetMessageId")),
+                subject=_text(get("subject")),
+                from_=_sender(item),
+                to=_addresses(get("toRecipients")),
+                cc=_addresses(get("ccRecipients")),
+                bcc=_addresses(get("bccRecipients")),
+                snippet=_text(get("bodyPreview")),
+                received_at=parse_datetime(get("receivedDateTime")),
+                labels=_labels(
+                    base_labels, draft_label, get("isDraft") is True, is_read, get("categories")
+                ),
+                is_read=is_read,
+                has_attachments=get("hasAttachments") is True,
+            )
         )
     return batch, deletes
 
