@@ -367,8 +367,8 @@ class SyncEngine:
                         mailbox.id, key, generations[key] - 1, batch
                     )
                     inserted += written.inserted
-                    upserted.extend(batch.provider_message_id)
-            if inserted:
+                    upserted.extend(written.written)
+            if upserted:
                 await OutboxRepository(session).add(
                     mailbox.id, "messages.changed", {"recent": True, "upserted": upserted}
                 )
@@ -501,13 +501,14 @@ class SyncEngine:
                 mode=new_mode,
                 total_estimate=page.total_estimate,
             )
-            if page.upserts or deleted or relabelled or swept:
+            # Only what changed: a page replayed as it was stored is no event at all.
+            if upserted.written or deleted or relabelled or swept:
                 await OutboxRepository(session).add(
                     mailbox_id,
                     "messages.changed",
                     {
                         "stream": stream.key,
-                        "upserted": page.upserts.provider_message_id,
+                        "upserted": upserted.written,
                         "deleted": deleted,
                         "relabelled": relabelled,
                         "swept": swept,

@@ -48,8 +48,20 @@ async def test_upsert_is_idempotent_and_counts_inserts(rt: Runtime) -> None:
         )
         assert await MessageRepository(session).count(mailbox_id) == 1000
     assert (first.inserted, first.updated) == (1000, 0)
-    # An identical replay rewrites nothing at all.
-    assert (replay.inserted, replay.updated) == (0, 0)
+    assert sorted(first.written) == sorted(m.provider_message_id for m in page)
+    # An identical replay rewrites nothing at all, and reports nothing written.
+    assert (replay.inserted, replay.updated, replay.written) == (0, 0, [])
+    # A replay in which two messages changed writes (and reports) only those two.
+    page[3].is_read = not page[3].is_read
+    page[7].subject = "changed"
+    async with rt.sessions() as session, session.begin():
+        changed = await MessageRepository(session).upsert_page(
+            mailbox_id, "s", 1, MessageBatch.of(page)
+        )
+    assert (changed.inserted, sorted(changed.written)) == (
+        0,
+        [page[3].provider_message_id, page[7].provider_message_id],
+    )
 
 
 async def test_awkward_values_round_trip(rt: Runtime) -> None:

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from app.db.repositories.mailboxes import Lease, LeaseLost, MailboxRepository
+from app.db.repositories.outbox import OutboxRepository
 from app.providers import registry
 from app.providers.base import MessageBatch, Page, StreamInfo
 from app.providers.memory import MemoryProvider, make_message
@@ -127,6 +128,25 @@ async def test_messages_are_never_written_for_a_mailbox_row_that_is_gone(rt: Run
             mailbox_id, StreamInfo("inbox", "inbox"), 1, "full", page, _SliceState(lease)
         )
     assert await stored_ids(rt, mailbox_id) == []
+
+
+async def test_a_page_replayed_as_stored_is_no_change_event(rt: Runtime) -> None:
+    mailbox_id, lease = await _leased_mailbox(rt, seeded(10))
+    engine, stream = SyncEngine(rt, "w"), StreamInfo("inbox", "inbox")
+    first = MessageBatch.of([make_message(1), make_message(2)])
+    again = MessageBatch.of([make_message(1), make_message(2)])
+    changed = MessageBatch.of([make_message(1), make_message(2)])
+    changed.subject[1] = "edited"
+    for batch in (first, again, changed):
+        page = Page(upserts=batch, cursor={"seq": 1})
+        await engine._commit_page(mailbox_id, stream, 1, "full", page, _SliceState(lease))
+    async with rt.sessions() as session:
+        events = await OutboxRepository(session).for_mailbox(mailbox_id)
+    # The replay wrote nothing and said nothing; the edit is reported for its message only.
+    assert [event["payload"]["upserted"] for event in events] == [
+        ["msg-0000001", "msg-0000002"],
+        ["msg-0000002"],
+    ]
 
 
 async def test_redis_flushed_mid_sync_scheduler_rebuilds_work(rt: Runtime, settings: Any) -> None:

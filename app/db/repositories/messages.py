@@ -78,10 +78,12 @@ _UPSERT = text(
            EXCLUDED.internet_message_id, EXCLUDED.subject, EXCLUDED.from_address,
            EXCLUDED.to_addresses, EXCLUDED.cc_addresses, EXCLUDED.bcc_addresses, EXCLUDED.snippet,
            EXCLUDED.received_at, EXCLUDED.labels, EXCLUDED.is_read, EXCLUDED.has_attachments)
-    RETURNING (xmax = 0) AS inserted
+    RETURNING m.provider_message_id, (xmax = 0) AS inserted
     )
-    -- Counted here: a page answers with one row, not one per message.
-    SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) AS written FROM written
+    -- One row per page, not one per message: how many were new, and which were written.
+    SELECT count(*) FILTER (WHERE inserted) AS inserted,
+           COALESCE(array_agg(provider_message_id), '{}') AS written
+      FROM written
     """
 )
 
@@ -110,7 +112,13 @@ _LABEL_CHANGES = text(
 @dataclass(frozen=True, slots=True)
 class UpsertResult:
     inserted: int
-    updated: int
+    # Ids of the rows inserted or changed; a message the store already had as it is is not
+    # among them (so a replayed page reports nothing).
+    written: list[str]
+
+    @property
+    def updated(self) -> int:
+        return len(self.written) - self.inserted
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +220,7 @@ class MessageRepository:
         messages: MessageBatch,
     ) -> UpsertResult:
         if not messages:
-            return UpsertResult(0, 0)
+            return UpsertResult(0, [])
         result = await self.session.execute(
             _UPSERT,
             {
@@ -224,7 +232,7 @@ class MessageRepository:
             },
         )
         inserted, written = result.one()
-        return UpsertResult(inserted=int(inserted), updated=int(written) - int(inserted))
+        return UpsertResult(inserted=int(inserted), written=list(written))
 
     async def delete_from_stream(
         self, mailbox_id: uuid.UUID, stream_key: str | None, provider_message_ids: Sequence[str]
