@@ -80,9 +80,10 @@ _UPSERT = text(
            EXCLUDED.received_at, EXCLUDED.labels, EXCLUDED.is_read, EXCLUDED.has_attachments)
     RETURNING m.provider_message_id, (xmax = 0) AS inserted
     )
-    -- One row per page, not one per message: how many were new, and which were written.
-    SELECT count(*) FILTER (WHERE inserted) AS inserted,
-           COALESCE(array_agg(provider_message_id), '{}') AS written
+    -- One row per page, not one per message: how many were new, how many were written,
+    -- and which, unless that is all of them (a first enumeration: no ids travel back).
+    SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) AS written,
+           CASE WHEN count(*) < :page_size THEN array_agg(provider_message_id) END AS ids
       FROM written
     """
 )
@@ -221,18 +222,22 @@ class MessageRepository:
     ) -> UpsertResult:
         if not messages:
             return UpsertResult(0, [])
+        # ON CONFLICT cannot touch one row twice in a statement: the last version wins.
+        page = messages.latest()
         result = await self.session.execute(
             _UPSERT,
             {
-                # ON CONFLICT cannot touch one row twice in a statement: the last version wins.
-                **_columns(messages.latest()),
+                **_columns(page),
                 "mailbox_id": mailbox_id,
                 "stream_key": stream_key,
                 "generation": generation,
+                "page_size": len(page),
             },
         )
-        inserted, written = result.one()
-        return UpsertResult(inserted=int(inserted), written=list(written))
+        inserted, written, ids = result.one()
+        if int(written) == len(page):
+            ids = page.provider_message_id
+        return UpsertResult(inserted=int(inserted), written=list(ids or ()))
 
     async def delete_from_stream(
         self, mailbox_id: uuid.UUID, stream_key: str | None, provider_message_ids: Sequence[str]
