@@ -110,10 +110,18 @@ class PageChanges:
         self._relabelled: dict[str, dict[str, Any]] = {}
         self._deleted: list[str] = []
 
-    def upserted(self, result: UpsertResult) -> None:
-        if result.inserted_ids:
-            self._received.append(_columns_of_upsert(result, result.inserted_ids))
-            self._new.update(result.inserted_ids)
+    def upserted(self, result: UpsertResult, came_back: set[str] | frozenset[str] = frozenset()) -> None:
+        """`came_back`: of the new rows, messages consumers already know (a move whose
+        removal from the old folder committed first): updates, not first arrivals."""
+        new = result.inserted_ids
+        if came_back:
+            new = [mid for mid in new if mid not in came_back]
+            self._updated.append(
+                _columns_of_upsert(result, [m for m in result.inserted_ids if m in came_back])
+            )
+        if new:
+            self._received.append(_columns_of_upsert(result, new))
+        self._new.update(result.inserted_ids)
         if result.updated_ids:
             self._updated.append(_columns_of_upsert(result, result.updated_ids))
 
@@ -132,12 +140,14 @@ class PageChanges:
         gone = [mid for mid in dict.fromkeys(self._deleted) if mid not in vanished]
         # A label change after the upsert: the message's last state is the label change's.
         later = set(self._relabelled) | deleted
-        received = _without(_concat(self._received), later)
+        every_received = _concat(self._received)
+        first = set(every_received["provider_message_id"])
+        received = _without(every_received, later)
         updated = _without(_concat(self._updated), later)
         relabelled = [row for mid, row in self._relabelled.items() if mid not in deleted]
         if relabelled:
-            new = [row for row in relabelled if row["provider_message_id"] in self._new]
-            old = [row for row in relabelled if row["provider_message_id"] not in self._new]
+            new = [row for row in relabelled if row["provider_message_id"] in first]
+            old = [row for row in relabelled if row["provider_message_id"] not in first]
             received = _concat([received, columns_of_rows(new)])
             updated = _concat([updated, columns_of_rows(old)])
         payload: dict[str, Any] = {"stream": self.stream}

@@ -38,6 +38,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import Settings
+from app.db.repositories.messages import MessageRepository
 from app.db.repositories.outbox import NOTIFY_CHANNEL, OutboxLag, OutboxRepository, OutboxRow
 from app.db.session import make_engine, make_sessionmaker
 from app.events import metrics
@@ -53,6 +54,8 @@ ACK_TIMEOUT_SECONDS = 5.0
 PRUNE_EVERY_SECONDS = 60.0
 PRUNE_BATCH = 5000
 LAG_EVERY_SECONDS = 2.0
+# How long a removed message is remembered (app/db/repositories/messages.py, `returning`).
+TOMBSTONE_HOURS = 24.0
 MAX_BACKOFF_SECONDS = 30.0
 
 
@@ -353,6 +356,7 @@ class Publisher:
                     pruned = await OutboxRepository(session).prune(
                         self.settings.outbox_retention_hours, PRUNE_BATCH
                     )
+                    await MessageRepository(session).prune_tombstones(TOMBSTONE_HOURS)
                 if pruned:
                     metrics.ROWS_PRUNED.inc(pruned)
                     log.info("pruned %d published outbox rows", pruned)

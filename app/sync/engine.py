@@ -584,12 +584,18 @@ class SyncEngine:
             messages = MessageRepository(session)
             changes = PageChanges(stream.key)
             upserted = await messages.upsert_page(mailbox_id, stream.key, generation, page.upserts)
-            changes.upserted(upserted)
+            events = self.settings.events_enabled
+            came_back: set[str] = set()
+            if events and mode is StreamMode.INCREMENTAL and upserted.inserted_ids:
+                came_back = await messages.returning(mailbox_id, upserted.inserted_ids)
+            changes.upserted(upserted, came_back)
             if after is not None:
                 # Pages of a stream commit in order: this page's cursor must never be stored
                 # before the previous page is, or a crash between them would skip messages.
                 await after
-            deleted = await messages.delete_from_stream(mailbox_id, stream.key, page.deletes)
+            deleted = await messages.delete_from_stream(
+                mailbox_id, stream.key, page.deletes, remember=events
+            )
             changes.deleted(deleted)
             changes.relabelled(await messages.apply_label_changes(mailbox_id, page.label_changes))
             swept: list[str] = []
@@ -608,7 +614,7 @@ class SyncEngine:
             # Only what changed: a page replayed as it was stored is no event at all. Late
             # in the transaction: the row takes the mailbox's next position under the
             # mailbox row's lock, held until commit (app/db/repositories/outbox.py).
-            payload = changes.payload() if self.settings.events_enabled else None
+            payload = changes.payload() if events else None
             if payload is not None:
                 await OutboxRepository(session).add(mailbox_id, MESSAGES_CHANGED, payload)
             # Last, so the lease check and the progress move commit with the page or not at all.

@@ -282,24 +282,67 @@ class MessageRepository:
         return UpsertResult(page, labels, list(inserted_ids or ()), list(updated_ids or ()))
 
     async def delete_from_stream(
-        self, mailbox_id: uuid.UUID, stream_key: str | None, provider_message_ids: Sequence[str]
+        self,
+        mailbox_id: uuid.UUID,
+        stream_key: str | None,
+        provider_message_ids: Sequence[str],
+        *,
+        remember: bool = False,
     ) -> list[str]:
-        """Delete ids that left `stream_key` (None: wherever they are). Returns what went."""
+        """Delete ids that left `stream_key` (None: wherever they are). Returns what went.
+
+        `remember`: keep a tombstone of each (`returning` finds it if the message shows up
+        in another stream: a move whose removal was seen first)."""
         if not provider_message_ids:
             return []
         result = await self.session.execute(
             text(
                 """
-                DELETE FROM messages
-                 WHERE mailbox_id = :mailbox_id
-                   AND provider_message_id = ANY(CAST(:ids AS text[]))
-                   AND (CAST(:stream_key AS text) IS NULL OR stream_key = :stream_key)
-             RETURNING provider_message_id
+                WITH gone AS (
+                    DELETE FROM messages
+                     WHERE mailbox_id = :mailbox_id
+                       AND provider_message_id = ANY(CAST(:ids AS text[]))
+                       AND (CAST(:stream_key AS text) IS NULL OR stream_key = :stream_key)
+                 RETURNING provider_message_id
+                ), remembered AS (
+                    INSERT INTO message_tombstones (mailbox_id, provider_message_id)
+                    SELECT :mailbox_id, provider_message_id FROM gone WHERE :remember
+                    ON CONFLICT (mailbox_id, provider_message_id) DO UPDATE SET deleted_at = now()
+                )
+                SELECT provider_message_id FROM gone
                 """
             ),
-            {"mailbox_id": mailbox_id, "ids": list(provider_message_ids), "stream_key": stream_key},
+            {
+                "mailbox_id": mailbox_id,
+                "ids": list(provider_message_ids),
+                "stream_key": stream_key,
+                "remember": remember,
+            },
         )
         return [row[0] for row in result.all()]
+
+    async def returning(self, mailbox_id: uuid.UUID, provider_message_ids: Sequence[str]) -> set[str]:
+        """Of ids just stored anew, those a removal remembered (and forget them now)."""
+        if not provider_message_ids:
+            return set()
+        result = await self.session.execute(
+            text(
+                "DELETE FROM message_tombstones WHERE mailbox_id = :mailbox_id "
+                "AND provider_message_id = ANY(CAST(:ids AS text[])) RETURNING provider_message_id"
+            ),
+            {"mailbox_id": mailbox_id, "ids": list(provider_message_ids)},
+        )
+        return set(result.scalars().all())
+
+    async def prune_tombstones(self, older_than_hours: float) -> int:
+        result = await self.session.execute(
+            text(
+                "DELETE FROM message_tombstones "
+                "WHERE deleted_at < now() - make_interval(secs => :seconds)"
+            ),
+            {"seconds": older_than_hours * 3600},
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
 
     async def apply_label_changes(
         self, mailbox_id: uuid.UUID, changes: Sequence[LabelChange]

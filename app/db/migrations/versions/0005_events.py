@@ -19,6 +19,8 @@ Create Date: 2026-12-01 09:00:00
 - Rows written before this revision carry message ids without their values, so they
   cannot become events: they are marked published (a resnapshot gives consumers the
   current state). Lifecycle rows keep their payloads and get positions.
+- `message_tombstones`: messages an incremental page removed from their folder, kept a
+  day, so a move whose removal commits before its arrival is an `email.updated`.
 - `resnapshots`: operator-requested walks over a mailbox's messages that emit
   `email.snapshot` in bounded, resumable batches.
 """
@@ -111,6 +113,16 @@ def upgrade() -> None:
         "FOR EACH STATEMENT EXECUTE FUNCTION outbox_events_notify()"
     )
 
+    # A message an incremental page removed from its folder, for a day: if it appears in
+    # another folder meanwhile (a move whose removal committed first), it is an update of
+    # a message consumers know, not a second first arrival.
+    op.create_table(
+        "message_tombstones",
+        sa.Column("mailbox_id", sa.UUID(), nullable=False),
+        sa.Column("provider_message_id", sa.Text(), nullable=False),
+        sa.Column("deleted_at", ts, nullable=False, server_default=sa.text("now()")),
+        sa.PrimaryKeyConstraint("mailbox_id", "provider_message_id"),
+    )
     op.create_table(
         "resnapshots",
         sa.Column("id", sa.UUID(), nullable=False),
@@ -139,6 +151,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("uq_resnapshots_running", table_name="resnapshots")
     op.drop_table("resnapshots")
+    op.drop_table("message_tombstones")
     op.execute("DROP TRIGGER outbox_events_notify ON outbox_events")
     op.execute("DROP FUNCTION outbox_events_notify()")
     op.execute("DROP TRIGGER outbox_events_position ON outbox_events")
