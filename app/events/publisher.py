@@ -132,7 +132,8 @@ class Publisher:
             return self.js
 
         async def disconnected() -> None:
-            log.warning("NATS connection lost; unpublished rows wait (reconnecting)")
+            if not self.stopping.is_set():
+                log.warning("NATS connection lost; unpublished rows wait (reconnecting)")
 
         async def reconnected() -> None:
             log.info("NATS connection re-established")

@@ -79,6 +79,7 @@ async def run_batch(rt: Runtime, snapshot_id: uuid.UUID, batch: int) -> str:
             await walks.finish(snapshot_id)
             return "gone"
         rows = await MessageRepository(session).snapshot_batch(walk.mailbox_id, walk.after, BATCH)
+        total = walk.emitted + len(rows)
         if rows:
             await outbox.add(
                 walk.mailbox_id,
@@ -93,11 +94,11 @@ async def run_batch(rt: Runtime, snapshot_id: uuid.UUID, batch: int) -> str:
             await outbox.add(
                 walk.mailbox_id,
                 SNAPSHOT_COMPLETE,
-                {"snapshot_id": str(snapshot_id), "messages": walk.emitted + len(rows)},
+                {"snapshot_id": str(snapshot_id), "messages": total},
             )
             await walks.finish(snapshot_id)
     if done:
-        log.info("resnapshot %s: complete, %d messages", snapshot_id, walk.emitted + len(rows))
+        log.info("resnapshot %s: complete, %d messages", snapshot_id, total)
         return "complete"
     await enqueue_batch(rt.redis, snapshot_id, batch + 1)
     return "continue"
