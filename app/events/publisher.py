@@ -29,7 +29,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import asyncpg
-import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
@@ -51,6 +50,7 @@ log = logging.getLogger(__name__)
 CLAIM_ROWS = 20
 # Every ack of a round must arrive within this long, or the round fails and is retried.
 ACK_TIMEOUT_SECONDS = 5.0
+CONNECT_TIMEOUT_SECONDS = 5.0
 PRUNE_EVERY_SECONDS = 60.0
 PRUNE_BATCH = 5000
 LAG_EVERY_SECONDS = 2.0
@@ -142,7 +142,10 @@ class Publisher:
         async def error(exc: Exception) -> None:
             log.warning("NATS: %s", exc)
 
-        self.nc = await nats.connect(
+        nc = NATS()
+        # nats-py retries a first connect forever with unlimited reconnects: bound it, so a
+        # NATS that is down is a failed round (backoff, logged, counted) like any other.
+        connecting = nc.connect(
             servers=[self.settings.nats_url],
             name="mailsync-publisher",
             connect_timeout=2,
@@ -153,6 +156,15 @@ class Publisher:
             reconnected_cb=reconnected,
             error_cb=error,
         )
+        try:
+            await asyncio.wait_for(connecting, timeout=CONNECT_TIMEOUT_SECONDS)
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await nc.close()
+            if isinstance(exc, TimeoutError):
+                raise ConnectionError(f"cannot reach NATS at {self.settings.nats_url}") from exc
+            raise
+        self.nc = nc
         self.js = self.nc.jetstream(publish_async_max_pending=self.settings.events_publish_window)
         await ensure_stream(self.js, self.settings)
         self.stream_ready = True

@@ -51,10 +51,13 @@ class Consumer:
     ) -> Consumer:
         c = cls(nc, settings)
         js = nc.jetstream()
+        config = config or ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+        # An ephemeral consumer lapses after 5 idle seconds by default; tests idle longer.
+        config.inactive_threshold = 300.0
         c.sub = await js.pull_subscribe(
             subject or f"{settings.events_subject_prefix}.>",
             stream=settings.events_stream,
-            config=config or ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+            config=config,
         )
         return c
 
