@@ -110,7 +110,9 @@ class PageChanges:
         self._relabelled: dict[str, dict[str, Any]] = {}
         self._deleted: list[str] = []
 
-    def upserted(self, result: UpsertResult, came_back: set[str] | frozenset[str] = frozenset()) -> None:
+    def upserted(
+        self, result: UpsertResult, came_back: set[str] | frozenset[str] = frozenset()
+    ) -> None:
         """`came_back`: of the new rows, messages consumers already know (a move whose
         removal from the old folder committed first): updates, not first arrivals."""
         new = result.inserted_ids

@@ -223,7 +223,7 @@ async def test_nats_down_then_back_loses_nothing_and_duplicates_nothing(
         # Syncing goes on while NATS is away; its events wait in the outbox.
         second = await _seed(rt, 70, user="omar")
         async with asyncio.timeout(30):
-            while publisher.last_error is None:  # the round's acks time out
+            while publisher.last_error is None:  # noqa: ASYNC110 - the round's acks time out
                 await asyncio.sleep(0.1)
         assert await _unpublished(rt) > 0 and not publisher.ready
         await private_nats["start"]()

@@ -321,7 +321,9 @@ class MessageRepository:
         )
         return [row[0] for row in result.all()]
 
-    async def returning(self, mailbox_id: uuid.UUID, provider_message_ids: Sequence[str]) -> set[str]:
+    async def returning(
+        self, mailbox_id: uuid.UUID, provider_message_ids: Sequence[str]
+    ) -> set[str]:
         """Of ids just stored anew, those a removal remembered (and forget them now)."""
         if not provider_message_ids:
             return set()
