@@ -10,14 +10,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.config import Settings
-from app.simulator.server import SimulatorServer
 from app.sync.runtime import Runtime
 from tests.conftest import LiveApi
 from tests.e2e.support import Sim, connect_via_api
@@ -25,17 +24,6 @@ from tests.e2e.test_outlook import assert_converged, connect_body, new_account
 from tests.sync.helpers import mailbox_row
 
 LEASE_SECONDS = 3
-
-
-@pytest.fixture
-async def sim(simulator: SimulatorServer) -> AsyncIterator[Sim]:
-    client = Sim(simulator)
-    await client.call("PUT", "/_sim/faults", json={})
-    try:
-        yield client
-    finally:
-        await client.call("PUT", "/_sim/faults", json={})
-        await client.close()
 
 
 class Workers:
