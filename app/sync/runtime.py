@@ -60,7 +60,7 @@ class Runtime:
         return cls(
             settings=settings,
             engine=engine,
-            sessions=make_sessionmaker(engine),
+            sessions=make_sessionmaker(engine, events=settings.events_enabled),
             http=make_http_client(settings),
             redis=redis or lazy_redis(settings.redis_url),
             cipher=TokenCipher(settings.encryption_keys),
