@@ -325,13 +325,10 @@ async def run(args: argparse.Namespace) -> None:
                 await nc.close()
             await sim.aclose()
             await rt.close()
+            # Before its database is dropped, or its scheduler logs the missing database.
+            await _stop(worker)
     finally:
-        if worker is not None and worker.returncode is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(worker.wait(), timeout=30)
-            except TimeoutError:
-                worker.kill()
+        await _stop(worker)
         if publisher is not None and publisher.returncode is None:
             publisher.kill()
         sim_process.terminate()
@@ -339,6 +336,15 @@ async def run(args: argparse.Namespace) -> None:
 
 
 _ALIASES = {f.alias for f in Settings.model_fields.values() if f.alias}
+
+
+async def _stop(worker: asyncio.subprocess.Process | None) -> None:
+    if worker is not None and worker.returncode is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(worker.wait(), timeout=30)
+        except TimeoutError:
+            worker.kill()
 
 
 async def _start_publisher(env: dict[str, str], *, niced: bool) -> asyncio.subprocess.Process:
