@@ -268,7 +268,10 @@ async def run(args: argparse.Namespace) -> None:
                     publisher = await _start_publisher(env, niced=False)
                     print(f"publisher                started after connected ({args.publisher})")
                 else:
-                    print(f"publisher                {args.publisher} the worker from the start")
+                    where = "beside the worker" + (
+                        " at nice 19" if args.publisher == "niced" else ""
+                    )
+                    print(f"publisher                {where}, from the start")
                 drain_started = time.perf_counter()
                 drained_before = CpuSample.take({"publisher": publisher.pid})
                 async with rt.sessions() as session:
