@@ -1,10 +1,9 @@
-"""`mailsync api | worker | migrate | simulator`."""
+"""`mailsync api | worker | migrate | openapi | simulator | run | demo | status`."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -75,8 +74,21 @@ def main(argv: list[str] | None = None) -> int:
     spec = sub.add_parser("openapi", help="write openapi.json (or --check it is current)")
     spec.add_argument("--check", action="store_true")
     spec.add_argument("--path", type=Path, default=Path("openapi.json"))
-    sim = sub.add_parser("simulator", help="serve the Graph/Gmail simulator over HTTPS")
-    sim.add_argument("rest", nargs=argparse.REMAINDER)
+    from app.simulator.__main__ import add_arguments as simulator_arguments
+
+    simulator_arguments(
+        sub.add_parser("simulator", help="serve the Graph/Gmail simulator over HTTPS")
+    )
+    sub.add_parser(
+        "run",
+        help="migrate, then the API and a worker; the live demo when no provider is configured",
+    )
+    from app.demo.options import add_arguments as demo_arguments
+
+    demo_arguments(sub.add_parser("demo", help="the live demo: simulator, API, worker, dashboard"))
+    from app.status import add_arguments as status_arguments
+
+    status_arguments(sub.add_parser("status", help="mailboxes and their progress, in the terminal"))
     args = parser.parse_args(argv)
 
     if args.command == "migrate":
@@ -89,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         uvicorn.run("app.main:app", host=args.host, port=args.port, proxy_headers=True)
         return 0
     if args.command == "worker":
-        # arq's own CLI handles signals and graceful shutdown.
-        return subprocess.call([sys.executable, "-m", "arq", "app.sync.worker.WorkerSettings"])
+        # arq's own CLI handles signals and graceful shutdown. Replacing this process (not
+        # starting a child) lets a supervisor's signal reach arq, and leaves no orphan.
+        os.execv(sys.executable, [sys.executable, "-m", "arq", "app.sync.worker.WorkerSettings"])  # noqa: S606
     if args.command == "openapi":
         current = openapi_document()
         if args.check:
@@ -101,10 +114,18 @@ def main(argv: list[str] | None = None) -> int:
         args.path.write_text(current)
         return 0
     if args.command == "simulator":
-        from app.simulator.__main__ import main as simulator_main
+        from app.simulator.__main__ import run as run_simulator
 
-        simulator_main(args.rest)
+        run_simulator(args)
         return 0
+    if args.command in ("run", "demo"):
+        from app.demo.main import run_demo, run_stack
+
+        return run_stack() if args.command == "run" else run_demo(args)
+    if args.command == "status":
+        from app.status import run as run_status
+
+        return run_status(args)
     return 2
 
 

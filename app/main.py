@@ -28,6 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging()
         rt = await Runtime.create(settings)
+        rt.activity.start()
         app.state.rt = rt
         # One verifier per process: it caches Google's push signing keys.
         app.state.push_verifier = PushVerifier(settings)

@@ -30,6 +30,16 @@ from app.db.repositories.cursors import CursorRepository, StreamState
 from app.db.repositories.mailboxes import Lease, LeaseLost, MailboxRepository
 from app.db.repositories.messages import MessageRepository
 from app.db.repositories.outbox import OutboxRepository
+from app.metrics import (
+    LEASES_LOST,
+    MESSAGES_WRITTEN,
+    PAGES_WRITTEN,
+    RETRY_AFTER_SECONDS,
+    SLICE_SECONDS,
+    SYNC_ERRORS,
+    SYNC_LAG,
+    THROTTLED,
+)
 from app.providers.base import (
     AccessTokenRejected,
     Account,
@@ -44,6 +54,7 @@ from app.providers.base import (
     ThrottledError,
     TransientError,
 )
+from app.sync import activity
 from app.sync.ratelimit import RedisRateGate
 from app.sync.runtime import Runtime
 from app.sync.tokens import TokenSource
@@ -85,6 +96,7 @@ class _Budget:
 @dataclass(slots=True)
 class _SliceState:
     lease: Lease
+    provider: str = "unknown"
     totals: dict[str, int | None] = field(default_factory=dict)
     pages: int = 0
     incomplete: bool = False
@@ -171,20 +183,50 @@ class SyncEngine:
         async with self.rt.sessions() as session:
             mailbox = await MailboxRepository(session).get(mailbox_id)
         assert mailbox is not None
+        started = time.monotonic()
+        result = await self._run_leased(mailbox, lease)
+        SLICE_SECONDS.labels(mailbox.provider, result.outcome.value).observe(
+            time.monotonic() - started
+        )
+        if result.outcome in (Outcome.DONE, Outcome.DONE_AGAIN):
+            self._observe_lag(mailbox)
+        return result
+
+    @staticmethod
+    def _observe_lag(mailbox: Mailbox) -> None:
+        """How long the change notice this pass served (webhook, connect, sync now) waited."""
+        requested = mailbox.sync_requested_at
+        if requested is None:
+            return
+        if mailbox.last_synced_at is not None and requested <= mailbox.last_synced_at:
+            return  # a periodic pass: no notice was waiting
+        lag = (datetime.now(UTC) - requested).total_seconds()
+        SYNC_LAG.labels(mailbox.provider).observe(max(lag, 0.0))
+
+    async def _run_leased(self, mailbox: Mailbox, lease: Lease) -> SliceResult:
+        settings = self.settings
+        mailbox_id = mailbox.id
         provider = self.rt.provider(mailbox.provider)
         account = account_of(mailbox)
         tokens = TokenSource(self.rt, mailbox_id, account, provider)
-        gate = RedisRateGate(self.rt.redis, str(mailbox_id), provider.limits())
+        gate = RedisRateGate(
+            self.rt.redis,
+            str(mailbox_id),
+            provider.limits(),
+            on_pause=partial(self._throttled, mailbox.provider),
+        )
         ctx = SyncContext(account=account, access_token=tokens.get, gate=gate)
-        state = _SliceState(lease=lease)
+        state = _SliceState(lease=lease, provider=mailbox.provider)
         try:
             return await self._sync(mailbox, provider, ctx, tokens, state)
         except LeaseLost as exc:
+            LEASES_LOST.labels(mailbox.provider).inc()
             log.warning("mailbox %s: %s; stopping without writing", mailbox_id, exc)
             return SliceResult(Outcome.LEASE_LOST, pages=state.pages)
         except AuthExpiredError as exc:
             message = str(exc) or exc.__class__.__name__
             log.warning("mailbox %s: authorization expired: %s", mailbox_id, message)
+            await self._record_error(mailbox, exc, message)
             await self._guarded(lambda repo: repo.park_auth_expired(lease, message))
             return SliceResult(Outcome.AUTH_EXPIRED, pages=state.pages, message=message)
         except ThrottledError as exc:
@@ -194,6 +236,7 @@ class SyncEngine:
         except PermanentError as exc:
             message = f"{exc.__class__.__name__}: {exc}"
             log.error("mailbox %s: permanent provider error: %s", mailbox_id, message)
+            await self._record_error(mailbox, exc, message)
             next_at = datetime.now(UTC) + timedelta(seconds=settings.sync_interval_seconds)
             await self._guarded(
                 lambda repo: repo.finish(
@@ -210,6 +253,16 @@ class SyncEngine:
             # An engine bug or an unclassified failure: never leave the mailbox "syncing".
             log.exception("mailbox %s: unexpected failure", mailbox_id)
             return await self._retry_later(mailbox, state, exc, None)
+
+    def _throttled(self, provider: str, seconds: float) -> None:
+        THROTTLED.labels(provider).inc()
+        RETRY_AFTER_SECONDS.labels(provider).observe(seconds)
+        self.rt.activity.add(activity.THROTTLED)
+
+    async def _record_error(self, mailbox: Mailbox, exc: BaseException, message: str) -> None:
+        kind = exc.__class__.__name__
+        SYNC_ERRORS.labels(mailbox.provider, kind).inc()
+        await self.rt.activity.record_error(mailbox.id, kind, message)
 
     # -- the slice --------------------------------------------------------------------
 
@@ -522,6 +575,21 @@ class SyncEngine:
                 total_estimate=self._total(state),
             )
         state.pages += 1
+        provider = state.provider
+        PAGES_WRITTEN.labels(provider).inc()
+        for change, count in (
+            ("upserted", len(upserted.written)),
+            ("deleted", len(deleted)),
+            ("relabelled", len(relabelled)),
+            ("swept", swept),
+        ):
+            if count:
+                MESSAGES_WRITTEN.labels(provider, change).inc(count)
+        self.rt.activity.add(activity.PAGES_WRITTEN)
+        self.rt.activity.add(
+            activity.MESSAGES_WRITTEN,
+            len(upserted.written) + len(deleted) + len(relabelled) + swept,
+        )
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -556,6 +624,7 @@ class SyncEngine:
         failures = mailbox.consecutive_failures + 1
         delay = max(retry_after or 0.0, backoff_seconds(failures))
         message = f"{exc.__class__.__name__}: {exc}"[:500]
+        await self._record_error(mailbox, exc, message)
         give_up = failures >= self.settings.max_transient_retries
         status = (
             "error" if give_up else ("connected" if mailbox.status == "connected" else "syncing")
