@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     auth_jwks_url: str = Field(default="", alias="AUTH_JWKS_URL")
     auth_jwt_audience: str = Field(default="", alias="AUTH_JWT_AUDIENCE")
     auth_jwt_issuer: str = Field(default="", alias="AUTH_JWT_ISSUER")
+    # The claim (a dotted path such as realm_access.roles works too) and the role in it that
+    # make a caller an operator.
+    auth_roles_claim: str = Field(default="roles", alias="AUTH_ROLES_CLAIM")
+    auth_operator_role: str = Field(default="mailsync.operator", alias="AUTH_OPERATOR_ROLE")
 
     public_base_url: str = Field(default="http://localhost:8000", alias="PUBLIC_BASE_URL")
 

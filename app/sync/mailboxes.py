@@ -123,7 +123,16 @@ async def resolve_targets(
     return found
 
 
-def percent(mailbox: Mailbox) -> int:
+class HasProgress(Protocol):
+    @property
+    def status(self) -> str: ...
+    @property
+    def messages_synced(self) -> int: ...
+    @property
+    def messages_total_estimate(self) -> int | None: ...
+
+
+def percent(mailbox: HasProgress) -> int:
     if mailbox.status == "connected":
         return 100
     total = mailbox.messages_total_estimate

@@ -1,0 +1,297 @@
+"""What the operator dashboard and `mailsync status` read: mailboxes across all users, their
+streams, the webhook log and the outbox. Read-only, and never a credential column: the
+credentials table is not joined, cursors leave as their keys and a few scalar fields.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+# Cursor fields that carry no token (Gmail's phase and history id, Graph's round flag).
+_CURSOR_FIELDS_SHOWN = ("phase", "history_id", "initial")
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxFilter:
+    status: str | None = None
+    provider: str | None = None
+    user_id: str | None = None
+    # A piece of the address, matched case-insensitively.
+    search: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxRow:
+    id: uuid.UUID
+    user_id: str
+    provider: str
+    email: str | None
+    auth_mode: str
+    status: str
+    phase: str | None
+    messages_synced: int
+    messages_total_estimate: int | None
+    last_synced_at: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+    consecutive_failures: int
+    next_sync_at: datetime | None
+    sync_requested_at: datetime | None
+    lease_expires_at: datetime | None
+    created_at: datetime | None
+    disconnected_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusCount:
+    provider: str
+    status: str
+    mailboxes: int
+    messages: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRow:
+    stream_key: str
+    name: str | None
+    labels: tuple[str, ...]
+    mode: str
+    caught_up: bool
+    generation: int
+    total_estimate: int | None
+    stored: int
+    last_page_at: datetime | None
+    # The stored cursor's keys and its token-free fields, never its links or page tokens.
+    cursor_keys: tuple[str, ...]
+    cursor_fields: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationRow:
+    id: int
+    received_at: datetime
+    provider: str
+    kind: str
+    # Today the log holds what was accepted and recorded; a webhook audit log with
+    # per-request outcomes (refused, unknown subscription) fills this in when it lands.
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxState:
+    unpublished: int
+    oldest_unpublished_at: datetime | None
+    last_published_at: datetime | None
+
+    @property
+    def has_publisher(self) -> bool:
+        """Some event was ever published: lag means something (else nothing reads it)."""
+        return self.last_published_at is not None
+
+
+_MAILBOX_COLUMNS = """
+    id, user_id, provider, email, auth_mode, status, phase, messages_synced,
+    messages_total_estimate, last_synced_at, last_error, last_error_at, consecutive_failures,
+    next_sync_at, sync_requested_at, lease_expires_at, created_at, disconnected_at
+"""
+
+
+def _mailbox(row: Any) -> MailboxRow:
+    return MailboxRow(
+        id=row.id,
+        user_id=row.user_id,
+        provider=row.provider,
+        email=row.email,
+        auth_mode=row.auth_mode,
+        status=row.status,
+        phase=row.phase,
+        messages_synced=int(row.messages_synced),
+        messages_total_estimate=row.messages_total_estimate,
+        last_synced_at=row.last_synced_at,
+        last_error=row.last_error,
+        last_error_at=row.last_error_at,
+        consecutive_failures=int(row.consecutive_failures),
+        next_sync_at=row.next_sync_at,
+        sync_requested_at=row.sync_requested_at,
+        lease_expires_at=row.lease_expires_at,
+        created_at=row.created_at,
+        disconnected_at=row.disconnected_at,
+    )
+
+
+def _like_pattern(fragment: str) -> str:
+    escaped = fragment.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+class DashboardRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def counts(self) -> list[StatusCount]:
+        result = await self.session.execute(
+            text(
+                "SELECT provider, status, count(*) AS mailboxes, "
+                "COALESCE(sum(messages_synced), 0) AS messages "
+                "FROM mailboxes GROUP BY provider, status ORDER BY provider, status"
+            )
+        )
+        return [
+            StatusCount(r.provider, r.status, int(r.mailboxes), int(r.messages))
+            for r in result.all()
+        ]
+
+    async def list_mailboxes(
+        self,
+        flt: MailboxFilter,
+        *,
+        status_order: Sequence[str],
+        limit: int,
+        offset: int,
+    ) -> tuple[list[MailboxRow], int]:
+        """One page of mailboxes, the statuses in `status_order` first (in that order), then
+        by address; and how many match the filter in all."""
+        where = ["true"]
+        params: dict[str, Any] = {
+            "order": list(status_order),
+            "limit": limit,
+            "offset": offset,
+        }
+        if flt.status:
+            where.append("status = :status")
+            params["status"] = flt.status
+        if flt.provider:
+            where.append("provider = :provider")
+            params["provider"] = flt.provider
+        if flt.user_id:
+            where.append("user_id = :user_id")
+            params["user_id"] = flt.user_id
+        if flt.search:
+            where.append("email ILIKE :pattern")
+            params["pattern"] = _like_pattern(flt.search)
+        result = await self.session.execute(
+            text(
+                f"""
+                SELECT {_MAILBOX_COLUMNS}, count(*) OVER () AS matching
+                  FROM mailboxes
+                 WHERE {" AND ".join(where)}
+                 ORDER BY COALESCE(array_position(CAST(:order AS text[]), status), 1000),
+                          email NULLS LAST, id
+                 LIMIT :limit OFFSET :offset
+                """  # noqa: S608 - the clauses above are fixed strings; values are bound
+            ),
+            params,
+        )
+        rows = result.all()
+        if rows:
+            return [_mailbox(r) for r in rows], int(rows[0].matching)
+        if offset == 0:
+            return [], 0
+        # Past the last page: still say how many there are.
+        total = await self.session.scalar(
+            text(f"SELECT count(*) FROM mailboxes WHERE {' AND '.join(where)}"),  # noqa: S608
+            params,
+        )
+        return [], int(total or 0)
+
+    async def mailbox(self, mailbox_id: uuid.UUID) -> MailboxRow | None:
+        result = await self.session.execute(
+            text(f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes WHERE id = :id"),  # noqa: S608
+            {"id": mailbox_id},
+        )
+        row = result.first()
+        return _mailbox(row) if row else None
+
+    async def streams(self, mailbox_id: uuid.UUID) -> list[StreamRow]:
+        result = await self.session.execute(
+            text(
+                """
+                SELECT c.stream_key, c.name, c.labels, c.mode, c.caught_up, c.generation,
+                       c.total_estimate, c.updated_at,
+                       CASE WHEN jsonb_typeof(c.cursor) = 'object'
+                            THEN ARRAY(SELECT jsonb_object_keys(c.cursor) ORDER BY 1) END
+                         AS cursor_keys,
+                       CASE WHEN jsonb_typeof(c.cursor) = 'object'
+                            THEN jsonb_strip_nulls(jsonb_build_object(
+                                   'phase', c.cursor->>'phase',
+                                   'history_id', c.cursor->>'history_id',
+                                   'initial', c.cursor->>'initial')) END
+                         AS cursor_fields,
+                       COALESCE(s.stored, 0) AS stored
+                  FROM sync_cursors c
+                  LEFT JOIN (SELECT stream_key, count(*) AS stored FROM messages
+                              WHERE mailbox_id = :id GROUP BY stream_key) s
+                         ON s.stream_key = c.stream_key
+                 WHERE c.mailbox_id = :id
+                 ORDER BY c.total_estimate DESC NULLS LAST, c.stream_key
+                """
+            ),
+            {"id": mailbox_id},
+        )
+        return [
+            StreamRow(
+                stream_key=r.stream_key,
+                name=r.name,
+                labels=tuple(r.labels or ()),
+                mode=r.mode,
+                caught_up=bool(r.caught_up),
+                generation=int(r.generation),
+                total_estimate=r.total_estimate,
+                stored=int(r.stored),
+                last_page_at=r.updated_at,
+                cursor_keys=tuple(r.cursor_keys or ()),
+                cursor_fields={
+                    k: str(v)
+                    for k, v in (r.cursor_fields or {}).items()
+                    if k in _CURSOR_FIELDS_SHOWN
+                },
+            )
+            for r in result.all()
+        ]
+
+    async def recent_notifications(
+        self, mailbox_id: uuid.UUID, limit: int = 20
+    ) -> list[NotificationRow]:
+        result = await self.session.execute(
+            text(
+                "SELECT id, received_at, provider, kind FROM webhook_notifications "
+                "WHERE mailbox_id = :id ORDER BY id DESC LIMIT :limit"
+            ),
+            {"id": mailbox_id, "limit": limit},
+        )
+        return [
+            NotificationRow(int(r.id), r.received_at, r.provider, r.kind, "recorded")
+            for r in result.all()
+        ]
+
+    async def outbox_state(self) -> OutboxState:
+        """How far the event publisher is behind. Two index walks on the primary key: the
+        oldest unpublished event, and the newest published one."""
+        result = await self.session.execute(
+            text(
+                """
+                SELECT (SELECT created_at FROM outbox_events WHERE published_at IS NULL
+                         ORDER BY id LIMIT 1) AS oldest_unpublished_at,
+                       (SELECT published_at FROM outbox_events WHERE published_at IS NOT NULL
+                         ORDER BY id DESC LIMIT 1) AS last_published_at
+                """
+            )
+        )
+        row = result.one()
+        unpublished = 0
+        if row.oldest_unpublished_at is not None and row.last_published_at is not None:
+            # Only worth counting when a publisher exists; without one, every event waits.
+            unpublished = int(
+                await self.session.scalar(
+                    text("SELECT count(*) FROM outbox_events WHERE published_at IS NULL")
+                )
+                or 0
+            )
+        return OutboxState(unpublished, row.oldest_unpublished_at, row.last_published_at)
