@@ -57,9 +57,12 @@ async def test_the_roles_claim_and_role_follow_the_settings(
         update={"auth_roles_claim": "realm_access.roles", "auth_operator_role": "ops"}
     )
     app = create_app(custom)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://mailsync.test"
-    ) as client:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://mailsync.test"
+        ) as client,
+    ):
         nested = bearer("eve", realm_access={"roles": ["ops"]})
         assert (await client.get("/dashboard", headers=nested)).status_code == 200
         assert (await client.get("/dashboard", headers=OPERATOR)).status_code == 403
