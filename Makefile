@@ -18,11 +18,11 @@ install: $(STAMP)
 migrate: install
 	$(BIN)/mailsync migrate
 
-# Migrate, then the API on :8000 and one worker; Ctrl-C stops both.
-run: migrate
-	@trap 'kill 0' INT TERM EXIT; \
-	$(BIN)/mailsync worker & \
-	$(BIN)/mailsync api --host 0.0.0.0 --port 8000
+# With no Microsoft or Google client configured: the live demo (simulator, API, worker,
+# demo mailboxes, the dashboard URL). With one: migrate, then the API on $$PORT (8000) and
+# one worker. Ctrl-C stops everything either way.
+run: install
+	$(BIN)/mailsync run
 
 lint: install
 	$(BIN)/ruff check .

@@ -162,11 +162,20 @@ async def _start_simulator(supervisor: Supervisor, state_dir: Path) -> dict[str,
     return env
 
 
+def _configured(name: str) -> str | None:
+    """A setting from the environment or `.env` (where Settings would read it too)."""
+    if os.environ.get(name):
+        return os.environ[name]
+    from dotenv import dotenv_values
+
+    return dotenv_values(".env").get(name) or None
+
+
 def _demo_env(args: argparse.Namespace, sim_env: dict[str, str]) -> dict[str, str]:
     public = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '') else args.host}:{args.port}"  # noqa: S104
     env = {
         "MAILSYNC_ENV": os.environ.get("MAILSYNC_ENV", "development"),
-        "DATABASE_URL": os.environ.get("DATABASE_URL", DEMO_DATABASE_URL),
+        "DATABASE_URL": _configured("DATABASE_URL") or DEMO_DATABASE_URL,
         "AUTH_JWT_SECRET": os.environ.get("AUTH_JWT_SECRET") or secrets.token_urlsafe(48),
         "PUBLIC_BASE_URL": public,
         "GOOGLE_PUSH_AUDIENCE": f"{public}/webhooks/google",
@@ -236,7 +245,7 @@ async def _demo(args: argparse.Namespace, state_dir: Path, supervisor: Superviso
     _say("mailsync demo: starting the provider simulator, the API and a worker…")
     sim_env = await _start_simulator(supervisor, state_dir)
     env = _demo_env(args, sim_env)
-    owned = "DATABASE_URL" not in os.environ
+    owned = _configured("DATABASE_URL") is None
     os.environ.update(env)
     supervisor.env.update(env)
     get_settings.cache_clear()
