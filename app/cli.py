@@ -101,9 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         uvicorn.run("app.main:app", host=args.host, port=args.port, proxy_headers=True)
         return 0
     if args.command == "worker":
-        # arq's own CLI handles signals and graceful shutdown. Replacing this process (not
-        # starting a child) lets a supervisor's signal reach arq, and leaves no orphan.
-        os.execv(sys.executable, [sys.executable, "-m", "arq", "app.sync.worker.WorkerSettings"])  # noqa: S606
+        # Replace this process with arq's own CLI: signals (SIGTERM from a supervisor, or as
+        # PID 1 in a container) reach the worker itself, which lets running slices commit,
+        # and no parent is left to orphan it.
+        argv = [sys.executable, "-m", "arq", "app.sync.worker.WorkerSettings"]
+        os.execv(sys.executable, argv)  # noqa: S606
     if args.command == "openapi":
         current = openapi_document()
         if args.check:

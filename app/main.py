@@ -27,7 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        configure_logging()
+        configure_logging(settings.log_level)
         rt = await Runtime.create(settings)
         rt.activity.start()
         app.state.rt = rt

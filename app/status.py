@@ -21,14 +21,15 @@ from app.config import get_settings
 from app.dashboard.views import PROVIDERS, STATUS_ORDER, MailboxPage, mailbox_page
 from app.db.repositories.dashboard import MailboxFilter
 from app.db.session import make_engine, make_sessionmaker
+from app.sync.states import MailboxStatus
 
-STATUS_STYLE = {
-    "connected": "green",
-    "syncing": "cyan",
-    "pending": "cyan",
-    "error": "bold red",
-    "auth_expired": "bold red",
-    "disconnected": "dim",
+STATUS_STYLE: dict[str, str] = {
+    MailboxStatus.CONNECTED: "green",
+    MailboxStatus.SYNCING: "cyan",
+    MailboxStatus.PENDING: "cyan",
+    MailboxStatus.ERROR: "bold red",
+    MailboxStatus.AUTH_EXPIRED: "bold red",
+    MailboxStatus.DISCONNECTED: "dim",
 }
 
 

@@ -17,9 +17,7 @@ from app.dashboard.views import MailboxView
 from app.db.repositories.mailboxes import MailboxRepository
 from app.sync import mailboxes as service
 from app.sync.queue import enqueue_sync
-
-# Nothing syncs in these until the user acts (app.db.repositories.mailboxes.PARKED).
-_PARKED = ("disconnected", "auth_expired")
+from app.sync.states import MailboxStatus
 
 
 async def sync_now(uow: UnitOfWork, mailbox_id: uuid.UUID) -> None:
@@ -55,14 +53,14 @@ ACTIONS: dict[str, Action] = {
             label="Sync now",
             done="Sync requested: a worker picks it up within a second.",
             run=sync_now,
-            applies=lambda m: m.row.status not in _PARKED,
+            applies=lambda m: not m.parked,
         ),
         Action(
             name="disconnect",
             label="Disconnect",
             done="Disconnected: syncing stopped; subscriptions and credentials are being removed.",
             run=disconnect,
-            applies=lambda m: m.row.status != "disconnected",
+            applies=lambda m: m.row.status != MailboxStatus.DISCONNECTED,
             confirm=(
                 "Disconnect this mailbox? Syncing stops at once and its credentials are "
                 "deleted; only the user can connect it again. Stored messages are kept."

@@ -1,7 +1,7 @@
 """Who may see the dashboard: operators, by bearer token or by a browser session.
 
-- A bearer JWT (the API's own verification) whose roles claim (`AUTH_ROLES_CLAIM`) holds
-  `AUTH_OPERATOR_ROLE`. A valid token without the role is a 403.
+- A bearer JWT (the API's own verification and role rule, app.api.auth) whose roles claim
+  (`AUTH_ROLES_CLAIM`) holds `AUTH_OPERATOR_ROLE`. A valid token without the role is a 403.
 - A session cookie, made by `GET /dashboard/login?token=<JWT>` from an operator token that
   carries a `jti`: the token works once (its id is remembered in Redis until it expires),
   so a login link that leaked through a browser history or a proxy log is already spent.
@@ -27,7 +27,7 @@ import jwt
 from cryptography.fernet import InvalidToken
 from fastapi import Request
 
-from app.api.auth import decode_bearer
+from app.api.auth import Caller, decode_bearer, roles_of
 from app.api.errors import ApiError
 from app.config import Settings
 from app.crypto import SecretDecryptionError, TokenCipher
@@ -48,27 +48,14 @@ class OperatorIdentity:
     csrf: str | None = None
 
 
-def roles_of(claims: dict[str, Any], claim: str) -> set[str]:
-    """The roles in `claim` (a dotted path into nested objects), as a list or a
-    space-separated string (like `scope`)."""
-    value: Any = claims
-    for part in claim.split("."):
-        if not isinstance(value, dict):
-            return set()
-        value = value.get(part)
-    if isinstance(value, str):
-        return set(value.split())
-    if isinstance(value, list):
-        return {v for v in value if isinstance(v, str)}
-    return set()
-
-
-def is_operator(claims: dict[str, Any], settings: Settings) -> bool:
-    return settings.auth_operator_role in roles_of(claims, settings.auth_roles_claim)
-
-
-def _forbidden() -> ApiError:
-    return ApiError(403, "forbidden", "this token does not carry the operator role")
+def _forbidden(settings: Settings) -> ApiError:
+    # The same words as the API's operator routes (app.api.auth.current_operator).
+    return ApiError(
+        403,
+        "forbidden",
+        f"this needs the operator role {settings.auth_operator_role!r} "
+        f"in the token's {settings.auth_roles_claim!r} claim",
+    )
 
 
 def _unauthorized(message: str) -> ApiError:
@@ -79,9 +66,12 @@ async def operator_from_bearer(
     token: str, settings: Settings
 ) -> tuple[OperatorIdentity, dict[str, Any]]:
     claims = await decode_bearer(token, settings)
-    if not is_operator(claims, settings):
-        raise _forbidden()
-    return OperatorIdentity(subject=str(claims["sub"]), via="bearer"), claims
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise _unauthorized("bearer token has no subject")
+    if not Caller(sub, roles_of(claims, settings.auth_roles_claim)).is_operator(settings):
+        raise _forbidden(settings)
+    return OperatorIdentity(subject=sub, via="bearer"), claims
 
 
 # -- sessions -------------------------------------------------------------------------
@@ -149,20 +139,12 @@ def mint_login_token(
         "jti": uuid.uuid4().hex,
         **(extra or {}),
     }
-    _put_role(claims, settings.auth_roles_claim, settings.auth_operator_role)
+    claims[settings.auth_roles_claim] = [settings.auth_operator_role]
     if settings.auth_jwt_audience:
         claims["aud"] = settings.auth_jwt_audience
     if settings.auth_jwt_issuer:
         claims["iss"] = settings.auth_jwt_issuer
     return jwt.encode(claims, settings.auth_jwt_secret, algorithm="HS256")
-
-
-def _put_role(claims: dict[str, Any], claim: str, role: str) -> None:
-    *parents, leaf = claim.split(".")
-    node = claims
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = [role]
 
 
 async def redeem_login_token(request: Request, token: str) -> OperatorIdentity:

@@ -232,7 +232,7 @@ async def mailbox_action(
     row = await DashboardRepository(uow.session).mailbox(mailbox_id)
     if row is None:
         raise ApiError(404, "not_found", "mailbox not found")
-    if not action.applies(views.mailbox_view(row)):
+    if not action.applies(views.mailbox_view(row, [])):
         raise ApiError(409, "conflict", f"{action.label} does not apply to a {row.status} mailbox")
     await action.run(uow, mailbox_id)
     await uow.commit()

@@ -14,6 +14,7 @@ from arq.constants import default_queue_name
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db.repositories.cursors import CursorRepository
 from app.db.repositories.dashboard import (
     DashboardRepository,
     MailboxFilter,
@@ -23,36 +24,63 @@ from app.db.repositories.dashboard import (
     StatusCount,
     StreamRow,
 )
+from app.sync import states
 from app.sync.activity import RecentError
-from app.sync.mailboxes import percent
 from app.sync.runtime import Runtime
+from app.sync.states import MailboxStatus, StreamProgress
 
 log = logging.getLogger(__name__)
 
 PROVIDERS = ("microsoft", "google")
+S = MailboxStatus
 # Attention first: the order of the mailbox list and of the overview's status table.
-STATUS_ORDER = ("error", "auth_expired", "syncing", "pending", "connected", "disconnected")
+STATUS_ORDER: tuple[str, ...] = tuple(
+    str(s) for s in (S.ERROR, S.AUTH_EXPIRED, S.SYNCING, S.PENDING, S.CONNECTED, S.DISCONNECTED)
+)
 PAGE_SIZE = 50
 
 # What an operator can do about a mailbox in each status.
-ADVICE = {
-    "auth_expired": (
+ADVICE: dict[str, str] = {
+    S.AUTH_EXPIRED: (
         "The provider refused the stored grant (revoked, expired or consent withdrawn). "
         "Nothing syncs until the user reconnects the mailbox: POST /mail/connect with new "
         "tokens for the same account."
     ),
-    "error": (
+    S.ERROR: (
         "A permanent provider error, or repeated failures. Retries continue on the sync "
         "interval; fix the cause shown below, then use Sync now."
     ),
-    "disconnected": "Disconnected: nothing syncs. The user reconnects through POST /mail/connect.",
+    S.DISCONNECTED: "Disconnected: nothing syncs. The user reconnects through POST /mail/connect.",
 }
 
 
 @dataclass(frozen=True, slots=True)
 class MailboxView:
     row: MailboxRow
-    percent: int
+    streams: list[StreamProgress]
+
+    @property
+    def percent(self) -> int:
+        return states.percent(
+            self.row.status,
+            self.streams,
+            messages_synced=self.row.messages_synced,
+            total_estimate=self.row.messages_total_estimate,
+        )
+
+    @property
+    def streams_behind(self) -> int:
+        return states.streams_behind(self.streams)
+
+    @property
+    def in_sync(self) -> bool:
+        return states.in_sync(
+            self.row.status, self.streams, owed=self.row.pending_since is not None
+        )
+
+    @property
+    def parked(self) -> bool:
+        return MailboxStatus(self.row.status) in states.PARKED
 
     @property
     def id(self) -> uuid.UUID:
@@ -122,8 +150,13 @@ class MailboxDetail:
     errors: list[RecentError] = field(default_factory=list)
 
 
-def mailbox_view(row: MailboxRow) -> MailboxView:
-    return MailboxView(row=row, percent=percent(row))
+def mailbox_view(row: MailboxRow, streams: list[StreamProgress]) -> MailboxView:
+    return MailboxView(row=row, streams=streams)
+
+
+async def _views(session: AsyncSession, rows: list[MailboxRow]) -> list[MailboxView]:
+    progress = await CursorRepository(session).progress([r.id for r in rows])
+    return [mailbox_view(r, progress.get(r.id, [])) for r in rows]
 
 
 async def overview(session: AsyncSession, rt: Runtime) -> Overview:
@@ -170,7 +203,7 @@ async def mailbox_page(session: AsyncSession, flt: MailboxFilter, page: int) -> 
         flt, status_order=STATUS_ORDER, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
     )
     return MailboxPage(
-        items=[mailbox_view(r) for r in rows],
+        items=await _views(session, rows),
         total=total,
         page=page,
         pages=max(1, math.ceil(total / PAGE_SIZE)),
@@ -186,7 +219,7 @@ async def mailbox_detail(
     if row is None:
         return None
     detail = MailboxDetail(
-        mailbox=mailbox_view(row),
+        mailbox=(await _views(session, [row]))[0],
         streams=await repo.streams(mailbox_id),
         notifications=await repo.recent_notifications(mailbox_id),
     )

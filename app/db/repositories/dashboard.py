@@ -44,6 +44,8 @@ class MailboxRow:
     consecutive_failures: int
     next_sync_at: datetime | None
     sync_requested_at: datetime | None
+    pending_since: datetime | None
+    last_verified_at: datetime | None
     lease_expires_at: datetime | None
     created_at: datetime | None
     disconnected_at: datetime | None
@@ -99,7 +101,8 @@ class OutboxState:
 _MAILBOX_COLUMNS = """
     id, user_id, provider, email, auth_mode, status, phase, messages_synced,
     messages_total_estimate, last_synced_at, last_error, last_error_at, consecutive_failures,
-    next_sync_at, sync_requested_at, lease_expires_at, created_at, disconnected_at
+    next_sync_at, sync_requested_at, pending_since, last_verified_at, lease_expires_at,
+    created_at, disconnected_at
 """
 
 
@@ -120,6 +123,8 @@ def _mailbox(row: Any) -> MailboxRow:
         consecutive_failures=int(row.consecutive_failures),
         next_sync_at=row.next_sync_at,
         sync_requested_at=row.sync_requested_at,
+        pending_since=row.pending_since,
+        last_verified_at=row.last_verified_at,
         lease_expires_at=row.lease_expires_at,
         created_at=row.created_at,
         disconnected_at=row.disconnected_at,
