@@ -70,6 +70,7 @@ async def test_pages_load_without_console_errors_and_the_overview_is_captured(
     streams = await page.locator("#streams tbody tr").count()
     assert streams >= 5  # the simulator's folders
     assert "Inbox" in await page.locator("#streams").inner_text()
+    assert (await page.locator("#in-sync").inner_text()).startswith("yes")
     await page.screenshot(path=str(artifacts / "dashboard-mailbox.png"), full_page=True)
     assert console.errors == []
 
