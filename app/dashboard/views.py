@@ -56,31 +56,14 @@ ADVICE: dict[str, str] = {
 
 @dataclass(frozen=True, slots=True)
 class MailboxView:
+    """A mailbox row and what its streams say, worked out once (a page renders each value
+    more than once)."""
+
     row: MailboxRow
-    streams: list[StreamProgress]
-
-    @property
-    def percent(self) -> int:
-        return states.percent(
-            self.row.status,
-            self.streams,
-            messages_synced=self.row.messages_synced,
-            total_estimate=self.row.messages_total_estimate,
-        )
-
-    @property
-    def streams_behind(self) -> int:
-        return states.streams_behind(self.streams)
-
-    @property
-    def in_sync(self) -> bool:
-        return states.in_sync(
-            self.row.status, self.streams, owed=self.row.pending_since is not None
-        )
-
-    @property
-    def parked(self) -> bool:
-        return MailboxStatus(self.row.status) in states.PARKED
+    percent: int
+    in_sync: bool
+    streams_behind: int
+    parked: bool
 
     @property
     def id(self) -> uuid.UUID:
@@ -151,7 +134,18 @@ class MailboxDetail:
 
 
 def mailbox_view(row: MailboxRow, streams: list[StreamProgress]) -> MailboxView:
-    return MailboxView(row=row, streams=streams)
+    return MailboxView(
+        row=row,
+        percent=states.percent(
+            row.status,
+            streams,
+            messages_synced=row.messages_synced,
+            total_estimate=row.messages_total_estimate,
+        ),
+        in_sync=states.in_sync(row.status, streams, owed=row.pending_since is not None),
+        streams_behind=states.streams_behind(streams),
+        parked=MailboxStatus(row.status) in states.PARKED,
+    )
 
 
 async def _views(session: AsyncSession, rows: list[MailboxRow]) -> list[MailboxView]:

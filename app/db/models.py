@@ -40,6 +40,8 @@ class Mailbox(SQLModel, table=True):
         Index("ix_mailboxes_next_sync_at", "next_sync_at"),
         Index("ix_mailboxes_email", "provider", "email"),
         Index("ix_mailboxes_lease_expires_at", "lease_expires_at"),
+        # The dashboard's list: by status, then address (migration 0008).
+        Index("ix_mailboxes_dashboard", "status", text('email COLLATE "C"'), "id"),
     )
 
     id: uuid.UUID = Field(
@@ -257,6 +259,10 @@ class OutboxEvent(SQLModel, table=True):
     """What changed, written in the page's transaction, for downstream publishers."""
 
     __tablename__ = "outbox_events"
+    __table_args__ = (
+        # What is still to publish, oldest first (the dashboard's outbox lag; migration 0008).
+        Index("ix_outbox_events_unpublished", "id", postgresql_where=text("published_at IS NULL")),
+    )
 
     id: int | None = Field(
         default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True)

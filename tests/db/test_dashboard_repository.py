@@ -134,7 +134,9 @@ async def test_outbox_lag_appears_once_a_publisher_has_published(rt: Runtime) ->
 
     await event(600.0, None)
     nobody = await state()
-    assert not nobody.has_publisher and nobody.unpublished == 0
+    assert not nobody.has_publisher and nobody.unpublished == 1
+    async with rt.sessions() as session:
+        assert (await overview(session, rt)).outbox_lag_seconds is None  # nothing publishes
 
     async with rt.sessions() as session, session.begin():
         await session.execute(text("UPDATE outbox_events SET published_at = now()"))
@@ -145,3 +147,19 @@ async def test_outbox_lag_appears_once_a_publisher_has_published(rt: Runtime) ->
     async with rt.sessions() as session:
         data = await overview(session, rt)
     assert data.outbox_lag_seconds is not None and 25 <= data.outbox_lag_seconds < 60
+
+
+async def test_a_page_that_spans_two_statuses(rt: Runtime) -> None:
+    await add_mailboxes(
+        rt,
+        [{"email": f"ok{n:02d}@example.com", "status": "connected"} for n in range(40)]
+        + [{"email": f"bad{n:02d}@example.com", "status": "error"} for n in range(30)],
+    )
+    async with rt.sessions() as session:
+        first = await mailbox_page(session, MailboxFilter(), 1)
+        second = await mailbox_page(session, MailboxFilter(), 2)
+    assert [m.row.email for m in first.items] == [f"bad{n:02d}@example.com" for n in range(30)] + [
+        f"ok{n:02d}@example.com" for n in range(20)
+    ]
+    assert [m.row.email for m in second.items] == [f"ok{n:02d}@example.com" for n in range(20, 40)]
+    assert first.total == second.total == 70

@@ -14,6 +14,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+# The outbox backlog is counted up to here ("100,000+" beyond).
+OUTBOX_COUNT_CAP = 100_000
+
 # Cursor fields that carry no token (Gmail's phase and history id, Graph's round flag).
 _CURSOR_FIELDS_SHOWN = ("phase", "history_id", "initial")
 
@@ -161,14 +164,31 @@ class DashboardRepository:
         limit: int,
         offset: int,
     ) -> tuple[list[MailboxRow], int]:
-        """One page of mailboxes, the statuses in `status_order` first (in that order), then
-        by address; and how many match the filter in all."""
-        where = ["true"]
-        params: dict[str, Any] = {
-            "order": list(status_order),
-            "limit": limit,
-            "offset": offset,
-        }
+        """One page of mailboxes, the statuses in `status_order` first (in that order, any
+        other status after them), each status by address; and how many match in all.
+
+        How many of each status match comes first; then only the statuses the page falls
+        in are read, each an index scan (ix_mailboxes_dashboard) that stops at the page.
+        """
+        counts = await self._status_counts(flt)
+        order = [s for s in status_order if s in counts]
+        order += sorted(s for s in counts if s not in status_order)
+        rows: list[MailboxRow] = []
+        skip = offset
+        for status in order:
+            if len(rows) >= limit:
+                break
+            if skip >= counts[status]:
+                skip -= counts[status]
+                continue
+            rows += await self._page_of_status(status, flt, limit - len(rows), skip)
+            skip = 0
+        return rows, sum(counts.values())
+
+    @staticmethod
+    def _where(flt: MailboxFilter) -> tuple[list[str], dict[str, Any]]:
+        where: list[str] = []
+        params: dict[str, Any] = {}
         if flt.status:
             where.append("status = :status")
             params["status"] = flt.status
@@ -181,30 +201,34 @@ class DashboardRepository:
         if flt.search:
             where.append("email ILIKE :pattern")
             params["pattern"] = _like_pattern(flt.search)
+        return where, params
+
+    async def _status_counts(self, flt: MailboxFilter) -> dict[str, int]:
+        where, params = self._where(flt)
+        clauses = " AND ".join(where) or "true"
+        result = await self.session.execute(
+            text(f"SELECT status, count(*) FROM mailboxes WHERE {clauses} GROUP BY status"),  # noqa: S608 - fixed clauses, bound values
+            params,
+        )
+        return {row[0]: int(row[1]) for row in result.all()}
+
+    async def _page_of_status(
+        self, status: str, flt: MailboxFilter, limit: int, offset: int
+    ) -> list[MailboxRow]:
+        where, params = self._where(flt)
+        where.append("status = :page_status")
         result = await self.session.execute(
             text(
                 f"""
-                SELECT {_MAILBOX_COLUMNS}, count(*) OVER () AS matching
-                  FROM mailboxes
+                SELECT {_MAILBOX_COLUMNS} FROM mailboxes
                  WHERE {" AND ".join(where)}
-                 ORDER BY COALESCE(array_position(CAST(:order AS text[]), status), 1000),
-                          email NULLS LAST, id
+                 ORDER BY email COLLATE "C" NULLS LAST, id
                  LIMIT :limit OFFSET :offset
-                """  # noqa: S608 - the clauses above are fixed strings; values are bound
+                """  # noqa: S608 - fixed clauses, bound values
             ),
-            params,
+            {**params, "page_status": status, "limit": limit, "offset": offset},
         )
-        rows = result.all()
-        if rows:
-            return [_mailbox(r) for r in rows], int(rows[0].matching)
-        if offset == 0:
-            return [], 0
-        # Past the last page: still say how many there are.
-        total = await self.session.scalar(
-            text(f"SELECT count(*) FROM mailboxes WHERE {' AND '.join(where)}"),  # noqa: S608
-            params,
-        )
-        return [], int(total or 0)
+        return [_mailbox(r) for r in result.all()]
 
     async def mailbox(self, mailbox_id: uuid.UUID) -> MailboxRow | None:
         result = await self.session.execute(
@@ -277,26 +301,22 @@ class DashboardRepository:
         ]
 
     async def outbox_state(self) -> OutboxState:
-        """How far the event publisher is behind. Two index walks on the primary key: the
-        oldest unpublished event, and the newest published one."""
+        """How far the event publisher is behind: the oldest unpublished event (the partial
+        index ix_outbox_events_unpublished), how many wait (counted up to a cap), and the
+        newest published one (walking back over the backlog only)."""
         result = await self.session.execute(
             text(
                 """
                 SELECT (SELECT created_at FROM outbox_events WHERE published_at IS NULL
                          ORDER BY id LIMIT 1) AS oldest_unpublished_at,
+                       (SELECT count(*) FROM (SELECT 1 FROM outbox_events
+                                               WHERE published_at IS NULL LIMIT :cap) AS w)
+                         AS unpublished,
                        (SELECT published_at FROM outbox_events WHERE published_at IS NOT NULL
                          ORDER BY id DESC LIMIT 1) AS last_published_at
                 """
-            )
+            ),
+            {"cap": OUTBOX_COUNT_CAP},
         )
         row = result.one()
-        unpublished = 0
-        if row.oldest_unpublished_at is not None and row.last_published_at is not None:
-            # Only worth counting when a publisher exists; without one, every event waits.
-            unpublished = int(
-                await self.session.scalar(
-                    text("SELECT count(*) FROM outbox_events WHERE published_at IS NULL")
-                )
-                or 0
-            )
-        return OutboxState(unpublished, row.oldest_unpublished_at, row.last_published_at)
+        return OutboxState(int(row.unpublished), row.oldest_unpublished_at, row.last_published_at)
