@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import logging
 import random
+import ssl
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,9 @@ class SimulatorControl:
 
     def __init__(self, base_url: str, ca_file: str) -> None:
         self.base_url = base_url
-        self.client = httpx.AsyncClient(base_url=base_url, verify=ca_file, timeout=120)
+        self.client = httpx.AsyncClient(
+            base_url=base_url, verify=ssl.create_default_context(cafile=ca_file), timeout=120
+        )
 
     async def call(self, method: str, path: str, **kwargs: Any) -> Any:
         response = await self.client.request(method, path, **kwargs)

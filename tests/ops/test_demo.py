@@ -7,6 +7,7 @@ import asyncio
 import re
 import secrets
 import signal
+import ssl
 import uuid
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,10 @@ async def test_demo_converges_then_stops_everything(settings: Settings, tmp_path
 
         async with (
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as api,
-            httpx.AsyncClient(base_url=simulator.group(1), verify=simulator.group(2)) as sim,
+            httpx.AsyncClient(
+                base_url=simulator.group(1),
+                verify=ssl.create_default_context(cafile=simulator.group(2)),
+            ) as sim,
         ):
             # The bearer token is the demo user's, not an operator's.
             mine = await api.get(

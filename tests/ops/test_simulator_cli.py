@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -42,7 +43,10 @@ def test_mailsync_simulator_port_and_env_file(tmp_path: Path) -> None:
         deadline = time.monotonic() + 15
         while True:
             try:
-                response = httpx.get(f"https://localhost:{port}/_sim/healthz", verify=ca)
+                response = httpx.get(
+                    f"https://localhost:{port}/_sim/healthz",
+                    verify=ssl.create_default_context(cafile=ca),
+                )
                 break
             except httpx.HTTPError:
                 assert time.monotonic() < deadline, "simulator never answered"
