@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 from app.config import Settings
@@ -71,3 +72,24 @@ def run(
     return subprocess.run(  # noqa: S603 - our own CLI
         [*MAILSYNC, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
+
+
+def marked_env(env: dict[str, str]) -> tuple[dict[str, str], str]:
+    """`env` with a marker every process started from it inherits (children and orphans)."""
+    marker = uuid.uuid4().hex
+    return {**env, "MAILSYNC_TEST_MARKER": marker}, marker
+
+
+def survivors(marker: str) -> list[int]:
+    """Every live process carrying the marker: nothing a test started may outlive it."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if f"MAILSYNC_TEST_MARKER={marker}".encode() in environ and alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found

@@ -18,7 +18,16 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.config import Settings
 from tests.conftest import PG_ADMIN_URL
-from tests.ops.support import MAILSYNC, ROOT, alive, descendants, free_port, process_env
+from tests.ops.support import (
+    MAILSYNC,
+    ROOT,
+    alive,
+    descendants,
+    free_port,
+    marked_env,
+    process_env,
+    survivors,
+)
 
 OUTLOOK = 2000
 GMAIL = 200
@@ -32,6 +41,7 @@ async def test_demo_converges_then_stops_everything(settings: Settings, tmp_path
     env = process_env(settings, DATABASE_URL=database_url, PORT=str(port))
     for key in ("AUTH_JWT_SECRET", "PUBLIC_BASE_URL", "WORKER_METRICS_PORT"):
         env.pop(key, None)  # the demo makes its own
+    env, marker = marked_env(env)
     demo = await asyncio.create_subprocess_exec(
         *MAILSYNC, "demo",
         "--outlook-messages", str(OUTLOOK), "--gmail-messages", str(GMAIL),
@@ -96,7 +106,7 @@ async def test_demo_converges_then_stops_everything(settings: Settings, tmp_path
             await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         await admin.dispose()
     assert demo.returncode == 0, tail[0].decode(errors="replace")[-3000:]
-    left = {pid for pid in started if alive(pid)}
+    left = {pid for pid in started if alive(pid)} | set(survivors(marker))
     assert not left, f"processes left behind: {left}"
 
 
