@@ -8,6 +8,8 @@ with `X-Dashboard-Fragment: 1` returns only its live region (what the script swa
 from __future__ import annotations
 
 import inspect
+import logging
+import re
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -277,7 +279,25 @@ async def signed_out(request: Request) -> Response:
     return await _error_page(request, ApiError(401, "unauthorized", "Signed out."))
 
 
+_LOGIN_TOKEN = re.compile(r"(/dashboard/login\?(?:[^ ]*&)?token=)[^& ]+")
+
+
+class _RedactLoginTokens(logging.Filter):
+    """Access logs print request paths; a login link's token never reaches a log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _LOGIN_TOKEN.sub(r"\1[redacted]", a) if isinstance(a, str) else a
+                for a in record.args
+            )
+        return True
+
+
 def install_dashboard(app: FastAPI) -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _RedactLoginTokens) for f in access.filters):
+        access.addFilter(_RedactLoginTokens())
     app.include_router(router)
     app.mount(
         "/dashboard/static", StaticFiles(directory=str(HERE / "static")), name="dashboard-static"

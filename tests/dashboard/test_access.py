@@ -235,3 +235,23 @@ async def test_a_mailbox_page_never_shows_a_token_or_secret(
                 assert value not in body
     assert page.headers["cache-control"] == "no-store"
     assert "script-src 'self'" in page.headers["content-security-policy"]
+
+
+def test_access_logs_never_carry_a_login_token() -> None:
+    import logging
+
+    from app.dashboard.routes import _RedactLoginTokens
+
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", "/dashboard/login?token=eyJhbGciOi.secret.sig&x=1", "1.1", 303),
+        None,
+    )
+    assert _RedactLoginTokens().filter(record)
+    line = record.getMessage()
+    assert "eyJ" not in line and "secret" not in line
+    assert "/dashboard/login?token=[redacted]&x=1" in line
