@@ -180,6 +180,8 @@ def _demo_env(args: argparse.Namespace, sim_env: dict[str, str]) -> dict[str, st
         "PUBLIC_BASE_URL": public,
         "GOOGLE_PUSH_AUDIENCE": f"{public}/webhooks/google",
         "WORKER_METRICS_PORT": os.environ.get("WORKER_METRICS_PORT") or str(_free_port()),
+        # Short slices: Ctrl-C waits for the running one, and a demo should stop at once.
+        "SYNC_SLICE_SECONDS": _configured("SYNC_SLICE_SECONDS") or "5",
         "PYTHONUNBUFFERED": "1",
         **sim_env,
     }
