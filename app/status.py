@@ -16,6 +16,7 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import get_settings
 from app.dashboard.views import PROVIDERS, STATUS_ORDER, MailboxPage, mailbox_page
@@ -91,30 +92,32 @@ def render(data: MailboxPage) -> Group:
     return Group(table, Text(shown, style="dim"))
 
 
-async def _fetch(args: argparse.Namespace) -> MailboxPage:
-    engine = make_engine(get_settings().database_url, pool_size=1)
-    try:
-        async with make_sessionmaker(engine)() as session:
-            flt = MailboxFilter(
-                status=args.status, provider=args.provider, user_id=args.user, search=args.search
-            )
-            return await mailbox_page(session, flt, args.page)
-    finally:
-        await engine.dispose()
+async def _fetch(args: argparse.Namespace, engine: AsyncEngine) -> MailboxPage:
+    async with make_sessionmaker(engine)() as session:
+        flt = MailboxFilter(
+            status=args.status, provider=args.provider, user_id=args.user, search=args.search
+        )
+        return await mailbox_page(session, flt, args.page)
 
 
 def run(args: argparse.Namespace, console: Console | None = None) -> int:
     console = console or Console()
-    if not args.watch:
-        console.print(render(asyncio.run(_fetch(args))))
-        return 0
 
-    async def watch() -> None:
-        with Live(render(await _fetch(args)), console=console, auto_refresh=False) as live:
-            while True:
-                await asyncio.sleep(args.interval)
-                live.update(render(await _fetch(args)), refresh=True)
+    async def show() -> None:
+        engine = make_engine(get_settings().database_url, pool_size=1)
+        try:
+            if not args.watch:
+                console.print(render(await _fetch(args, engine)))
+                return
+            with Live(
+                render(await _fetch(args, engine)), console=console, auto_refresh=False
+            ) as live:
+                while True:
+                    await asyncio.sleep(args.interval)
+                    live.update(render(await _fetch(args, engine)), refresh=True)
+        finally:
+            await engine.dispose()
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(watch())
+        asyncio.run(show())
     return 0

@@ -217,13 +217,17 @@ class DashboardRepository:
     ) -> list[MailboxRow]:
         where, params = self._where(flt)
         where.append("status = :page_status")
+        # The page's ids first: with no other filter that is an index-only scan, so a deep
+        # page skips index entries instead of reading (and dropping) whole rows.
         result = await self.session.execute(
             text(
                 f"""
                 SELECT {_MAILBOX_COLUMNS} FROM mailboxes
-                 WHERE {" AND ".join(where)}
+                 WHERE id IN (SELECT id FROM mailboxes
+                               WHERE {" AND ".join(where)}
+                               ORDER BY email COLLATE "C" NULLS LAST, id
+                               LIMIT :limit OFFSET :offset)
                  ORDER BY email COLLATE "C" NULLS LAST, id
-                 LIMIT :limit OFFSET :offset
                 """  # noqa: S608 - fixed clauses, bound values
             ),
             {**params, "page_status": status, "limit": limit, "offset": offset},
