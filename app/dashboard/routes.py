@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
@@ -134,8 +134,6 @@ def _wants_html(request: Request) -> bool:
 async def _error_page(request: Request, exc: ApiError) -> Response:
     """The dashboard's 401/403/404 as a page for browsers, as JSON for everything else."""
     if not _wants_html(request):
-        from fastapi.responses import JSONResponse
-
         return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
     response = templates.TemplateResponse(
         request,
@@ -147,9 +145,18 @@ async def _error_page(request: Request, exc: ApiError) -> Response:
     return response
 
 
+_MAX_FORM_BYTES = 4096
+
+
 async def _form_field(request: Request, name: str) -> str | None:
     """One field of a urlencoded form (the dashboard's forms have one or two)."""
-    form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=10)
+    body = await request.body()
+    if len(body) > _MAX_FORM_BYTES:
+        raise ApiError(413, "payload_too_large", "form too large")
+    try:
+        form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", "not a form this dashboard sends") from exc
     values = form.get(name)
     return values[0] if values else None
 
@@ -307,7 +314,14 @@ def install_dashboard(app: FastAPI) -> None:
 
     async def dashboard_errors(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        if request.url.path.startswith("/dashboard") and exc.status in (401, 403, 404, 409):
+        if request.url.path.startswith("/dashboard") and exc.status in (
+            400,
+            401,
+            403,
+            404,
+            409,
+            413,
+        ):
             return await _error_page(request, exc)
         assert previous is not None
         result = previous(request, exc)

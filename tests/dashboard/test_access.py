@@ -156,6 +156,11 @@ async def test_actions_need_the_sessions_csrf_token_and_our_origin(
     # A bearer token cannot be sent by another site: no CSRF token needed.
     by_bearer = await api.post(url, content=b"", headers={**form, **OPERATOR})
     assert by_bearer.status_code == 303
+    # Odd bodies are 4xx, never a 500.
+    many = "&".join(f"f{n}=1" for n in range(20)).encode()
+    assert (await api.post(url, content=many, headers={**form, **OPERATOR})).status_code == 400
+    huge = b"csrf=" + b"x" * 10_000
+    assert (await api.post(url, content=huge, headers={**form, **OPERATOR})).status_code == 413
     # Unknown actions and mailboxes are 404s.
     assert (
         await api.post(f"/dashboard/mailboxes/{mailbox_id}/actions/explode", headers=OPERATOR)
