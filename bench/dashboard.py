@@ -192,7 +192,7 @@ async def main() -> None:
                 headers={"Authorization": f"Bearer {token}"},
                 timeout=30,
             ) as client:
-                deadline = time.monotonic() + 30
+                deadline = time.monotonic() + 120
                 while True:
                     try:
                         if (await client.get("/readyz")).status_code == 200:
