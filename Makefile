@@ -19,8 +19,8 @@ migrate: install
 	$(BIN)/mailsync migrate
 
 # With no Microsoft or Google client configured: the live demo (simulator, API, worker,
-# demo mailboxes, the dashboard URL). With one: migrate, then the API on $$PORT (8000) and
-# one worker. Ctrl-C stops everything either way.
+# event publisher, demo mailboxes, the dashboard URL). With one: migrate, then the API on
+# $$PORT (8000), one worker and one event publisher (NATS_URL). Ctrl-C stops everything.
 run: install
 	$(BIN)/mailsync run
 
@@ -31,6 +31,7 @@ lint: install
 
 test: lint
 	$(BIN)/mailsync openapi --check
+	$(BIN)/mailsync events schema --check
 	$(BIN)/pytest -q
 
 openapi: install

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from app.api.errors import install_error_handlers
-from app.api.routes import health, mail, webhooks
+from app.api.routes import events, health, mail, webhooks
 from app.config import Settings, get_settings
 from app.dashboard.routes import install_dashboard
 from app.logging import configure_logging
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(mail.router)
     app.include_router(webhooks.router)
     app.include_router(health.router)
+    app.include_router(events.router)
     install_dashboard(app)
     return app
 

@@ -20,10 +20,10 @@ from app.db.repositories.dashboard import (
     MailboxFilter,
     MailboxRow,
     NotificationRow,
-    OutboxState,
     StatusCount,
     StreamRow,
 )
+from app.db.repositories.outbox import OutboxLag, OutboxRepository
 from app.sync import states
 from app.sync.activity import RecentError
 from app.sync.runtime import Runtime
@@ -100,16 +100,21 @@ class Overview:
     windows: dict[int, dict[str, int]]
     queue_ready: int | None
     queue_deferred: int | None
-    outbox: OutboxState
+    outbox: OutboxLag
     redis_ok: bool = True
 
     def rate(self, name: str, minutes: int) -> Rate:
         return Rate(self.windows.get(minutes, {}).get(name, 0), minutes)
 
     @property
+    def has_publisher(self) -> bool:
+        """Some event was ever published: the lag means something (else nothing reads it)."""
+        return self.outbox.last_published_at is not None
+
+    @property
     def outbox_lag_seconds(self) -> float | None:
         oldest = self.outbox.oldest_unpublished_at
-        if not self.outbox.has_publisher:
+        if not self.has_publisher:
             return None
         if oldest is None:
             return 0.0
@@ -163,7 +168,7 @@ async def overview(session: AsyncSession, rt: Runtime) -> Overview:
         sorted(s for s in by_status if s not in STATUS_ORDER)
     )
     providers = tuple(PROVIDERS) + tuple(sorted({c.provider for c in counts} - set(PROVIDERS)))
-    outbox = await repo.outbox_state()
+    outbox = await OutboxRepository(session).lag()
     result = Overview(
         counts=counts,
         by_status=by_status,

@@ -1,9 +1,11 @@
 """`make run` and `mailsync demo`.
 
 `mailsync run` (what `make run` calls): with a Microsoft or Google client configured, migrate
-and run the API and a worker against the real providers; with neither, the demo.
+and run the API, a worker and an event publisher against the real providers; with neither,
+the demo.
 
-`mailsync demo`: the simulator (on a free port), a fresh database, the API, a worker, a demo
+`mailsync demo`: the simulator (on a free port), a fresh database, the API, a worker, an
+event publisher, a demo
 user whose Outlook and Gmail mailboxes are connected through the public API, a trickle of
 mail changes arriving through the providers' push notifications, and one line to open:
 `Dashboard: <url>`. Ctrl-C stops every process it started.
@@ -74,16 +76,19 @@ def run_stack() -> int:
 
         return cli_main(["demo"])
     from app.cli import migrate
+    from app.config import get_settings
 
     migrate()
     host = os.environ.get("HOST", "0.0.0.0")  # noqa: S104 - `make run` serves the machine
     port = int(os.environ.get("PORT", "8000"))
     log_dir = Path(tempfile.mkdtemp(prefix="mailsync-run-"))
     supervisor = Supervisor(log_dir, os.environ)
-    for spec in stack(host, port):
+    processes = stack(host, port, events=get_settings().events_enabled)
+    for spec in processes:
         supervisor.start(spec)
-    _say(f"mailsync: API on http://{host}:{port}, one worker; logs in {log_dir}")
-    _say("Ctrl-C stops both.")
+    names = ", ".join(spec.name for spec in processes)
+    _say(f"mailsync: {names}; API on http://{host}:{port}; logs in {log_dir}")
+    _say("Ctrl-C stops them all.")
     return asyncio.run(_supervise(supervisor))
 
 
@@ -180,6 +185,7 @@ def _demo_env(args: argparse.Namespace, sim_env: dict[str, str]) -> dict[str, st
         "PUBLIC_BASE_URL": public,
         "GOOGLE_PUSH_AUDIENCE": f"{public}/webhooks/google",
         "WORKER_METRICS_PORT": os.environ.get("WORKER_METRICS_PORT") or str(_free_port()),
+        "EVENTS_PUBLISHER_PORT": os.environ.get("EVENTS_PUBLISHER_PORT") or str(_free_port()),
         # Short slices: Ctrl-C waits for the running one, and a demo should stop at once.
         "SYNC_SLICE_SECONDS": _configured("SYNC_SLICE_SECONDS") or "5",
         "PYTHONUNBUFFERED": "1",
@@ -253,7 +259,7 @@ async def _demo(args: argparse.Namespace, state_dir: Path, supervisor: Superviso
     get_settings.cache_clear()
     settings = get_settings()
     await _prepare_database(settings.database_url, owned, args.user)
-    for spec in stack(args.host, args.port):
+    for spec in stack(args.host, args.port, events=settings.events_enabled):
         supervisor.start(spec)
 
     sim = SimulatorControl(sim_env["GMAIL_BASE_URL"], sim_env["SSL_CERT_FILE"])
@@ -280,7 +286,14 @@ async def _demo(args: argparse.Namespace, state_dir: Path, supervisor: Superviso
     _say(f"  {bearer}")
     _say(f'  curl -H "Authorization: Bearer <token>" {public}/mail/status')
     _say(
-        f"  Metrics: {public}/metrics (API), http://127.0.0.1:{env['WORKER_METRICS_PORT']}/metrics (worker)"
+        f"  Metrics: {public}/metrics (API), "
+        f"http://127.0.0.1:{env['WORKER_METRICS_PORT']}/metrics (worker)"
+        + (
+            f", http://127.0.0.1:{env['EVENTS_PUBLISHER_PORT']}/metrics (publisher; NATS at "
+            f"{settings.nats_url})"
+            if settings.events_enabled
+            else ""
+        )
     )
     _say(f"  Simulator: {sim.base_url} (CA {sim_env['SSL_CERT_FILE']})")
     _say(f"  Logs: {supervisor.log_dir}")

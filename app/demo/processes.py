@@ -55,9 +55,10 @@ def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def stack(host: str, port: int) -> list[ProcessSpec]:
-    """The service itself, in start order (stopped in reverse): the API, then a worker."""
-    return [
+def stack(host: str, port: int, *, events: bool = True) -> list[ProcessSpec]:
+    """The service itself, in start order (stopped in reverse): the API, a worker and, when
+    events are on, an event publisher (it waits for NATS if NATS is not up yet)."""
+    processes = [
         ProcessSpec(
             "api",
             python_module(
@@ -74,8 +75,10 @@ def stack(host: str, port: int) -> list[ProcessSpec]:
             ),
         ),
         ProcessSpec("worker", python_module("arq", "app.sync.worker.WorkerSettings")),
-        # When the event publisher lands: ProcessSpec("publisher", python_module("app.cli", "publisher")),
     ]
+    if events:
+        processes.append(ProcessSpec("publisher", python_module("app.cli", "publisher")))
+    return processes
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import text
 
 from app.dashboard.views import PAGE_SIZE, STATUS_ORDER, mailbox_page, overview
-from app.db.repositories.dashboard import DashboardRepository, MailboxFilter
+from app.db.repositories.dashboard import MailboxFilter
 from app.sync.runtime import Runtime
 
 
@@ -130,23 +130,20 @@ async def test_outbox_lag_appears_once_a_publisher_has_published(rt: Runtime) ->
 
     async def state() -> Any:
         async with rt.sessions() as session:
-            return await DashboardRepository(session).outbox_state()
+            return await overview(session, rt)
 
     await event(600.0, None)
     nobody = await state()
-    assert not nobody.has_publisher and nobody.unpublished == 1
-    async with rt.sessions() as session:
-        assert (await overview(session, rt)).outbox_lag_seconds is None  # nothing publishes
+    assert not nobody.has_publisher and nobody.outbox.unpublished == 1
+    assert nobody.outbox_lag_seconds is None  # nothing publishes: no lag to speak of
 
     async with rt.sessions() as session, session.begin():
         await session.execute(text("UPDATE outbox_events SET published_at = now()"))
     await event(30.0, None)
     await event(20.0, None)
     behind = await state()
-    assert behind.has_publisher and behind.unpublished == 2
-    async with rt.sessions() as session:
-        data = await overview(session, rt)
-    assert data.outbox_lag_seconds is not None and 25 <= data.outbox_lag_seconds < 60
+    assert behind.has_publisher and behind.outbox.unpublished == 2
+    assert behind.outbox_lag_seconds is not None and 25 <= behind.outbox_lag_seconds < 60
 
 
 async def test_a_page_that_spans_two_statuses(rt: Runtime) -> None:

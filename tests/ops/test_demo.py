@@ -34,7 +34,10 @@ GMAIL = 200
 CHANGES = 8
 
 
-async def test_demo_converges_then_stops_everything(settings: Settings, tmp_path: Path) -> None:
+async def test_demo_converges_then_stops_everything(
+    events_settings: Settings, tmp_path: Path
+) -> None:
+    settings = events_settings
     name = f"mailsync_demo_test_{secrets.token_hex(3)}"
     database_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     port = free_port()
@@ -95,6 +98,18 @@ async def test_demo_converges_then_stops_everything(settings: Settings, tmp_path
                 )  # fmt: skip
             # The trickle's changes came through both providers' push notifications.
             assert pushes.get("microsoft", 0) >= 1 and pushes.get("google", 0) >= 1, pushes
+            # And the demo's publisher sent what changed on to JetStream.
+            async with asyncio.timeout(60):
+                while True:
+                    async with engine.connect() as conn:
+                        published = await conn.scalar(
+                            text(
+                                "SELECT count(*) FROM outbox_events WHERE published_at IS NOT NULL"
+                            )
+                        )
+                    if published:
+                        break
+                    await asyncio.sleep(0.2)
     finally:
         started |= descendants(demo.pid)
         if demo.returncode is None:

@@ -7,6 +7,7 @@ import re
 
 from prometheus_client import REGISTRY
 
+import app.events.metrics
 import app.metrics  # noqa: F401 - registers every metric
 from tests.ops.support import ROOT
 
@@ -45,12 +46,13 @@ def test_every_panel_queries_an_exported_metric() -> None:
         "mailsync_queue_depth",
         "mailsync_sync_lag_seconds_bucket",
         "mailsync_webhook_duration_seconds_bucket",
+        "mailsync_outbox_oldest_unpublished_age_seconds",
     ):
         assert needed in used, needed
 
 
 def test_prometheus_scrapes_the_api_and_the_worker_ports() -> None:
     config = (ROOT / "deploy/prometheus/prometheus.yml").read_text()
-    assert '"api:8000"' in config and '"worker:9101"' in config
+    assert '"api:8000"' in config and '"worker:9101"' in config and '"publisher:9102"' in config
     compose = (ROOT / "docker-compose.yml").read_text()
     assert 'WORKER_METRICS_PORT: "9101"' in compose and "profiles: [monitoring]" in compose

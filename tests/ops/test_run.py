@@ -1,5 +1,5 @@
-"""`mailsync run` (what `make run` calls) with a provider configured: migrate, then the API
-and a worker against the real providers; Ctrl-C stops both and nothing is left."""
+"""`mailsync run` (what `make run` calls) with a provider configured: migrate, then the API,
+a worker and a publisher against the real providers; Ctrl-C stops them and nothing is left."""
 
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ from tests.ops.support import (
 )
 
 
-async def test_run_with_a_provider_configured_serves_the_api_and_a_worker(
-    settings: Settings,
+async def test_run_with_a_provider_configured_serves_the_api_a_worker_and_a_publisher(
+    events_settings: Settings,
 ) -> None:
+    settings = events_settings
     port = free_port()
     env = process_env(
         settings,
@@ -55,6 +56,7 @@ async def test_run_with_a_provider_configured_serves_the_api_and_a_worker(
             commands = {command_of(pid) for pid in started if alive(pid)}
             assert any("uvicorn app.main:app" in c for c in commands), commands
             assert any("arq app.sync.worker.WorkerSettings" in c for c in commands), commands
+            assert any("app.cli publisher" in c for c in commands), commands
             # Not the demo: no simulator.
             assert not any("app.simulator" in c for c in commands), commands
     finally:
@@ -63,7 +65,7 @@ async def test_run_with_a_provider_configured_serves_the_api_and_a_worker(
             process.send_signal(signal.SIGINT)
         output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode == 0, output.decode(errors="replace")[-2000:]
-    assert "one worker" in output.decode()
+    assert "api, worker, publisher" in output.decode()
     assert not {pid for pid in started if alive(pid)} | set(survivors(marker))
 
 

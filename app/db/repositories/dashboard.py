@@ -1,5 +1,5 @@
 """What the operator dashboard and `mailsync status` read: mailboxes across all users, their
-streams, the webhook log and the outbox. Read-only, and never a credential column: the
+streams and the webhook log (the outbox's lag: OutboxRepository.lag). Read-only, and never a credential column: the
 credentials table is not joined, cursors leave as their keys and a few scalar fields.
 """
 
@@ -13,9 +13,6 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
-
-# The outbox backlog is counted up to here ("100,000+" beyond).
-OUTBOX_COUNT_CAP = 100_000
 
 # Cursor fields that carry no token (Gmail's phase and history id, Graph's round flag).
 _CURSOR_FIELDS_SHOWN = ("phase", "history_id", "initial")
@@ -87,18 +84,6 @@ class NotificationRow:
     # Today the log holds what was accepted and recorded; a webhook audit log with
     # per-request outcomes (refused, unknown subscription) fills this in when it lands.
     outcome: str
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxState:
-    unpublished: int
-    oldest_unpublished_at: datetime | None
-    last_published_at: datetime | None
-
-    @property
-    def has_publisher(self) -> bool:
-        """Some event was ever published: lag means something (else nothing reads it)."""
-        return self.last_published_at is not None
 
 
 _MAILBOX_COLUMNS = """
@@ -303,24 +288,3 @@ class DashboardRepository:
             NotificationRow(int(r.id), r.received_at, r.provider, r.kind, "recorded")
             for r in result.all()
         ]
-
-    async def outbox_state(self) -> OutboxState:
-        """How far the event publisher is behind: the oldest unpublished event (the partial
-        index ix_outbox_events_unpublished), how many wait (counted up to a cap), and the
-        newest published one (walking back over the backlog only)."""
-        result = await self.session.execute(
-            text(
-                """
-                SELECT (SELECT created_at FROM outbox_events WHERE published_at IS NULL
-                         ORDER BY id LIMIT 1) AS oldest_unpublished_at,
-                       (SELECT count(*) FROM (SELECT 1 FROM outbox_events
-                                               WHERE published_at IS NULL LIMIT :cap) AS w)
-                         AS unpublished,
-                       (SELECT published_at FROM outbox_events WHERE published_at IS NOT NULL
-                         ORDER BY id DESC LIMIT 1) AS last_published_at
-                """
-            ),
-            {"cap": OUTBOX_COUNT_CAP},
-        )
-        row = result.one()
-        return OutboxState(int(row.unpublished), row.oldest_unpublished_at, row.last_published_at)

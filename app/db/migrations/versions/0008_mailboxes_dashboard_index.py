@@ -1,7 +1,7 @@
-"""indexes for the operator dashboard: mailboxes by status then address; unpublished events
+"""mailboxes: an index for the operator dashboard's list (by status, then address)
 
 Revision ID: 0008
-Revises: 0003
+Revises: 0005
 Create Date: 2026-11-30 18:20:00
 
 The dashboard lists mailboxes attention first (by status, in the order app.dashboard.views
@@ -10,10 +10,6 @@ Without an index every refresh sorted the whole table (10,000 mailboxes: most of
 page's time); with one, each status's slice of a page is an index scan that stops after
 the page. Addresses sort in byte order (COLLATE "C"): they are lower-case ASCII, and the
 linguistic collation made every comparison several times dearer.
-
-The overview shows the outbox's lag (the oldest event not yet published) every few
-seconds; a partial index on the unpublished events finds it without reading the published
-ones, and stays as small as the backlog (the publisher claims from the same set).
 """
 
 from __future__ import annotations
@@ -23,7 +19,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | None = "0003"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -32,12 +28,7 @@ def upgrade() -> None:
     op.execute(
         'CREATE INDEX IF NOT EXISTS ix_mailboxes_dashboard ON mailboxes (status, email COLLATE "C", id)'
     )
-    op.execute(
-        "CREATE INDEX IF NOT EXISTS ix_outbox_events_unpublished ON outbox_events (id) "
-        "WHERE published_at IS NULL"
-    )
 
 
 def downgrade() -> None:
-    op.execute("DROP INDEX IF EXISTS ix_outbox_events_unpublished")
     op.execute("DROP INDEX IF EXISTS ix_mailboxes_dashboard")
