@@ -80,7 +80,8 @@ SELECT m.provider, m.id, 'change:created', '{}'::jsonb, now() - make_interval(se
 
 OUTBOX = """
 INSERT INTO outbox_events (mailbox_id, kind, payload, created_at, published_at)
-SELECT m.id, 'messages.changed', '{"upserted": []}'::jsonb, now() - make_interval(secs => g),
+SELECT m.id, 'messages.changed', convert_to('{"upserted": []}', 'UTF8'),
+       now() - make_interval(secs => g),
        CASE WHEN g > 30 THEN now() - make_interval(secs => g - 1) END
   FROM (SELECT id FROM mailboxes ORDER BY id LIMIT 1000) m, generate_series(1, 50) g
 """

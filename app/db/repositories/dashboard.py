@@ -119,11 +119,6 @@ def _mailbox(row: Any) -> MailboxRow:
     )
 
 
-def _like_pattern(fragment: str) -> str:
-    escaped = fragment.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
 class DashboardRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -184,8 +179,10 @@ class DashboardRepository:
             where.append("user_id = :user_id")
             params["user_id"] = flt.user_id
         if flt.search:
-            where.append("email ILIKE :pattern")
-            params["pattern"] = _like_pattern(flt.search)
+            # Addresses are stored lower-cased (connect and learn_email): a plain substring
+            # test, several times cheaper than ILIKE, with no wildcard to escape.
+            where.append("strpos(email, :needle) > 0")
+            params["needle"] = flt.search.lower()
         return where, params
 
     async def _status_counts(self, flt: MailboxFilter) -> dict[str, int]:
