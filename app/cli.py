@@ -1,5 +1,5 @@
 """`mailsync api | worker | publisher | migrate | simulator | openapi | events | run | demo |
-status`."""
+status | dashboard-link`."""
 
 from __future__ import annotations
 
@@ -110,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     from app.demo.options import add_arguments as demo_arguments
 
     demo_arguments(sub.add_parser("demo", help="the live demo: simulator, API, worker, dashboard"))
+    link = sub.add_parser(
+        "dashboard-link", help="print a one-time dashboard login link (needs AUTH_JWT_SECRET)"
+    )
+    link.add_argument("--subject", default="operator", help="who signs in (the JWT sub)")
+    link.add_argument("--minutes", type=int, default=60, help="how long the link is valid")
     from app.status import add_arguments as status_arguments
 
     status_arguments(sub.add_parser("status", help="mailboxes and their progress, in the terminal"))
@@ -174,6 +179,21 @@ def main(argv: list[str] | None = None) -> int:
         from app.demo.main import run_demo, run_stack
 
         return run_stack() if args.command == "run" else run_demo(args)
+    if args.command == "dashboard-link":
+        from app.config import get_settings
+        from app.dashboard.auth import mint_login_token
+
+        settings = get_settings()
+        if not settings.auth_jwt_secret:
+            print(
+                "dashboard-link needs AUTH_JWT_SECRET (with AUTH_JWKS_URL only, sign in",
+                file=sys.stderr,
+            )
+            print("through a proxy that sends the operator's bearer token)", file=sys.stderr)
+            return 2
+        token = mint_login_token(settings, args.subject, seconds=args.minutes * 60)
+        print(f"{settings.public_base_url.rstrip('/')}/dashboard/login?token={token}")
+        return 0
     if args.command == "status":
         from app.status import run as run_status
 

@@ -151,7 +151,8 @@ async def redeem_login_token(request: Request, token: str) -> OperatorIdentity:
     """Check an operator token for a login link and spend it; raises ApiError."""
     settings: Settings = request.app.state.settings
     identity, claims = await operator_from_bearer(token, settings)
-    jti, exp = claims.get("jti"), claims.get("exp")
+    # `jti` (RFC 7519); Entra ID names its unique token id `uti`.
+    jti, exp = claims.get("jti") or claims.get("uti"), claims.get("exp")
     if not isinstance(jti, str) or not jti:
         raise _unauthorized("a login token must carry a jti (it can be used only once)")
     remaining = int(exp) - int(time.time()) if isinstance(exp, int | float) else 0

@@ -88,6 +88,7 @@ def run_stack() -> int:
         supervisor.start(spec)
     names = ", ".join(spec.name for spec in processes)
     _say(f"mailsync: {names}; API on http://{host}:{port}; logs in {log_dir}")
+    _say("Dashboard: /dashboard (`mailsync dashboard-link` prints a sign-in link)")
     _say("Ctrl-C stops them all.")
     return asyncio.run(_supervise(supervisor))
 

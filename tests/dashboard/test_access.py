@@ -97,6 +97,11 @@ async def test_a_login_link_works_once_and_becomes_a_session_cookie(
     ).status_code == 403
     no_jti = bearer("ops", roles=["mailsync.operator"])["Authorization"][7:]
     assert (await api.get(f"/dashboard/login?token={no_jti}")).status_code == 401
+    # Entra ID's unique token id is `uti`: such a token is a login token too, once.
+    entra = bearer("ops", roles=["mailsync.operator"], uti="AbC123")["Authorization"][7:]
+    assert (await api.get(f"/dashboard/login?token={entra}")).status_code == 303
+    assert (await api.get(f"/dashboard/login?token={entra}")).status_code == 401
+    api.cookies.clear()
     # A tampered cookie is no session.
     tampered = session[:-4] + ("AAAA" if not session.endswith("AAAA") else "BBBB")
     assert (await api.get("/dashboard", cookies={SESSION_COOKIE: tampered})).status_code == 401

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
+import httpx
 from sqlalchemy import text
 
 from app.config import Settings
@@ -82,3 +83,21 @@ async def test_status_watch_refreshes_until_interrupted(rt: Runtime, settings: S
         process.send_signal(signal.SIGINT)
         _, raw_err = await asyncio.wait_for(process.communicate(), timeout=15)
     assert process.returncode == 0, raw_err.decode()
+
+
+async def test_dashboard_link_prints_a_link_that_signs_in_once(
+    settings: Settings, api: httpx.AsyncClient
+) -> None:
+    result = run(["dashboard-link", "--subject", "oncall"], process_env(settings))
+    assert result.returncode == 0, result.stderr
+    link = result.stdout.strip()
+    assert link.startswith(f"{settings.public_base_url}/dashboard/login?token=")
+    path = link.removeprefix(settings.public_base_url)
+    first = await api.get(path)
+    assert first.status_code == 303 and "mailsync_dashboard=" in first.headers["set-cookie"]
+    assert (await api.get(path)).status_code == 401
+
+    without = process_env(settings)
+    without["AUTH_JWT_SECRET"] = ""
+    refused = run(["dashboard-link"], without)
+    assert refused.returncode == 2 and "AUTH_JWT_SECRET" in refused.stderr
