@@ -146,6 +146,7 @@ async def test_an_auth_expired_mailbox_shows_its_error_and_what_to_do(
     sim: Sim,
     dashboard_api: LiveApi,
     worker_rt: Runtime,
+    artifacts: Path,
 ) -> None:
     page, console = operator_page
     account = await outlook_account(sim, 50)
@@ -168,6 +169,7 @@ async def test_an_auth_expired_mailbox_shows_its_error_and_what_to_do(
     assert await page.get_by_role("button", name="Sync now").count() == 0
     assert await page.get_by_role("button", name="Disconnect").count() == 1
     assert "AuthExpiredError" in await page.locator("#errors").inner_text()
+    await page.screenshot(path=str(artifacts / "dashboard-auth-expired.png"), full_page=True)
     assert console.errors == []
 
 
