@@ -11,6 +11,7 @@ from app.db.repositories.mailboxes import MailboxRepository
 from app.db.repositories.subscriptions import SubscriptionRepository
 from app.providers.base import AuthExpiredError, ProviderError
 from app.sync.engine import Outcome, SyncEngine
+from app.sync.monitor import CompletionMonitor
 from app.sync.queue import enqueue_cleanup, enqueue_subscription, enqueue_sync
 from app.sync.runtime import Runtime
 from app.sync.states import MailboxStatus
@@ -117,3 +118,16 @@ async def renew_subscriptions(ctx: dict[str, Any]) -> dict[str, int]:
     for mid in {*due, *missing}:
         await enqueue_subscription(rt.redis, mid)
     return {"renew": len(due), "create": len(missing)}
+
+
+async def monitor(ctx: dict[str, Any]) -> dict[str, int]:
+    """The completion monitor's cron: schedule and enqueue checks, re-enqueue overdue syncs."""
+    return await CompletionMonitor(_rt(ctx), owner=ctx.get("worker_id", "worker")).tick()
+
+
+async def verify_mailbox(ctx: dict[str, Any], mailbox_id: str) -> str:
+    """Compare one mailbox with the provider's counts; repair what differs."""
+    monitor = CompletionMonitor(_rt(ctx), owner=ctx.get("worker_id", "worker"))
+    outcome = await monitor.verify(uuid.UUID(mailbox_id))
+    log.info("verify %s: %s", mailbox_id, outcome.value)
+    return outcome.value
