@@ -342,8 +342,11 @@ class MailProvider(Protocol):
         """Cheap counts of what the mailbox holds (a few requests, whatever its size), for
         the completion monitor to compare with the store."""
 
-    async def scope_ids(self, ctx: SyncContext, scope: ScopeCount) -> list[str]:
-        """Every message id the provider holds in `scope` (scopes whose repair is "list")."""
+    async def scope_ids(
+        self, ctx: SyncContext, scope: ScopeCount, *, unread_only: bool = False
+    ) -> list[str]:
+        """Every message id the provider holds in `scope` (scopes whose repair is "list"),
+        or only its unread ones."""
 
     async def get_messages(
         self, ctx: SyncContext, stream: StreamInfo, ids: Sequence[str]

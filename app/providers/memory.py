@@ -292,13 +292,19 @@ class MemoryProvider:
                     await result
             return ProviderCounts(scopes=scopes)
 
-    async def scope_ids(self, ctx: SyncContext, scope: ScopeCount) -> list[str]:
+    async def scope_ids(
+        self, ctx: SyncContext, scope: ScopeCount, *, unread_only: bool = False
+    ) -> list[str]:
         async with ctx.gate.request():
             await self._authorize(ctx)
-            self.listed_scopes.append(f"{scope.kind}:{scope.key}")
+            self.listed_scopes.append(
+                f"{scope.kind}:{scope.key}" + (":unread" if unread_only else "")
+            )
             if scope.kind == "stream":
-                return sorted(self.streams.get(scope.key, {}))
-            return sorted(mid for mid, m in self.truth().items() if scope.key in m.labels)
+                members = self.streams.get(scope.key, {})
+            else:
+                members = {mid: m for mid, m in self.truth().items() if scope.key in m.labels}
+            return sorted(mid for mid, m in members.items() if not (unread_only and m.is_read))
 
     async def get_messages(
         self, ctx: SyncContext, stream: StreamInfo, ids: Sequence[str]

@@ -80,6 +80,8 @@ MAX_SUSPICIONS = 5
 STALL_LEASES = 4
 # Messages fetched (and written) per request / transaction by a listing repair.
 FETCH_CHUNK = 500
+# The label a message carries while unread, as the store writes it (is_read follows it).
+UNREAD = "UNREAD"
 
 
 class Outcome(enum.StrEnum):
@@ -111,6 +113,12 @@ class Gap:
         """provider minus stored: total, and unread when the provider counts it."""
         unread = None if self.scope.unread is None else self.scope.unread - self.stored.unread
         return [self.scope.total - self.stored.total, unread]
+
+    @property
+    def observed(self) -> list[int | None]:
+        """What confirms a difference: the same delta over the same provider counts. Mail
+        that keeps arriving moves the provider's count, so it is never taken for a loss."""
+        return [*self.delta, self.scope.total, self.scope.unread]
 
 
 def differences(
@@ -298,8 +306,8 @@ class CompletionMonitor:
             await self._request_pass(mailbox_id)
             await self._postpone(mailbox_id, RECHECK_SECONDS)
             return Outcome.AWAITING_SYNC, provider_name
-        confirmed = [g for g in gaps if suspected.get(g.key) == g.delta]
-        moving = [g for g in gaps if suspected.get(g.key) != g.delta]
+        confirmed = [g for g in gaps if suspected.get(g.key) == g.observed]
+        moving = [g for g in gaps if suspected.get(g.key) != g.observed]
         if confirmed:
             repaired = await self._repair(mailbox, streams, bound, confirmed)
             if not repaired:
@@ -317,7 +325,7 @@ class CompletionMonitor:
                 return Outcome.UNSETTLED, provider_name
             async with self.rt.sessions() as session, session.begin():
                 await MonitorRepository(session).suspect(
-                    mailbox_id, {g.key: g.delta for g in moving}, RECHECK_SECONDS
+                    mailbox_id, {g.key: g.observed for g in moving}, RECHECK_SECONDS
                 )
             await enqueue_sync(self.rt.redis, mailbox_id, suffix=f"verify{uuid.uuid4().hex[:8]}")
             log.info(
@@ -417,6 +425,28 @@ class CompletionMonitor:
                     elsewhere = await repo.present(mailbox_id, [i for i in listed if i not in held])
             missing = [i for i in listed if i not in held and i not in elsewhere]
             extra = sorted(held - set(listed))
+            unread_changes: list[LabelChange] = []
+            if scope.kind == "label" and gap.delta[1]:
+                # Read state drifted inside the label: its unread members, listed too.
+                unread = set(
+                    await with_token_retry(
+                        bound.tokens,
+                        partial(provider.scope_ids, bound.ctx, scope, unread_only=True),
+                    )
+                )
+                kept = [i for i in listed if i in held or i in elsewhere]
+                async with self.rt.sessions() as session:
+                    stored_unread = await MonitorRepository(session).unread_among(mailbox_id, kept)
+                unread_changes = [
+                    LabelChange(i, add=(UNREAD,))
+                    for i in kept
+                    if i in unread and i not in stored_unread
+                ]
+                unread_changes += [
+                    LabelChange(i, remove=(UNREAD,))
+                    for i in kept
+                    if i in stored_unread and i not in unread
+                ]
             fetched = MessageBatch()
             for start in range(0, len(missing), FETCH_CHUNK):
                 chunk = missing[start : start + FETCH_CHUNK]
@@ -448,6 +478,7 @@ class CompletionMonitor:
             deletes = []
             changes = [LabelChange(i, add=(scope.key,)) for i in listed if i in elsewhere]
             changes += [LabelChange(i, remove=(scope.key,)) for i in extra]
+            changes += unread_changes
         written, removed, relabelled = await self._write(
             lease, bound.mailbox.provider, stream, fetched, deletes, changes, gap
         )

@@ -195,9 +195,10 @@ class MonitorRepository:
                    AND (next_sync_at < now() - make_interval(secs => :stall)
                         OR lease_expires_at < now() - make_interval(secs => :stall)
                         OR (consecutive_failures = 0
-                            AND last_synced_at < now() - make_interval(secs => 2 * CASE
-                                WHEN push_state = ANY(CAST(:polling AS text[])) THEN :fast
-                                ELSE :slow END)))
+                            AND last_synced_at < now() - make_interval(secs => CASE
+                                WHEN push_state = ANY(CAST(:polling AS text[]))
+                                THEN CAST(:fast AS double precision)
+                                ELSE CAST(:slow AS double precision) END)))
                  ORDER BY next_sync_at NULLS FIRST
                  LIMIT :limit
                 """
@@ -205,8 +206,8 @@ class MonitorRepository:
             {
                 "syncable": _SYNCABLE,
                 "stall": float(stall_seconds),
-                "slow": float(slow_interval),
-                "fast": float(fast_interval),
+                "slow": 2 * float(slow_interval),
+                "fast": 2 * float(fast_interval),
                 "polling": [p.value for p in polling],
                 "limit": limit,
             },
@@ -264,6 +265,19 @@ class MonitorRepository:
             text(
                 "SELECT provider_message_id FROM messages WHERE mailbox_id = :id "
                 "AND provider_message_id = ANY(CAST(:ids AS text[]))"
+            ),
+            {"id": mailbox_id, "ids": list(ids)},
+        )
+        return {row[0] for row in result.all()}
+
+    async def unread_among(self, mailbox_id: uuid.UUID, ids: Sequence[str]) -> set[str]:
+        """Which of `ids` the store holds as unread."""
+        if not ids:
+            return set()
+        result = await self.session.execute(
+            text(
+                "SELECT provider_message_id FROM messages WHERE mailbox_id = :id "
+                "AND provider_message_id = ANY(CAST(:ids AS text[])) AND NOT is_read"
             ),
             {"id": mailbox_id, "ids": list(ids)},
         )

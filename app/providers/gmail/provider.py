@@ -242,10 +242,14 @@ class GmailProvider:
         stable = str(before.get("historyId")) == str(after.get("historyId"))
         return ProviderCounts(scopes=scopes, stable=stable)
 
-    async def scope_ids(self, ctx: SyncContext, scope: ScopeCount) -> list[str]:
+    async def scope_ids(
+        self, ctx: SyncContext, scope: ScopeCount, *, unread_only: bool = False
+    ) -> list[str]:
         """messages.list, 500 ids (5 quota units) a page, Spam and Trash included like the
-        full sync; a label's listing filters on its id."""
+        full sync; a label's listing filters on its id (and UNREAD for its unread ones)."""
         label_ids = [scope.ref] if scope.kind == "label" and scope.ref else []
+        if unread_only and "UNREAD" not in label_ids:
+            label_ids.append("UNREAD")
         ids: list[str] = []
         page_token: str | None = None
         while True:

@@ -221,10 +221,15 @@ class OutlookProvider:
                 return ProviderCounts(scopes=scopes)
             link, params = next_link, None
 
-    async def scope_ids(self, ctx: SyncContext, scope: ScopeCount) -> list[str]:
+    async def scope_ids(
+        self, ctx: SyncContext, scope: ScopeCount, *, unread_only: bool = False
+    ) -> list[str]:
         """The folder's message ids, 1000 a page (a listing of ids only)."""
         link = f"{user_path(ctx.account)}/mailFolders/{scope.stream}/messages"
-        params: dict[str, str] | None = {"$select": "id", "$top": str(MAX_PAGE_SIZE)}
+        first: dict[str, str] = {"$select": "id", "$top": str(MAX_PAGE_SIZE)}
+        if unread_only:
+            first["$filter"] = "isRead eq false"
+        params: dict[str, str] | None = first
         ids: list[str] = []
         while True:
             response = await self._graph.request(
