@@ -367,6 +367,8 @@ class CompletionMonitor:
                             lease, settings.lease_seconds, phase=Phase.RESYNC
                         )
                     for gap in listed:
+                        if gap.scope.kind == "label" and await self._mended(mailbox.id, gap):
+                            continue
                         await self._reconcile(lease, bound, gap, by_stream[gap.scope.stream])
                 if restart:
                     await self._restart(lease, mailbox, restart)
@@ -389,6 +391,15 @@ class CompletionMonitor:
                 await MonitorRepository(session).request_pass(mailbox.id)
             await enqueue_sync(self.rt.redis, mailbox.id, suffix=f"repair{lease.fencing_token}")
         return True
+
+    async def _mended(self, mailbox_id: uuid.UUID, gap: Gap) -> bool:
+        """Did the stream's repair already mend this label (its difference was the messages
+        that were missing or foreign)? Then it needs no listing of its own."""
+        async with self.rt.sessions() as session:
+            stored = (await MonitorRepository(session).label_counts(mailbox_id)).get(
+                gap.scope.key, Counted(0, 0)
+            )
+        return not any(Gap(gap.scope, stored).delta)
 
     async def _restart(self, lease: Lease, mailbox: Mailbox, gaps: Sequence[Gap]) -> None:
         """Enumerate each stream again under a new generation: the engine rewrites what it
