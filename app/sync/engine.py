@@ -41,7 +41,6 @@ from app.providers.base import (
     PermanentError,
     StreamInfo,
     SyncContext,
-    ThrottledError,
     TransientError,
 )
 from app.sync import states
@@ -237,7 +236,7 @@ class SyncEngine:
                     slice_task.cancel()
                 return
 
-    async def _run(
+    async def _settle(
         self,
         mailbox: Mailbox,
         provider: MailProvider,
@@ -247,41 +246,31 @@ class SyncEngine:
     ) -> SliceResult:
         try:
             return await self._sync(mailbox, provider, ctx, tokens, state)
-        except BaseException:
+        except BaseException as exc:
             await state.stop_heartbeat()
-            raise
+            return await self._after_failure(mailbox, state, exc)
 
-    async def _settle(
-        self,
-        mailbox: Mailbox,
-        provider: MailProvider,
-        ctx: SyncContext,
-        tokens: TokenSource,
-        state: _SliceState,
+    async def _after_failure(
+        self, mailbox: Mailbox, state: _SliceState, exc: BaseException
     ) -> SliceResult:
-        """Run the slice; turn what went wrong into the mailbox's next state."""
-        settings = self.settings
+        """Turn what went wrong into the mailbox's next state (and re-raise what is not ours:
+        a cancelled job, a dying process)."""
         lease = state.lease
-        mailbox_id = mailbox.id
-        try:
-            return await self._run(mailbox, provider, ctx, tokens, state)
-        except LeaseLost as exc:
-            log.warning("mailbox %s: %s; stopping without writing", mailbox_id, exc)
+        if isinstance(exc, LeaseLost):
+            log.warning("mailbox %s: %s; stopping without writing", mailbox.id, exc)
             return SliceResult(Outcome.LEASE_LOST, pages=state.pages)
-        except AuthExpiredError as exc:
+        if isinstance(exc, AuthExpiredError):
             message = str(exc) or exc.__class__.__name__
-            log.warning("mailbox %s: authorization expired: %s", mailbox_id, message)
+            log.warning("mailbox %s: authorization expired: %s", mailbox.id, message)
             await self._guarded(lambda repo: repo.park_auth_expired(lease, message))
             return SliceResult(Outcome.AUTH_EXPIRED, pages=state.pages, message=message)
-        except ThrottledError as exc:
+        if isinstance(exc, TransientError):  # ThrottledError included
             return await self._retry_later(mailbox, state, exc, exc.retry_after)
-        except TransientError as exc:
-            return await self._retry_later(mailbox, state, exc, exc.retry_after)
-        except PermanentError as exc:
+        if isinstance(exc, PermanentError):
             message = f"{exc.__class__.__name__}: {exc}"
             error_class = exc.__class__.__name__
-            log.error("mailbox %s: permanent provider error: %s", mailbox_id, message)
-            next_at = datetime.now(UTC) + timedelta(seconds=settings.sync_interval_seconds)
+            log.error("mailbox %s: permanent provider error: %s", mailbox.id, message)
+            next_at = datetime.now(UTC) + timedelta(seconds=self.settings.sync_interval_seconds)
             await self._guarded(
                 lambda repo: repo.finish(
                     lease,
@@ -294,10 +283,11 @@ class SyncEngine:
                 )
             )
             return SliceResult(Outcome.ERROR, pages=state.pages, message=message)
-        except Exception as exc:
+        if isinstance(exc, Exception):
             # An engine bug or an unclassified failure: never leave the mailbox "syncing".
-            log.exception("mailbox %s: unexpected failure", mailbox_id)
+            log.error("mailbox %s: unexpected failure", mailbox.id, exc_info=exc)
             return await self._retry_later(mailbox, state, exc, None)
+        raise exc
 
     # -- the slice --------------------------------------------------------------------
 

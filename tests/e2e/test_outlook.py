@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
 from app.db.repositories.outbox import OutboxRepository
-from app.simulator.server import SimulatorServer
 from app.sync.engine import Outcome, SyncEngine
 from app.sync.jobs import renew_subscriptions, schedule
 from app.sync.runtime import Runtime
@@ -35,17 +33,6 @@ WELL_KNOWN_LABELS = {
     "junkemail": "SPAM",
     "archive": "ARCHIVE",
 }
-
-
-@pytest.fixture
-async def sim(simulator: SimulatorServer) -> AsyncIterator[Sim]:
-    client = Sim(simulator)
-    await client.call("PUT", "/_sim/faults", json={})
-    try:
-        yield client
-    finally:
-        await client.call("PUT", "/_sim/faults", json={})
-        await client.close()
 
 
 async def new_account(sim: Sim, count: int, **extra: Any) -> dict[str, Any]:
