@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from app.db.repositories.credentials import CredentialRepository
@@ -120,9 +121,14 @@ async def renew_subscriptions(ctx: dict[str, Any]) -> dict[str, int]:
     return {"renew": len(due), "create": len(missing)}
 
 
-async def monitor(ctx: dict[str, Any]) -> dict[str, int]:
-    """The completion monitor's cron: schedule and enqueue checks, re-enqueue overdue syncs."""
-    return await CompletionMonitor(_rt(ctx), owner=ctx.get("worker_id", "worker")).tick()
+async def monitor(ctx: dict[str, Any], *, sweep: bool | None = None) -> dict[str, int]:
+    """The completion monitor's cron: schedule and enqueue checks; once a minute, also
+    re-enqueue overdue syncs and mark lapsed push channels."""
+    if sweep is None:
+        sweep = datetime.now(UTC).second < 15
+    return await CompletionMonitor(_rt(ctx), owner=ctx.get("worker_id", "worker")).tick(
+        sweep=sweep
+    )
 
 
 async def verify_mailbox(ctx: dict[str, Any], mailbox_id: str) -> str:

@@ -181,7 +181,9 @@ class CompletionMonitor:
 
     # -- the cron ---------------------------------------------------------------------
 
-    async def tick(self) -> dict[str, int]:
+    async def tick(self, *, sweep: bool = True) -> dict[str, int]:
+        """Enqueue the checks that came due; with `sweep`, also look for lapsed push channels
+        and overdue syncs (each a scan of the mailboxes: the cron does it once a minute)."""
         settings = self.settings
         limit = settings.scheduler_batch
         stall = STALL_LEASES * settings.lease_seconds
@@ -190,20 +192,23 @@ class CompletionMonitor:
             interval=settings.sync_interval_seconds,
             without_push=settings.sync_poll_without_push_seconds,
         )
+        lapsed: list[uuid.UUID] = []
+        overdue: list[uuid.UUID] = []
         async with self.rt.sessions() as session, session.begin():
             repo = MonitorRepository(session)
             scheduled = await repo.schedule_first_checks(settings.verify_interval_seconds)
-            lapsed = await repo.set_push_state(
-                await repo.push_lapsed(limit), PushState.FAILING, poll_within=polled
-            )
             due = await repo.due_checks(limit)
-            overdue = await repo.overdue(
-                stall_seconds=stall,
-                slow_interval=settings.sync_interval_seconds,
-                fast_interval=polled,
-                polling=sorted(states.POLLED),
-                limit=limit,
-            )
+            if sweep:
+                lapsed = await repo.set_push_state(
+                    await repo.push_lapsed(limit), PushState.FAILING, poll_within=polled
+                )
+                overdue = await repo.overdue(
+                    stall_seconds=stall,
+                    slow_interval=settings.sync_interval_seconds,
+                    fast_interval=polled,
+                    polling=sorted(states.POLLED),
+                    limit=limit,
+                )
         # Job ids: one check per mailbox a minute at most, and a lost job blocks nothing
         # for longer; an overdue sync gets an id no stale job can hold.
         minute = str(int(time.time() // 60))

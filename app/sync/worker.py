@@ -127,7 +127,8 @@ class WorkerSettings:
             unique=True,
         ),
         # The completion monitor: every 15 s it enqueues the checks that came due (each
-        # mailbox's at its own moment of VERIFY_INTERVAL_SECONDS) and overdue syncs.
+        # mailbox's at its own moment of VERIFY_INTERVAL_SECONDS); once a minute it also
+        # re-enqueues overdue syncs and marks lapsed push channels.
         cron(
             jobs.monitor,
             second={7, 22, 37, 52},

@@ -349,7 +349,7 @@ async def test_a_mailbox_whose_job_vanished_and_lease_lapsed_is_reenqueued(
     await rt.redis.delete("arq:queue")
     assert (await jobs.schedule({"rt": rt}))["enqueued"] == 0  # the held ids swallow it
 
-    ticked = await jobs.monitor({"rt": rt, "worker_id": "monitor"})
+    ticked = await jobs.monitor({"rt": rt, "worker_id": "monitor"}, sweep=True)
     assert ticked["overdue"] == 1
     queued = [j.decode() for j in await rt.redis.zrange("arq:queue", 0, -1)]
     assert len(queued) == 1 and queued[0].startswith(f"sync:{mailbox_id}:overdue")
@@ -358,7 +358,7 @@ async def test_a_mailbox_whose_job_vanished_and_lease_lapsed_is_reenqueued(
     assert row["status"] == "connected" and row["lease_owner"] is None
     assert len(await stored_state(rt, mailbox_id)) == 200
     # Nothing else was overdue; the same window does not enqueue twice.
-    assert (await jobs.monitor({"rt": rt}))["overdue"] == 0
+    assert (await jobs.monitor({"rt": rt}, sweep=True))["overdue"] == 0
     assert (await mailbox_row(rt, healthy))["status"] == "connected"
 
 
@@ -377,13 +377,13 @@ async def test_a_long_silent_mailbox_is_reenqueued(quick: Runtime) -> None:
         "updated_at = now() - interval '2000 seconds' WHERE id = :id",
         id=mailbox_id,
     )
-    assert (await jobs.monitor({"rt": rt}))["overdue"] == 1
+    assert (await jobs.monitor({"rt": rt}, sweep=True))["overdue"] == 1
     await _sql(
         rt,
         "UPDATE mailboxes SET last_synced_at = now() - interval '1000 seconds' WHERE id = :id",
         id=mailbox_id,
     )
-    assert (await jobs.monitor({"rt": rt}))["overdue"] == 0
+    assert (await jobs.monitor({"rt": rt}, sweep=True))["overdue"] == 0
 
 
 class _Push:
@@ -427,7 +427,7 @@ async def test_without_working_push_a_mailbox_is_polled(quick: Runtime) -> None:
         "UPDATE subscriptions SET expires_at = now() - interval '1 minute' WHERE mailbox_id = :id",
         id=mailbox_id,
     )
-    assert (await jobs.monitor({"rt": rt}))["push_lapsed"] == 1
+    assert (await jobs.monitor({"rt": rt}, sweep=True))["push_lapsed"] == 1
     assert (await mailbox_row(rt, mailbox_id))["push_state"] == "failing"
     assert await _seconds_to_next_pass(rt, mailbox_id) <= 60
     await _sync_until_done(rt, mailbox_id)
