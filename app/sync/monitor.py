@@ -361,7 +361,8 @@ class CompletionMonitor:
             (g for g in gaps if g.scope.repair == "list" and g.scope.stream in by_stream),
             key=lambda g: g.scope.kind != "stream",
         )
-        restart = [g for g in gaps if g not in listed]
+        # A stream that vanished meanwhile (a folder deleted) is the engine's to drop.
+        restart = [g for g in gaps if g not in listed and g.scope.stream in by_stream]
         restarted = False
         try:
             async with _kept(self.rt, lease):
