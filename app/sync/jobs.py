@@ -126,9 +126,7 @@ async def monitor(ctx: dict[str, Any], *, sweep: bool | None = None) -> dict[str
     re-enqueue overdue syncs and mark lapsed push channels."""
     if sweep is None:
         sweep = datetime.now(UTC).second < 15
-    return await CompletionMonitor(_rt(ctx), owner=ctx.get("worker_id", "worker")).tick(
-        sweep=sweep
-    )
+    return await CompletionMonitor(_rt(ctx), owner=ctx.get("worker_id", "worker")).tick(sweep=sweep)
 
 
 async def verify_mailbox(ctx: dict[str, Any], mailbox_id: str) -> str:
