@@ -40,8 +40,8 @@ REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 JWT_SECRET = "test-secret-" + "x" * 32
 PUSH_AUDIENCE = "https://mailsync.test/webhooks/google"
 TABLES = (
-    "outbox_events, webhook_notifications, subscriptions, messages, sync_cursors, credentials, "
-    "mailboxes, monitor_repairs"
+    "outbox_events, message_tombstones, resnapshots, webhook_notifications, subscriptions, "
+    "messages, sync_cursors, credentials, mailboxes, monitor_repairs"
 )
 
 

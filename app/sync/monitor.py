@@ -45,6 +45,7 @@ from app.db.repositories.mailboxes import Lease, LeaseLost, MailboxRepository
 from app.db.repositories.messages import MessageRepository
 from app.db.repositories.monitor import Counted, MonitorRepository, OpenRepair, Residual
 from app.db.repositories.outbox import OutboxRepository
+from app.events.changes import MESSAGES_CHANGED, PageChanges
 from app.metrics import (
     MONITOR_CHECKS,
     MONITOR_DIFFERENCE,
@@ -520,11 +521,12 @@ class CompletionMonitor:
         changes: list[LabelChange],
         gap: Gap,
     ) -> tuple[int, int, int]:
-        """The repair's changes as page writes (outbox event and lease fence included), the
-        last one with its record."""
+        """The repair's changes written as pages are (their outbox events, the lease fence,
+        progress), the last one with the repair's record."""
         mailbox_id = lease.mailbox_id
         seconds = self.settings.lease_seconds
-        written = removed = relabelled_count = 0
+        events = self.settings.events_enabled
+        written = removed = relabelled = 0
         pages = [
             MessageBatch.of(fetched[i] for i in range(start, min(start + 1000, len(fetched))))
             for start in range(0, len(fetched), 1000)
@@ -533,32 +535,25 @@ class CompletionMonitor:
             last = n == len(pages) - 1
             async with self.rt.sessions() as session, session.begin():
                 messages = MessageRepository(session)
+                page_changes = PageChanges(stream.stream_key)
                 upserted = await messages.upsert_page(
                     mailbox_id, stream.stream_key, stream.generation, page
                 )
-                deleted = (
-                    await messages.delete_from_stream(mailbox_id, stream.stream_key, deletes)
-                    if last
-                    else []
-                )
-                relabelled = await messages.apply_label_changes(mailbox_id, changes) if last else []
+                came_back: set[str] = set()
+                if events and upserted.inserted_ids:
+                    came_back = await messages.returning(mailbox_id, upserted.inserted_ids)
+                page_changes.upserted(upserted, came_back)
                 written += len(upserted.written)
-                removed += len(deleted)
-                relabelled_count += len(relabelled)
-                if upserted.written or deleted or relabelled:
-                    await OutboxRepository(session).add(
-                        mailbox_id,
-                        "messages.changed",
-                        {
-                            "stream": stream.stream_key,
-                            "upserted": upserted.written,
-                            "deleted": deleted,
-                            "relabelled": relabelled,
-                            "swept": 0,
-                            "repair": True,
-                        },
-                    )
+                deleted: list[str] = []
                 if last:
+                    relabelled_rows = await messages.apply_label_changes(mailbox_id, changes)
+                    page_changes.relabelled(relabelled_rows)
+                    relabelled = len(relabelled_rows)
+                    deleted = await messages.delete_from_stream(
+                        mailbox_id, stream.stream_key, deletes, remember=events
+                    )
+                    page_changes.deleted(deleted)
+                    removed = len(deleted)
                     await self._open(
                         MonitorRepository(session),
                         mailbox_id,
@@ -567,12 +562,15 @@ class CompletionMonitor:
                         method="list",
                         fetched=written,
                         removed=removed,
-                        relabelled=relabelled_count,
+                        relabelled=relabelled,
                     )
+                payload = page_changes.payload() if events else None
+                if payload is not None:
+                    await OutboxRepository(session).add(mailbox_id, MESSAGES_CHANGED, payload)
                 await MailboxRepository(session).fence(
                     lease, seconds, synced_delta=upserted.inserted - len(deleted)
                 )
-        return written, removed, relabelled_count
+        return written, removed, relabelled
 
     async def _open(
         self,

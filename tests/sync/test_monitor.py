@@ -9,6 +9,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy import text
 
@@ -227,6 +228,10 @@ async def test_a_label_repaired_by_listing_fetches_only_what_is_missing(quick: R
     assert await _check(rt, mailbox_id) is Check.SUSPECT
     await _sync_until_done(rt, mailbox_id)
     pages_before = provider.pages_served
+    async with rt.sessions() as session:
+        outbox_before = (
+            await session.execute(text("SELECT coalesce(max(id), 0) FROM outbox_events"))
+        ).scalar_one()
     assert await _check(rt, mailbox_id) is Check.REPAIRING
     # Listing, and one fetch: the message that was missing. No page of the stream again.
     assert provider.fetched_ids == ["msg-0000004"]
@@ -246,19 +251,23 @@ async def test_a_label_repaired_by_listing_fetches_only_what_is_missing(quick: R
     assert projects["relabelled"] == 4
     assert projects["provider_total_after"] == projects["stored_total_after"] == 100
     assert all(r["state"] == "done" for r in repairs.values())
-    # The outbox tells downstream what the repair changed, as pages do.
+    # The outbox tells downstream what the repair changed, as pages do: the message fetched
+    # back, the relabelled ones.
     async with rt.sessions() as session:
-        events = (
+        rows = (
             await session.execute(
                 text(
                     "SELECT payload FROM outbox_events WHERE mailbox_id = :id "
-                    "AND kind = 'messages.changed' AND payload->>'repair' = 'true'"
+                    "AND kind = 'messages.changed' AND id > :since ORDER BY id"
                 ),
-                {"id": mailbox_id},
+                {"id": mailbox_id, "since": outbox_before},
             )
         ).all()
-    changed = {i for (payload,) in events for i in payload["upserted"] + payload["relabelled"]}
-    assert {"msg-0000004", "msg-0000000", "msg-0000001", "msg-0000002", "msg-0000006"} <= changed
+    payloads = [orjson.loads(p) for (p,) in rows]
+    received = {i for p in payloads for i in p.get("received", {}).get("provider_message_id", [])}
+    updated = {i for p in payloads for i in p.get("updated", {}).get("provider_message_id", [])}
+    assert received == {"msg-0000004"}
+    assert updated == {"msg-0000000", "msg-0000001", "msg-0000002", "msg-0000006"}
 
 
 async def test_changes_arriving_while_it_checks_never_trigger_a_repair(quick: Runtime) -> None:
