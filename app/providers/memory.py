@@ -53,6 +53,9 @@ class Faults:
     # Called when `counts` has read the counts, before it returns them (a change that
     # arrives while the monitor compares).
     after_counts: object | None = None
+    # Items a stream's count includes but its enumeration never returns (Graph counts
+    # folder items that are not messages).
+    uncounted: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -266,7 +269,7 @@ class MemoryProvider:
                 ScopeCount(
                     kind="stream",
                     key=key,
-                    total=len(messages),
+                    total=len(messages) + self.faults.uncounted.get(key, 0),
                     unread=sum(1 for m in messages.values() if not m.is_read),
                     repair=self.repair,
                     stream=key,

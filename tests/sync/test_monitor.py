@@ -494,3 +494,30 @@ async def test_a_check_waits_while_a_sync_holds_the_lease(quick: Runtime) -> Non
     assert await _check(rt, mailbox_id) is Check.REPAIRING
     await _sync_until_done(rt, mailbox_id)
     assert await stored_state(rt, mailbox_id) == truth_state(provider)
+
+
+async def test_what_an_exact_repair_leaves_behind_is_not_repaired_again(quick: Runtime) -> None:
+    rt = quick
+    provider = seeded(60, streams=2)
+    # The provider counts two items in the inbox that no enumeration ever returns.
+    provider.faults.uncounted["inbox"] = 2
+    mailbox_id = await _connected(rt, provider)
+    assert await _check(rt, mailbox_id) is Check.SUSPECT
+    await _sync_until_done(rt, mailbox_id)
+    assert await _check(rt, mailbox_id) is Check.REPAIRING
+    await _sync_until_done(rt, mailbox_id)
+    # The rebuild made the inbox exactly what the provider enumerates; the 2 remain.
+    assert await _check(rt, mailbox_id) is Check.VERIFIED
+    [repair] = await _repairs(rt, mailbox_id)
+    assert (repair["provider_total_after"], repair["stored_total_after"]) == (32, 30)
+    for _ in range(2):
+        assert await _check(rt, mailbox_id) is Check.VERIFIED
+    assert len(await _repairs(rt, mailbox_id)) == 1
+    assert await _generations(rt, mailbox_id) == {"inbox": 2, "sent": 1}
+    # A real loss on top of it is still found.
+    await _sql(
+        rt,
+        "DELETE FROM messages WHERE mailbox_id = :id AND provider_message_id = 'msg-0000000'",
+        id=mailbox_id,
+    )
+    assert await _check(rt, mailbox_id) is Check.SUSPECT
