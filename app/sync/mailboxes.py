@@ -14,8 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Mailbox
 from app.db.repositories.credentials import CredentialRepository
+from app.db.repositories.mailbox_actions import MailboxActions
 from app.db.repositories.mailboxes import MailboxRepository
 from app.db.repositories.messages import MessageRepository
+from app.db.repositories.reading import ReadRepository
 from app.sync.queue import enqueue_cleanup, enqueue_subscription, enqueue_sync
 from app.sync.runtime import Runtime
 
@@ -105,6 +107,7 @@ async def disconnect(uow: Transaction, mailbox_ids: list[uuid.UUID], *, purge: b
         await repo.mark_disconnected(mailbox_id)
         if purge:
             await MessageRepository(session).purge(mailbox_id)
+            await ReadRepository(session).forget_bodies(mailbox_id)
         uow.after_commit(partial(enqueue_cleanup, redis, mailbox_id))
 
 
@@ -130,3 +133,36 @@ def percent(mailbox: Mailbox) -> int:
     if not total:
         return 0
     return max(0, min(99, int(mailbox.messages_synced * 100 / total)))
+
+
+class MailboxParked(Exception):
+    """The mailbox cannot sync until the user reconnects it, or it is paused."""
+
+
+async def sync_now(uow: Transaction, mailbox_id: uuid.UUID) -> None:
+    if not await MailboxActions(uow.session).request_sync(mailbox_id):
+        raise MailboxParked("the mailbox is paused or must be reconnected; nothing to sync")
+    redis = uow.rt.redis
+    # Its own job id: a queued or running pass must not swallow the user's request.
+    uow.after_commit(lambda: enqueue_sync(redis, mailbox_id, suffix=f"now{uuid.uuid4().hex[:8]}"))
+
+
+async def resync(uow: Transaction, mailbox_id: uuid.UUID) -> None:
+    if not await MailboxActions(uow.session).resync(mailbox_id):
+        raise MailboxParked("the mailbox is paused or must be reconnected; nothing to rebuild")
+    redis = uow.rt.redis
+    uow.after_commit(
+        lambda: enqueue_sync(redis, mailbox_id, suffix=f"resync{uuid.uuid4().hex[:8]}")
+    )
+
+
+async def pause(uow: Transaction, mailbox_id: uuid.UUID) -> None:
+    await MailboxActions(uow.session).pause(mailbox_id)
+
+
+async def resume(uow: Transaction, mailbox_id: uuid.UUID) -> None:
+    await MailboxActions(uow.session).resume(mailbox_id)
+    redis = uow.rt.redis
+    uow.after_commit(
+        lambda: enqueue_sync(redis, mailbox_id, suffix=f"resume{uuid.uuid4().hex[:8]}")
+    )

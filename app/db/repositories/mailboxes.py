@@ -172,6 +172,7 @@ class MailboxRepository:
                        updated_at = now()
                  WHERE id = :id
                    AND status NOT IN ('disconnected', 'auth_expired')
+                   AND NOT paused
                    AND (lease_owner IS NULL OR lease_expires_at < now())
              RETURNING fencing_token
                 """
@@ -308,6 +309,7 @@ class MailboxRepository:
             select(col(Mailbox.id))
             .where(
                 col(Mailbox.status).notin_(PARKED),
+                col(Mailbox.paused).is_(False),
                 or_(col(Mailbox.lease_owner).is_(None), col(Mailbox.lease_expires_at) < func.now()),
                 or_(
                     col(Mailbox.next_sync_at) <= func.now(),
