@@ -310,7 +310,7 @@ def decode_messages(content: bytes) -> MessagePage:
         try:
             messages.append(_decode_message(item))
         except msgspec.ValidationError:
-            loaded = orjson.loads(item)
+            loaded = msgspec.json.decode(item)
             if isinstance(loaded, dict):
                 messages.append(loaded)
     return MessagePage(messages, raw.next_link, raw.delta_link, mixed=True)
