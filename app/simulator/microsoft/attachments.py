@@ -4,7 +4,7 @@ collection with Graph's $select rules, one attachment, and its raw `$value`.
 Graph's harsh spots kept here: `contentId` is a property of fileAttachment only, so a bare
 `$select=contentId` is a 400 (the type-cast form `microsoft.graph.fileAttachment/contentId`
 works); without $select every file's `contentBytes` comes along; attachment ids are
-standard base64 and may hold '/', '+' and '='.
+URL-safe base64 ending in '=' padding, like Exchange's.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ class AttachmentSelectError(ValueError):
 
 def attachment_id(mailbox: Mailbox, key: int, index: int) -> str:
     raw = b"\x00\x01att" + bytes(mailbox.tag) + b"|%d|%d" % (key, index) + b"\xfb\xff"
-    return "AAMkA" + base64.b64encode(raw).decode()
+    return "AAMkA" + base64.urlsafe_b64encode(raw).decode()
 
 
 def parse_attachment_id(mailbox: Mailbox, value: str) -> tuple[int, int] | None:
     if not value.startswith("AAMkA"):
         return None
     try:
-        raw = base64.b64decode(value[5:], validate=True)
+        raw = base64.urlsafe_b64decode(value[5:])
     except (binascii.Error, ValueError):
         return None
     match = re.fullmatch(rb"\x00\x01att(.*)\|(\d+)\|(\d+)\xfb\xff", raw, re.DOTALL)
