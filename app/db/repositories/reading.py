@@ -319,7 +319,8 @@ class ReadRepository:
                        max(msg.received_at) AS last_message_at,
                        (array_agg(msg.subject ORDER BY COALESCE(msg.received_at,
                            '-infinity'::timestamptz), msg.id))[1] AS subject,
-                       ARRAY(SELECT DISTINCT l FROM unnest(array_agg(msg.labels)) AS l
+                       ARRAY(SELECT DISTINCT l FROM messages x, unnest(x.labels) AS l
+                              WHERE x.mailbox_id = p.m::uuid AND x.thread_id = p.t
                               ORDER BY l) AS labels
                   FROM jsonb_to_recordset(CAST(:pairs AS jsonb)) AS p(m text, t text)
                   JOIN messages msg ON msg.mailbox_id = p.m::uuid AND msg.thread_id = p.t
