@@ -12,7 +12,6 @@ from urllib.parse import quote
 
 from app.api.errors import ApiError
 from app.api.schemas import Contact, MailboxStatusView, MessageDetail, MessageItem, Progress
-from app.db.models import Mailbox
 from app.db.repositories.reading import pair_names
 from app.providers.base import (
     AuthExpiredError,
@@ -24,6 +23,7 @@ from app.providers.base import (
 )
 from app.sync import mailboxes as service
 from app.sync.reading import MailboxUnavailable
+from app.sync.states import MailboxStatus, Phase
 
 
 def contacts(addresses: list[str], names: list[str] | None) -> list[Contact]:
@@ -69,21 +69,26 @@ def _message_fields(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def mailbox_view(m: Mailbox) -> MailboxStatusView:
+def mailbox_view(view: service.MailboxView) -> MailboxStatusView:
+    m = view.mailbox
     return MailboxStatusView(
         mailbox_id=m.id,
         provider=m.provider,
         email=m.email,
-        status=m.status,
-        phase=m.phase,
+        status=MailboxStatus(m.status),
+        phase=Phase(m.phase) if m.phase else None,
         progress=Progress(
             messages_synced=m.messages_synced,
             messages_total_estimate=m.messages_total_estimate,
-            percent=service.percent(m),
+            percent=view.percent,
         ),
         last_synced_at=m.last_synced_at,
         last_error=m.last_error,
         last_error_at=m.last_error_at,
+        in_sync=view.in_sync,
+        pending_since=m.pending_since,
+        last_verified_at=m.last_verified_at,
+        streams_behind=view.streams_behind,
         paused=m.paused,
     )
 

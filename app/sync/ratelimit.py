@@ -3,7 +3,9 @@
 One Lua script admits a request only when the mailbox is not paused (a Retry-After we were
 given), a concurrent-request slot is free (Graph: 4 per mailbox across all clients) and the
 quota bucket holds enough units (Gmail: 250 units per user per second). Slots are leases
-with an expiry, so a worker that dies holding one frees it after `slot_ttl`.
+with an expiry, renewed by their holder while its request is in flight, so a slot outlives
+a worker that died holding it by at most `slot_ttl` (the lease period: a dead worker's
+mailbox is resumed within about that long, and finds its request slots free).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class RedisRateGate:
         mailbox_key: str,
         limits: ProviderLimits,
         *,
-        slot_ttl_seconds: float = 120.0,
+        slot_ttl_seconds: float = 15.0,
         # A bucket of one second's worth of units: bursts up to the documented per-second
         # rate, a moving average at the rate.
         burst_seconds: float = 1.0,
@@ -124,11 +126,24 @@ class RedisRateGate:
                 await asyncio.sleep(random.uniform(0.005, 0.025))
             else:
                 await asyncio.sleep(wait_ms / 1000 + random.uniform(0, 0.005))
+        if not self._limits.max_concurrency:
+            yield
+            return
+        renewal = asyncio.create_task(self._renew(holder))
         try:
             yield
         finally:
-            if self._limits.max_concurrency:
-                await self._redis.zrem(self._keys[1], holder)
+            renewal.cancel()
+            await asyncio.gather(renewal, return_exceptions=True)
+            await self._redis.zrem(self._keys[1], holder)
+
+    async def _renew(self, holder: str) -> None:
+        """Keep a slot whose request is still in flight (a slow page) from expiring."""
+        interval = self._slot_ttl_ms / 3000
+        while True:
+            await asyncio.sleep(interval)
+            expiry = int(time.time() * 1000) + self._slot_ttl_ms
+            await self._redis.zadd(self._keys[1], {holder: expiry}, xx=True)
 
     async def pause(self, seconds: float) -> None:
         ms = max(1, int(seconds * 1000))

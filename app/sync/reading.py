@@ -31,6 +31,7 @@ from app.providers.base import (
 from app.sync.engine import account_of
 from app.sync.ratelimit import RedisRateGate
 from app.sync.runtime import Runtime
+from app.sync.states import PARKED, MailboxStatus
 from app.sync.tokens import TokenSource
 
 T = TypeVar("T")
@@ -42,8 +43,8 @@ class MailboxUnavailable(Exception):
 
 class _Reader:
     def __init__(self, rt: Runtime, mailbox: Mailbox) -> None:
-        if mailbox.status in ("auth_expired", "disconnected"):
-            detail = mailbox.last_error if mailbox.status == "auth_expired" else None
+        if mailbox.status in PARKED:
+            detail = mailbox.last_error if mailbox.status == MailboxStatus.AUTH_EXPIRED else None
             raise MailboxUnavailable(
                 "the mailbox must be reconnected before its content can be read"
                 + (f" ({detail})" if detail else "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.auth import CurrentUser
+from app.api.auth import CurrentCaller, CurrentUser
 from app.api.deps import UnitOfWorkDep
 from app.api.errors import ApiError
 from app.api.schemas import (
@@ -15,16 +15,39 @@ from app.api.schemas import (
     StatusResponse,
 )
 from app.api.views import mailbox_view
-from app.db.repositories.mailboxes import MailboxRepository
 from app.sync import mailboxes as service
+from app.sync.states import MailboxStatus
 
 router = APIRouter(prefix="/mail", tags=["mail"])
 
 
 @router.post("/connect", status_code=202)
-async def connect(body: ConnectRequest, user: CurrentUser, uow: UnitOfWorkDep) -> ConnectResponse:
+async def connect(
+    body: ConnectRequest, caller: CurrentCaller, uow: UnitOfWorkDep
+) -> ConnectResponse:
+    if body.auth == "application":
+        # App-only access reads any mailbox of a tenant that consented: operators only,
+        # and only for tenants this deployment lists.
+        settings = uow.rt.settings
+        if not caller.is_operator(settings):
+            raise ApiError(
+                403,
+                "forbidden",
+                "app-only connect needs the operator role "
+                f"{settings.auth_operator_role!r} in the token's {settings.auth_roles_claim!r} "
+                "claim",
+            )
+        assert body.tenant_id is not None
+        if body.tenant_id.lower() not in settings.app_only_tenants:
+            raise ApiError(
+                403,
+                "tenant_not_allowed",
+                f"tenant {body.tenant_id!r} is not in MICROSOFT_APP_ONLY_TENANTS"
+                if settings.app_only_tenants
+                else "app-only connect is disabled (MICROSOFT_APP_ONLY_TENANTS is empty)",
+            )
     command = service.ConnectCommand(
-        user_id=user,
+        user_id=caller.user_id,
         provider=body.provider,
         auth_mode=body.auth,
         email=str(body.email) if body.email else None,
@@ -40,7 +63,7 @@ async def connect(body: ConnectRequest, user: CurrentUser, uow: UnitOfWorkDep) -
         mailbox_id=mailbox.id,
         provider=mailbox.provider,
         email=mailbox.email,
-        status=mailbox.status,
+        status=MailboxStatus(mailbox.status),
     )
 
 
@@ -59,8 +82,5 @@ async def disconnect(
 
 @router.get("/status")
 async def status(user: CurrentUser, uow: UnitOfWorkDep) -> StatusResponse:
-    mailboxes = await MailboxRepository(uow.session).list_for_user(user)
-    return StatusResponse(
-        user_id=user,
-        mailboxes=[mailbox_view(m) for m in mailboxes],
-    )
+    views = await service.status_of(uow.session, user)
+    return StatusResponse(user_id=user, mailboxes=[mailbox_view(v) for v in views])

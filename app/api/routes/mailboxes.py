@@ -11,28 +11,32 @@ from app.api.deps import UnitOfWorkDep
 from app.api.errors import ApiError
 from app.api.schemas import MailboxActionResponse, MailboxStatusView
 from app.api.views import mailbox_view
-from app.db.models import Mailbox
 from app.db.repositories.mailboxes import MailboxRepository
 from app.sync import mailboxes as service
 
 router = APIRouter(prefix="/mail/mailboxes", tags=["mail"])
 
 
-async def _own(uow: UnitOfWorkDep, user: str, mailbox_id: uuid.UUID) -> Mailbox:
-    mailbox = await MailboxRepository(uow.session).get_for_user(user, mailbox_id)
-    if mailbox is None:
+async def _own(uow: UnitOfWorkDep, user: str, mailbox_id: uuid.UUID) -> None:
+    if await MailboxRepository(uow.session).get_for_user(user, mailbox_id) is None:
         raise ApiError(404, "not_found", "mailbox not found")
-    return mailbox
 
 
-async def _after(uow: UnitOfWorkDep, mailbox_id: uuid.UUID, action: str) -> MailboxActionResponse:
+async def _view(uow: UnitOfWorkDep, user: str, mailbox_id: uuid.UUID) -> MailboxStatusView:
+    view = await service.view_of(uow.session, user, mailbox_id)
+    if view is None:
+        raise ApiError(404, "not_found", "mailbox not found")
+    return mailbox_view(view)
+
+
+async def _after(
+    uow: UnitOfWorkDep, user: str, mailbox_id: uuid.UUID, action: str
+) -> MailboxActionResponse:
     await uow.commit()
-    mailbox = await MailboxRepository(uow.session).get(mailbox_id)
-    assert mailbox is not None
     return MailboxActionResponse(
         mailbox_id=mailbox_id,
         action=action,
-        mailbox=mailbox_view(mailbox),
+        mailbox=await _view(uow, user, mailbox_id),
     )
 
 
@@ -40,7 +44,7 @@ async def _after(uow: UnitOfWorkDep, mailbox_id: uuid.UUID, action: str) -> Mail
 async def mailbox(
     mailbox_id: uuid.UUID, user: CurrentUser, uow: UnitOfWorkDep
 ) -> MailboxStatusView:
-    return mailbox_view(await _own(uow, user, mailbox_id))
+    return await _view(uow, user, mailbox_id)
 
 
 @router.post("/{mailbox_id}/sync", status_code=202)
@@ -53,7 +57,7 @@ async def sync(
         await service.sync_now(uow, mailbox_id)
     except service.MailboxParked as exc:
         raise ApiError(409, "mailbox_unavailable", str(exc)) from exc
-    return await _after(uow, mailbox_id, "sync")
+    return await _after(uow, user, mailbox_id, "sync")
 
 
 @router.post("/{mailbox_id}/resync", status_code=202)
@@ -66,7 +70,7 @@ async def resync(
         await service.resync(uow, mailbox_id)
     except service.MailboxParked as exc:
         raise ApiError(409, "mailbox_unavailable", str(exc)) from exc
-    return await _after(uow, mailbox_id, "resync")
+    return await _after(uow, user, mailbox_id, "resync")
 
 
 @router.post("/{mailbox_id}/pause")
@@ -76,7 +80,7 @@ async def pause(
     """Stop scheduling and syncing (a running slice commits nothing more)."""
     await _own(uow, user, mailbox_id)
     await service.pause(uow, mailbox_id)
-    return await _after(uow, mailbox_id, "pause")
+    return await _after(uow, user, mailbox_id, "pause")
 
 
 @router.post("/{mailbox_id}/resume")
@@ -85,4 +89,4 @@ async def resume(
 ) -> MailboxActionResponse:
     await _own(uow, user, mailbox_id)
     await service.resume(uow, mailbox_id)
-    return await _after(uow, mailbox_id, "resume")
+    return await _after(uow, user, mailbox_id, "resume")

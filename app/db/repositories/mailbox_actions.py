@@ -14,51 +14,56 @@ import uuid
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.repositories.mailboxes import PARKED
+from app.db.repositories.mailboxes import MailboxRepository
+from app.sync.states import PARKED, Phase, StreamMode
+
+_PARKED = sorted(status.value for status in PARKED)
 
 
 class MailboxActions:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def request_sync(self, mailbox_id: uuid.UUID) -> bool:
-        """A pass now; one that is running owes another. False when parked or paused."""
-        result = await self.session.execute(
-            text(
-                """
-                UPDATE mailboxes
-                   SET sync_requested_at = now(), next_sync_at = now(), updated_at = now()
-                 WHERE id = :id AND NOT paused AND NOT (status = ANY(CAST(:parked AS text[])))
-                """
-            ),
-            {"id": mailbox_id, "parked": list(PARKED)},
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
-
-    async def resync(self, mailbox_id: uuid.UUID) -> bool:
-        """Every stream enumerates again under a new generation: the result is exactly the
-        provider's state (rows not seen again are swept). False when parked or paused."""
+    async def _syncable(self, mailbox_id: uuid.UUID) -> bool:
         allowed = await self.session.execute(
             text(
                 "SELECT 1 FROM mailboxes WHERE id = :id AND NOT paused "
                 "AND NOT (status = ANY(CAST(:parked AS text[])))"
             ),
-            {"id": mailbox_id, "parked": list(PARKED)},
+            {"id": mailbox_id, "parked": _PARKED},
         )
-        if allowed.first() is None:
+        return allowed.first() is not None
+
+    async def request_sync(self, mailbox_id: uuid.UUID) -> bool:
+        """A pass now (one that is running owes another), even while backing off after
+        failures: the user asked. False when parked or paused."""
+        if not await self._syncable(mailbox_id):
+            return False
+        await MailboxRepository(self.session).request_sync([mailbox_id])
+        await self.session.execute(
+            text("UPDATE mailboxes SET next_sync_at = now(), updated_at = now() WHERE id = :id"),
+            {"id": mailbox_id},
+        )
+        return True
+
+    async def resync(self, mailbox_id: uuid.UUID) -> bool:
+        """Every stream enumerates again under a new generation: the result is exactly the
+        provider's state (rows not seen again are swept). False when parked or paused."""
+        if not await self._syncable(mailbox_id):
             return False
         await self.session.execute(
             text(
                 """
                 UPDATE sync_cursors
-                   SET cursor = NULL, mode = 'full', caught_up = false,
+                   SET cursor = NULL, mode = :full, caught_up = false, enumerated = 0,
                        generation = generation + 1, updated_at = now()
                  WHERE mailbox_id = :id
                 """
             ),
-            {"id": mailbox_id},
+            {"id": mailbox_id, "full": StreamMode.FULL.value},
         )
-        await self._fence_off(mailbox_id, "phase = 'resync', ")
+        await self._fence_off(mailbox_id, "phase = :phase, ", {"phase": Phase.RESYNC.value})
+        await MailboxRepository(self.session).request_sync([mailbox_id])
         return True
 
     async def pause(self, mailbox_id: uuid.UUID) -> None:
@@ -67,26 +72,26 @@ class MailboxActions:
     async def resume(self, mailbox_id: uuid.UUID) -> None:
         await self.session.execute(
             text(
-                """
-                UPDATE mailboxes
-                   SET paused = false, sync_requested_at = now(), next_sync_at = now(),
-                       updated_at = now()
-                 WHERE id = :id
-                """
+                "UPDATE mailboxes SET paused = false, next_sync_at = now(), updated_at = now() "
+                "WHERE id = :id"
             ),
             {"id": mailbox_id},
         )
+        # Whatever changed while paused is owed a pass.
+        await MailboxRepository(self.session).request_sync([mailbox_id])
 
-    async def _fence_off(self, mailbox_id: uuid.UUID, also: str) -> None:
+    async def _fence_off(
+        self, mailbox_id: uuid.UUID, also: str, params: dict[str, str] | None = None
+    ) -> None:
         await self.session.execute(
             text(
                 f"""
                 UPDATE mailboxes
                    SET {also}fencing_token = fencing_token + 1,
                        lease_owner = NULL, lease_expires_at = NULL,
-                       sync_requested_at = now(), next_sync_at = now(), updated_at = now()
+                       next_sync_at = now(), updated_at = now()
                  WHERE id = :id
                 """  # noqa: S608 - `also` is one of two constants above
             ),
-            {"id": mailbox_id},
+            {"id": mailbox_id, **(params or {})},
         )

@@ -1,7 +1,7 @@
 """reading the mirror: richer metadata, body cache, paused mailboxes, read indexes
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-11-24 18:00:00
 
 New message columns (names beside the address lists, sent_at, in_reply_to,
@@ -50,7 +50,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0004"
-down_revision: str | None = "0002"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -106,7 +106,7 @@ def upgrade() -> None:
     )
     # Every stream enumerates again on its mailbox's next sync, filling the new columns.
     op.execute(
-        "UPDATE sync_cursors SET cursor = NULL, mode = 'full', caught_up = false, "
+        "UPDATE sync_cursors SET cursor = NULL, mode = 'full', caught_up = false, enumerated = 0, "
         "generation = generation + 1, updated_at = now()"
     )
     op.execute("UPDATE mailboxes SET next_sync_at = now() WHERE next_sync_at IS NOT NULL")
