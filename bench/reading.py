@@ -6,7 +6,7 @@ body fetch overhead; memory of a 50 MB attachment download.
 1. Builds one mailbox of `--messages` rows plus `--others` spread over nine more mailboxes
    of the same user (plain SQL, realistic distributions), ANALYZEs, and prints the plan
    summary (EXPLAIN ANALYZE) of each listing query.
-2. Starts the API (uvicorn, its own process) and, per case, runs `--clients` concurrent
+2. Starts the API (uvicorn, two worker processes for the two cores) and, per case, runs `--clients` concurrent
    clients for `--requests` requests each: p50/p95 through the API next to the same page
    read by a bare asyncpg query (the same SQL shape a hand-written service would send),
    with the ratio.
@@ -151,7 +151,7 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def _api(url: str, port: int, extra: dict[str, str]) -> subprocess.Popen[bytes]:
+def _api(url: str, port: int, extra: dict[str, str], workers: int = 2) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "MAILSYNC_ENV": "test",
@@ -161,8 +161,10 @@ def _api(url: str, port: int, extra: dict[str, str]) -> subprocess.Popen[bytes]:
         **extra,
     }
     return subprocess.Popen(  # noqa: S603 - our own app
+        # Two workers for two cores (the bare queries use PostgreSQL's processes on both);
+        # keep-alive longer than a case, so no pooled connection is closed under a client.
         [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--log-level",
-         "warning", "--no-access-log"],
+         "warning", "--no-access-log", "--workers", str(workers), "--timeout-keep-alive", "600"],
         env=env,
     )  # fmt: skip
 
@@ -265,7 +267,8 @@ async def _content(url: str, args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="mailsync-read-"))
     sim, env = start_simulator(workdir)
     port = free_port()
-    api = _api(url, port, {**env, "BODY_CACHE_SECONDS": "0"})
+    # One worker: its RSS is the API process's memory for the download.
+    api = _api(url, port, {**env, "BODY_CACHE_SECONDS": "0"}, workers=1)
     base = f"http://127.0.0.1:{port}"
     verify = env["SSL_CERT_FILE"]
     try:

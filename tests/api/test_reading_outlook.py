@@ -173,6 +173,25 @@ async def test_message_body_and_attachments(
     )
     assert "filename*=UTF-8''Gr%C3%BC%C3%9Fe" in response.headers["content-disposition"]
 
+    # Its conversation, as a thread, oldest first; the thread list holds it once.
+    thread = (
+        await reader.get(
+            f"/mail/threads/{hostile['thread_id']}", params={"mailbox_id": mailbox_id}, headers=auth
+        )
+    ).json()
+    assert [m["id"] for m in thread["items"]] == [hostile["id"]]
+    threads = (
+        await reader.get(
+            "/mail/threads", params={"mailbox_id": mailbox_id, "limit": 200}, headers=auth
+        )
+    ).json()
+    truth = (await sim.call("GET", f"/_sim/microsoft/accounts/{account['email']}/messages"))[
+        "messages"
+    ]
+    conversations = {m["conversation_id"] for m in truth}
+    assert sorted(t["thread_id"] for t in threads["items"]) == sorted(conversations)
+    assert sum(t["message_count"] for t in threads["items"]) == len(truth)
+
     # Isolation: another user sees none of it.
     other = bearer("mallory")
     for path in (

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
 from app.api.auth import CurrentUser
@@ -24,6 +24,7 @@ from app.api.schemas import (
 )
 from app.api.views import (
     content_disposition,
+    json_response,
     message_detail,
     message_item,
     provider_attachment_id,
@@ -71,7 +72,7 @@ async def _release(uow: UnitOfWorkDep) -> None:
     await uow.session.rollback()
 
 
-@router.get("/messages")
+@router.get("/messages", response_model=MessagesResponse)
 async def messages(
     user: CurrentUser,
     uow: UnitOfWorkDep,
@@ -80,16 +81,18 @@ async def messages(
     mailbox_id: uuid.UUID | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-) -> MessagesResponse:
+) -> Response:
     ids = await _mailbox_ids(uow, user, mailbox_id)
     after = decode_cursor(cursor) if cursor else None
     repo = ReadRepository(uow.session, scan_budget=rt.settings.read_scan_budget)
     page = await repo.list_messages(ids, flt, limit, after) if ids else None
     if page is None:
-        return MessagesResponse(items=[], next_cursor=None)
-    return MessagesResponse(
-        items=[message_item(r) for r in page.rows],
-        next_cursor=encode_cursor(page.next_key) if page.next_key else None,
+        return json_response(MessagesResponse(items=[], next_cursor=None))
+    return json_response(
+        MessagesResponse.model_construct(
+            items=[message_item(r) for r in page.rows],
+            next_cursor=encode_cursor(page.next_key) if page.next_key else None,
+        )
     )
 
 
