@@ -179,7 +179,9 @@ async def test_message_body_and_attachments(
             f"/mail/threads/{hostile['thread_id']}", params={"mailbox_id": mailbox_id}, headers=auth
         )
     ).json()
-    assert [m["id"] for m in thread["items"]] == [hostile["id"]]
+    assert hostile["id"] in [m["id"] for m in thread["items"]]
+    received = [m["received_at"] or "" for m in thread["items"]]
+    assert received == sorted(received)
     threads = (
         await reader.get(
             "/mail/threads", params={"mailbox_id": mailbox_id, "limit": 200}, headers=auth
