@@ -5,12 +5,13 @@ from __future__ import annotations
 import html as html_module
 import re
 
-import nh3
-
 _BLOCK_END = re.compile(r"(?i)<br\s*/?>|</(p|div|tr|li|h[1-6]|blockquote|table)\s*>")
 
 
 def html_to_text(html: str) -> str:
+    # Imported here: the worker loads the providers but never converts a body.
+    import nh3
+
     with_breaks = _BLOCK_END.sub("\n", html)
     stripped = nh3.clean(with_breaks, tags=set(), clean_content_tags={"script", "style", "head"})
     lines = (line.strip() for line in html_module.unescape(stripped).splitlines())
