@@ -201,3 +201,15 @@ async def view_of(session: AsyncSession, user_id: str, mailbox_id: uuid.UUID) ->
         return None
     streams = await CursorRepository(session).progress([mailbox.id])
     return MailboxView(mailbox, streams.get(mailbox.id, []))
+
+
+async def readable_mailboxes(
+    session: AsyncSession, user_id: str, mailbox_id: uuid.UUID | None
+) -> list[uuid.UUID]:
+    """The user's mailboxes a read covers: the one asked for, or all of them."""
+    repo = MailboxRepository(session)
+    if mailbox_id is not None:
+        if await repo.get_for_user(user_id, mailbox_id) is None:
+            raise MailboxNotFound(str(mailbox_id))
+        return [mailbox_id]
+    return [m.id for m in await repo.list_for_user(user_id)]

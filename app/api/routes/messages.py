@@ -35,6 +35,7 @@ from app.db.models import Mailbox
 from app.db.repositories.mailboxes import MailboxRepository
 from app.db.repositories.reading import ReadRepository
 from app.providers.base import ProviderError
+from app.sync import mailboxes as service
 from app.sync.html import sanitize
 from app.sync.reading import MailboxUnavailable, ReadService
 
@@ -47,12 +48,10 @@ AttachmentId = Annotated[str, Path(min_length=1, max_length=2048)]
 async def _mailbox_ids(
     uow: UnitOfWorkDep, user: str, mailbox_id: uuid.UUID | None
 ) -> list[uuid.UUID]:
-    repo = MailboxRepository(uow.session)
-    if mailbox_id is not None:
-        if await repo.get_for_user(user, mailbox_id) is None:
-            raise ApiError(404, "not_found", "mailbox not found")
-        return [mailbox_id]
-    return [m.id for m in await repo.list_for_user(user)]
+    try:
+        return await service.readable_mailboxes(uow.session, user, mailbox_id)
+    except service.MailboxNotFound as exc:
+        raise ApiError(404, "not_found", "mailbox not found") from exc
 
 
 async def _message(

@@ -14,8 +14,8 @@ from app.api.errors import ApiError
 from app.api.filters import FilterDep
 from app.api.schemas import Contact, ThreadItem, ThreadResponse, ThreadsResponse
 from app.api.views import json_response, message_item
-from app.db.repositories.mailboxes import MailboxRepository
 from app.db.repositories.reading import ReadRepository
+from app.sync import mailboxes as service
 
 router = APIRouter(prefix="/mail", tags=["mail"])
 
@@ -23,12 +23,10 @@ router = APIRouter(prefix="/mail", tags=["mail"])
 async def _mailbox_ids(
     uow: UnitOfWorkDep, user: str, mailbox_id: uuid.UUID | None
 ) -> list[uuid.UUID]:
-    repo = MailboxRepository(uow.session)
-    if mailbox_id is not None:
-        if await repo.get_for_user(user, mailbox_id) is None:
-            raise ApiError(404, "not_found", "mailbox not found")
-        return [mailbox_id]
-    return [m.id for m in await repo.list_for_user(user)]
+    try:
+        return await service.readable_mailboxes(uow.session, user, mailbox_id)
+    except service.MailboxNotFound as exc:
+        raise ApiError(404, "not_found", "mailbox not found") from exc
 
 
 @router.get("/threads", response_model=ThreadsResponse)

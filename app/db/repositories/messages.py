@@ -152,12 +152,6 @@ class UpsertResult:
         return len(self.written) - self.inserted
 
 
-@dataclass(frozen=True, slots=True)
-class ListingKey:
-    received_at: datetime | None
-    id: int
-
-
 def _element(value: str | None) -> str:
     if value is None:
         return "NULL"
@@ -348,44 +342,6 @@ class MessageRepository:
             text("DELETE FROM messages WHERE mailbox_id = :mailbox_id"), {"mailbox_id": mailbox_id}
         )
         return int(result.rowcount)  # type: ignore[attr-defined]
-
-    async def list_page(
-        self, mailbox_ids: Sequence[uuid.UUID], limit: int, after: ListingKey | None
-    ) -> list[dict[str, Any]]:
-        """Newest first, undated last, keyset-paginated on (received_at, id).
-
-        Each mailbox is read through its own index range (LATERAL, LIMIT per mailbox) and
-        the results merged, so a page costs O(limit) whatever the mailboxes' sizes.
-        """
-        keyset = ""
-        params: dict[str, Any] = {"ids": list(mailbox_ids), "limit": limit}
-        if after is not None:
-            keyset = (
-                "AND (COALESCE(received_at, '-infinity'::timestamptz), id) < "
-                "(COALESCE(CAST(:after_received AS timestamptz), '-infinity'::timestamptz), "
-                ":after_id)"
-            )
-            params.update(after_received=after.received_at, after_id=after.id)
-        result = await self.session.execute(
-            text(
-                f"""
-                SELECT page.* FROM unnest(CAST(:ids AS uuid[])) AS mailbox(id)
-                CROSS JOIN LATERAL (
-                    SELECT id, mailbox_id, provider_message_id, thread_id, internet_message_id,
-                           subject, from_address, to_addresses, cc_addresses, bcc_addresses,
-                           snippet, received_at, labels, is_read, has_attachments
-                      FROM messages
-                     WHERE mailbox_id = mailbox.id {keyset}
-                     ORDER BY COALESCE(received_at, '-infinity'::timestamptz) DESC, id DESC
-                     LIMIT :limit
-                ) AS page
-                ORDER BY COALESCE(page.received_at, '-infinity'::timestamptz) DESC, page.id DESC
-                LIMIT :limit
-                """  # noqa: S608 - `keyset` is a constant fragment
-            ),
-            params,
-        )
-        return [dict(row._mapping) for row in result.all()]
 
     async def ground_truth(self, mailbox_id: uuid.UUID) -> dict[str, dict[str, Any]]:
         """Every row keyed by provider id; for tests and the convergence checks."""
