@@ -205,3 +205,16 @@ class MailboxActionResponse(BaseModel):
     mailbox_id: uuid.UUID
     action: Literal["sync", "resync", "pause", "resume"]
     mailbox: MailboxStatusView
+
+
+class ResnapshotResponse(BaseModel):
+    """A resnapshot walk: every stored message re-emitted as `email.snapshot`, in batches,
+    then `mailbox.snapshot_complete` (docs/events.md)."""
+
+    snapshot_id: uuid.UUID
+    mailbox_id: uuid.UUID
+    # False: a walk was already running for this mailbox; this is it.
+    created: bool
+    emitted: int
+    messages_total_estimate: int | None
+    complete: bool
