@@ -1,7 +1,7 @@
 """reading the mirror: richer metadata, body cache, paused mailboxes, read indexes
 
 Revision ID: 0004
-Revises: 0005
+Revises: 0006
 Create Date: 2026-11-24 18:00:00
 
 New message columns (names beside the address lists, sent_at, in_reply_to,
@@ -50,7 +50,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0004"
-down_revision: str | None = "0005"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
