@@ -1,8 +1,9 @@
-"""What an operator can do to a mailbox from its page. One table: adding an action (resync,
-pause, resume, as the service grows them) is one entry here and nothing in the templates.
+"""What an operator can do to a mailbox from its page. One table: an action is one entry
+here and nothing in the templates.
 
-Each action runs in the request's unit of work, through the same service functions the
-API uses; jobs leave after the commit.
+Each action runs in the request's unit of work through the same service functions as the
+user's own `POST /mail/mailboxes/{id}/sync|resync|pause|resume` and `/mail/disconnect`;
+jobs leave after the commit.
 """
 
 from __future__ import annotations
@@ -10,23 +11,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import partial
 
 from app.api.deps import UnitOfWork
 from app.dashboard.views import MailboxView
-from app.db.repositories.mailboxes import MailboxRepository
 from app.sync import mailboxes as service
-from app.sync.queue import enqueue_sync
 from app.sync.states import MailboxStatus
 
-
-async def sync_now(uow: UnitOfWork, mailbox_id: uuid.UUID) -> None:
-    """A pass now: the request is recorded (a running sync owes another pass) and a job with
-    an id of its own is queued, so a pending job cannot swallow it."""
-    await MailboxRepository(uow.session).request_sync([mailbox_id])
-    uow.after_commit(
-        partial(enqueue_sync, uow.rt.redis, mailbox_id, suffix=f"now{uuid.uuid4().hex[:8]}")
-    )
+# The service refuses these (a parked or paused mailbox): the route answers 409.
+Refused = service.MailboxParked
 
 
 async def disconnect(uow: UnitOfWork, mailbox_id: uuid.UUID) -> None:
@@ -45,6 +37,10 @@ class Action:
     danger: bool = False
 
 
+def _syncable(m: MailboxView) -> bool:
+    return not m.parked and not m.row.paused
+
+
 ACTIONS: dict[str, Action] = {
     a.name: a
     for a in (
@@ -52,8 +48,33 @@ ACTIONS: dict[str, Action] = {
             name="sync",
             label="Sync now",
             done="Sync requested: a worker picks it up within a second.",
-            run=sync_now,
-            applies=lambda m: not m.parked,
+            run=service.sync_now,
+            applies=_syncable,
+        ),
+        Action(
+            name="resync",
+            label="Resync",
+            done="Resync started: every stream is enumerated again; the result is exact.",
+            run=service.resync,
+            applies=_syncable,
+            confirm=(
+                "Resync this mailbox? Every folder is read again from the provider (the "
+                "stored copy stays readable meanwhile)."
+            ),
+        ),
+        Action(
+            name="pause",
+            label="Pause",
+            done="Paused: nothing is scheduled or synced until it is resumed.",
+            run=service.pause,
+            applies=lambda m: not m.parked and not m.row.paused,
+        ),
+        Action(
+            name="resume",
+            label="Resume",
+            done="Resumed: a pass is on its way for whatever changed meanwhile.",
+            run=service.resume,
+            applies=lambda m: not m.parked and m.row.paused,
         ),
         Action(
             name="disconnect",

@@ -243,7 +243,10 @@ async def mailbox_action(
         raise ApiError(404, "not_found", "mailbox not found")
     if not action.applies(views.mailbox_view(row, [])):
         raise ApiError(409, "conflict", f"{action.label} does not apply to a {row.status} mailbox")
-    await action.run(uow, mailbox_id)
+    try:
+        await action.run(uow, mailbox_id)
+    except actions.Refused as exc:
+        raise ApiError(409, "conflict", str(exc)) from exc
     await uow.commit()
     return RedirectResponse(f"/dashboard/mailboxes/{mailbox_id}?done={name}", status_code=303)
 

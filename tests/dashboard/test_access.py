@@ -265,3 +265,36 @@ def test_access_logs_never_carry_a_login_token() -> None:
     line = record.getMessage()
     assert "eyJ" not in line and "secret" not in line
     assert "/dashboard/login?token=[redacted]&x=1" in line
+
+
+async def test_pause_resume_and_resync_from_the_dashboard(
+    api: httpx.AsyncClient, rt: Runtime
+) -> None:
+    provider = seeded(30)
+    registry.override("microsoft", lambda s, h: provider)
+    mailbox_id = await connect(rt, provider, user="alice", email="alice@contoso.com", enqueue=True)
+    await run_worker(rt)
+    page_url = f"/dashboard/mailboxes/{mailbox_id}"
+
+    async def offered() -> set[str]:
+        page = await api.get(page_url, headers=OPERATOR)
+        return set(re.findall(r'data-action="([a-z]+)"', page.text))
+
+    assert await offered() == {"sync", "resync", "pause", "disconnect"}
+    paused = await api.post(f"{page_url}/actions/pause", headers=OPERATOR)
+    assert paused.status_code == 303
+    assert await offered() == {"resume", "disconnect"}
+    assert 'id="paused"' in (await api.get(page_url, headers=OPERATOR)).text
+    # The service refuses to sync a paused mailbox: a 409, not a queued job.
+    assert (await api.post(f"{page_url}/actions/sync", headers=OPERATOR)).status_code == 409
+    assert not await rt.redis.keys(f"arq:job:sync:{mailbox_id}:now*")
+
+    resumed = await api.post(f"{page_url}/actions/resume", headers=OPERATOR)
+    assert resumed.status_code == 303
+    assert await rt.redis.keys(f"arq:job:sync:{mailbox_id}:resume*")
+    assert await offered() == {"sync", "resync", "pause", "disconnect"}
+
+    resync = await api.post(f"{page_url}/actions/resync", headers=OPERATOR)
+    assert resync.status_code == 303
+    assert await rt.redis.keys(f"arq:job:sync:{mailbox_id}:resync*")
+    assert "enumerated again" in (await api.get(resync.headers["location"], headers=OPERATOR)).text

@@ -47,6 +47,7 @@ class MailboxRow:
     pending_since: datetime | None
     last_verified_at: datetime | None
     push_state: str
+    paused: bool
     lease_expires_at: datetime | None
     created_at: datetime | None
     disconnected_at: datetime | None
@@ -90,7 +91,8 @@ class NotificationRow:
 _MAILBOX_COLUMNS = """
     id, user_id, provider, email, auth_mode, status, phase, messages_synced,
     messages_total_estimate, last_synced_at, last_error, last_error_at, consecutive_failures,
-    next_sync_at, sync_requested_at, pending_since, last_verified_at, push_state, lease_expires_at,
+    next_sync_at, sync_requested_at, pending_since, last_verified_at, push_state, paused,
+    lease_expires_at,
     created_at, disconnected_at
 """
 
@@ -115,6 +117,7 @@ def _mailbox(row: Any) -> MailboxRow:
         pending_since=row.pending_since,
         last_verified_at=row.last_verified_at,
         push_state=row.push_state,
+        paused=bool(row.paused),
         lease_expires_at=row.lease_expires_at,
         created_at=row.created_at,
         disconnected_at=row.disconnected_at,

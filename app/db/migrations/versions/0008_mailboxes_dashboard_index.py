@@ -1,7 +1,7 @@
 """mailboxes: an index for the operator dashboard's list (by status, then address)
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0004
 Create Date: 2026-11-30 18:20:00
 
 The dashboard lists mailboxes attention first (by status, in the order app.dashboard.views
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | None = "0006"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
