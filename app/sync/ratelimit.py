@@ -14,7 +14,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from redis.asyncio import Redis
@@ -73,10 +73,13 @@ class RedisRateGate:
         # A bucket of one second's worth of units: bursts up to the documented per-second
         # rate, a moving average at the rate.
         burst_seconds: float = 1.0,
+        on_pause: Callable[[float], None] | None = None,
         # A person waiting for the answer: refuse (ThrottledError) rather than wait longer.
         max_wait_seconds: float | None = None,
     ) -> None:
         self._redis = redis
+        # Told of every Retry-After (metrics, the dashboard's throttling figure).
+        self._on_pause = on_pause
         self._keys = [
             f"gate:{mailbox_key}:pause",
             f"gate:{mailbox_key}:slots",
@@ -146,6 +149,8 @@ class RedisRateGate:
             await self._redis.zadd(self._keys[1], {holder: expiry}, xx=True)
 
     async def pause(self, seconds: float) -> None:
+        if self._on_pause is not None:
+            self._on_pause(seconds)
         ms = max(1, int(seconds * 1000))
         # Only lengthen a pause: another worker may have been told to wait longer.
         current = await self._redis.pttl(self._keys[0])
