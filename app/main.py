@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -9,11 +10,13 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from app.api.errors import install_error_handlers
-from app.api.routes import health, mail, webhooks
+from app.api.routes import health, mail, webhook_log, webhooks
 from app.config import Settings, get_settings
 from app.logging import configure_logging
 from app.providers.gmail.push import PushVerifier
 from app.sync.runtime import Runtime
+from app.sync.webhook_intake import WebhookIntake
+from app.sync.webhook_log import OncePerInterval
 
 
 def _operation_id(route: APIRoute) -> str:
@@ -31,9 +34,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.rt = rt
         # One verifier per process: it caches Google's push signing keys.
         app.state.push_verifier = PushVerifier(settings)
+        # One intake per process: it records webhook requests in groups (group commit).
+        intake = WebhookIntake(rt)
+        await intake.start()
+        app.state.webhook_intake = intake
         try:
             yield
         finally:
+            await intake.stop()
             await rt.close()
 
     app = FastAPI(
@@ -44,9 +52,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=_operation_id,
     )
     app.state.settings = settings
+    # Refused pushes repeat as fast as a sender likes: say what to fix once a minute.
+    app.state.unsigned_push_log = OncePerInterval(logging.getLogger("app.api.routes.webhooks"))
+    app.state.refused_push_log = OncePerInterval(logging.getLogger("app.api.routes.webhooks"))
     install_error_handlers(app)
     app.include_router(mail.router)
     app.include_router(webhooks.router)
+    app.include_router(webhook_log.router)
     app.include_router(health.router)
     return app
 
