@@ -2,20 +2,28 @@
 
 A webhook storm (Graph sends thousands of notifications for a busy tenant) arrives on many
 connections at once. Each request hands its notifications to this process's intake and
-waits; one task takes everything that is waiting, resolves the subscriptions and addresses
-in one query, writes every request's audit rows and the mailboxes' owed passes in one
-transaction, commits once, enqueues one sync job per mailbox, and only then wakes the
-requests, which answer 2xx. What is acknowledged is committed: a 2xx for a change we then
-lose would be a missed change. While one group commits, the next one gathers.
+waits. A few writer tasks, each with a database connection of its own, take everything
+that is waiting: one statement finds every notice's mailbox, one statement writes every
+request's audit rows together with the mailboxes' owed passes (atomic, durable once it
+returns), then one sync job per mailbox is enqueued and only then are the requests woken
+to answer 2xx. What is acknowledged is committed: a 2xx for a change we then lose would be
+a missed change. While a group is written, the next ones gather.
 
 Per notification, no more than the invariant needs:
 
+- two round trips to PostgreSQL per group, whatever its size, on connections kept open
+  (no pool check-out and ping, no BEGIN/COMMIT round trips: each statement is its own
+  transaction, and the write is a single statement);
 - clientState is checked against a keyed hash (HMAC-SHA256 under a per-process random key)
   of the subscription's secret, computed from one decrypt and cached by the encrypted
   value: no decrypt per request, and no plaintext secret kept in memory;
 - a notification equal to one recorded since the mailbox's last pass began (same
   subscription, change, message and etag; the same Pub/Sub message id) is a `duplicate`:
   recorded, but it owes nothing more, so a retry storm writes no mailbox row;
+- a mailbox's sync job is enqueued once, not once per group: while the job this process
+  enqueued has not been picked up (no slice of the mailbox has started since), another
+  enqueue would be collapsed by ARQ anyway, and is not sent (for ENQUEUED_TTL_SECONDS at
+  most);
 - requests refused before any lookup (malformed, unsigned, a bad token, the validation
   handshake) are recorded without waiting, and past a rate only counted (see
   app/sync/webhook_log.py).
@@ -39,9 +47,9 @@ from typing import Any
 
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.crypto import SecretDecryptionError, TokenCipher
-from app.db.repositories.mailboxes import MailboxRepository
 from app.db.repositories.notifications import LogRow, NotificationRepository, Target
 from app.metrics import WEBHOOK_NOTIFICATIONS
 from app.sync.queue import enqueue_subscription, enqueue_sync
@@ -54,12 +62,19 @@ log = logging.getLogger(__name__)
 # Requests waiting beyond this are refused with 503 (the provider retries) rather than
 # queued without bound.
 MAX_WAITING = 20_000
-# One transaction takes at most this many requests.
+# One group takes at most this many requests.
 MAX_GROUP = 1000
+# Groups written at once, each on its own connection: while one waits for PostgreSQL,
+# another is planned (and a machine busy with other work delays each round trip).
+WRITERS = 3
 # With nothing arriving, counted refusals of ended minutes are still written this often.
 IDLE_FLUSH_SECONDS = 5.0
 # Subscriptions whose clientState hash is cached.
 CLIENT_STATE_CACHE = 50_000
+# A job this process enqueued is trusted to be queued for at most this long (the
+# scheduler re-enqueues a mailbox that is owed a pass within its 5 s tick anyway).
+ENQUEUED_TTL_SECONDS = 10.0
+ENQUEUED_MEMO = 100_000
 
 
 # A wait that timed out: nothing arrived, but counted refusals may be due.
@@ -110,11 +125,34 @@ class _Submission:
 
 @dataclass(slots=True)
 class _Plan:
+    db_now: datetime | None = None
     # Each submission's rows, in submission order.
     rows: list[list[LogRow]] = field(default_factory=list)
     outcomes: list[list[WebhookOutcome]] = field(default_factory=list)
-    to_sync: set[uuid.UUID] = field(default_factory=set)
+    # Mailboxes owed a pass by this group, with what the lookup read of them.
+    to_sync: dict[uuid.UUID, Target] = field(default_factory=dict)
     to_resubscribe: set[uuid.UUID] = field(default_factory=set)
+
+
+class _EnqueuedJobs:
+    """When this process last saw to it that a mailbox's sync job was queued (database
+    time). Until a slice of the mailbox starts after that, the job is still waiting."""
+
+    def __init__(self) -> None:
+        self._at: dict[uuid.UUID, datetime] = {}
+
+    def needed(self, target: Target, now: datetime) -> bool:
+        at = self._at.get(target.mailbox_id)
+        if at is None or (now - at).total_seconds() > ENQUEUED_TTL_SECONDS:
+            return True
+        return target.sync_started_at is not None and target.sync_started_at >= at
+
+    def record(self, mailbox_ids: Sequence[uuid.UUID], now: datetime) -> None:
+        for mailbox_id in mailbox_ids:
+            self._at.pop(mailbox_id, None)
+            self._at[mailbox_id] = now
+        while len(self._at) > ENQUEUED_MEMO:
+            self._at.pop(next(iter(self._at)))
 
 
 class ClientStateCheck:
@@ -159,36 +197,52 @@ def _still_owed(target: Target, accepted_at: datetime) -> bool:
 
 
 class WebhookIntake:
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, *, writers: int = WRITERS) -> None:
         self._rt = rt
         self._counter = RefusalCounter(rt.settings.webhook_log_refusals_per_minute)
         self._client_states = ClientStateCheck(rt.cipher)
+        self._enqueued = _EnqueuedJobs()
         self._queue: asyncio.Queue[_Submission | LogRow | None] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._writers = writers
+        self._tasks: list[asyncio.Task[None]] = []
+        self._conns: dict[int, AsyncConnection] = {}
+        self._busy = 0
+        self._idle = asyncio.Condition()
         self._closing = False
-        # Transactions committed, and requests they answered (how well requests group).
+        # Groups written, and requests they answered (how well requests group).
         self.groups_committed = 0
         self.requests_committed = 0
 
+    @property
+    def running(self) -> bool:
+        return not self._closing and any(not t.done() for t in self._tasks)
+
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="webhook-intake")
+        self._tasks = [
+            asyncio.create_task(self._run(i), name=f"webhook-intake-{i}")
+            for i in range(self._writers)
+        ]
 
     async def stop(self) -> None:
         """Record what is waiting, and the counts of the current minute, then stop."""
-        if self._task is None:
+        if not self._tasks:
             return
         self._closing = True
-        self._queue.put_nowait(None)
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        for _ in self._tasks:
+            self._queue.put_nowait(None)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        with contextlib.suppress(Exception):
+            await self._flush(0, [], final=True)
+        for slot in list(self._conns):
+            await self._drop_connection(slot)
 
     # -- what the routes call ---------------------------------------------------------
 
     async def submit(self, notices: Sequence[Notice], received: Received) -> list[WebhookOutcome]:
-        """Verify and record; returns once the records have committed (one outcome per
+        """Verify and record; returns once the records are durable (one outcome per
         notice). Raises IntakeUnavailable when nothing could be recorded."""
-        if self._closing or self._task is None or self._task.done():
+        if not self.running:
             raise IntakeUnavailable("webhook intake is not running")
         if self._queue.qsize() >= MAX_WAITING:
             raise IntakeUnavailable("too many notifications waiting to be recorded")
@@ -200,34 +254,33 @@ class WebhookIntake:
 
     async def settle(self) -> None:
         """Return once everything handed in before this call has been written."""
-        if self._closing or self._task is None or self._task.done():
-            return
-        done: asyncio.Future[list[WebhookOutcome]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Submission((), Received(None, time.perf_counter(), 0), done))
-        await done
+        async with self._idle:
+            await self._idle.wait_for(
+                lambda: not self.running or (not self._busy and self._queue.empty())
+            )
 
     def note(self, row: LogRow) -> None:
         """Record a request refused (or answered) before any lookup, without waiting for
         it; past the rate it is only counted."""
         WEBHOOK_NOTIFICATIONS.labels(row.provider, row.outcome.value).inc()
-        if self._closing or self._task is None or self._task.done():
+        if not self.running:
             return
         if self._counter.admit(row.provider, row.outcome, row.source):
             self._queue.put_nowait(row)
 
     # -- the group commit -------------------------------------------------------------
 
-    async def _run(self) -> None:
-        stopping = False
-        while not stopping:
+    async def _run(self, slot: int) -> None:
+        while True:
             group: list[_Submission | LogRow] = []
+            stopping = False
             try:
                 async with asyncio.timeout(IDLE_FLUSH_SECONDS):
                     entry = await self._queue.get()
             except TimeoutError:
                 entry = _IDLE
             while True:
-                if entry is None:  # stop(): it is queued after everything submitted
+                if entry is None:  # stop(): queued after everything submitted
                     stopping = True
                     break
                 if entry is not _IDLE:
@@ -235,27 +288,36 @@ class WebhookIntake:
                 if len(group) >= MAX_GROUP or self._queue.empty():
                     break
                 entry = self._queue.get_nowait()
+            self._busy += 1
             try:
-                await self._flush(group, final=stopping)
-            except Exception:  # never let the intake die: requests would wait forever
+                await self._flush(slot, group, final=False)
+            except Exception:  # never let a writer die: requests would wait forever
                 log.exception("webhook intake failed a group")
                 self._fail([e for e in group if isinstance(e, _Submission)])
+            finally:
+                self._busy -= 1
+                async with self._idle:
+                    self._idle.notify_all()
+            if stopping:
+                return
 
-    async def _flush(self, group: list[_Submission | LogRow], *, final: bool) -> None:
+    async def _flush(self, slot: int, group: list[_Submission | LogRow], *, final: bool) -> None:
         submissions = [e for e in group if isinstance(e, _Submission)]
         counted = [self._counted_row(c) for c in self._counter.closed(everything=final)]
         if not (group or counted):
             return
         try:
-            plan = await self._commit(group, counted)
-        except SQLAlchemyError as exc:
+            plan = await self._write(slot, group, counted)
+        except (SQLAlchemyError, OSError) as exc:
             if len(submissions) > 1 and _is_data_error(exc):
                 # One request's values broke the group: record the others, alone each.
-                log.warning("a webhook group failed (%s); recording its requests one by one", exc)
+                log.warning(
+                    "a webhook group failed (%s); recording it request by request", _brief(exc)
+                )
                 for submission in submissions:
-                    await self._flush_alone(submission)
+                    await self._flush_alone(slot, submission)
                 return
-            log.error("webhook notifications not recorded: %s", exc)
+            log.error("webhook notifications not recorded: %s", _brief(exc))
             self._fail(submissions)
             return
         await self._after_commit(plan)
@@ -263,11 +325,11 @@ class WebhookIntake:
             if not submission.done.done():
                 submission.done.set_result(outcomes)
 
-    async def _flush_alone(self, submission: _Submission) -> None:
+    async def _flush_alone(self, slot: int, submission: _Submission) -> None:
         try:
-            plan = await self._commit([submission], [])
-        except SQLAlchemyError as exc:
-            log.warning("webhook notification not recorded: %s", exc)
+            plan = await self._write(slot, [submission], [])
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("webhook notification not recorded: %s", _brief(exc))
             self._fail([submission])
             return
         await self._after_commit(plan)
@@ -281,34 +343,78 @@ class WebhookIntake:
                     IntakeUnavailable("notifications could not be recorded")
                 )
 
-    async def _commit(self, group: Sequence[_Submission | LogRow], counted: list[LogRow]) -> _Plan:
+    async def _connection(self, slot: int) -> AsyncConnection:
+        conn = self._conns.get(slot)
+        if conn is None:
+            conn = await self._rt.engine.connect()
+            # Each statement is its own transaction: the write is one statement.
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            self._conns[slot] = conn
+        return conn
+
+    async def _drop_connection(self, slot: int) -> None:
+        conn = self._conns.pop(slot, None)
+        if conn is not None:
+            with contextlib.suppress(SQLAlchemyError, OSError):
+                await conn.close()
+
+    async def _write(
+        self, slot: int, group: Sequence[_Submission | LogRow], counted: list[LogRow]
+    ) -> _Plan:
+        for attempt in (1, 2):
+            try:
+                conn = await self._connection(slot)
+                return await self._write_on(conn, group, counted)
+            except DBAPIError as exc:
+                if attempt == 2 or not (exc.connection_invalidated or _is_retryable(exc)):
+                    raise
+                if exc.connection_invalidated:
+                    # The kept connection died (PostgreSQL restarted): a new one.
+                    await self._drop_connection(slot)
+        raise AssertionError("unreachable")
+
+    async def _write_on(
+        self, conn: AsyncConnection, group: Sequence[_Submission | LogRow], counted: list[LogRow]
+    ) -> _Plan:
         submissions = [e for e in group if isinstance(e, _Submission)]
-        async with self._rt.sessions() as session:
-            repo = NotificationRepository(session)
-            plan = await self._plan(repo, submissions)
-            # Rows in the order the requests arrived.
-            planned = iter(plan.rows)
-            rows: list[LogRow] = []
-            for entry in group:
-                rows.extend(next(planned) if isinstance(entry, _Submission) else [entry])
-            await repo.insert(rows + counted)
-            if plan.to_sync:
-                await MailboxRepository(session).request_sync(sorted(plan.to_sync))
-            await session.commit()
+        repo = NotificationRepository(conn)
+        plan = await self._plan(repo, submissions)
+        # Rows in the order the requests arrived.
+        planned = iter(plan.rows)
+        rows: list[LogRow] = []
+        for entry in group:
+            rows.extend(next(planned) if isinstance(entry, _Submission) else [entry])
+        await repo.record(rows + counted, owed=sorted(plan.to_sync))
         self.groups_committed += 1
         self.requests_committed += len(submissions)
         return plan
 
     async def _after_commit(self, plan: _Plan) -> None:
-        # One job per mailbox per group; ARQ collapses it further with any job still queued.
         redis = self._rt.redis
-        actions = [partial(enqueue_sync, redis, mid) for mid in sorted(plan.to_sync)]
+        now = plan.db_now
+        to_enqueue = sorted(
+            mid
+            for mid, target in plan.to_sync.items()
+            if now is None or self._enqueued.needed(target, now)
+        )
+        actions = [partial(enqueue_sync, redis, mid) for mid in to_enqueue]
         actions += [
             partial(enqueue_subscription, redis, mid) for mid in sorted(plan.to_resubscribe)
         ]
         if not actions:
             return
         results = await asyncio.gather(*(action() for action in actions), return_exceptions=True)
+        if now is not None:
+            # A job id already taken (None from ARQ) is a job still waiting or running:
+            # just as good.
+            self._enqueued.record(
+                [
+                    m
+                    for m, r in zip(to_enqueue, results, strict=False)
+                    if not isinstance(r, BaseException)
+                ],
+                now,
+            )
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
             if not all(isinstance(r, RedisError | OSError) for r in failed):
@@ -319,86 +425,66 @@ class WebhookIntake:
     async def _plan(self, repo: NotificationRepository, submissions: list[_Submission]) -> _Plan:
         plan = _Plan()
         notices = [n for s in submissions for n in s.notices]
-        by_subscription = await repo.targets_by_subscription(
-            sorted({n.subscription_id for n in notices if n.subscription_id is not None})
+        by_subscription: dict[tuple[str, str | None], Target] = {}
+        wanted = sorted(
+            {(n.subscription_id, n.dedup_key) for n in notices if n.subscription_id is not None},
+            key=lambda k: (k[0], k[1] or ""),
         )
-        addresses: dict[str, set[str]] = {}
+        if wanted:
+            plan.db_now, by_subscription = await repo.resolve_subscriptions(wanted)
+        by_address: dict[tuple[str, str, str | None], list[Target]] = {}
+        per_provider: dict[str, set[tuple[str, str | None]]] = {}
         for n in notices:
             if n.subscription_id is None and n.address is not None:
-                addresses.setdefault(n.provider, set()).add(n.address.lower())
-        by_address: dict[tuple[str, str], list[Target]] = {}
-        for provider, wanted in addresses.items():
-            found = await repo.targets_by_address(provider, sorted(wanted))
-            by_address.update({(provider, a): t for a, t in found.items()})
+                per_provider.setdefault(n.provider, set()).add((n.address.lower(), n.dedup_key))
+        for provider, addresses in per_provider.items():
+            db_now, found = await repo.resolve_addresses(
+                provider, sorted(addresses, key=lambda k: (k[0], k[1] or ""))
+            )
+            plan.db_now = plan.db_now or db_now
+            by_address.update({(provider, a, k): t for (a, k), t in found.items()})
 
-        # Verify each notice and find its mailboxes.
-        resolved: list[list[tuple[Notice, list[Target], WebhookOutcome | None]]] = []
-        for submission in submissions:
-            per_request = []
-            for n in submission.notices:
-                targets: list[Target] = []
-                outcome: WebhookOutcome | None = None
-                if n.subscription_id is not None:
-                    target = by_subscription.get(n.subscription_id)
-                    if target is None or target.status == MailboxStatus.DISCONNECTED:
-                        outcome = WebhookOutcome.UNKNOWN_SUBSCRIPTION
-                    elif not self._client_states.matches(target.client_state, n.client_state):
-                        outcome = WebhookOutcome.FORGED_CLIENT_STATE
-                        targets = [target]
-                    else:
-                        targets = [target]
-                else:
-                    targets = by_address.get((n.provider, (n.address or "").lower()), [])
-                    if not targets:
-                        outcome = WebhookOutcome.UNKNOWN_SUBSCRIPTION
-                if outcome is None and n.lifecycle:
-                    outcome = WebhookOutcome.LIFECYCLE
-                per_request.append((n, targets, outcome))
-            resolved.append(per_request)
-
-        keys = [
-            (t.mailbox_id, n.dedup_key)
-            for per_request in resolved
-            for n, targets, outcome in per_request
-            if outcome is None and n.dedup_key is not None
-            for t in targets
-        ]
-        accepted_at = await repo.latest_accepted(keys)
         accepted_now: set[tuple[uuid.UUID, str]] = set()
-
-        for submission, per_request in zip(submissions, resolved, strict=True):
+        for submission in submissions:
             received = submission.received
             elapsed = received.elapsed_ms()
             outcomes: list[WebhookOutcome] = []
             rows: list[LogRow] = []
-            for n, targets, decided in per_request:
-                row_outcomes: list[tuple[Target | None, WebhookOutcome]] = []
-                if decided is not None:
-                    row_outcomes = [(t, decided) for t in targets] or [(None, decided)]
-                    if decided is WebhookOutcome.LIFECYCLE:
-                        for t in targets:
-                            if n.wants_sync:
-                                plan.to_sync.add(t.mailbox_id)
-                            if n.wants_resubscribe:
-                                plan.to_resubscribe.add(t.mailbox_id)
+            for n in submission.notices:
+                decided: list[tuple[Target | None, WebhookOutcome]] = []
+                targets: list[Target] = []
+                if n.subscription_id is not None:
+                    target = by_subscription.get((n.subscription_id, n.dedup_key))
+                    if target is None or target.status == MailboxStatus.DISCONNECTED:
+                        decided = [(None, WebhookOutcome.UNKNOWN_SUBSCRIPTION)]
+                    elif not self._client_states.matches(target.client_state, n.client_state):
+                        decided = [(target, WebhookOutcome.FORGED_CLIENT_STATE)]
+                    else:
+                        targets = [target]
                 else:
-                    for t in targets:
-                        key = (t.mailbox_id, n.dedup_key or "")
-                        at = accepted_at.get(key)
-                        duplicate = n.dedup_key is not None and (
-                            key in accepted_now or (at is not None and _still_owed(t, at))
-                        )
-                        if duplicate:
-                            row_outcomes.append((t, WebhookOutcome.DUPLICATE))
-                        else:
-                            row_outcomes.append((t, WebhookOutcome.ACCEPTED))
-                            if n.dedup_key is not None:
-                                accepted_now.add(key)
-                            if n.wants_sync:
-                                plan.to_sync.add(t.mailbox_id)
-                            if n.wants_resubscribe:
-                                plan.to_resubscribe.add(t.mailbox_id)
-                for target, outcome in row_outcomes:
+                    key = (n.provider, (n.address or "").lower(), n.dedup_key)
+                    targets = by_address.get(key, [])
+                    if not targets:
+                        decided = [(None, WebhookOutcome.UNKNOWN_SUBSCRIPTION)]
+                for t in targets:
+                    if n.lifecycle:
+                        outcome = WebhookOutcome.LIFECYCLE
+                    elif n.dedup_key is not None and (
+                        (t.mailbox_id, n.dedup_key) in accepted_now
+                        or (t.accepted_at is not None and _still_owed(t, t.accepted_at))
+                    ):
+                        outcome = WebhookOutcome.DUPLICATE
+                    else:
+                        outcome = WebhookOutcome.ACCEPTED
+                        if n.dedup_key is not None:
+                            accepted_now.add((t.mailbox_id, n.dedup_key))
+                    if outcome is not WebhookOutcome.DUPLICATE:
+                        if n.wants_sync:
+                            plan.to_sync[t.mailbox_id] = t
+                        if n.wants_resubscribe:
+                            plan.to_resubscribe.add(t.mailbox_id)
+                    decided.append((t, outcome))
+                for target, outcome in decided:
                     WEBHOOK_NOTIFICATIONS.labels(n.provider, outcome.value).inc()
                     if not self._counter.admit(n.provider, outcome, received.source):
                         continue
@@ -417,7 +503,7 @@ class WebhookIntake:
                             payload=n.payload,
                         )
                     )
-                outcomes.append(_summary([o for _, o in row_outcomes]))
+                outcomes.append(_summary([o for _, o in decided]))
             plan.outcomes.append(outcomes)
             plan.rows.append(rows)
         return plan
@@ -443,7 +529,19 @@ def _summary(outcomes: list[WebhookOutcome]) -> WebhookOutcome:
     return outcomes[0]
 
 
-def _is_data_error(exc: SQLAlchemyError) -> bool:
+def _brief(exc: BaseException) -> str:
+    """The error without the statement and its parameters (SQLAlchemy's str() has both)."""
+    orig = getattr(exc, "orig", None)
+    return f"{type(orig or exc).__name__}: {str(orig or exc).splitlines()[0][:300]}"
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    """A deadlock or serialization failure: the statement can simply run again."""
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None) or ""
+    return str(sqlstate) in ("40P01", "40001")
+
+
+def _is_data_error(exc: BaseException) -> bool:
     """A value PostgreSQL refused (bad text, out of range), not a lost connection."""
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return False

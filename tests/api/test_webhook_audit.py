@@ -71,15 +71,18 @@ async def test_every_outcome_is_recorded_without_secrets(
     await app.state.webhook_intake.settle()
 
     rows = await log_rows(rt)
-    assert [(r["outcome"], r["kind"], r["http_status"]) for r in rows] == [
-        ("validation", "validation", 200),
-        ("accepted", "change:created", 202),
-        ("duplicate", "change:created", 202),
-        ("forged_client_state", "change:created", 202),
-        ("unknown_subscription", "change:created", 202),
-        ("malformed", "request", 400),
-        ("lifecycle", "lifecycle:missed", 202),
-    ]
+    # Requests are written by a few writers at once: compare without order.
+    assert sorted((r["outcome"], r["kind"], r["http_status"]) for r in rows) == sorted(
+        [
+            ("validation", "validation", 200),
+            ("accepted", "change:created", 202),
+            ("duplicate", "change:created", 202),
+            ("forged_client_state", "change:created", 202),
+            ("unknown_subscription", "change:created", 202),
+            ("malformed", "request", 400),
+            ("lifecycle", "lifecycle:missed", 202),
+        ]
+    )
     by_outcome = {r["outcome"]: r for r in rows}
     assert by_outcome["accepted"]["mailbox_id"] == sub.mailbox_id
     assert by_outcome["accepted"]["subscription_id"] == sub.subscription_id
@@ -233,4 +236,4 @@ async def test_hostile_bodies_are_4xx_and_recorded(
     await app.state.webhook_intake.settle()
     rows = await log_rows(rt, "provider = 'microsoft'")
     assert [r["outcome"] for r in rows] == ["malformed"] * len(HOSTILE)
-    assert [r["http_status"] for r in rows] == list(statuses.values())
+    assert sorted(r["http_status"] for r in rows) == sorted(statuses.values())

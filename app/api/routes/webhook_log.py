@@ -55,9 +55,12 @@ def _encode_cursor(row_id: int) -> str:
 def _decode_cursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode()).decode()
-        if not raw.startswith("w") or not raw[1:].isdigit():
+        if not raw.startswith("w") or not raw[1:].isascii() or not raw[1:].isdigit():
             raise ValueError(cursor)
-        return int(raw[1:])
+        row_id = int(raw[1:])
+        if row_id >= 2**63:
+            raise ValueError(cursor)
+        return row_id
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_cursor", "cursor is not one this API returned") from exc
 
@@ -79,7 +82,7 @@ async def webhook_log(
     rows = await NotificationRepository(uow.session).page(
         limit=limit + 1,
         before_id=_decode_cursor(cursor) if cursor else None,
-        outcome=outcome.value if outcome else None,
+        outcome=outcome,
         provider=provider,
         mailbox_id=mailbox_id,
         since=since,

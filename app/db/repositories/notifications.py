@@ -4,16 +4,17 @@ clientState or a body."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from app.db.repositories.mailboxes import REQUEST_SYNC_SQL, request_sync_params
 from app.db.repositories.subscriptions import REPLACED_GRACE_SECONDS
 from app.sync.states import MailboxStatus
 from app.sync.webhook_log import WebhookOutcome
@@ -46,8 +47,25 @@ class Target:
     status: str
     pending_since: datetime | None
     pass_started_at: datetime | None
+    # When the mailbox's latest slice began (a queued job has been picked up since).
+    sync_started_at: datetime | None
+    # When a notification with the same dedup key was last accepted for this mailbox.
+    accepted_at: datetime | None
     # Graph: the subscription's encrypted clientState (verified against a cached keyed hash).
     client_state: bytes | None = None
+
+
+def _target(row: Any) -> Target:
+    client_state = getattr(row, "client_state", None)
+    return Target(
+        mailbox_id=row.mailbox_id,
+        status=row.status,
+        pending_since=row.pending_since,
+        pass_started_at=row.pass_started_at,
+        sync_started_at=row.sync_started_at,
+        accepted_at=row.accepted_at,
+        client_state=bytes(client_state) if client_state is not None else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +87,9 @@ class LogEntry:
 
 
 Executor = AsyncSession | AsyncConnection
+# Literals, not parameters, where a partial index must match (`outcome = 'accepted'`): a
+# generic plan cannot prove `outcome = $1` implies the index's predicate.
+_ACCEPTED = WebhookOutcome.ACCEPTED.value
 
 _ENTRY_COLUMNS = (
     "id, received_at, provider, outcome, kind, mailbox_id, subscription_id, source, "
@@ -95,17 +116,7 @@ def _entry(row: Any) -> LogEntry:
     )
 
 
-class NotificationRepository:
-    def __init__(self, session: Executor) -> None:
-        self.session = session
-
-    async def insert(self, rows: Sequence[LogRow]) -> None:
-        """All rows in one statement (a batch of requests commits together)."""
-        if not rows:
-            return
-        await self.session.execute(
-            text(
-                """
+_INSERT_ROWS = """
                 INSERT INTO webhook_notifications
                        (received_at, provider, outcome, kind, mailbox_id, subscription_id,
                         source, http_status, handling_ms, dedup_key, detail, payload, count,
@@ -125,8 +136,22 @@ class NotificationRepository:
                             source, http_status, handling_ms, dedup_key, detail, payload,
                             count, aggregated)
                 """
-            ),
+
+
+class NotificationRepository:
+    def __init__(self, session: Executor) -> None:
+        self.session = session
+
+    async def record(self, rows: Sequence[LogRow], *, owed: Sequence[uuid.UUID] = ()) -> None:
+        """Write the rows and, in the same statement (so atomically, and in one round trip),
+        note that a pass is owed to the `owed` mailboxes (MailboxRepository.request_sync)."""
+        if not rows and not owed:
+            return
+        owed_cte = f"WITH owed AS ({REQUEST_SYNC_SQL} RETURNING id) " if owed else ""
+        await self.session.execute(
+            text(owed_cte + _INSERT_ROWS),
             {
+                **(request_sync_params(owed) if owed else {}),
                 "received_at": [r.received_at for r in rows],
                 "provider": [r.provider for r in rows],
                 "outcome": [r.outcome.value for r in rows],
@@ -138,100 +163,91 @@ class NotificationRepository:
                 "handling_ms": [r.handling_ms for r in rows],
                 "dedup_key": [r.dedup_key for r in rows],
                 "detail": [r.detail for r in rows],
-                "payload": [json.dumps(r.payload, separators=(",", ":")) for r in rows],
+                "payload": [orjson.dumps(r.payload).decode() for r in rows],
                 "count": [r.count for r in rows],
                 "aggregated": [r.aggregated for r in rows],
             },
         )
 
-    async def targets_by_subscription(self, subscription_ids: Sequence[str]) -> dict[str, Target]:
-        """The mailbox each Graph subscription id belongs to: the active subscription, or
-        one replaced recently (Graph may still deliver to it for a while)."""
-        if not subscription_ids:
-            return {}
+    async def resolve_subscriptions(
+        self, wanted: Sequence[tuple[str, str | None]]
+    ) -> tuple[datetime, dict[tuple[str, str | None], Target]]:
+        """For each (Graph subscription id, dedup key): its mailbox (the active subscription,
+        or one replaced recently: Graph may still deliver to it for a while), and when a
+        notification with that key was last accepted for the mailbox. With the database's
+        clock, in one round trip."""
         result = await self.session.execute(
             text(
-                """
-                SELECT s.subscription_id, s.mailbox_id, s.client_state, m.status,
-                       m.pending_since, m.pass_started_at
-                  FROM subscriptions s JOIN mailboxes m ON m.id = s.mailbox_id
-                 WHERE s.subscription_id = ANY(CAST(:ids AS text[]))
-                   AND (s.status = 'active'
-                        OR s.replaced_at > now() - make_interval(secs => :grace))
-                """
+                f"""
+                SELECT now() AS db_now, t.* FROM (SELECT 1) AS one LEFT JOIN (
+                  SELECT w.subscription_id, w.dedup_key, s.mailbox_id, s.client_state,
+                         m.status, m.pending_since, m.pass_started_at, m.sync_started_at,
+                         (SELECT max(n.received_at) FROM webhook_notifications n
+                           WHERE n.dedup_key = w.dedup_key AND n.outcome = '{_ACCEPTED}'
+                             AND n.mailbox_id = s.mailbox_id) AS accepted_at
+                    FROM unnest(CAST(:ids AS text[]), CAST(:keys AS text[]))
+                         AS w(subscription_id, dedup_key)
+                    JOIN subscriptions s ON s.subscription_id = w.subscription_id
+                    JOIN mailboxes m ON m.id = s.mailbox_id
+                   WHERE s.status = 'active'
+                      OR s.replaced_at > now() - make_interval(secs => :grace)
+                ) AS t ON true
+                """  # noqa: S608 - a constant
             ),
-            {"ids": list(subscription_ids), "grace": REPLACED_GRACE_SECONDS},
+            {
+                "ids": [sid for sid, _ in wanted],
+                "keys": [key for _, key in wanted],
+                "grace": REPLACED_GRACE_SECONDS,
+            },
         )
-        return {
-            row.subscription_id: Target(
-                row.mailbox_id,
-                row.status,
-                row.pending_since,
-                row.pass_started_at,
-                bytes(row.client_state) if row.client_state is not None else None,
-            )
-            for row in result.all()
+        rows = result.all()
+        found = {
+            (row.subscription_id, row.dedup_key): _target(row)
+            for row in rows
+            if row.mailbox_id is not None
         }
+        return rows[0].db_now, found
 
-    async def targets_by_address(
-        self, provider: str, addresses: Sequence[str]
-    ) -> dict[str, list[Target]]:
-        """The live mailboxes of each address (two users may share one Gmail address)."""
-        if not addresses:
-            return {}
+    async def resolve_addresses(
+        self, provider: str, wanted: Sequence[tuple[str, str | None]]
+    ) -> tuple[datetime | None, dict[tuple[str, str | None], list[Target]]]:
+        """For each (address, dedup key): the address's live mailboxes (two users may share
+        one Gmail address), each with when that key was last accepted for it."""
         result = await self.session.execute(
             text(
-                """
-                SELECT lower(email) AS address, id, status, pending_since, pass_started_at
-                  FROM mailboxes
-                 WHERE provider = :provider AND lower(email) = ANY(CAST(:addresses AS text[]))
-                   AND status <> :disconnected
-                 ORDER BY id
-                """
+                f"""
+                SELECT now() AS db_now, w.address, w.dedup_key, m.id AS mailbox_id, m.status,
+                       m.pending_since,
+                       m.pass_started_at, m.sync_started_at,
+                       (SELECT max(n.received_at) FROM webhook_notifications n
+                         WHERE n.dedup_key = w.dedup_key AND n.outcome = '{_ACCEPTED}'
+                           AND n.mailbox_id = m.id) AS accepted_at
+                  FROM unnest(CAST(:addresses AS text[]), CAST(:keys AS text[]))
+                       AS w(address, dedup_key)
+                  JOIN mailboxes m ON m.provider = :provider AND lower(m.email) = w.address
+                 WHERE m.status <> :disconnected
+                 ORDER BY m.id
+                """  # noqa: S608 - a constant
             ),
             {
                 "provider": provider,
-                "addresses": [a.lower() for a in addresses],
+                "addresses": [address.lower() for address, _ in wanted],
+                "keys": [key for _, key in wanted],
                 "disconnected": MailboxStatus.DISCONNECTED.value,
             },
         )
-        targets: dict[str, list[Target]] = {}
-        for row in result.all():
-            targets.setdefault(row.address, []).append(
-                Target(row.id, row.status, row.pending_since, row.pass_started_at)
-            )
-        return targets
-
-    async def latest_accepted(
-        self, keys: Sequence[tuple[uuid.UUID, str]]
-    ) -> dict[tuple[uuid.UUID, str], datetime]:
-        """When each (mailbox, dedup key) was last accepted, for the keys that ever were."""
-        if not keys:
-            return {}
-        result = await self.session.execute(
-            text(
-                """
-                SELECT mailbox_id, dedup_key, max(received_at) AS at
-                  FROM webhook_notifications
-                 WHERE dedup_key = ANY(CAST(:keys AS text[])) AND outcome = :accepted
-                   AND mailbox_id = ANY(CAST(:mailboxes AS uuid[]))
-                 GROUP BY mailbox_id, dedup_key
-                """
-            ),
-            {
-                "keys": sorted({k for _, k in keys}),
-                "mailboxes": sorted({m for m, _ in keys}),
-                "accepted": WebhookOutcome.ACCEPTED.value,
-            },
-        )
-        return {(row.mailbox_id, row.dedup_key): row.at for row in result.all()}
+        found: dict[tuple[str, str | None], list[Target]] = {}
+        rows = result.all()
+        for row in rows:
+            found.setdefault((row.address, row.dedup_key), []).append(_target(row))
+        return (rows[0].db_now if rows else None), found
 
     async def page(
         self,
         *,
         limit: int,
         before_id: int | None = None,
-        outcome: str | None = None,
+        outcome: WebhookOutcome | None = None,
         provider: str | None = None,
         mailbox_id: uuid.UUID | None = None,
         since: datetime | None = None,
@@ -243,8 +259,9 @@ class NotificationRepository:
             clauses.append("id < :before_id")
             params["before_id"] = before_id
         if outcome is not None:
-            clauses.append("outcome = :outcome")
-            params["outcome"] = outcome
+            # A literal, not a parameter: a generic plan could not use the partial index
+            # of refusals with `outcome = $1`.
+            clauses.append(f"outcome = '{WebhookOutcome(outcome).value}'")
         if provider is not None:
             clauses.append("provider = :provider")
             params["provider"] = provider
