@@ -285,16 +285,18 @@ class NotificationRepository:
         """The mailbox's latest notifications with their outcomes (newest first)."""
         return await self.page(limit=limit, mailbox_id=mailbox_id)
 
-    async def prune(self, older_than: datetime, batch: int) -> int:
-        """Delete up to `batch` of the oldest rows received before `older_than`."""
+    async def prune(self, keep_seconds: float, batch: int) -> int:
+        """Delete up to `batch` of the oldest rows received more than `keep_seconds` ago
+        (by the database's clock)."""
         result = await self.session.execute(
             text(
                 """
                 DELETE FROM webhook_notifications
                  WHERE id IN (SELECT id FROM webhook_notifications
-                               WHERE received_at < :cutoff ORDER BY id LIMIT :batch)
+                               WHERE received_at < now() - make_interval(secs => :keep)
+                               ORDER BY id LIMIT :batch)
                 """
             ),
-            {"cutoff": older_than, "batch": batch},
+            {"keep": keep_seconds, "batch": batch},
         )
         return int(getattr(result, "rowcount", 0) or 0)
