@@ -31,6 +31,7 @@ from app.db.repositories.mailboxes import Lease, LeaseLost, MailboxRepository
 from app.db.repositories.messages import MessageRepository
 from app.db.repositories.outbox import OutboxRepository
 from app.db.session import AsyncSession
+from app.events.changes import MESSAGES_CHANGED, PageChanges
 from app.providers.base import (
     AccessTokenRejected,
     Account,
@@ -42,7 +43,6 @@ from app.providers.base import (
     PermanentError,
     StreamInfo,
     SyncContext,
-    ThrottledError,
     TransientError,
 )
 from app.sync import states
@@ -238,7 +238,7 @@ class SyncEngine:
                     slice_task.cancel()
                 return
 
-    async def _run(
+    async def _settle(
         self,
         mailbox: Mailbox,
         provider: MailProvider,
@@ -248,41 +248,31 @@ class SyncEngine:
     ) -> SliceResult:
         try:
             return await self._sync(mailbox, provider, ctx, tokens, state)
-        except BaseException:
+        except BaseException as exc:
             await state.stop_heartbeat()
-            raise
+            return await self._after_failure(mailbox, state, exc)
 
-    async def _settle(
-        self,
-        mailbox: Mailbox,
-        provider: MailProvider,
-        ctx: SyncContext,
-        tokens: TokenSource,
-        state: _SliceState,
+    async def _after_failure(
+        self, mailbox: Mailbox, state: _SliceState, exc: BaseException
     ) -> SliceResult:
-        """Run the slice; turn what went wrong into the mailbox's next state."""
-        settings = self.settings
+        """Turn what went wrong into the mailbox's next state (and re-raise what is not ours:
+        a cancelled job, a dying process)."""
         lease = state.lease
-        mailbox_id = mailbox.id
-        try:
-            return await self._run(mailbox, provider, ctx, tokens, state)
-        except LeaseLost as exc:
-            log.warning("mailbox %s: %s; stopping without writing", mailbox_id, exc)
+        if isinstance(exc, LeaseLost):
+            log.warning("mailbox %s: %s; stopping without writing", mailbox.id, exc)
             return SliceResult(Outcome.LEASE_LOST, pages=state.pages)
-        except AuthExpiredError as exc:
+        if isinstance(exc, AuthExpiredError):
             message = str(exc) or exc.__class__.__name__
-            log.warning("mailbox %s: authorization expired: %s", mailbox_id, message)
+            log.warning("mailbox %s: authorization expired: %s", mailbox.id, message)
             await self._guarded(lambda repo: repo.park_auth_expired(lease, message))
             return SliceResult(Outcome.AUTH_EXPIRED, pages=state.pages, message=message)
-        except ThrottledError as exc:
+        if isinstance(exc, TransientError):  # ThrottledError included
             return await self._retry_later(mailbox, state, exc, exc.retry_after)
-        except TransientError as exc:
-            return await self._retry_later(mailbox, state, exc, exc.retry_after)
-        except PermanentError as exc:
+        if isinstance(exc, PermanentError):
             message = f"{exc.__class__.__name__}: {exc}"
             error_class = exc.__class__.__name__
-            log.error("mailbox %s: permanent provider error: %s", mailbox_id, message)
-            next_at = datetime.now(UTC) + timedelta(seconds=settings.sync_interval_seconds)
+            log.error("mailbox %s: permanent provider error: %s", mailbox.id, message)
+            next_at = datetime.now(UTC) + timedelta(seconds=self.settings.sync_interval_seconds)
             await self._guarded(
                 lambda repo: repo.finish(
                     lease,
@@ -295,10 +285,11 @@ class SyncEngine:
                 )
             )
             return SliceResult(Outcome.ERROR, pages=state.pages, message=message)
-        except Exception as exc:
+        if isinstance(exc, Exception):
             # An engine bug or an unclassified failure: never leave the mailbox "syncing".
-            log.exception("mailbox %s: unexpected failure", mailbox_id)
+            log.error("mailbox %s: unexpected failure", mailbox.id, exc_info=exc)
             return await self._retry_later(mailbox, state, exc, None)
+        raise exc
 
     # -- the slice --------------------------------------------------------------------
 
@@ -329,6 +320,12 @@ class SyncEngine:
             removed = await MessageRepository(session).delete_streams_except(
                 mailbox.id, [s.key for s in streams]
             )
+            if removed and settings.events_enabled:
+                gone = PageChanges(None)
+                gone.deleted(removed)
+                await OutboxRepository(session).add(
+                    mailbox.id, MESSAGES_CHANGED, gone.payload() or {}
+                )
             streams_now = await cursors.list(mailbox.id)
             # A pass may span slices; a new one begins when the last one completed.
             begin_pass = mailbox.pass_started_at is None
@@ -342,7 +339,7 @@ class SyncEngine:
             await MailboxRepository(session).fence(
                 lease,
                 settings.lease_seconds,
-                synced_delta=-removed,
+                synced_delta=-len(removed),
                 total_estimate=self._total(state),
                 status=state.status if state.status != mailbox.status else None,
                 phase=states.phase_of((s.progress() for s in streams_now), running=True),
@@ -452,17 +449,19 @@ class SyncEngine:
         generations = {s.stream_key: s.generation for s in streams}
         async with self.rt.sessions() as session, session.begin():
             messages = MessageRepository(session)
-            inserted, upserted = 0, []
+            inserted = 0
+            changes = PageChanges(None)
             for key, batch in recent.items():
                 if key in generations and batch:
                     written = await messages.upsert_page(
                         mailbox.id, key, generations[key] - 1, batch
                     )
                     inserted += written.inserted
-                    upserted.extend(written.written)
-            if upserted:
+                    changes.upserted(written)
+            payload = changes.payload() if self.settings.events_enabled else None
+            if payload is not None:
                 await OutboxRepository(session).add(
-                    mailbox.id, "messages.changed", {"recent": True, "upserted": upserted}
+                    mailbox.id, MESSAGES_CHANGED, {**payload, "recent": True}
                 )
             await MailboxRepository(session).fence(
                 state.lease,
@@ -573,16 +572,26 @@ class SyncEngine:
         new_mode = StreamMode.INCREMENTAL if page.full_sync_complete else mode
         async with self.rt.sessions() as session, session.begin():
             messages = MessageRepository(session)
+            changes = PageChanges(stream.key)
             upserted = await messages.upsert_page(mailbox_id, stream.key, generation, page.upserts)
+            events = self.settings.events_enabled
+            came_back: set[str] = set()
+            if events and mode is StreamMode.INCREMENTAL and upserted.inserted_ids:
+                came_back = await messages.returning(mailbox_id, upserted.inserted_ids)
+            changes.upserted(upserted, came_back)
             if after is not None:
                 # Pages of a stream commit in order: this page's cursor must never be stored
                 # before the previous page is, or a crash between them would skip messages.
                 await after
-            deleted = await messages.delete_from_stream(mailbox_id, stream.key, page.deletes)
-            relabelled = await messages.apply_label_changes(mailbox_id, page.label_changes)
-            swept = 0
+            deleted = await messages.delete_from_stream(
+                mailbox_id, stream.key, page.deletes, remember=events
+            )
+            changes.deleted(deleted)
+            changes.relabelled(await messages.apply_label_changes(mailbox_id, page.label_changes))
+            swept: list[str] = []
             if page.full_sync_complete:
                 swept = await messages.sweep_stream(mailbox_id, stream.key, generation)
+                changes.deleted(swept)
             await CursorRepository(session).save(
                 mailbox_id,
                 stream.key,
@@ -592,24 +601,17 @@ class SyncEngine:
                 total_estimate=page.total_estimate,
                 enumerated=len(page.upserts) if mode is StreamMode.FULL else 0,
             )
-            # Only what changed: a page replayed as it was stored is no event at all.
-            if upserted.written or deleted or relabelled or swept:
-                await OutboxRepository(session).add(
-                    mailbox_id,
-                    "messages.changed",
-                    {
-                        "stream": stream.key,
-                        "upserted": upserted.written,
-                        "deleted": deleted,
-                        "relabelled": relabelled,
-                        "swept": swept,
-                    },
-                )
+            # Only what changed: a page replayed as it was stored is no event at all. Late
+            # in the transaction: the row takes the mailbox's next position under the
+            # mailbox row's lock, held until commit (app/db/repositories/outbox.py).
+            payload = changes.payload() if events else None
+            if payload is not None:
+                await OutboxRepository(session).add(mailbox_id, MESSAGES_CHANGED, payload)
             # Last, so the lease check and the progress move commit with the page or not at all.
             await MailboxRepository(session).fence(
                 state.lease,
                 self.settings.lease_seconds,
-                synced_delta=upserted.inserted - len(deleted) - swept,
+                synced_delta=upserted.inserted - len(deleted) - len(swept),
                 total_estimate=self._total(state),
             )
         state.pages += 1

@@ -10,14 +10,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.config import Settings
-from app.simulator.server import SimulatorServer
 from app.sync.runtime import Runtime
 from tests.conftest import LiveApi
 from tests.e2e.support import Sim, connect_via_api
@@ -25,17 +24,6 @@ from tests.e2e.test_outlook import assert_converged, connect_body, new_account
 from tests.sync.helpers import mailbox_row
 
 LEASE_SECONDS = 3
-
-
-@pytest.fixture
-async def sim(simulator: SimulatorServer) -> AsyncIterator[Sim]:
-    client = Sim(simulator)
-    await client.call("PUT", "/_sim/faults", json={})
-    try:
-        yield client
-    finally:
-        await client.call("PUT", "/_sim/faults", json={})
-        await client.close()
 
 
 class Workers:
@@ -59,14 +47,15 @@ class Workers:
         self.env = env
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"],
+    def start(self, *command: str) -> subprocess.Popen[bytes]:
+        """`mailsync <command>` (a worker unless told otherwise)."""
+        proc = subprocess.Popen(  # noqa: S603 - our own CLI, arguments from the test
+            [sys.executable, "-m", "app.cli", *(command or ("worker",))],
             env=self.env,
             cwd=Path(__file__).parents[2],
             stdout=subprocess.DEVNULL,
             # Kept by pytest beside the test's other temporary files, for a post-mortem.
-            stderr=(self.logs / f"worker-{len(self.procs)}.log").open("wb"),
+            stderr=(self.logs / f"{(command or ('worker',))[0]}-{len(self.procs)}.log").open("wb"),
         )
         self.procs.append(proc)
         return proc
@@ -188,3 +177,35 @@ async def test_sigterm_lets_the_slice_commit_and_leaves_no_process(
     pool.start()
     await _wait_for(sim_rt, mailbox_id, lambda r: r["status"] == "connected", within=120)
     await assert_converged(sim, sim_rt, account["email"], str(mailbox_id))
+
+
+async def test_sigterm_stops_the_api_command_with_nothing_left(
+    sim_settings: Settings, rt: Runtime, tmp_path: Path
+) -> None:
+    import socket
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    processes = Workers(sim_settings, tmp_path)
+    api = processes.start("api", "--port", str(port))
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            async with asyncio.timeout(30):
+                while True:
+                    try:
+                        if (await client.get("/healthz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await asyncio.sleep(0.1)
+        api.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal it caught.
+        assert await asyncio.to_thread(api.wait, 30) in (0, -signal.SIGTERM)
+        assert processes.survivors() == []
+        log = (tmp_path / "api-0.log").read_text()
+        assert "Application shutdown complete" in log, log[-2000:]
+    finally:
+        processes.stop_all()
