@@ -56,8 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.unsigned_push_log = OncePerInterval(logging.getLogger("app.api.routes.webhooks"))
     app.state.refused_push_log = OncePerInterval(logging.getLogger("app.api.routes.webhooks"))
     install_error_handlers(app)
-    app.include_router(mail.router)
+    # Webhook storms are the hottest path: their routes are matched first.
     app.include_router(webhooks.router)
+    app.include_router(mail.router)
     app.include_router(webhook_log.router)
     app.include_router(health.router)
     app.include_router(events.router)

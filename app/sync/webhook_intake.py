@@ -50,11 +50,10 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.crypto import SecretDecryptionError, TokenCipher
-from app.db.repositories.notifications import LogRow, NotificationRepository, Target
+from app.db.repositories.notifications import LogRow, NotificationRepository
 from app.metrics import WEBHOOK_NOTIFICATIONS
 from app.sync.queue import enqueue_subscription, enqueue_sync
 from app.sync.runtime import Runtime
-from app.sync.states import MailboxStatus
 from app.sync.webhook_log import CountedRefusals, RefusalCounter, WebhookOutcome
 
 log = logging.getLogger(__name__)
@@ -75,6 +74,11 @@ CLIENT_STATE_CACHE = 50_000
 # scheduler re-enqueues a mailbox that is owed a pass within its 5 s tick anyway).
 ENQUEUED_TTL_SECONDS = 10.0
 ENQUEUED_MEMO = 100_000
+# Graph subscriptions whose mailbox and clientState are kept without asking again.
+SUBSCRIPTION_TTL_SECONDS = 30.0
+SUBSCRIPTION_CACHE = 100_000
+# Outcomes that owe the mailbox a pass (when the notification wants one).
+_OWING = frozenset({WebhookOutcome.ACCEPTED, WebhookOutcome.LIFECYCLE})
 
 
 # A wait that timed out: nothing arrived, but counted refusals may be due.
@@ -126,12 +130,42 @@ class _Submission:
 @dataclass(slots=True)
 class _Plan:
     db_now: datetime | None = None
-    # Each submission's rows, in submission order.
-    rows: list[list[LogRow]] = field(default_factory=list)
+    # One outcome list per submission (one outcome per notice).
     outcomes: list[list[WebhookOutcome]] = field(default_factory=list)
-    # Mailboxes owed a pass by this group, with what the lookup read of them.
-    to_sync: dict[uuid.UUID, Target] = field(default_factory=dict)
+    # Mailboxes owed a pass by this group, with when their latest slice began.
+    to_sync: dict[uuid.UUID, datetime | None] = field(default_factory=dict)
     to_resubscribe: set[uuid.UUID] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class _Subscription:
+    mailbox_id: uuid.UUID
+    client_state: bytes | None
+    fetched: float
+
+
+class _SubscriptionCache:
+    """Graph subscription id → its mailbox and encrypted clientState, kept a short while so
+    a storm does not look each one up again. A stale entry does no harm: a subscription is
+    deleted only when its mailbox is disconnected (and the write records those as
+    `unknown_subscription`), and a replaced one still maps for an hour."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Subscription] = {}
+
+    def get(self, subscription_id: str) -> _Subscription | None:
+        entry = self._entries.get(subscription_id)
+        if entry is None or time.monotonic() - entry.fetched > SUBSCRIPTION_TTL_SECONDS:
+            return None
+        return entry
+
+    def put(self, found: dict[str, tuple[uuid.UUID, bytes | None]]) -> None:
+        now = time.monotonic()
+        for subscription_id, (mailbox_id, client_state) in found.items():
+            self._entries.pop(subscription_id, None)
+            self._entries[subscription_id] = _Subscription(mailbox_id, client_state, now)
+        while len(self._entries) > SUBSCRIPTION_CACHE:
+            self._entries.pop(next(iter(self._entries)))
 
 
 class _EnqueuedJobs:
@@ -141,11 +175,13 @@ class _EnqueuedJobs:
     def __init__(self) -> None:
         self._at: dict[uuid.UUID, datetime] = {}
 
-    def needed(self, target: Target, now: datetime) -> bool:
-        at = self._at.get(target.mailbox_id)
+    def needed(
+        self, mailbox_id: uuid.UUID, sync_started_at: datetime | None, now: datetime
+    ) -> bool:
+        at = self._at.get(mailbox_id)
         if at is None or (now - at).total_seconds() > ENQUEUED_TTL_SECONDS:
             return True
-        return target.sync_started_at is not None and target.sync_started_at >= at
+        return sync_started_at is not None and sync_started_at >= at
 
     def record(self, mailbox_ids: Sequence[uuid.UUID], now: datetime) -> None:
         for mailbox_id in mailbox_ids:
@@ -187,21 +223,13 @@ class ClientStateCheck:
         return hmac.compare_digest(expected, self._digest(presented))
 
 
-def _still_owed(target: Target, accepted_at: datetime) -> bool:
-    """An accepted notification is still owed when no pass has started since it was
-    recorded: the mailbox has been pending since then or earlier, and any running pass
-    began before it (and will be followed by the one it earned)."""
-    if target.pending_since is None or target.pending_since > accepted_at:
-        return False
-    return target.pass_started_at is None or target.pass_started_at < accepted_at
-
-
 class WebhookIntake:
     def __init__(self, rt: Runtime, *, writers: int = WRITERS) -> None:
         self._rt = rt
         self._counter = RefusalCounter(rt.settings.webhook_log_refusals_per_minute)
         self._client_states = ClientStateCheck(rt.cipher)
         self._enqueued = _EnqueuedJobs()
+        self._subscriptions = _SubscriptionCache()
         self._queue: asyncio.Queue[_Submission | LogRow | None] = asyncio.Queue()
         self._writers = writers
         self._tasks: list[asyncio.Task[None]] = []
@@ -262,6 +290,8 @@ class WebhookIntake:
     def note(self, row: LogRow) -> None:
         """Record a request refused (or answered) before any lookup, without waiting for
         it; past the rate it is only counted."""
+        if row.outcome is None:
+            raise ValueError("a noted request has its outcome")
         WEBHOOK_NOTIFICATIONS.labels(row.provider, row.outcome.value).inc()
         if not self.running:
             return
@@ -378,24 +408,105 @@ class WebhookIntake:
     ) -> _Plan:
         submissions = [e for e in group if isinstance(e, _Submission)]
         repo = NotificationRepository(conn)
-        plan = await self._plan(repo, submissions)
-        # Rows in the order the requests arrived.
-        planned = iter(plan.rows)
+        await self._look_up_subscriptions(repo, submissions)
+        plan = _Plan()
         rows: list[LogRow] = []
+        # rows[i] came from notice owner[i] = (submission, notice), or from a noted refusal.
+        owner: list[tuple[int, int] | None] = []
         for entry in group:
-            rows.extend(next(planned) if isinstance(entry, _Submission) else [entry])
-        await repo.record(rows + counted, owed=sorted(plan.to_sync))
+            if isinstance(entry, LogRow):
+                rows.append(entry)
+                owner.append(None)
+                continue
+            outcomes: list[WebhookOutcome] = []
+            plan.outcomes.append(outcomes)
+            elapsed = entry.received.elapsed_ms()
+            for index, notice in enumerate(entry.notices):
+                row, refused = self._row(notice, entry.received, elapsed)
+                outcomes.append(refused or WebhookOutcome.ACCEPTED)
+                if refused is not None:
+                    WEBHOOK_NOTIFICATIONS.labels(notice.provider, refused.value).inc()
+                    if not self._counter.admit(notice.provider, refused, entry.received.source):
+                        continue
+                rows.append(row)
+                owner.append((len(plan.outcomes) - 1, index))
+        rows += counted
+        owner += [None] * len(counted)
+        decided = await repo.record_group(rows)
         self.groups_committed += 1
         self.requests_committed += len(submissions)
+
+        by_notice: dict[tuple[int, int], list[WebhookOutcome]] = {}
+        for d in decided:
+            plan.db_now = d.db_now
+            source = owner[d.position]
+            if source is None or rows[d.position].outcome is not None:
+                continue  # decided before the statement: counted already
+            notice = submissions[source[0]].notices[source[1]]
+            by_notice.setdefault(source, []).append(d.outcome)
+            WEBHOOK_NOTIFICATIONS.labels(notice.provider, d.outcome.value).inc()
+            if d.mailbox_id is None or d.outcome not in _OWING:
+                continue
+            if notice.wants_sync:
+                plan.to_sync[d.mailbox_id] = d.sync_started_at
+            if notice.wants_resubscribe and d.outcome is WebhookOutcome.LIFECYCLE:
+                plan.to_resubscribe.add(d.mailbox_id)
+        for (submission, index), outcomes in by_notice.items():
+            plan.outcomes[submission][index] = _summary(outcomes)
         return plan
+
+    async def _look_up_subscriptions(
+        self, repo: NotificationRepository, submissions: list[_Submission]
+    ) -> None:
+        """Fill the cache with the subscriptions it lacks: one query for the group."""
+        missing = {
+            n.subscription_id
+            for s in submissions
+            for n in s.notices
+            if n.subscription_id is not None and self._subscriptions.get(n.subscription_id) is None
+        }
+        if missing:
+            self._subscriptions.put(await repo.subscription_targets(sorted(missing)))
+
+    def _row(
+        self, notice: Notice, received: Received, elapsed: float
+    ) -> tuple[LogRow, WebhookOutcome | None]:
+        """The notice's row, and its outcome when the intake decides it (a refusal)."""
+        row = LogRow(
+            provider=notice.provider,
+            outcome=None,
+            kind=notice.kind,
+            subscription_id=notice.subscription_id,
+            source=received.source,
+            http_status=received.http_status,
+            handling_ms=elapsed,
+            dedup_key=notice.dedup_key,
+            payload=notice.payload,
+            address=notice.address if notice.subscription_id is None else None,
+            lifecycle=notice.lifecycle,
+            wants_sync=notice.wants_sync,
+        )
+        if notice.subscription_id is None:
+            return row, None
+        subscription = self._subscriptions.get(notice.subscription_id)
+        refused: WebhookOutcome | None = None
+        if subscription is None:
+            refused = WebhookOutcome.UNKNOWN_SUBSCRIPTION
+        else:
+            row.mailbox_id = subscription.mailbox_id
+            if not self._client_states.matches(subscription.client_state, notice.client_state):
+                refused = WebhookOutcome.FORGED_CLIENT_STATE
+        if refused is not None:
+            row.outcome, row.dedup_key, row.wants_sync = refused, None, False
+        return row, refused
 
     async def _after_commit(self, plan: _Plan) -> None:
         redis = self._rt.redis
         now = plan.db_now
         to_enqueue = sorted(
             mid
-            for mid, target in plan.to_sync.items()
-            if now is None or self._enqueued.needed(target, now)
+            for mid, started in plan.to_sync.items()
+            if now is None or self._enqueued.needed(mid, started, now)
         )
         actions = [partial(enqueue_sync, redis, mid) for mid in to_enqueue]
         actions += [
@@ -421,92 +532,6 @@ class WebhookIntake:
                 raise failed[0]
             # PostgreSQL holds the owed passes (next_sync_at); the scheduler enqueues them.
             log.warning("enqueue after commit failed (%s); the scheduler will retry", failed[0])
-
-    async def _plan(self, repo: NotificationRepository, submissions: list[_Submission]) -> _Plan:
-        plan = _Plan()
-        notices = [n for s in submissions for n in s.notices]
-        by_subscription: dict[tuple[str, str | None], Target] = {}
-        wanted = sorted(
-            {(n.subscription_id, n.dedup_key) for n in notices if n.subscription_id is not None},
-            key=lambda k: (k[0], k[1] or ""),
-        )
-        if wanted:
-            plan.db_now, by_subscription = await repo.resolve_subscriptions(wanted)
-        by_address: dict[tuple[str, str, str | None], list[Target]] = {}
-        per_provider: dict[str, set[tuple[str, str | None]]] = {}
-        for n in notices:
-            if n.subscription_id is None and n.address is not None:
-                per_provider.setdefault(n.provider, set()).add((n.address.lower(), n.dedup_key))
-        for provider, addresses in per_provider.items():
-            db_now, found = await repo.resolve_addresses(
-                provider, sorted(addresses, key=lambda k: (k[0], k[1] or ""))
-            )
-            plan.db_now = plan.db_now or db_now
-            by_address.update({(provider, a, k): t for (a, k), t in found.items()})
-
-        accepted_now: set[tuple[uuid.UUID, str]] = set()
-        for submission in submissions:
-            received = submission.received
-            elapsed = received.elapsed_ms()
-            outcomes: list[WebhookOutcome] = []
-            rows: list[LogRow] = []
-            for n in submission.notices:
-                decided: list[tuple[Target | None, WebhookOutcome]] = []
-                targets: list[Target] = []
-                if n.subscription_id is not None:
-                    target = by_subscription.get((n.subscription_id, n.dedup_key))
-                    if target is None or target.status == MailboxStatus.DISCONNECTED:
-                        decided = [(None, WebhookOutcome.UNKNOWN_SUBSCRIPTION)]
-                    elif not self._client_states.matches(target.client_state, n.client_state):
-                        decided = [(target, WebhookOutcome.FORGED_CLIENT_STATE)]
-                    else:
-                        targets = [target]
-                else:
-                    key = (n.provider, (n.address or "").lower(), n.dedup_key)
-                    targets = by_address.get(key, [])
-                    if not targets:
-                        decided = [(None, WebhookOutcome.UNKNOWN_SUBSCRIPTION)]
-                for t in targets:
-                    if n.lifecycle:
-                        outcome = WebhookOutcome.LIFECYCLE
-                    elif n.dedup_key is not None and (
-                        (t.mailbox_id, n.dedup_key) in accepted_now
-                        or (t.accepted_at is not None and _still_owed(t, t.accepted_at))
-                    ):
-                        outcome = WebhookOutcome.DUPLICATE
-                    else:
-                        outcome = WebhookOutcome.ACCEPTED
-                        if n.dedup_key is not None:
-                            accepted_now.add((t.mailbox_id, n.dedup_key))
-                    if outcome is not WebhookOutcome.DUPLICATE:
-                        if n.wants_sync:
-                            plan.to_sync[t.mailbox_id] = t
-                        if n.wants_resubscribe:
-                            plan.to_resubscribe.add(t.mailbox_id)
-                    decided.append((t, outcome))
-                for target, outcome in decided:
-                    WEBHOOK_NOTIFICATIONS.labels(n.provider, outcome.value).inc()
-                    if not self._counter.admit(n.provider, outcome, received.source):
-                        continue
-                    verified = outcome in (WebhookOutcome.ACCEPTED, WebhookOutcome.DUPLICATE)
-                    rows.append(
-                        LogRow(
-                            provider=n.provider,
-                            outcome=outcome,
-                            kind=n.kind,
-                            mailbox_id=target.mailbox_id if target else None,
-                            subscription_id=n.subscription_id,
-                            source=received.source,
-                            http_status=received.http_status,
-                            handling_ms=elapsed,
-                            dedup_key=n.dedup_key if verified else None,
-                            payload=n.payload,
-                        )
-                    )
-                outcomes.append(_summary([o for _, o in decided]))
-            plan.outcomes.append(outcomes)
-            plan.rows.append(rows)
-        return plan
 
     @staticmethod
     def _counted_row(counted: CountedRefusals) -> LogRow:

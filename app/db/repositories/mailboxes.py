@@ -51,27 +51,18 @@ class Finished:
     owed: bool
 
 
-# "A pass is owed" (MailboxRepository.request_sync). The webhook log writes it in the same
-# statement as its rows (app/db/repositories/notifications.py), so it is one string.
-REQUEST_SYNC_SQL = """
-    UPDATE mailboxes
-       SET sync_requested_at = now(),
-           pending_since = COALESCE(pending_since, now()),
-           pending_next = CASE WHEN pass_started_at IS NOT NULL
-                               THEN COALESCE(pending_next, now()) END,
-           next_sync_at = CASE WHEN consecutive_failures = 0
-                               THEN LEAST(COALESCE(next_sync_at, now()), now())
-                               ELSE next_sync_at END
-     WHERE id = ANY(CAST(:request_sync_ids AS uuid[]))
-       AND status <> :request_sync_disconnected
+# "A pass is owed" (MailboxRepository.request_sync): the assignments, shared with the webhook
+# log, which makes them in the same statement as its rows
+# (app/db/repositories/notifications.py).
+REQUEST_SYNC_ASSIGNMENTS = """
+    sync_requested_at = now(),
+    pending_since = COALESCE(pending_since, now()),
+    pending_next = CASE WHEN pass_started_at IS NOT NULL
+                        THEN COALESCE(pending_next, now()) END,
+    next_sync_at = CASE WHEN consecutive_failures = 0
+                        THEN LEAST(COALESCE(next_sync_at, now()), now())
+                        ELSE next_sync_at END
 """
-
-
-def request_sync_params(mailbox_ids: Sequence[uuid.UUID]) -> dict[str, Any]:
-    return {
-        "request_sync_ids": list(mailbox_ids),
-        "request_sync_disconnected": MailboxStatus.DISCONNECTED.value,
-    }
 
 
 class MailboxRepository:
@@ -220,7 +211,13 @@ class MailboxRepository:
         backing off after failures keeps its backoff (the change waits for the retry)."""
         if not mailbox_ids:
             return
-        await self.session.execute(text(REQUEST_SYNC_SQL), request_sync_params(mailbox_ids))
+        await self.session.execute(
+            text(
+                f"UPDATE mailboxes SET {REQUEST_SYNC_ASSIGNMENTS} "  # noqa: S608 - a constant
+                "WHERE id = ANY(CAST(:ids AS uuid[])) AND status <> :disconnected"
+            ),
+            {"ids": list(mailbox_ids), "disconnected": MailboxStatus.DISCONNECTED.value},
+        )
 
     # -- lease ------------------------------------------------------------------------
 

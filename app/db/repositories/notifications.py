@@ -14,7 +14,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from app.db.repositories.mailboxes import REQUEST_SYNC_SQL, request_sync_params
+from app.db.repositories.mailboxes import REQUEST_SYNC_ASSIGNMENTS
 from app.db.repositories.subscriptions import REPLACED_GRACE_SECONDS
 from app.sync.states import MailboxStatus
 from app.sync.webhook_log import WebhookOutcome
@@ -22,8 +22,11 @@ from app.sync.webhook_log import WebhookOutcome
 
 @dataclass(slots=True)
 class LogRow:
+    """One row of the log. With `outcome` None, record_group decides it (accepted,
+    duplicate, lifecycle or unknown_subscription) and which mailbox rows it becomes."""
+
     provider: str
-    outcome: WebhookOutcome
+    outcome: WebhookOutcome | None
     kind: str
     mailbox_id: uuid.UUID | None = None
     subscription_id: str | None = None
@@ -35,37 +38,24 @@ class LogRow:
     payload: dict[str, Any] = field(default_factory=dict)
     count: int = 1
     aggregated: bool = False
-    # None: the transaction's time (what `pending_since` is compared with).
+    # None: the statement's time (what `pending_since` is compared with).
     received_at: datetime | None = None
+    # Gmail: the address whose live mailboxes it names (instead of mailbox_id).
+    address: str | None = None
+    lifecycle: bool = False
+    # A pass is owed to its mailbox when it is accepted (or a lifecycle event).
+    wants_sync: bool = False
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
-    """A mailbox a notification names, as the intake needs it."""
-
-    mailbox_id: uuid.UUID
-    status: str
-    pending_since: datetime | None
-    pass_started_at: datetime | None
-    # When the mailbox's latest slice began (a queued job has been picked up since).
+class Decided:
+    # The index of the LogRow it was written for (a Gmail address can make several).
+    position: int
+    outcome: WebhookOutcome
+    mailbox_id: uuid.UUID | None
+    # When the mailbox's latest slice began (a queued sync job has been picked up since).
     sync_started_at: datetime | None
-    # When a notification with the same dedup key was last accepted for this mailbox.
-    accepted_at: datetime | None
-    # Graph: the subscription's encrypted clientState (verified against a cached keyed hash).
-    client_state: bytes | None = None
-
-
-def _target(row: Any) -> Target:
-    client_state = getattr(row, "client_state", None)
-    return Target(
-        mailbox_id=row.mailbox_id,
-        status=row.status,
-        pending_since=row.pending_since,
-        pass_started_at=row.pass_started_at,
-        sync_started_at=row.sync_started_at,
-        accepted_at=row.accepted_at,
-        client_state=bytes(client_state) if client_state is not None else None,
-    )
+    db_now: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +80,10 @@ Executor = AsyncSession | AsyncConnection
 # Literals, not parameters, where a partial index must match (`outcome = 'accepted'`): a
 # generic plan cannot prove `outcome = $1` implies the index's predicate.
 _ACCEPTED = WebhookOutcome.ACCEPTED.value
+_DUPLICATE = WebhookOutcome.DUPLICATE.value
+_LIFECYCLE = WebhookOutcome.LIFECYCLE.value
+_UNKNOWN = WebhookOutcome.UNKNOWN_SUBSCRIPTION.value
+_DISCONNECTED = MailboxStatus.DISCONNECTED.value
 
 _ENTRY_COLUMNS = (
     "id, received_at, provider, outcome, kind, mailbox_id, subscription_id, source, "
@@ -116,131 +110,163 @@ def _entry(row: Any) -> LogEntry:
     )
 
 
-_INSERT_ROWS = """
-                INSERT INTO webhook_notifications
-                       (received_at, provider, outcome, kind, mailbox_id, subscription_id,
-                        source, http_status, handling_ms, dedup_key, detail, payload, count,
-                        aggregated)
-                SELECT COALESCE(r.received_at, now()), r.provider, r.outcome, r.kind,
-                       r.mailbox_id, r.subscription_id, r.source, r.http_status,
-                       r.handling_ms, r.dedup_key, r.detail, CAST(r.payload AS jsonb), r.count,
-                       r.aggregated
-                  FROM unnest(CAST(:received_at AS timestamptz[]), CAST(:provider AS text[]),
-                              CAST(:outcome AS text[]), CAST(:kind AS text[]),
-                              CAST(:mailbox_id AS uuid[]), CAST(:subscription_id AS text[]),
-                              CAST(:source AS text[]), CAST(:http_status AS smallint[]),
-                              CAST(:handling_ms AS real[]), CAST(:dedup_key AS text[]),
-                              CAST(:detail AS text[]), CAST(:payload AS text[]),
-                              CAST(:count AS integer[]), CAST(:aggregated AS boolean[]))
-                       AS r(received_at, provider, outcome, kind, mailbox_id, subscription_id,
-                            source, http_status, handling_ms, dedup_key, detail, payload,
-                            count, aggregated)
-                """
+# One group of webhook requests (NotificationRepository.record_group). Outcome names are
+# inlined from WebhookOutcome so that the partial index on accepted rows' dedup keys matches.
+_RECORD_GROUP = f"""
+WITH input AS (
+    SELECT * FROM unnest(
+        CAST(:position AS integer[]), CAST(:received_at AS timestamptz[]),
+        CAST(:provider AS text[]), CAST(:kind AS text[]), CAST(:mailbox_id AS uuid[]),
+        CAST(:address AS text[]), CAST(:subscription_id AS text[]), CAST(:source AS text[]),
+        CAST(:http_status AS smallint[]), CAST(:handling_ms AS real[]),
+        CAST(:dedup_key AS text[]), CAST(:detail AS text[]), CAST(:payload AS text[]),
+        CAST(:count AS integer[]), CAST(:aggregated AS boolean[]), CAST(:outcome AS text[]),
+        CAST(:lifecycle AS boolean[]), CAST(:wants_sync AS boolean[])
+    ) AS i(position, received_at, provider, kind, mailbox_id, address, subscription_id,
+           source, http_status, handling_ms, dedup_key, detail, payload, count, aggregated,
+           outcome, lifecycle, wants_sync)
+),
+targets AS (
+    SELECT i.*, COALESCE(i.mailbox_id, a.id) AS target
+      FROM input i
+      LEFT JOIN LATERAL (
+          SELECT m.id FROM mailboxes m
+           WHERE i.address IS NOT NULL AND m.provider = i.provider
+             AND lower(m.email) = i.address AND m.status <> '{_DISCONNECTED}'
+      ) AS a ON true
+),
+state AS (
+    SELECT t.*, m.status AS mailbox_status, m.pending_since, m.pass_started_at,
+           m.sync_started_at,
+           CASE WHEN t.outcome IS NULL AND t.dedup_key IS NOT NULL THEN
+               (SELECT max(n.received_at) FROM webhook_notifications n
+                 WHERE n.dedup_key = t.dedup_key AND n.outcome = '{_ACCEPTED}'
+                   AND n.mailbox_id = t.target)
+           END AS accepted_at,
+           row_number() OVER (PARTITION BY t.target, t.dedup_key, t.outcome IS NULL
+                              ORDER BY t.position) AS nth
+      FROM targets t LEFT JOIN mailboxes m ON m.id = t.target
+),
+decided AS (
+    SELECT s.*,
+           CASE WHEN s.outcome IS NOT NULL THEN s.outcome
+                WHEN s.target IS NULL OR s.mailbox_status = '{_DISCONNECTED}'
+                     THEN '{_UNKNOWN}'
+                WHEN s.lifecycle THEN '{_LIFECYCLE}'
+                WHEN s.dedup_key IS NOT NULL
+                     AND (s.nth > 1
+                          OR (s.pending_since <= s.accepted_at
+                              AND (s.pass_started_at IS NULL
+                                   OR s.pass_started_at < s.accepted_at)))
+                     THEN '{_DUPLICATE}'
+                ELSE '{_ACCEPTED}'
+           END AS decided
+      FROM state s
+),
+owed AS (
+    UPDATE mailboxes SET {REQUEST_SYNC_ASSIGNMENTS}
+     WHERE id IN (SELECT target FROM decided
+                   WHERE wants_sync AND decided IN ('{_ACCEPTED}', '{_LIFECYCLE}'))
+       AND status <> '{_DISCONNECTED}'
+    RETURNING id
+),
+logged AS (
+    INSERT INTO webhook_notifications
+           (received_at, provider, outcome, kind, mailbox_id, subscription_id, source,
+            http_status, handling_ms, dedup_key, detail, payload, count, aggregated)
+    SELECT COALESCE(received_at, now()), provider, decided, kind, target, subscription_id,
+           source, http_status, handling_ms,
+           CASE WHEN decided IN ('{_ACCEPTED}', '{_DUPLICATE}') THEN dedup_key END,
+           detail, CAST(payload AS jsonb), count, aggregated
+      FROM decided ORDER BY position
+    RETURNING 1
+)
+SELECT position, decided, target AS mailbox_id, sync_started_at, now() AS db_now
+  FROM decided ORDER BY position
+"""  # noqa: S608 - constant fragments
+
+
+def _group_params(rows: Sequence[LogRow]) -> dict[str, Any]:
+    return {
+        "position": list(range(len(rows))),
+        "received_at": [r.received_at for r in rows],
+        "provider": [r.provider for r in rows],
+        "kind": [r.kind for r in rows],
+        "mailbox_id": [r.mailbox_id for r in rows],
+        "address": [r.address.lower() if r.address else None for r in rows],
+        "subscription_id": [r.subscription_id for r in rows],
+        "source": [r.source for r in rows],
+        "http_status": [r.http_status for r in rows],
+        "handling_ms": [r.handling_ms for r in rows],
+        "dedup_key": [r.dedup_key for r in rows],
+        "detail": [r.detail for r in rows],
+        "payload": [orjson.dumps(r.payload).decode() for r in rows],
+        "count": [r.count for r in rows],
+        "aggregated": [r.aggregated for r in rows],
+        "outcome": [r.outcome.value if r.outcome else None for r in rows],
+        "lifecycle": [r.lifecycle for r in rows],
+        "wants_sync": [r.wants_sync for r in rows],
+    }
 
 
 class NotificationRepository:
     def __init__(self, session: Executor) -> None:
         self.session = session
 
-    async def record(self, rows: Sequence[LogRow], *, owed: Sequence[uuid.UUID] = ()) -> None:
-        """Write the rows and, in the same statement (so atomically, and in one round trip),
-        note that a pass is owed to the `owed` mailboxes (MailboxRepository.request_sync)."""
-        if not rows and not owed:
-            return
-        owed_cte = f"WITH owed AS ({REQUEST_SYNC_SQL} RETURNING id) " if owed else ""
-        await self.session.execute(
-            text(owed_cte + _INSERT_ROWS),
-            {
-                **(request_sync_params(owed) if owed else {}),
-                "received_at": [r.received_at for r in rows],
-                "provider": [r.provider for r in rows],
-                "outcome": [r.outcome.value for r in rows],
-                "kind": [r.kind for r in rows],
-                "mailbox_id": [r.mailbox_id for r in rows],
-                "subscription_id": [r.subscription_id for r in rows],
-                "source": [r.source for r in rows],
-                "http_status": [r.http_status for r in rows],
-                "handling_ms": [r.handling_ms for r in rows],
-                "dedup_key": [r.dedup_key for r in rows],
-                "detail": [r.detail for r in rows],
-                "payload": [orjson.dumps(r.payload).decode() for r in rows],
-                "count": [r.count for r in rows],
-                "aggregated": [r.aggregated for r in rows],
-            },
-        )
-
-    async def resolve_subscriptions(
-        self, wanted: Sequence[tuple[str, str | None]]
-    ) -> tuple[datetime, dict[tuple[str, str | None], Target]]:
-        """For each (Graph subscription id, dedup key): its mailbox (the active subscription,
-        or one replaced recently: Graph may still deliver to it for a while), and when a
-        notification with that key was last accepted for the mailbox. With the database's
-        clock, in one round trip."""
+    async def subscription_targets(
+        self, subscription_ids: Sequence[str]
+    ) -> dict[str, tuple[uuid.UUID, bytes | None]]:
+        """Each Graph subscription id's mailbox and encrypted clientState: the active
+        subscription, or one replaced recently (Graph may still deliver to it a while)."""
+        if not subscription_ids:
+            return {}
         result = await self.session.execute(
             text(
-                f"""
-                SELECT now() AS db_now, t.* FROM (SELECT 1) AS one LEFT JOIN (
-                  SELECT w.subscription_id, w.dedup_key, s.mailbox_id, s.client_state,
-                         m.status, m.pending_since, m.pass_started_at, m.sync_started_at,
-                         (SELECT max(n.received_at) FROM webhook_notifications n
-                           WHERE n.dedup_key = w.dedup_key AND n.outcome = '{_ACCEPTED}'
-                             AND n.mailbox_id = s.mailbox_id) AS accepted_at
-                    FROM unnest(CAST(:ids AS text[]), CAST(:keys AS text[]))
-                         AS w(subscription_id, dedup_key)
-                    JOIN subscriptions s ON s.subscription_id = w.subscription_id
-                    JOIN mailboxes m ON m.id = s.mailbox_id
-                   WHERE s.status = 'active'
-                      OR s.replaced_at > now() - make_interval(secs => :grace)
-                ) AS t ON true
-                """  # noqa: S608 - a constant
+                """
+                SELECT subscription_id, mailbox_id, client_state FROM subscriptions
+                 WHERE subscription_id = ANY(CAST(:ids AS text[]))
+                   AND (status = 'active'
+                        OR replaced_at > now() - make_interval(secs => :grace))
+                """
             ),
-            {
-                "ids": [sid for sid, _ in wanted],
-                "keys": [key for _, key in wanted],
-                "grace": REPLACED_GRACE_SECONDS,
-            },
+            {"ids": list(subscription_ids), "grace": REPLACED_GRACE_SECONDS},
         )
-        rows = result.all()
-        found = {
-            (row.subscription_id, row.dedup_key): _target(row)
-            for row in rows
-            if row.mailbox_id is not None
+        return {
+            row.subscription_id: (
+                row.mailbox_id,
+                bytes(row.client_state) if row.client_state is not None else None,
+            )
+            for row in result.all()
         }
-        return rows[0].db_now, found
 
-    async def resolve_addresses(
-        self, provider: str, wanted: Sequence[tuple[str, str | None]]
-    ) -> tuple[datetime | None, dict[tuple[str, str | None], list[Target]]]:
-        """For each (address, dedup key): the address's live mailboxes (two users may share
-        one Gmail address), each with when that key was last accepted for it."""
-        result = await self.session.execute(
-            text(
-                f"""
-                SELECT now() AS db_now, w.address, w.dedup_key, m.id AS mailbox_id, m.status,
-                       m.pending_since,
-                       m.pass_started_at, m.sync_started_at,
-                       (SELECT max(n.received_at) FROM webhook_notifications n
-                         WHERE n.dedup_key = w.dedup_key AND n.outcome = '{_ACCEPTED}'
-                           AND n.mailbox_id = m.id) AS accepted_at
-                  FROM unnest(CAST(:addresses AS text[]), CAST(:keys AS text[]))
-                       AS w(address, dedup_key)
-                  JOIN mailboxes m ON m.provider = :provider AND lower(m.email) = w.address
-                 WHERE m.status <> :disconnected
-                 ORDER BY m.id
-                """  # noqa: S608 - a constant
-            ),
-            {
-                "provider": provider,
-                "addresses": [address.lower() for address, _ in wanted],
-                "keys": [key for _, key in wanted],
-                "disconnected": MailboxStatus.DISCONNECTED.value,
-            },
-        )
-        found: dict[tuple[str, str | None], list[Target]] = {}
-        rows = result.all()
-        for row in rows:
-            found.setdefault((row.address, row.dedup_key), []).append(_target(row))
-        return (rows[0].db_now if rows else None), found
+    async def record_group(self, rows: Sequence[LogRow]) -> list[Decided]:
+        """Decide what the intake left open, write every row, and owe the mailboxes their
+        passes: one statement, so atomic, durable when it returns, and one round trip.
+        Returns one Decided per row written, `position` being the index in `rows`.
+
+        What the statement decides, for a row without an outcome:
+        - its mailboxes: the given one, or the live mailboxes of its address (one row each;
+          none: `unknown_subscription`, as for a disconnected mailbox);
+        - `duplicate`: a notice with a dedup key that was accepted for the mailbox since a
+          pass last began (the mailbox has been pending since then or earlier, and no pass
+          has started after it), or that an earlier notice of this group already carries;
+          the pass that notification owed covers this one;
+        - otherwise `lifecycle` or `accepted`, and the mailbox owes a pass if the notice
+          wants one (MailboxRepository.request_sync's assignments).
+        """
+        if not rows:
+            return []
+        result = await self.session.execute(text(_RECORD_GROUP), _group_params(rows))
+        return [
+            Decided(
+                position=row.position,
+                outcome=WebhookOutcome(row.decided),
+                mailbox_id=row.mailbox_id,
+                sync_started_at=row.sync_started_at,
+                db_now=row.db_now,
+            )
+            for row in result.all()
+        ]
 
     async def page(
         self,
