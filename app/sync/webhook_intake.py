@@ -3,23 +3,25 @@
 A webhook storm (Graph sends thousands of notifications for a busy tenant) arrives on many
 connections at once. Each request hands its notifications to this process's intake and
 waits. A few writer tasks, each with a database connection of its own, take everything
-that is waiting: one statement finds every notice's mailbox, one statement writes every
-request's audit rows together with the mailboxes' owed passes (atomic, durable once it
-returns), then one sync job per mailbox is enqueued and only then are the requests woken
-to answer 2xx. What is acknowledged is committed: a 2xx for a change we then lose would be
-a missed change. While a group is written, the next ones gather.
+that is waiting and write it with one statement (NotificationRepository.record_group):
+every request's audit rows and the mailboxes' owed passes, atomic and durable once it
+returns. Then one sync job per mailbox is enqueued, and only then are the requests woken to
+answer 2xx. What is acknowledged is committed: a 2xx for a change we then lose would be a
+missed change. While a group is written, the next ones gather.
 
 Per notification, no more than the invariant needs:
 
-- two round trips to PostgreSQL per group, whatever its size, on connections kept open
-  (no pool check-out and ping, no BEGIN/COMMIT round trips: each statement is its own
-  transaction, and the write is a single statement);
+- one round trip to PostgreSQL per group, whatever its size, on connections kept open (no
+  pool check-out and ping, no BEGIN/COMMIT: the statement is its own transaction); a
+  second one only for Graph subscriptions the process has not seen in the last
+  SUBSCRIPTION_TTL_SECONDS;
 - clientState is checked against a keyed hash (HMAC-SHA256 under a per-process random key)
   of the subscription's secret, computed from one decrypt and cached by the encrypted
   value: no decrypt per request, and no plaintext secret kept in memory;
 - a notification equal to one recorded since the mailbox's last pass began (same
   subscription, change, message and etag; the same Pub/Sub message id) is a `duplicate`:
-  recorded, but it owes nothing more, so a retry storm writes no mailbox row;
+  recorded, but it owes nothing more, so a retry storm writes no mailbox row (the rule is
+  in the statement, where it reads the mailbox as it writes);
 - a mailbox's sync job is enqueued once, not once per group: while the job this process
   enqueued has not been picked up (no slice of the mailbox has started since), another
   enqueue would be collapsed by ARQ anyway, and is not sent (for ENQUEUED_TTL_SECONDS at
