@@ -237,3 +237,21 @@ async def test_hostile_bodies_are_4xx_and_recorded(
     rows = await log_rows(rt, "provider = 'microsoft'")
     assert [r["outcome"] for r in rows] == ["malformed"] * len(HOSTILE)
     assert sorted(r["http_status"] for r in rows) == sorted(statuses.values())
+
+
+async def test_nothing_is_acknowledged_that_was_not_recorded(settings: Settings) -> None:
+    # PostgreSQL unreachable: the notification is not recorded, so it is not acknowledged
+    # either (503: Graph delivers again); the refusal paths still answer.
+    unreachable = settings.model_copy(
+        update={"database_url": "postgresql+asyncpg://postgres@127.0.0.1:9/mailsync"}
+    )
+    application = create_app(unreachable)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            body = {"value": [{"subscriptionId": "s", "clientState": "c", "changeType": "created"}]}
+            response = await client.post("/webhooks/microsoft", content=json.dumps(body))
+            assert response.status_code == 503
+            assert response.headers["retry-after"] == "5"
+            assert response.json()["error"]["code"] == "unavailable"
+            assert (await client.post("/webhooks/microsoft", content=b"{}")).status_code == 400
