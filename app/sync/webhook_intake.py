@@ -52,7 +52,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.crypto import SecretDecryptionError, TokenCipher
-from app.db.repositories.notifications import LogRow, NotificationRepository
+from app.db.repositories.notifications import LogRow, NotificationRepository, StoreError
 from app.metrics import WEBHOOK_NOTIFICATIONS
 from app.sync.queue import enqueue_subscription, enqueue_sync
 from app.sync.runtime import Runtime
@@ -340,7 +340,7 @@ class WebhookIntake:
             return
         try:
             plan = await self._write(slot, group, counted)
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, StoreError, OSError) as exc:
             if len(submissions) > 1 and _is_data_error(exc):
                 # One request's values broke the group: record the others, alone each.
                 log.warning(
@@ -360,7 +360,7 @@ class WebhookIntake:
     async def _flush_alone(self, slot: int, submission: _Submission) -> None:
         try:
             plan = await self._write(slot, [submission], [])
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, StoreError, OSError) as exc:
             log.warning("webhook notification not recorded: %s", _brief(exc))
             self._fail([submission])
             return
@@ -384,10 +384,13 @@ class WebhookIntake:
             self._conns[slot] = conn
         return conn
 
-    async def _drop_connection(self, slot: int) -> None:
+    async def _drop_connection(self, slot: int, *, broken: bool = False) -> None:
         conn = self._conns.pop(slot, None)
         if conn is not None:
             with contextlib.suppress(SQLAlchemyError, OSError):
+                if broken:
+                    # Not back into the pool: the driver connection is gone.
+                    await conn.invalidate()
                 await conn.close()
 
     async def _write(
@@ -397,12 +400,13 @@ class WebhookIntake:
             try:
                 conn = await self._connection(slot)
                 return await self._write_on(conn, group, counted)
-            except DBAPIError as exc:
-                if attempt == 2 or not (exc.connection_invalidated or _is_retryable(exc)):
+            except (DBAPIError, StoreError) as exc:
+                lost = _connection_lost(exc)
+                if attempt == 2 or not (lost or _is_retryable(exc)):
                     raise
-                if exc.connection_invalidated:
+                if lost:
                     # The kept connection died (PostgreSQL restarted): a new one.
-                    await self._drop_connection(slot)
+                    await self._drop_connection(slot, broken=True)
         raise AssertionError("unreachable")
 
     async def _write_on(
@@ -562,15 +566,23 @@ def _brief(exc: BaseException) -> str:
     return f"{type(orig or exc).__name__}: {str(orig or exc).splitlines()[0][:300]}"
 
 
+def _sqlstate(exc: BaseException) -> str:
+    if isinstance(exc, StoreError):
+        return exc.sqlstate
+    return str(getattr(getattr(exc, "orig", None), "sqlstate", None) or "")
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    if isinstance(exc, StoreError):
+        return exc.connection_lost
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
 def _is_retryable(exc: BaseException) -> bool:
     """A deadlock or serialization failure: the statement can simply run again."""
-    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None) or ""
-    return str(sqlstate) in ("40P01", "40001")
+    return _sqlstate(exc) in ("40P01", "40001")
 
 
 def _is_data_error(exc: BaseException) -> bool:
     """A value PostgreSQL refused (bad text, out of range), not a lost connection."""
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return False
-    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None) or ""
-    return str(sqlstate).startswith("22")
+    return not _connection_lost(exc) and _sqlstate(exc).startswith("22")
