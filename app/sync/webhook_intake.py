@@ -52,10 +52,12 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.crypto import SecretDecryptionError, TokenCipher
+from app.db.repositories.monitor import MonitorRepository
 from app.db.repositories.notifications import LogRow, NotificationRepository, StoreError
 from app.metrics import WEBHOOK_NOTIFICATIONS
 from app.sync.queue import enqueue_subscription, enqueue_sync
 from app.sync.runtime import Runtime
+from app.sync.states import PushState
 from app.sync.webhook_log import CountedRefusals, RefusalCounter, WebhookOutcome
 
 log = logging.getLogger(__name__)
@@ -108,6 +110,8 @@ class Notice:
     lifecycle: bool = False
     wants_sync: bool = True
     wants_resubscribe: bool = False
+    # A lifecycle event saying push no longer delivers: the mailbox is polled meanwhile.
+    push_failing: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,7 +442,30 @@ class WebhookIntake:
                 owner.append((len(plan.outcomes) - 1, index))
         rows += counted
         owner += [None] * len(counted)
-        decided = await repo.record_group(rows)
+        if any(n.push_failing for s in submissions for n in s.notices):
+            # Rare (lifecycle events): the rows and the push state in one transaction.
+            async with self._rt.sessions(bind=conn) as session:
+                driver = (await conn.get_raw_connection()).driver_connection
+                assert driver is not None
+                async with driver.transaction():
+                    decided = await repo.record_group(rows)
+                    failing = sorted(
+                        {
+                            d.mailbox_id
+                            for d in decided
+                            if d.mailbox_id is not None
+                            and d.outcome is WebhookOutcome.LIFECYCLE
+                            and (source := owner[d.position]) is not None
+                            and submissions[source[0]].notices[source[1]].push_failing
+                        }
+                    )
+                    await MonitorRepository(session).set_push_state(
+                        failing,
+                        PushState.FAILING,
+                        poll_within=self._rt.settings.sync_poll_without_push_seconds,
+                    )
+        else:
+            decided = await repo.record_group(rows)
         self.groups_committed += 1
         self.requests_committed += len(submissions)
 

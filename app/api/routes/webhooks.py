@@ -181,6 +181,9 @@ async def microsoft(request: Request) -> Response:
             wants_sync=n.lifecycle_event != "reauthorizationRequired",
             wants_resubscribe=n.lifecycle_event
             in ("reauthorizationRequired", "subscriptionRemoved"),
+            # Push is not delivering (or lost changes): poll until the channel is recreated
+            # or, after `missed`, renewed by the renewal cron.
+            push_failing=n.lifecycle_event in ("subscriptionRemoved", "missed"),
         )
         for n in notifications
     ]
