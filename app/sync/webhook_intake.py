@@ -47,7 +47,6 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -77,6 +76,8 @@ CLIENT_STATE_CACHE = 50_000
 # A job this process enqueued is trusted to be queued for at most this long (the
 # scheduler re-enqueues a mailbox that is owed a pass within its 5 s tick anyway).
 ENQUEUED_TTL_SECONDS = 10.0
+# Requests wait this long at most for their sync jobs to reach Redis.
+ENQUEUE_WAIT_SECONDS = 1.0
 ENQUEUED_MEMO = 100_000
 # Graph subscriptions whose mailbox and clientState are kept without asking again.
 SUBSCRIPTION_TTL_SECONDS = 30.0
@@ -240,6 +241,7 @@ class WebhookIntake:
         self._writers = writers
         self._tasks: list[asyncio.Task[None]] = []
         self._conns: dict[int, AsyncConnection] = {}
+        self._background: set[asyncio.Future[None]] = set()
         self._busy = 0
         self._idle = asyncio.Condition()
         self._closing = False
@@ -534,19 +536,33 @@ class WebhookIntake:
         return row, refused
 
     async def _after_commit(self, plan: _Plan) -> None:
-        redis = self._rt.redis
+        """Enqueue what the group owes, then let its requests answer; a slow Redis holds
+        them up for ENQUEUE_WAIT_SECONDS at most (PostgreSQL already holds the owed passes,
+        and the scheduler enqueues them)."""
         now = plan.db_now
         to_enqueue = sorted(
             mid
             for mid, started in plan.to_sync.items()
             if now is None or self._enqueued.needed(mid, started, now)
         )
-        actions = [partial(enqueue_sync, redis, mid) for mid in to_enqueue]
-        actions += [
-            partial(enqueue_subscription, redis, mid) for mid in sorted(plan.to_resubscribe)
-        ]
-        if not actions:
+        if not to_enqueue and not plan.to_resubscribe:
             return
+        enqueueing = asyncio.ensure_future(
+            self._enqueue(to_enqueue, sorted(plan.to_resubscribe), now)
+        )
+        try:
+            await asyncio.wait_for(asyncio.shield(enqueueing), ENQUEUE_WAIT_SECONDS)
+        except TimeoutError:
+            log.warning("Redis is slow: answering before the sync jobs are enqueued")
+            self._background.add(enqueueing)
+            enqueueing.add_done_callback(self._background.discard)
+
+    async def _enqueue(
+        self, to_sync: list[uuid.UUID], to_resubscribe: list[uuid.UUID], now: datetime | None
+    ) -> None:
+        redis = self._rt.redis
+        actions = [partial(enqueue_sync, redis, mid) for mid in to_sync]
+        actions += [partial(enqueue_subscription, redis, mid) for mid in to_resubscribe]
         results = await asyncio.gather(*(action() for action in actions), return_exceptions=True)
         if now is not None:
             # A job id already taken (None from ARQ) is a job still waiting or running:
@@ -554,16 +570,15 @@ class WebhookIntake:
             self._enqueued.record(
                 [
                     m
-                    for m, r in zip(to_enqueue, results, strict=False)
+                    for m, r in zip(to_sync, results, strict=False)
                     if not isinstance(r, BaseException)
                 ],
                 now,
             )
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
-            if not all(isinstance(r, RedisError | OSError) for r in failed):
-                raise failed[0]
-            # PostgreSQL holds the owed passes (next_sync_at); the scheduler enqueues them.
+            # The records are durable and owe the passes (next_sync_at): the scheduler
+            # enqueues them.
             log.warning("enqueue after commit failed (%s); the scheduler will retry", failed[0])
 
     @staticmethod

@@ -255,3 +255,18 @@ async def test_nothing_is_acknowledged_that_was_not_recorded(settings: Settings)
             assert response.headers["retry-after"] == "5"
             assert response.json()["error"]["code"] == "unavailable"
             assert (await client.post("/webhooks/microsoft", content=b"{}")).status_code == 400
+
+
+async def test_redis_down_still_records_and_answers(settings: Settings, rt: Runtime) -> None:
+    # The record owes the pass in PostgreSQL (the scheduler enqueues it once Redis is
+    # back): losing the enqueue must not lose the notification, nor its answer.
+    sub = await graph_mailbox(rt)
+    no_redis = settings.model_copy(update={"redis_url": "redis://127.0.0.1:9/0"})
+    application = create_app(no_redis)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            response = await _post(client, change(sub))
+    assert response.status_code == 202
+    assert [r["outcome"] for r in await log_rows(rt)] == ["accepted"]
+    assert await _pending(rt, sub.mailbox_id) is not None
