@@ -165,11 +165,18 @@ decided AS (
            END AS decided
       FROM state s
 ),
+to_owe AS (
+    -- Locked in id order: writers owing passes to overlapping mailboxes never deadlock.
+    SELECT m.id FROM mailboxes m
+     WHERE m.id IN (SELECT target FROM decided
+                     WHERE wants_sync AND decided IN ('{_ACCEPTED}', '{_LIFECYCLE}'))
+       AND m.status <> '{_DISCONNECTED}'
+     ORDER BY m.id
+       FOR UPDATE
+),
 owed AS (
     UPDATE mailboxes SET {REQUEST_SYNC_ASSIGNMENTS}
-     WHERE id IN (SELECT target FROM decided
-                   WHERE wants_sync AND decided IN ('{_ACCEPTED}', '{_LIFECYCLE}'))
-       AND status <> '{_DISCONNECTED}'
+     WHERE id IN (SELECT id FROM to_owe)
     RETURNING id
 ),
 logged AS (
