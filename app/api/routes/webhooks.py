@@ -139,7 +139,10 @@ _VALIDATION_TOKEN_PARAMETER = {
 )
 async def microsoft(request: Request) -> Response:
     received = _received(request, 202)
-    validation_token = request.query_params.get(VALIDATION_TOKEN_PARAM)
+    # Notifications come without a query string: parse one only when there is one.
+    validation_token = (
+        request.query_params.get(VALIDATION_TOKEN_PARAM) if request.scope["query_string"] else None
+    )
     if validation_token is not None:
         # Graph's handshake: echo the (already URL-decoded) token as text/plain within 10 s.
         if len(validation_token) > MAX_VALIDATION_TOKEN:
