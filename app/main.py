@@ -42,7 +42,9 @@ def _tune_the_collector() -> None:
     gc.set_threshold(*_GC_THRESHOLDS)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, tune_collector: bool = False) -> FastAPI:
+    """`tune_collector`: for the served process (`uvicorn app.main:app`, `mailsync api`);
+    tests build many apps in one process and leave its collector alone."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -56,7 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         intake = WebhookIntake(rt)
         await intake.start()
         app.state.webhook_intake = intake
-        _tune_the_collector()
+        if tune_collector:
+            _tune_the_collector()
         try:
             yield
         finally:
@@ -88,7 +91,7 @@ def __getattr__(name: str) -> FastAPI:
     # `uvicorn app.main:app` builds the app on first access, so importing this module
     # (tests, openapi generation) never requires production settings.
     if name == "app":
-        application = create_app()
+        application = create_app(tune_collector=True)
         globals()["app"] = application
         return application
     raise AttributeError(name)
