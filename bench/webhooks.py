@@ -148,6 +148,14 @@ async def _recorded(rt: Runtime) -> int:
         )
 
 
+async def _by_outcome(rt: Runtime) -> dict[str, int]:
+    async with rt.sessions() as session:
+        rows = await session.execute(
+            text("SELECT outcome, sum(count) FROM webhook_notifications GROUP BY outcome")
+        )
+        return {outcome: int(total) for outcome, total in rows.all()}
+
+
 def _line(name: str, result: loadgen.Result) -> str:
     return (
         f"{name:<38} {result.rate:>8,.0f} answers/s   p50 {1000 * result.percentile(50):6.1f} ms"
@@ -267,6 +275,7 @@ async def run(args: argparse.Namespace) -> None:
 
             recorded = await _recorded(rt) - before
             print(f"\nacknowledged notifications {sent_ok:,}; in the webhook log {recorded:,}")
+            print(f"webhook log by outcome (warm-up included): {await _by_outcome(rt)}")
             print(
                 "every acknowledged notification recorded: "
                 + ("yes" if recorded == sent_ok else "NO")

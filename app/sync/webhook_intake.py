@@ -166,13 +166,16 @@ class _SubscriptionCache:
             return None
         return entry
 
-    def put(self, found: dict[str, tuple[uuid.UUID, bytes | None]]) -> None:
+    def put(self, found: dict[str, tuple[uuid.UUID, bytes | None]]) -> dict[str, _Subscription]:
         now = time.monotonic()
+        entries = {}
         for subscription_id, (mailbox_id, client_state) in found.items():
+            entry = _Subscription(mailbox_id, client_state, now)
             self._entries.pop(subscription_id, None)
-            self._entries[subscription_id] = _Subscription(mailbox_id, client_state, now)
+            self._entries[subscription_id] = entries[subscription_id] = entry
         while len(self._entries) > SUBSCRIPTION_CACHE:
             self._entries.pop(next(iter(self._entries)))
+        return entries
 
 
 class _EnqueuedJobs:
@@ -420,7 +423,7 @@ class WebhookIntake:
     ) -> _Plan:
         submissions = [e for e in group if isinstance(e, _Submission)]
         repo = NotificationRepository(conn)
-        await self._look_up_subscriptions(repo, submissions)
+        subscriptions = await self._look_up_subscriptions(repo, submissions)
         plan = _Plan()
         rows: list[LogRow] = []
         # rows[i] came from notice owner[i] = (submission, notice), or from a noted refusal.
@@ -434,7 +437,7 @@ class WebhookIntake:
             plan.outcomes.append(outcomes)
             elapsed = entry.received.elapsed_ms()
             for index, notice in enumerate(entry.notices):
-                row, refused = self._row(notice, entry.received, elapsed)
+                row, refused = self._row(notice, subscriptions, entry.received, elapsed)
                 outcomes.append(refused or WebhookOutcome.ACCEPTED)
                 if refused is not None:
                     WEBHOOK_NOTIFICATIONS.labels(notice.provider, refused.value).inc()
@@ -492,19 +495,34 @@ class WebhookIntake:
 
     async def _look_up_subscriptions(
         self, repo: NotificationRepository, submissions: list[_Submission]
-    ) -> None:
-        """Fill the cache with the subscriptions it lacks: one query for the group."""
-        missing = {
+    ) -> dict[str, _Subscription]:
+        """The group's Graph subscriptions: from the cache, and what it lacks in one query.
+        The group uses what this returns (an entry that expires while the group is
+        planned is still the group's)."""
+        wanted = {
             n.subscription_id
             for s in submissions
             for n in s.notices
-            if n.subscription_id is not None and self._subscriptions.get(n.subscription_id) is None
+            if n.subscription_id is not None
         }
+        found: dict[str, _Subscription] = {}
+        missing = []
+        for subscription_id in wanted:
+            entry = self._subscriptions.get(subscription_id)
+            if entry is None:
+                missing.append(subscription_id)
+            else:
+                found[subscription_id] = entry
         if missing:
-            self._subscriptions.put(await repo.subscription_targets(sorted(missing)))
+            found.update(self._subscriptions.put(await repo.subscription_targets(sorted(missing))))
+        return found
 
     def _row(
-        self, notice: Notice, received: Received, elapsed: float
+        self,
+        notice: Notice,
+        subscriptions: dict[str, _Subscription],
+        received: Received,
+        elapsed: float,
     ) -> tuple[LogRow, WebhookOutcome | None]:
         """The notice's row, and its outcome when the intake decides it (a refusal)."""
         row = LogRow(
@@ -523,7 +541,7 @@ class WebhookIntake:
         )
         if notice.subscription_id is None:
             return row, None
-        subscription = self._subscriptions.get(notice.subscription_id)
+        subscription = subscriptions.get(notice.subscription_id)
         refused: WebhookOutcome | None = None
         if subscription is None:
             refused = WebhookOutcome.UNKNOWN_SUBSCRIPTION

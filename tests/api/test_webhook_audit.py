@@ -270,3 +270,17 @@ async def test_redis_down_still_records_and_answers(settings: Settings, rt: Runt
     assert response.status_code == 202
     assert [r["outcome"] for r in await log_rows(rt)] == ["accepted"]
     assert await _pending(rt, sub.mailbox_id) is not None
+
+
+async def test_a_subscription_expiring_from_the_cache_mid_group_is_still_known(
+    client: httpx.AsyncClient, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every cached subscription is stale the moment after it was read: the group must use
+    # what it looked up, not ask the cache again (bench.webhooks found this one).
+    from app.sync import webhook_intake
+
+    monkeypatch.setattr(webhook_intake, "SUBSCRIPTION_TTL_SECONDS", 0.0)
+    sub = await graph_mailbox(rt)
+    for i in range(3):
+        assert (await _post(client, change(sub, message_id=f"AAMk{i}"))).status_code == 202
+    assert [r["outcome"] for r in await log_rows(rt)] == ["accepted"] * 3
