@@ -284,3 +284,32 @@ async def test_a_subscription_expiring_from_the_cache_mid_group_is_still_known(
     for i in range(3):
         assert (await _post(client, change(sub, message_id=f"AAMk{i}"))).status_code == 202
     assert [r["outcome"] for r in await log_rows(rt)] == ["accepted"] * 3
+
+
+async def test_a_pass_already_owed_leaves_the_mailbox_row_alone(
+    client: httpx.AsyncClient, rt: Runtime
+) -> None:
+    sub = await graph_mailbox(rt)
+
+    async def version() -> tuple[str, Any]:
+        async with rt.sessions() as session:
+            row = (
+                await session.execute(
+                    text("SELECT xmin::text, pending_since FROM mailboxes WHERE id = :id"),
+                    {"id": sub.mailbox_id},
+                )
+            ).one()
+        return row[0], row[1]
+
+    # Connected just now: a pass is owed and due; new changes owe nothing more.
+    before = await version()
+    await _post(client, change(sub, message_id="AAMk1"), change(sub, message_id="AAMk2"))
+    assert await version() == before
+    # Once that pass has been made, the next change owes one again.
+    async with rt.engine.begin() as conn:
+        await conn.execute(text("UPDATE mailboxes SET pending_since = NULL"))
+    cleared = await version()
+    await _post(client, change(sub, message_id="AAMk3"))
+    after = await version()
+    assert after[0] != cleared[0] and after[1] is not None
+    assert [r["outcome"] for r in await log_rows(rt)] == ["accepted"] * 3

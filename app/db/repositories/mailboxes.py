@@ -63,6 +63,15 @@ REQUEST_SYNC_ASSIGNMENTS = """
                         THEN LEAST(COALESCE(next_sync_at, now()), now())
                         ELSE next_sync_at END
 """
+# True when those assignments would change what is owed: false when a pass is already owed
+# and due (the mailbox is pending, a running pass has already noted a change that came
+# after it began, and the next pass is due now or waits for a backoff). The webhook log
+# skips the update then: a storm does not rewrite the same mailbox row again and again.
+REQUEST_SYNC_CHANGES = """
+    (pending_since IS NULL
+     OR (pass_started_at IS NOT NULL AND pending_next IS NULL)
+     OR (consecutive_failures = 0 AND (next_sync_at IS NULL OR next_sync_at > now())))
+"""
 
 
 class MailboxRepository:

@@ -16,7 +16,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from app.db.repositories.mailboxes import REQUEST_SYNC_ASSIGNMENTS
+from app.db.repositories.mailboxes import REQUEST_SYNC_ASSIGNMENTS, REQUEST_SYNC_CHANGES
 from app.db.repositories.subscriptions import REPLACED_GRACE_SECONDS
 from app.sync.states import MailboxStatus
 from app.sync.webhook_log import WebhookOutcome
@@ -170,7 +170,7 @@ to_owe AS (
     SELECT m.id FROM mailboxes m
      WHERE m.id IN (SELECT target FROM decided
                      WHERE wants_sync AND decided IN ('{_ACCEPTED}', '{_LIFECYCLE}'))
-       AND m.status <> '{_DISCONNECTED}'
+       AND m.status <> '{_DISCONNECTED}' AND {REQUEST_SYNC_CHANGES}
      ORDER BY m.id
        FOR UPDATE
 ),
