@@ -10,21 +10,52 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
+from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect
 
 from app.api.errors import ApiError
 from app.db.repositories.notifications import LogRow
+from app.metrics import WEBHOOK_SECONDS
 from app.providers.gmail.push import PushAuthError, PushVerifier, decode_push
 from app.providers.outlook.notifications import VALIDATION_TOKEN_PARAM, parse_notifications
+from app.sync import activity
 from app.sync.webhook_intake import IntakeUnavailable, Notice, Received, WebhookIntake
 from app.sync.webhook_log import OncePerInterval, WebhookOutcome
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+
+class _TimedRoute(APIRoute):
+    """Times every webhook request, and counts it for the dashboard as accepted (2xx) or
+    refused (anything else: a bad signature, a malformed body)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        seconds = WEBHOOK_SECONDS.labels(self.path.rsplit("/", 1)[-1])
+
+        async def timed(request: Request) -> Response:
+            started = time.perf_counter()
+            rt = request.app.state.rt
+            try:
+                response = await handler(request)
+            except Exception:
+                rt.activity.add(activity.WEBHOOKS_REFUSED)
+                raise
+            finally:
+                seconds.observe(time.perf_counter() - started)
+            ok = 200 <= response.status_code < 300
+            rt.activity.add(activity.WEBHOOKS_ACCEPTED if ok else activity.WEBHOOKS_REFUSED)
+            return response
+
+        return timed
+
+
+router = APIRouter(prefix="/webhooks", tags=["webhooks"], route_class=_TimedRoute)
 
 MAX_BODY = 1_000_000
 # Graph's validation tokens are a few hundred characters.

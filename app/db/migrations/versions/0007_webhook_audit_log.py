@@ -1,7 +1,7 @@
 """webhook audit log: an outcome for every webhook request, counted floods, bounded indexes
 
 Revision ID: 0007
-Revises: 0006
+Revises: 0008
 Create Date: 2026-11-30 19:00:00
 
 `webhook_notifications` becomes the audit log of every webhook request: `outcome` (the
@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007"
-down_revision: str | None = "0006"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
