@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from sqlalchemy import text
 
+from app.db.repositories.dashboard import DashboardRepository
 from app.db.repositories.notifications import NotificationRepository
 from app.sync.runtime import Runtime
 from tests.api.webhook_support import change, graph_mailbox
@@ -109,7 +110,7 @@ async def test_bad_queries_are_4xx(api: httpx.AsyncClient) -> None:
 
 
 async def test_recent_notifications_of_one_mailbox(api: httpx.AsyncClient, rt: Runtime) -> None:
-    ada, _ = await _traffic(api, rt)
+    ada, bob = await _traffic(api, rt)
     await _settled(api)
     async with rt.sessions() as session:
         recent = await NotificationRepository(session).recent_for_mailbox(ada, limit=2)
@@ -123,3 +124,7 @@ async def test_recent_notifications_of_one_mailbox(api: httpx.AsyncClient, rt: R
     assert [r.outcome for r in recent] == ["accepted", "accepted"]
     assert [r.payload["resource_id"] for r in recent] == ["AAMkAda2", "AAMkAda1"]
     assert all(r.kind == "change:created" and r.received_at for r in recent)
+    # What the operator dashboard shows for a mailbox: the outcomes, forged ones included.
+    async with rt.sessions() as session:
+        shown = await DashboardRepository(session).recent_notifications(bob)
+    assert sorted(n.outcome for n in shown) == ["accepted", "forged_client_state"]
