@@ -14,7 +14,7 @@ Per notification, no more than the invariant needs:
 - one round trip to PostgreSQL per group, whatever its size, on connections kept open (no
   pool check-out and ping, no BEGIN/COMMIT: the statement is its own transaction); a
   second one only for Graph subscriptions the process has not seen in the last
-  SUBSCRIPTION_TTL_SECONDS;
+  SUBSCRIPTION_TTL_SECONDS (app/sync/webhook_caches.py);
 - clientState is checked against a keyed hash (keyed BLAKE2b under a per-process random key)
   of the subscription's secret, computed from one decrypt and cached by the encrypted
   value: no decrypt per request, and no plaintext secret kept in memory;
@@ -35,10 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import logging
-import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -50,13 +47,13 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.crypto import SecretDecryptionError, TokenCipher
 from app.db.repositories.monitor import MonitorRepository
 from app.db.repositories.notifications import LogRow, NotificationRepository, StoreError
 from app.metrics import WEBHOOK_NOTIFICATIONS
 from app.sync.queue import enqueue_subscription, enqueue_sync
 from app.sync.runtime import Runtime
 from app.sync.states import PushState
+from app.sync.webhook_caches import ClientStateCheck, EnqueuedJobs, Subscription, SubscriptionCache
 from app.sync.webhook_log import CountedRefusals, RefusalCounter, WebhookOutcome
 
 log = logging.getLogger(__name__)
@@ -71,17 +68,8 @@ MAX_GROUP = 1000
 WRITERS = 3
 # With nothing arriving, counted refusals of ended minutes are still written this often.
 IDLE_FLUSH_SECONDS = 5.0
-# Subscriptions whose clientState hash is cached.
-CLIENT_STATE_CACHE = 50_000
-# A job this process enqueued is trusted to be queued for at most this long (the
-# scheduler re-enqueues a mailbox that is owed a pass within its 5 s tick anyway).
-ENQUEUED_TTL_SECONDS = 10.0
 # Requests wait this long at most for their sync jobs to reach Redis.
 ENQUEUE_WAIT_SECONDS = 1.0
-ENQUEUED_MEMO = 100_000
-# Graph subscriptions whose mailbox and clientState are kept without asking again.
-SUBSCRIPTION_TTL_SECONDS = 30.0
-SUBSCRIPTION_CACHE = 100_000
 # Outcomes that owe the mailbox a pass (when the notification wants one).
 _OWING = frozenset({WebhookOutcome.ACCEPTED, WebhookOutcome.LIFECYCLE})
 
@@ -144,103 +132,13 @@ class _Plan:
     to_resubscribe: set[uuid.UUID] = field(default_factory=set)
 
 
-@dataclass(frozen=True, slots=True)
-class _Subscription:
-    mailbox_id: uuid.UUID
-    client_state: bytes | None
-    fetched: float
-
-
-class _SubscriptionCache:
-    """Graph subscription id → its mailbox and encrypted clientState, kept a short while so
-    a storm does not look each one up again. A stale entry does no harm: a subscription is
-    deleted only when its mailbox is disconnected (and the write records those as
-    `unknown_subscription`), and a replaced one still maps for an hour."""
-
-    def __init__(self) -> None:
-        self._entries: dict[str, _Subscription] = {}
-
-    def get(self, subscription_id: str) -> _Subscription | None:
-        entry = self._entries.get(subscription_id)
-        if entry is None or time.monotonic() - entry.fetched > SUBSCRIPTION_TTL_SECONDS:
-            return None
-        return entry
-
-    def put(self, found: dict[str, tuple[uuid.UUID, bytes | None]]) -> dict[str, _Subscription]:
-        now = time.monotonic()
-        entries = {}
-        for subscription_id, (mailbox_id, client_state) in found.items():
-            entry = _Subscription(mailbox_id, client_state, now)
-            self._entries.pop(subscription_id, None)
-            self._entries[subscription_id] = entries[subscription_id] = entry
-        while len(self._entries) > SUBSCRIPTION_CACHE:
-            self._entries.pop(next(iter(self._entries)))
-        return entries
-
-
-class _EnqueuedJobs:
-    """When this process last saw to it that a mailbox's sync job was queued (database
-    time). Until a slice of the mailbox starts after that, the job is still waiting."""
-
-    def __init__(self) -> None:
-        self._at: dict[uuid.UUID, datetime] = {}
-
-    def needed(
-        self, mailbox_id: uuid.UUID, sync_started_at: datetime | None, now: datetime
-    ) -> bool:
-        at = self._at.get(mailbox_id)
-        if at is None or (now - at).total_seconds() > ENQUEUED_TTL_SECONDS:
-            return True
-        return sync_started_at is not None and sync_started_at >= at
-
-    def record(self, mailbox_ids: Sequence[uuid.UUID], now: datetime) -> None:
-        for mailbox_id in mailbox_ids:
-            self._at.pop(mailbox_id, None)
-            self._at[mailbox_id] = now
-        while len(self._at) > ENQUEUED_MEMO:
-            self._at.pop(next(iter(self._at)))
-
-
-class ClientStateCheck:
-    def __init__(self, cipher: TokenCipher) -> None:
-        self._cipher = cipher
-        self._key = os.urandom(32)
-        self._digests: dict[bytes, bytes] = {}
-
-    def _digest(self, value: str) -> bytes:
-        # Keyed BLAKE2b: a MAC in one C call (hmac.new costs several times as much).
-        return hashlib.blake2b(value.encode(), key=self._key, digest_size=32).digest()
-
-    def matches(self, encrypted: bytes | None, presented: str | None) -> bool:
-        """Constant-time; a subscription without a clientState never matches."""
-        if not encrypted or presented is None:
-            return False
-        expected = self._digests.get(encrypted)
-        if expected is None:
-            try:
-                secret = self._cipher.decrypt(encrypted)
-            except SecretDecryptionError:
-                log.error(
-                    "a subscription's clientState cannot be decrypted with the configured keys"
-                )
-                return False
-            if not secret:
-                return False
-            expected = self._digest(secret)
-            if len(self._digests) >= CLIENT_STATE_CACHE:
-                # Evict the oldest entry (dicts keep insertion order).
-                self._digests.pop(next(iter(self._digests)))
-            self._digests[encrypted] = expected
-        return hmac.compare_digest(expected, self._digest(presented))
-
-
 class WebhookIntake:
     def __init__(self, rt: Runtime, *, writers: int = WRITERS) -> None:
         self._rt = rt
         self._counter = RefusalCounter(rt.settings.webhook_log_refusals_per_minute)
         self._client_states = ClientStateCheck(rt.cipher)
-        self._enqueued = _EnqueuedJobs()
-        self._subscriptions = _SubscriptionCache()
+        self._enqueued = EnqueuedJobs()
+        self._subscriptions = SubscriptionCache()
         self._queue: asyncio.Queue[_Submission | LogRow | None] = asyncio.Queue()
         self._writers = writers
         self._tasks: list[asyncio.Task[None]] = []
@@ -496,7 +394,7 @@ class WebhookIntake:
 
     async def _look_up_subscriptions(
         self, repo: NotificationRepository, submissions: list[_Submission]
-    ) -> dict[str, _Subscription]:
+    ) -> dict[str, Subscription]:
         """The group's Graph subscriptions: from the cache, and what it lacks in one query.
         The group uses what this returns (an entry that expires while the group is
         planned is still the group's)."""
@@ -506,7 +404,7 @@ class WebhookIntake:
             for n in s.notices
             if n.subscription_id is not None
         }
-        found: dict[str, _Subscription] = {}
+        found: dict[str, Subscription] = {}
         missing = []
         for subscription_id in wanted:
             entry = self._subscriptions.get(subscription_id)
@@ -521,7 +419,7 @@ class WebhookIntake:
     def _row(
         self,
         notice: Notice,
-        subscriptions: dict[str, _Subscription],
+        subscriptions: dict[str, Subscription],
         received: Received,
         elapsed: float,
     ) -> tuple[LogRow, WebhookOutcome | None]:

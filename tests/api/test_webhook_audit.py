@@ -277,9 +277,9 @@ async def test_a_subscription_expiring_from_the_cache_mid_group_is_still_known(
 ) -> None:
     # Every cached subscription is stale the moment after it was read: the group must use
     # what it looked up, not ask the cache again (bench.webhooks found this one).
-    from app.sync import webhook_intake
+    from app.sync import webhook_caches
 
-    monkeypatch.setattr(webhook_intake, "SUBSCRIPTION_TTL_SECONDS", 0.0)
+    monkeypatch.setattr(webhook_caches, "SUBSCRIPTION_TTL_SECONDS", 0.0)
     sub = await graph_mailbox(rt)
     for i in range(3):
         assert (await _post(client, change(sub, message_id=f"AAMk{i}"))).status_code == 202
