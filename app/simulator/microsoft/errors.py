@@ -59,7 +59,7 @@ def aad_error(status: int, error: str, aadsts: int, description: str) -> Respons
 
 
 def throttled_response(exc: Throttled) -> Response:
-    headers = {"Retry-After": retry_after_value(exc.retry_after)}
+    headers = {} if exc.retry_after is None else {"Retry-After": retry_after_value(exc.retry_after)}
     if exc.status == 503:
         return graph_error(503, "ServiceUnavailable", "Service unavailable, retry later.", headers)
     if exc.reason == "too many concurrent requests":
