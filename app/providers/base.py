@@ -245,6 +245,10 @@ class RateGate(Protocol):
     async def pause(self, seconds: float) -> None:
         """Tell every worker to send nothing for this mailbox for `seconds` (Retry-After)."""
 
+    async def tighten(self) -> None:
+        """The provider refused a request for concurrency although our limit allowed it
+        (other clients of the mailbox use its slots too): allow fewer at once for a while."""
+
 
 @dataclass(slots=True)
 class SyncContext:

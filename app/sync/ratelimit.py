@@ -4,6 +4,17 @@ One Lua script admits a request only when the mailbox is not paused (a Retry-Aft
 given), a concurrent-request slot is free (Graph: 4 per mailbox across all clients) and the
 quota bucket holds enough units (Gmail: 250 units per user per second). Slots are leases
 with an expiry, so a worker that dies holding one frees it after `slot_ttl`.
+
+Two things keep the slot count honest beyond our own requests:
+
+- A request we stop waiting for (a slice ends, a job is cancelled, a worker shuts down)
+  is still being worked on by the provider, which counts it against the mailbox until it
+  ends. Its slot is therefore not given back on cancellation: it stays taken until the
+  request's own timeout would have ended it. (Callers that can let the request finish in
+  the background, as the Graph client does, give the slot back when it really ends.)
+- The provider's limit is shared with every other client of the mailbox (Outlook, phones,
+  other apps), so a concurrency refusal can come while we use fewer slots than allowed:
+  `tighten` lowers this mailbox's limit by one for a while, down to one.
 """
 
 from __future__ import annotations
@@ -19,7 +30,7 @@ from redis.asyncio import Redis
 
 from app.providers.base import ProviderLimits
 
-# KEYS: pause, slots (zset holder -> expiry ms), bucket (hash tokens, ts)
+# KEYS: pause, slots (zset holder -> expiry ms), bucket (hash tokens, ts), cap (tightened limit)
 # ARGV: now_ms, holder, slot_ttl_ms, max_concurrency (0 = none), rate (units/s, 0 = none),
 #       capacity, cost
 # Returns 0 when admitted, else the number of milliseconds to wait before trying again.
@@ -29,6 +40,8 @@ local pause_ttl = redis.call('PTTL', KEYS[1])
 if pause_ttl > 0 then return pause_ttl end
 local max_conc = tonumber(ARGV[4])
 if max_conc > 0 then
+  local cap = tonumber(redis.call('GET', KEYS[4]))
+  if cap and cap < max_conc then max_conc = cap end
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
   if redis.call('ZCARD', KEYS[2]) >= max_conc then
     return -1
@@ -57,6 +70,24 @@ end
 return 0
 """
 
+# KEYS: cap; ARGV: max_concurrency, window_ms. One slot fewer than now (at least one),
+# for `window_ms` after the latest refusal.
+_TIGHTEN = """
+local cap = tonumber(redis.call('GET', KEYS[1])) or tonumber(ARGV[1])
+cap = math.max(1, cap - 1)
+redis.call('SET', KEYS[1], cap, 'PX', tonumber(ARGV[2]))
+return cap
+"""
+
+# KEYS: slots; ARGV: holder, until_ms. Keep an abandoned request's slot until then (never
+# shorter than it already is).
+_HOLD = """
+local current = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if current and tonumber(current) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], tonumber(ARGV[2]), ARGV[1])
+return 1
+"""
+
 
 class RedisRateGate:
     """A `RateGate` (app.providers.base) for one mailbox, shared through Redis."""
@@ -71,19 +102,29 @@ class RedisRateGate:
         # A bucket of one second's worth of units: bursts up to the documented per-second
         # rate, a moving average at the rate.
         burst_seconds: float = 1.0,
+        # How long a request can still be running at the provider after we stopped waiting
+        # for it: the provider HTTP client's timeout (app.sync.runtime).
+        request_timeout_seconds: float = 30.0,
+        # How long a concurrency refusal keeps the mailbox's limit lowered.
+        tighten_seconds: float = 60.0,
     ) -> None:
         self._redis = redis
         self._keys = [
             f"gate:{mailbox_key}:pause",
             f"gate:{mailbox_key}:slots",
             f"gate:{mailbox_key}:bucket",
+            f"gate:{mailbox_key}:cap",
         ]
         self._limits = limits
         self._slot_ttl_ms = int(slot_ttl_seconds * 1000)
+        self._request_timeout_ms = int(request_timeout_seconds * 1000)
+        self._tighten_ms = int(tighten_seconds * 1000)
         rate = limits.units_per_second or 0.0
         self._rate = rate
         self._capacity = rate * burst_seconds
         self._script = redis.register_script(_ADMIT)
+        self._tighten_script = redis.register_script(_TIGHTEN)
+        self._hold_script = redis.register_script(_HOLD)
 
     async def _admit(self, holder: str, cost: int) -> int:
         now_ms = int(time.time() * 1000)
@@ -115,11 +156,26 @@ class RedisRateGate:
                 await asyncio.sleep(random.uniform(0.005, 0.025))
             else:
                 await asyncio.sleep(wait_ms / 1000 + random.uniform(0, 0.005))
+        admitted_ms = int(time.time() * 1000)
         try:
             yield
-        finally:
+        except asyncio.CancelledError:
             if self._limits.max_concurrency:
-                await self._redis.zrem(self._keys[1], holder)
+                # Whoever stopped waiting, the provider has not: the slot stays taken until
+                # the request could still be running, so no extra request slips in.
+                await self._hold_script(
+                    keys=[self._keys[1]], args=[holder, admitted_ms + self._request_timeout_ms]
+                )
+            raise
+        except BaseException:
+            await self._release(holder)
+            raise
+        else:
+            await self._release(holder)
+
+    async def _release(self, holder: str) -> None:
+        if self._limits.max_concurrency:
+            await self._redis.zrem(self._keys[1], holder)
 
     async def pause(self, seconds: float) -> None:
         ms = max(1, int(seconds * 1000))
@@ -127,3 +183,17 @@ class RedisRateGate:
         current = await self._redis.pttl(self._keys[0])
         if current is None or current < ms:
             await self._redis.set(self._keys[0], b"1", px=ms)
+
+    async def tighten(self) -> None:
+        if self._limits.max_concurrency:
+            await self._tighten_script(
+                keys=[self._keys[3]], args=[self._limits.max_concurrency, self._tighten_ms]
+            )
+
+    async def concurrency_limit(self) -> int | None:
+        """The concurrent requests allowed now (tightened or not); None without a limit."""
+        if not self._limits.max_concurrency:
+            return None
+        cap = await self._redis.get(self._keys[3])
+        limit = self._limits.max_concurrency
+        return min(limit, int(cap)) if cap is not None else limit

@@ -6,13 +6,19 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from app.providers.base import SyncContext, ThrottledError, TransientError
-from app.providers.outlook.errors import THROTTLE_STATUSES, error_for_response, parse_retry_after
+from app.providers.outlook.errors import (
+    THROTTLE_STATUSES,
+    error_for_response,
+    is_concurrency_refusal,
+    parse_retry_after,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,8 @@ class GraphClient:
         self._backoff_cap = backoff_cap
         # A longer Retry-After ends the job slice: the engine reschedules instead of waiting.
         self._max_inline_wait = max_inline_wait
+        # Requests whose caller stopped waiting, still running until Graph answers them.
+        self._abandoned: set[asyncio.Future[httpx.Response]] = set()
 
     def url(self, path_or_link: str) -> str:
         if path_or_link.startswith(("https://", "http://")):
@@ -66,11 +74,18 @@ class GraphClient:
             # Fetched per attempt and never kept: a token may expire during a long sync.
             token = await ctx.access_token()
             request_headers = {"Authorization": f"Bearer {token}", **(headers or {})}
+            exchange = asyncio.ensure_future(
+                self._exchange(ctx, method, url, params, json, request_headers)
+            )
             try:
-                async with ctx.gate.request():
-                    response = await self._http.request(
-                        method, url, params=params, json=json, headers=request_headers
-                    )
+                response = await asyncio.shield(exchange)
+            except asyncio.CancelledError:
+                # Graph goes on working on a request we stop waiting for, and counts it
+                # against the mailbox's four: let it finish, so its slot is given back
+                # when Graph is done with it rather than now.
+                self._abandoned.add(exchange)
+                exchange.add_done_callback(_forget(self._abandoned))
+                raise
             except httpx.HTTPError as exc:
                 raise TransientError(f"Graph request failed: {type(exc).__name__}") from exc
             if response.is_success or response.status_code in accept:
@@ -78,6 +93,10 @@ class GraphClient:
             if response.status_code not in THROTTLE_STATUSES:
                 raise error_for_response(response)
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if retry_after is None and is_concurrency_refusal(response):
+                # MailboxConcurrency without Retry-After: other clients of the mailbox use
+                # its slots too. Fewer at once from here, and back off before retrying.
+                await ctx.gate.tighten()
             attempt += 1
             if retry_after is not None:
                 # Everyone sharing this mailbox's limit waits, not just this worker.
@@ -100,6 +119,30 @@ class GraphClient:
                 method, response.status_code, attempt, self._max_retries,
             )  # fmt: skip
 
+    async def _exchange(
+        self,
+        ctx: SyncContext,
+        method: str,
+        url: str,
+        params: dict[str, str] | None,
+        json: dict[str, Any] | None,
+        headers: dict[str, str],
+    ) -> httpx.Response:
+        async with ctx.gate.request():
+            return await self._http.request(method, url, params=params, json=json, headers=headers)
+
     def _backoff(self, attempt: int) -> float:
         # Full jitter: workers throttled together do not come back together.
         return random.uniform(0, min(self._backoff_cap, self._backoff_base * 2**attempt))
+
+
+def _forget(
+    abandoned: set[asyncio.Future[httpx.Response]],
+) -> Callable[[asyncio.Future[httpx.Response]], None]:
+    def done(exchange: asyncio.Future[httpx.Response]) -> None:
+        abandoned.discard(exchange)
+        # Nobody reads its answer any more; an error it ended with is not news.
+        if not exchange.cancelled():
+            exchange.exception()
+
+    return done

@@ -77,6 +77,9 @@ class BucketGate:
         self.pauses.append(seconds)
         self._paused_until = max(self._paused_until, time.monotonic() + seconds)
 
+    async def tighten(self) -> None:
+        """Gmail's gate has no concurrency slots to tighten."""
+
 
 @dataclass
 class Harness:

@@ -142,6 +142,7 @@ class SemaphoreGate:
         self._paused_until = 0.0
         # (monotonic time, seconds) of every pause asked for.
         self.pauses: list[tuple[float, float]] = []
+        self.tightened = 0
 
     @asynccontextmanager
     async def request(self, cost: int = 1) -> AsyncIterator[None]:
@@ -154,3 +155,6 @@ class SemaphoreGate:
     async def pause(self, seconds: float) -> None:
         self.pauses.append((time.monotonic(), seconds))
         self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+    async def tighten(self) -> None:
+        self.tightened += 1
