@@ -74,12 +74,18 @@ class GraphClient:
             # Fetched per attempt and never kept: a token may expire during a long sync.
             token = await ctx.access_token()
             request_headers = {"Authorization": f"Bearer {token}", **(headers or {})}
+            sent = asyncio.Event()
             exchange = asyncio.ensure_future(
-                self._exchange(ctx, method, url, params, json, request_headers)
+                self._exchange(ctx, method, url, params, json, request_headers, sent)
             )
             try:
                 response = await asyncio.shield(exchange)
+                received_at = time.monotonic()
             except asyncio.CancelledError:
+                if not sent.is_set():
+                    # Still waiting for a slot: nothing reached Graph, nothing to finish.
+                    exchange.cancel()
+                    raise
                 # Graph goes on working on a request we stop waiting for, and counts it
                 # against the mailbox's four: let it finish, so its slot is given back
                 # when Graph is done with it rather than now.
@@ -93,18 +99,12 @@ class GraphClient:
             if response.status_code not in THROTTLE_STATUSES:
                 raise error_for_response(response)
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            if retry_after is None and is_concurrency_refusal(response):
-                # MailboxConcurrency without Retry-After: other clients of the mailbox use
-                # its slots too. Fewer at once from here, and back off before retrying.
-                await ctx.gate.tighten()
             attempt += 1
             if retry_after is not None:
-                # Everyone sharing this mailbox's limit waits, not just this worker.
-                started = time.monotonic()
-                await ctx.gate.pause(retry_after)
+                # The exchange already told everyone sharing this mailbox's limit to wait.
                 if attempt > self._max_retries or retry_after > self._max_inline_wait:
                     raise error_for_response(response)
-                remaining = retry_after - (time.monotonic() - started)
+                remaining = retry_after - (time.monotonic() - received_at)
                 if remaining > 0:
                     await asyncio.sleep(remaining)
             else:
@@ -127,9 +127,25 @@ class GraphClient:
         params: dict[str, str] | None,
         json: dict[str, Any] | None,
         headers: dict[str, str],
+        sent: asyncio.Event,
     ) -> httpx.Response:
+        """One request under the mailbox's gate. What a throttled answer asks of the gate is
+        done here, so it is done even when nobody waits for the answer any more."""
         async with ctx.gate.request():
-            return await self._http.request(method, url, params=params, json=json, headers=headers)
+            sent.set()
+            response = await self._http.request(
+                method, url, params=params, json=json, headers=headers
+            )
+        if response.status_code in THROTTLE_STATUSES:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if retry_after is not None:
+                # Everyone sharing this mailbox's limit waits, not just this worker.
+                await ctx.gate.pause(retry_after)
+            elif is_concurrency_refusal(response):
+                # MailboxConcurrency without Retry-After: other clients of the mailbox use
+                # its slots too. Fewer at once from here; the caller backs off and retries.
+                await ctx.gate.tighten()
+        return response
 
     def _backoff(self, attempt: int) -> float:
         # Full jitter: workers throttled together do not come back together.
