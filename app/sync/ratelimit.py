@@ -79,13 +79,10 @@ redis.call('SET', KEYS[1], cap, 'PX', tonumber(ARGV[2]))
 return cap
 """
 
-# KEYS: slots; ARGV: holder, until_ms. Keep an abandoned request's slot until then (never
-# shorter than it already is).
+# KEYS: slots; ARGV: holder, until_ms. An abandoned request's slot lapses then rather than
+# at the admission's crash-safety expiry (only if the slot is still there to keep).
 _HOLD = """
-local current = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if current and tonumber(current) >= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], tonumber(ARGV[2]), ARGV[1])
-return 1
+return redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[2]), ARGV[1])
 """
 
 

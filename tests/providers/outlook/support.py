@@ -93,6 +93,8 @@ class NotificationReceiver:
     def __init__(self, *, echo_validation: bool = True, status: int = 202) -> None:
         self.echo_validation = echo_validation
         self.status = status
+        # Seconds to take over the validation answer (a cold start, a slow deployment).
+        self.validation_delay = 0.0
         self.validations: list[str] = []
         self.notifications: list[dict[str, Any]] = []
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -112,6 +114,8 @@ class NotificationReceiver:
         token = request.query_params.get("validationToken")
         if token is not None:
             self.validations.append(token)
+            if self.validation_delay:
+                await asyncio.sleep(self.validation_delay)
             if not self.echo_validation:
                 return Response(status_code=500)
             return PlainTextResponse(token)
