@@ -61,6 +61,12 @@ class CursorInvalidError(ProviderError):
     """The stored cursor is dead (Graph 410 syncStateNotFound, Gmail history 404)."""
 
 
+class StreamGoneError(ProviderError):
+    """The stream itself is gone at the provider (a Graph folder deleted while it was being
+    synced: ErrorSyncFolderNotFound, ErrorItemNotFound). Not the mailbox's failure: the
+    engine drops the stream's cursor and rows and carries on with the others."""
+
+
 class PermanentError(ProviderError):
     """A request the provider will never accept; the mailbox goes to `error` with the reason."""
 

@@ -19,11 +19,13 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Mailbox
 from app.db.repositories.cursors import CursorRepository, StreamState
@@ -39,6 +41,7 @@ from app.providers.base import (
     MailProvider,
     Page,
     PermanentError,
+    StreamGoneError,
     StreamInfo,
     SyncContext,
     ThrottledError,
@@ -236,10 +239,12 @@ class SyncEngine:
         streams = await self._with_token_retry(tokens, partial(provider.list_streams, ctx))
         async with self.rt.sessions() as session, session.begin():
             cursors = CursorRepository(session)
+            labels_before = {s.stream_key: s.labels for s in await cursors.list(mailbox.id)}
             await cursors.sync_streams(mailbox.id, list(streams))
             removed = await MessageRepository(session).delete_streams_except(
                 mailbox.id, [s.key for s in streams]
             )
+            await self._relabel_renamed_streams(session, mailbox.id, labels_before, streams)
             states = await cursors.list(mailbox.id)
             if not any(not s.caught_up for s in states):
                 # A new pass: every stream is polled once from its cursor.
@@ -413,6 +418,17 @@ class SyncEngine:
                 current, upcoming = upcoming or fetch(cursor), None
                 try:
                     page = await current
+                except StreamGoneError as exc:
+                    log.info(
+                        "mailbox %s stream %s: gone at the provider (%s); dropping it",
+                        mailbox.id,
+                        stream.key,
+                        exc,
+                    )
+                    while writing:
+                        await writing.popleft().task
+                    await self._drop_stream(mailbox.id, stream.key, state)
+                    return
                 except CursorInvalidError as exc:
                     if cursor is None:
                         # Refusing a fresh enumeration is not a dead cursor; do not loop on it.
@@ -522,6 +538,65 @@ class SyncEngine:
                 total_estimate=self._total(state),
             )
         state.pages += 1
+
+    # -- streams that changed shape ---------------------------------------------------
+
+    @staticmethod
+    async def _relabel_renamed_streams(
+        session: AsyncSession,
+        mailbox_id: uuid.UUID,
+        labels_before: dict[str, tuple[str, ...]],
+        streams: Sequence[StreamInfo],
+    ) -> None:
+        """A folder renamed or moved since the last slice: the messages it holds (and no
+        page will rewrite until they change) carry its new label from this commit on."""
+        messages = MessageRepository(session)
+        for stream in streams:
+            before = labels_before.get(stream.key)
+            if before is None or before == stream.labels:
+                continue
+            relabelled = await messages.replace_stream_labels(
+                mailbox_id, stream.key, before, stream.labels
+            )
+            if relabelled:
+                await OutboxRepository(session).add(
+                    mailbox_id,
+                    "messages.changed",
+                    {
+                        "stream": stream.key,
+                        "upserted": [],
+                        "deleted": [],
+                        "relabelled": relabelled,
+                        "swept": 0,
+                    },
+                )
+
+    async def _drop_stream(
+        self, mailbox_id: uuid.UUID, stream_key: str, state: _SliceState
+    ) -> None:
+        """The stream is gone at the provider: its rows and cursor go, in one commit."""
+        async with self.rt.sessions() as session, session.begin():
+            swept = await MessageRepository(session).delete_stream(mailbox_id, stream_key)
+            await CursorRepository(session).drop(mailbox_id, stream_key)
+            if swept:
+                await OutboxRepository(session).add(
+                    mailbox_id,
+                    "messages.changed",
+                    {
+                        "stream": stream_key,
+                        "upserted": [],
+                        "deleted": [],
+                        "relabelled": [],
+                        "swept": swept,
+                    },
+                )
+            state.totals.pop(stream_key, None)
+            await MailboxRepository(session).fence(
+                state.lease,
+                self.settings.lease_seconds,
+                synced_delta=-swept,
+                total_estimate=self._total(state),
+            )
 
     # -- helpers ----------------------------------------------------------------------
 

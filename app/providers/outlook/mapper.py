@@ -40,10 +40,6 @@ WELL_KNOWN_LABELS = {
 }
 
 
-def folder_labels(display_name: str, well_known_label: str | None) -> tuple[str, ...]:
-    return (well_known_label,) if well_known_label else (display_name,)
-
-
 def _addresses(recipients: Any) -> list[str]:
     if recipients.__class__ is not list:
         return []

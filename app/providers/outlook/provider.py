@@ -23,6 +23,7 @@ from app.providers.base import (
     PermanentError,
     ProviderLimits,
     ProviderName,
+    StreamGoneError,
     StreamInfo,
     Subscription,
     SyncContext,
@@ -41,6 +42,9 @@ from app.providers.outlook.mapper import (
     decode_messages,
 )
 
+# A message delta on a deleted folder: with a state token, ErrorSyncFolderNotFound; a
+# fresh round on an id that no longer resolves, ErrorItemNotFound.
+_FOLDER_GONE_CODES = frozenset({"ErrorSyncFolderNotFound", "ErrorItemNotFound"})
 # Graph caps message delta pages at 1000, the largest page it accepts.
 MAX_PAGE_SIZE = 1000
 _DELTA_PREFER = f'odata.maxpagesize={MAX_PAGE_SIZE}, IdType="ImmutableId"'
@@ -134,9 +138,10 @@ class OutlookProvider:
                 ctx, "GET", link, params=params, headers={"Prefer": _DELTA_PREFER}
             )
         except GraphRequestError as exc:
-            if exc.status == 404 and exc.code == "ErrorItemNotFound":
-                # The folder itself is gone: a complete, empty enumeration removes its rows.
-                return Page(cursor={}, caught_up=True, full_sync_complete=True, total_estimate=0)
+            if exc.status == 404 and exc.code in _FOLDER_GONE_CODES:
+                # The folder was deleted since the folder list was read: the stream is gone,
+                # which is no fault of the mailbox's.
+                raise StreamGoneError(f"folder {stream.name!r} is gone ({exc.code})") from exc
             raise
         try:
             decoded = decode_messages(response.content)
