@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.providers.base import StreamInfo, SyncContext, TransientError
+from app.providers.base import StreamGoneError, StreamInfo, SyncContext, TransientError
 from app.providers.outlook.aadsts import explain
 from app.providers.outlook.notifications import parse_notifications
 from app.simulator.server import SimulatorServer
@@ -254,3 +254,62 @@ async def test_a_worker_that_stops_mid_request_leaves_its_slots_taken(
     seen = counters(simulator, key)
     assert seen["throttled"] == 0 and seen["concurrency_peak"] <= 4
     assert len(pages) == 4
+
+
+async def _sim(client: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> Any:
+    response = await client.request(method, f"/_sim/microsoft/accounts{path}", **kwargs)
+    assert response.status_code < 300, response.text
+    return response.json()
+
+
+async def test_folder_changes_reach_the_streams_with_unambiguous_labels(
+    client: httpx.AsyncClient, connect: Connect
+) -> None:
+    sim_account = await create_account(client, message_count=200)
+    user = sim_account["user_id"]
+    mailbox = connect(sim_account)
+    before = {s.name: s for s in await mailbox.provider.list_streams(mailbox.ctx)}
+    # Two folders of the same name in different places, and a name with a slash.
+    for parent in ("archive", before["Projects"].key):
+        await _sim(
+            client, "POST", f"/{user}/folders", json={"display_name": "2024", "parent": parent}
+        )
+    await _sim(client, "POST", f"/{user}/folders", json={"display_name": "a/b", "parent": "inbox"})
+    await _sim(
+        client, "PATCH", f"/{user}/folders/{before['Team'].key}", json={"display_name": "Crew"}
+    )
+    await _sim(
+        client,
+        "PATCH",
+        f"/{user}/folders/{before['Projects'].key}",
+        json={"parent": "deleteditems"},
+    )
+    await _sim(client, "DELETE", f"/{user}/folders/{before['Receipts'].key}")
+
+    after = await mailbox.provider.list_streams(mailbox.ctx)
+    labels = sorted(label for s in after for label in s.labels)
+    assert "ARCHIVE/2024" in labels and "TRASH/Projects/2024" in labels
+    assert "INBOX/a\\/b" in labels
+    # Renaming Team renames its child's label too; moving Projects moves its children's.
+    assert "INBOX/Crew" in labels and "INBOX/Crew/Leads" in labels
+    assert "TRASH/Projects" in labels
+    assert before["Receipts"].key not in {s.key for s in after}
+    assert len(labels) == len(set(labels))
+
+
+async def test_a_folder_deleted_mid_round_is_a_stream_gone(
+    client: httpx.AsyncClient, connect: Connect
+) -> None:
+    sim_account = await create_account(client, message_count=50)
+    user = sim_account["user_id"]
+    mailbox = connect(sim_account)
+    folder = await _sim(client, "POST", f"/{user}/folders", json={"display_name": "Big"})
+    await _sim(client, "POST", f"/{user}/messages", json={"folder": folder["id"], "count": 1500})
+    stream = next(
+        s for s in await mailbox.provider.list_streams(mailbox.ctx) if s.key == folder["id"]
+    )
+    first = await mailbox.provider.fetch_page(mailbox.ctx, stream, None)
+    assert len(first.upserts) == 1000 and not first.caught_up
+    await _sim(client, "DELETE", f"/{user}/folders/{folder['id']}")
+    with pytest.raises(StreamGoneError, match="ErrorSyncFolderNotFound"):
+        await mailbox.provider.fetch_page(mailbox.ctx, stream, first.cursor)
