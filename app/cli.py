@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -89,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         uvicorn.run("app.main:app", host=args.host, port=args.port, proxy_headers=True)
         return 0
     if args.command == "worker":
-        # arq's own CLI handles signals and graceful shutdown.
-        return subprocess.call([sys.executable, "-m", "arq", "app.sync.worker.WorkerSettings"])
+        # Replace this process with arq's own CLI: signals (SIGTERM from a supervisor, or as
+        # PID 1 in a container) reach the worker itself, which lets running slices commit,
+        # and no parent is left to orphan it.
+        argv = [sys.executable, "-m", "arq", "app.sync.worker.WorkerSettings"]
+        os.execv(sys.executable, argv)  # noqa: S606
     if args.command == "openapi":
         current = openapi_document()
         if args.check:

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     auth_jwks_url: str = Field(default="", alias="AUTH_JWKS_URL")
     auth_jwt_audience: str = Field(default="", alias="AUTH_JWT_AUDIENCE")
     auth_jwt_issuer: str = Field(default="", alias="AUTH_JWT_ISSUER")
+    # Entra ID puts app roles in `roles`; a caller holding this role is an operator.
+    auth_roles_claim: str = Field(default="roles", alias="AUTH_ROLES_CLAIM")
+    auth_operator_role: str = Field(default="mailsync.operator", alias="AUTH_OPERATOR_ROLE")
 
     public_base_url: str = Field(default="http://localhost:8000", alias="PUBLIC_BASE_URL")
 
@@ -35,6 +38,8 @@ class Settings(BaseSettings):
         default="https://login.microsoftonline.com", alias="MICROSOFT_AUTHORITY_HOST"
     )
     microsoft_tenant: str = Field(default="common", alias="MICROSOFT_TENANT")
+    # Tenants whose mailboxes operators may connect app-only (empty: nobody may).
+    microsoft_app_only_tenants: str = Field(default="", alias="MICROSOFT_APP_ONLY_TENANTS")
     graph_base_url: str = Field(default="https://graph.microsoft.com/v1.0", alias="GRAPH_BASE_URL")
 
     google_client_id: str = Field(default="", alias="GOOGLE_CLIENT_ID")
@@ -60,16 +65,25 @@ class Settings(BaseSettings):
     sync_slice_pages: int = Field(default=50, alias="SYNC_SLICE_PAGES")
     # A first sync stores this many of the newest messages before the backfill (0: off).
     sync_recent_first: int = Field(default=100, ge=0, le=1000, alias="SYNC_RECENT_FIRST")
-    lease_seconds: int = Field(default=60, alias="LEASE_SECONDS")
+    # Renewed by a heartbeat while a slice runs: short, so a dead worker's mailbox is taken
+    # over within about this long.
+    lease_seconds: int = Field(default=15, ge=3, alias="LEASE_SECONDS")
     job_timeout_seconds: int = Field(default=120, alias="JOB_TIMEOUT_SECONDS")
     token_refresh_margin_seconds: int = Field(default=300, alias="TOKEN_REFRESH_MARGIN_SECONDS")
     max_transient_retries: int = Field(default=8, alias="MAX_TRANSIENT_RETRIES")
     scheduler_batch: int = Field(default=500, alias="SCHEDULER_BATCH")
     worker_max_jobs: int = Field(default=10, alias="WORKER_MAX_JOBS")
+    log_level: str = Field(default="INFO", alias="LOG_LEVEL")
 
     @property
     def is_development(self) -> bool:
         return self.environment in ("development", "test")
+
+    @property
+    def app_only_tenants(self) -> frozenset[str]:
+        return frozenset(
+            t.strip().lower() for t in self.microsoft_app_only_tenants.split(",") if t.strip()
+        )
 
     @property
     def encryption_keys(self) -> list[str]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
+
+from app.config import get_settings
 
 
-def configure_logging() -> None:
-    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+def configure_logging(level: str | None = None) -> None:
+    # From the settings, so a `.env` file sets it as well as the environment.
+    level = (level or get_settings().log_level).upper()
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -26,7 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        configure_logging()
+        configure_logging(settings.log_level)
         rt = await Runtime.create(settings)
         app.state.rt = rt
         # One verifier per process: it caches Google's push signing keys.

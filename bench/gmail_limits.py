@@ -32,6 +32,7 @@ from app.config import Settings
 from app.sync import mailboxes as service
 from app.sync.queue import enqueue_sync
 from app.sync.runtime import Runtime
+from app.sync.states import MailboxStatus
 from bench.common import scratch_database, start_simulator
 
 REDIS_DB_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -167,7 +168,7 @@ async def run(args: argparse.Namespace) -> None:
                 await session.commit()
             await enqueue_sync(rt.redis, mailbox.id)
             status = ""
-            while status != "connected":
+            while status != MailboxStatus.CONNECTED:
                 await asyncio.sleep(0.1)
                 async with rt.sessions() as session:
                     status, last_error = (
@@ -176,7 +177,7 @@ async def run(args: argparse.Namespace) -> None:
                             {"id": mailbox.id},
                         )
                     ).one()
-                if status in ("error", "auth_expired"):
+                if status in (MailboxStatus.ERROR, MailboxStatus.AUTH_EXPIRED):
                     raise RuntimeError(f"sync failed: {last_error}")
                 if worker.returncode is not None:
                     raise RuntimeError("worker exited")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any
 
@@ -54,16 +55,58 @@ async def decode_bearer(token: str, settings: Settings) -> dict[str, Any]:
     raise _unauthorized(f"bearer token algorithm {alg!r} is not accepted")
 
 
-async def current_user(request: Request) -> str:
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: the `sub` claim, and the roles the token grants."""
+
+    user_id: str
+    roles: frozenset[str]
+
+    def is_operator(self, settings: Settings) -> bool:
+        return settings.auth_operator_role in self.roles
+
+
+def roles_of(claims: dict[str, Any], claim: str) -> frozenset[str]:
+    """Entra ID issues `roles` as a list; some issuers send one space-separated string."""
+    value = claims.get(claim)
+    if isinstance(value, str):
+        return frozenset(value.split())
+    if isinstance(value, list):
+        return frozenset(v for v in value if isinstance(v, str))
+    return frozenset()
+
+
+async def current_caller(request: Request) -> Caller:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("missing bearer token")
-    claims = await decode_bearer(token.strip(), request.app.state.settings)
+    settings: Settings = request.app.state.settings
+    claims = await decode_bearer(token.strip(), settings)
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise _unauthorized("bearer token has no subject")
-    return sub
+    return Caller(sub, roles_of(claims, settings.auth_roles_claim))
 
 
+async def current_user(caller: Annotated[Caller, Depends(current_caller)]) -> str:
+    return caller.user_id
+
+
+async def current_operator(
+    request: Request, caller: Annotated[Caller, Depends(current_caller)]
+) -> Caller:
+    settings: Settings = request.app.state.settings
+    if not caller.is_operator(settings):
+        raise ApiError(
+            403,
+            "forbidden",
+            f"this needs the operator role {settings.auth_operator_role!r} "
+            f"in the token's {settings.auth_roles_claim!r} claim",
+        )
+    return caller
+
+
+CurrentCaller = Annotated[Caller, Depends(current_caller)]
 CurrentUser = Annotated[str, Depends(current_user)]
+Operator = Annotated[Caller, Depends(current_operator)]

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
 
-MailboxStatus = Literal["pending", "syncing", "connected", "error", "auth_expired", "disconnected"]
+from app.sync.states import MailboxStatus, Phase
 
 
 class ConnectRequest(BaseModel):
@@ -86,11 +86,23 @@ class MailboxStatusView(BaseModel):
     provider: str
     email: str | None
     status: MailboxStatus
-    phase: str | None
+    phase: Phase | None
     progress: Progress
     last_synced_at: datetime | None
     last_error: str | None
     last_error_at: datetime | None
+    in_sync: bool = Field(
+        description="Every stream caught up and no change known that is not yet applied."
+    )
+    pending_since: datetime | None = Field(
+        description="The oldest change known (a notification, a connect) not yet applied."
+    )
+    last_verified_at: datetime | None = Field(
+        description="When the completion monitor last found the store equal to the provider."
+    )
+    streams_behind: int = Field(
+        description="Streams (folders, the Gmail mailbox) being enumerated or owing a fetch."
+    )
 
 
 class StatusResponse(BaseModel):

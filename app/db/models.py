@@ -54,6 +54,7 @@ class Mailbox(SQLModel, table=True):
     tenant_id: str | None = Field(default=None, sa_column=Column(Text))
     provider_user_id: str | None = Field(default=None, sa_column=Column(Text))
 
+    # Values and the transitions between them: app/sync/states.py (CHECK constraints too).
     status: str = Field(default="pending", sa_column=Column(Text, nullable=False))
     phase: str | None = Field(default=None, sa_column=Column(Text))
     messages_synced: int = Field(
@@ -70,7 +71,19 @@ class Mailbox(SQLModel, table=True):
     next_sync_at: datetime | None = _ts()
     # Set by webhooks and connect; a sync that started before it owes another pass.
     sync_requested_at: datetime | None = _ts()
+    # The slice that holds (or last held) the lease started at sync_started_at; the pass it
+    # belongs to (a pass may span slices) at pass_started_at (NULL between passes).
     sync_started_at: datetime | None = _ts()
+    pass_started_at: datetime | None = _ts()
+    # The oldest change known and not yet applied; pending_next: the oldest that arrived
+    # after the running pass began (it becomes pending_since when that pass completes).
+    pending_since: datetime | None = _ts()
+    pending_next: datetime | None = _ts()
+    # First completed pass (mailbox.connected); entered error/auth_expired without a pass
+    # completed since (mailbox.recovered when one does); the monitor's last good check.
+    connected_at: datetime | None = _ts()
+    failing_since: datetime | None = _ts()
+    last_verified_at: datetime | None = _ts()
 
     lease_owner: str | None = Field(default=None, sa_column=Column(Text))
     lease_expires_at: datetime | None = _ts()
@@ -118,7 +131,7 @@ class SyncCursor(SQLModel, table=True):
         default_factory=list, sa_column=Column(ARRAY(Text), nullable=False, server_default="{}")
     )
     cursor: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
-    # "full" while enumerating from scratch, "incremental" once caught up.
+    # StreamMode (app/sync/states.py): full while enumerating from scratch, then incremental.
     mode: str = Field(default="full", sa_column=Column(Text, nullable=False))
     # Bumped by every full enumeration; rows not seen by the current one are swept at its end.
     generation: int = Field(
@@ -126,6 +139,10 @@ class SyncCursor(SQLModel, table=True):
     )
     caught_up: bool = Field(default=False)
     total_estimate: int | None = Field(default=None, sa_column=Column(BigInteger))
+    # Messages seen by the current full enumeration (progress of a backfill or rebuild).
+    enumerated: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
     updated_at: datetime | None = _ts(nullable=False, default_now=True)
 
 

@@ -25,13 +25,12 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from app.db.models import Mailbox
 from app.db.repositories.cursors import CursorRepository, StreamState
 from app.db.repositories.mailboxes import Lease, LeaseLost, MailboxRepository
 from app.db.repositories.messages import MessageRepository
 from app.db.repositories.outbox import OutboxRepository
+from app.db.session import AsyncSession
 from app.providers.base import (
     AccessTokenRejected,
     Account,
@@ -44,11 +43,12 @@ from app.providers.base import (
     StreamGoneError,
     StreamInfo,
     SyncContext,
-    ThrottledError,
     TransientError,
 )
+from app.sync import states
 from app.sync.ratelimit import RedisRateGate
 from app.sync.runtime import Runtime
+from app.sync.states import MailboxStatus, Phase, StreamMode
 from app.sync.tokens import TokenSource
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,16 @@ class _SliceState:
     totals: dict[str, int | None] = field(default_factory=dict)
     pages: int = 0
     incomplete: bool = False
-    phase: str | None = None
-    status: str = "syncing"
+    status: MailboxStatus = MailboxStatus.SYNCING
+    heartbeat: asyncio.Task[None] | None = None
+
+    async def stop_heartbeat(self) -> None:
+        """Before the slice releases its lease: a heartbeat that found the lease released
+        must not mistake that for a lost lease and cancel the slice's last write."""
+        if self.heartbeat is not None:
+            self.heartbeat.cancel()
+            await asyncio.gather(self.heartbeat, return_exceptions=True)
+            self.heartbeat = None
 
 
 def account_of(mailbox: Mailbox) -> Account:
@@ -111,11 +119,16 @@ def backoff_seconds(failures: int, *, base: float = 2.0, cap: float = 900.0) -> 
     return random.uniform(base / 2, min(cap, base * (2 ** max(failures, 0))))
 
 
-def _phase(streams: list[StreamState]) -> str:
-    full = [s for s in streams if s.mode == "full"]
-    if not full:
-        return "incremental"
-    return "resync" if any(s.generation > 1 for s in full) else "backfill"
+def next_pass_in(interval: float) -> float:
+    """The periodic pass after a completed one: the interval, ±10%, so mailboxes connected
+    together (or re-enqueued together after a restart) do not come due together."""
+    return interval * random.uniform(0.9, 1.1)
+
+
+async def _phase_now(session: AsyncSession, mailbox_id: uuid.UUID, *, running: bool) -> Phase:
+    """The phase as the streams' committed state says, read when it is written."""
+    streams = await CursorRepository(session).list(mailbox_id)
+    return states.phase_of((s.progress() for s in streams), running=running)
 
 
 # A stream's pages arrive one after another (each carries the link to the next), so the
@@ -177,42 +190,106 @@ class SyncEngine:
         provider = self.rt.provider(mailbox.provider)
         account = account_of(mailbox)
         tokens = TokenSource(self.rt, mailbox_id, account, provider)
-        gate = RedisRateGate(self.rt.redis, str(mailbox_id), provider.limits())
+        gate = RedisRateGate(
+            self.rt.redis,
+            str(mailbox_id),
+            provider.limits(),
+            slot_ttl_seconds=settings.lease_seconds,
+        )
         ctx = SyncContext(account=account, access_token=tokens.get, gate=gate)
         state = _SliceState(lease=lease)
+        lost = asyncio.Event()
+        state.heartbeat = asyncio.create_task(self._heartbeat(lease, asyncio.current_task(), lost))
+        try:
+            return await self._settle(mailbox, provider, ctx, tokens, state)
+        except asyncio.CancelledError:
+            if not lost.is_set():
+                raise
+            # Our own heartbeat stopped us: the lease is gone, and with it every write.
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            log.warning("mailbox %s: lease lost mid-slice; stopped", mailbox_id)
+            return SliceResult(Outcome.LEASE_LOST, pages=state.pages)
+        finally:
+            await state.stop_heartbeat()
+
+    async def _heartbeat(
+        self, lease: Lease, slice_task: asyncio.Task[Any] | None, lost: asyncio.Event
+    ) -> None:
+        """Renew the lease while the slice runs, whatever it waits on (a slow fetch, a
+        Retry-After pause): a live worker never loses its mailbox, so the lease can be short
+        and a dead worker's mailbox is taken over within about one lease period."""
+        interval = max(0.5, self.settings.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with self.rt.sessions() as session, session.begin():
+                    held = await MailboxRepository(session).heartbeat(
+                        lease, self.settings.lease_seconds
+                    )
+            except Exception as exc:
+                # PostgreSQL unreachable: the page fences will tell; the lease may lapse.
+                log.warning("mailbox %s: lease heartbeat failed: %s", lease.mailbox_id, exc)
+                continue
+            if not held:
+                lost.set()
+                if slice_task is not None:
+                    slice_task.cancel()
+                return
+
+    async def _settle(
+        self,
+        mailbox: Mailbox,
+        provider: MailProvider,
+        ctx: SyncContext,
+        tokens: TokenSource,
+        state: _SliceState,
+    ) -> SliceResult:
         try:
             return await self._sync(mailbox, provider, ctx, tokens, state)
-        except LeaseLost as exc:
-            log.warning("mailbox %s: %s; stopping without writing", mailbox_id, exc)
+        except BaseException as exc:
+            await state.stop_heartbeat()
+            return await self._after_failure(mailbox, state, exc)
+
+    async def _after_failure(
+        self, mailbox: Mailbox, state: _SliceState, exc: BaseException
+    ) -> SliceResult:
+        """Turn what went wrong into the mailbox's next state (and re-raise what is not ours:
+        a cancelled job, a dying process)."""
+        lease = state.lease
+        if isinstance(exc, LeaseLost):
+            log.warning("mailbox %s: %s; stopping without writing", mailbox.id, exc)
             return SliceResult(Outcome.LEASE_LOST, pages=state.pages)
-        except AuthExpiredError as exc:
+        if isinstance(exc, AuthExpiredError):
             message = str(exc) or exc.__class__.__name__
-            log.warning("mailbox %s: authorization expired: %s", mailbox_id, message)
+            log.warning("mailbox %s: authorization expired: %s", mailbox.id, message)
             await self._guarded(lambda repo: repo.park_auth_expired(lease, message))
             return SliceResult(Outcome.AUTH_EXPIRED, pages=state.pages, message=message)
-        except ThrottledError as exc:
+        if isinstance(exc, TransientError):  # ThrottledError included
             return await self._retry_later(mailbox, state, exc, exc.retry_after)
-        except TransientError as exc:
-            return await self._retry_later(mailbox, state, exc, exc.retry_after)
-        except PermanentError as exc:
+        if isinstance(exc, PermanentError):
             message = f"{exc.__class__.__name__}: {exc}"
-            log.error("mailbox %s: permanent provider error: %s", mailbox_id, message)
-            next_at = datetime.now(UTC) + timedelta(seconds=settings.sync_interval_seconds)
+            error_class = exc.__class__.__name__
+            log.error("mailbox %s: permanent provider error: %s", mailbox.id, message)
+            next_at = datetime.now(UTC) + timedelta(seconds=self.settings.sync_interval_seconds)
             await self._guarded(
                 lambda repo: repo.finish(
                     lease,
-                    status="error",
+                    status=MailboxStatus.ERROR,
                     phase=None,
                     next_sync_at=next_at,
                     last_error=message,
                     failure=True,
+                    error_class=error_class,
                 )
             )
             return SliceResult(Outcome.ERROR, pages=state.pages, message=message)
-        except Exception as exc:
+        if isinstance(exc, Exception):
             # An engine bug or an unclassified failure: never leave the mailbox "syncing".
-            log.exception("mailbox %s: unexpected failure", mailbox_id)
+            log.error("mailbox %s: unexpected failure", mailbox.id, exc_info=exc)
             return await self._retry_later(mailbox, state, exc, None)
+        raise exc
 
     # -- the slice --------------------------------------------------------------------
 
@@ -245,31 +322,33 @@ class SyncEngine:
                 mailbox.id, [s.key for s in streams]
             )
             await self._relabel_renamed_streams(session, mailbox.id, labels_before, streams)
-            states = await cursors.list(mailbox.id)
-            if not any(not s.caught_up for s in states):
+            streams_now = await cursors.list(mailbox.id)
+            # A pass may span slices; a new one begins when the last one completed.
+            begin_pass = mailbox.pass_started_at is None
+            if all(s.caught_up for s in streams_now):
                 # A new pass: every stream is polled once from its cursor.
                 await cursors.start_pass(mailbox.id)
-                states = await cursors.list(mailbox.id)
-            state.totals = {s.stream_key: s.total_estimate for s in states}
-            state.phase = _phase(states)
-            # A healthy mailbox stays "connected" through later passes; `phase` says more.
-            state.status = "syncing" if first_pass or mailbox.status != "connected" else "connected"
+                streams_now = await cursors.list(mailbox.id)
+                begin_pass = True
+            state.totals = {s.stream_key: s.total_estimate for s in streams_now}
+            state.status = states.during_slice(mailbox.status)
             await MailboxRepository(session).fence(
                 lease,
                 settings.lease_seconds,
                 synced_delta=-removed,
                 total_estimate=self._total(state),
-                status=state.status,
-                phase=state.phase,
+                status=state.status if state.status != mailbox.status else None,
+                phase=states.phase_of((s.progress() for s in streams_now), running=True),
+                begin_pass=begin_pass,
             )
 
-        if first_pass and settings.sync_recent_first and all(s.cursor is None for s in states):
-            await self._show_recent_first(provider, ctx, tokens, mailbox, states, state)
+        if first_pass and settings.sync_recent_first and all(s.cursor is None for s in streams_now):
+            await self._show_recent_first(provider, ctx, tokens, mailbox, streams_now, state)
 
         # Largest first: a folder's pages come one after another, so the biggest folder is
         # the critical path of a backfill and must not start behind the small ones.
         pending = sorted(
-            (s for s in states if not s.caught_up),
+            (s for s in streams_now if not s.caught_up),
             key=lambda s: s.total_estimate or 0,
             reverse=True,
         )
@@ -301,13 +380,13 @@ class SyncEngine:
         if not queue.empty():
             state.incomplete = True
 
+        await state.stop_heartbeat()
         if state.incomplete:
             async with self.rt.sessions() as session, session.begin():
-                repo = MailboxRepository(session)
-                await repo.finish(
+                await MailboxRepository(session).finish(
                     lease,
                     status=state.status,
-                    phase=state.phase,
+                    phase=await _phase_now(session, mailbox.id, running=True),
                     # If the continuation job is lost (Redis flushed), the scheduler resumes soon.
                     next_sync_at=datetime.now(UTC) + timedelta(seconds=5),
                 )
@@ -315,21 +394,22 @@ class SyncEngine:
                 Outcome.CONTINUE, pages=state.pages, fencing_token=lease.fencing_token
             )
 
-        jitter = random.uniform(0, settings.sync_interval_seconds * 0.1)
-        next_at = datetime.now(UTC) + timedelta(seconds=settings.sync_interval_seconds + jitter)
+        next_at = datetime.now(UTC) + timedelta(
+            seconds=next_pass_in(settings.sync_interval_seconds)
+        )
         async with self.rt.sessions() as session, session.begin():
             # Pages keep the counter exact; after an enumeration, recount as a safety net.
-            recount = state.phase != "incremental"
+            recount = first_pass or any(s.mode == StreamMode.FULL for s in streams_now)
             count = await MessageRepository(session).count(mailbox.id) if recount else None
-            requested = await MailboxRepository(session).finish(
+            finished = await MailboxRepository(session).finish(
                 lease,
-                status="connected",
-                phase="idle",
+                status=MailboxStatus.CONNECTED,
+                phase=Phase.IDLE,
                 next_sync_at=next_at,
-                synced=True,
+                pass_completed=True,
                 messages_synced=count,
             )
-        outcome = Outcome.DONE_AGAIN if requested is not None else Outcome.DONE
+        outcome = Outcome.DONE_AGAIN if finished.owed else Outcome.DONE
         return SliceResult(outcome, pages=state.pages, fencing_token=lease.fencing_token)
 
     async def _show_recent_first(
@@ -397,7 +477,7 @@ class SyncEngine:
         stream: StreamInfo = stream_state.as_stream()
         cursor = stream_state.cursor
         generation = stream_state.generation
-        mode = stream_state.mode
+        mode = StreamMode(stream_state.mode)
 
         def fetch(after: Cursor | None) -> asyncio.Task[Page]:
             return asyncio.create_task(
@@ -445,13 +525,15 @@ class SyncEngine:
                         await writing.popleft().task
                     async with self.rt.sessions() as session, session.begin():
                         generation = await CursorRepository(session).restart(mailbox.id, stream.key)
+                        # From the first moment: the status must not claim a mailbox whose
+                        # folder is being rebuilt is merely following its cursors.
                         await MailboxRepository(session).fence(
-                            state.lease, self.settings.lease_seconds, phase="resync"
+                            state.lease, self.settings.lease_seconds, phase=Phase.RESYNC
                         )
-                    cursor, mode = None, "full"
+                    cursor, mode = None, StreamMode.FULL
                     continue
                 if cursor is None:
-                    mode = "full"
+                    mode = StreamMode.FULL
                 if not page.caught_up and budget.pages_left > 0:
                     upcoming = fetch(page.cursor)
                 # A failed commit stops the stream here: the pages after it fail too (each
@@ -467,7 +549,7 @@ class SyncEngine:
                 writing.append(_Writing.start(page, task))
                 cursor = page.cursor
                 if page.full_sync_complete:
-                    mode = "incremental"
+                    mode = StreamMode.INCREMENTAL
                 if page.caught_up:
                     break
             while writing:
@@ -485,18 +567,14 @@ class SyncEngine:
         mailbox_id: uuid.UUID,
         stream: StreamInfo,
         generation: int,
-        mode: str,
+        mode: StreamMode,
         page: Page,
         state: _SliceState,
         after: asyncio.Task[None] | None = None,
     ) -> None:
         if page.total_estimate is not None:
             state.totals[stream.key] = page.total_estimate
-        new_mode = (
-            "incremental"
-            if page.full_sync_complete or (page.caught_up and mode == "incremental")
-            else mode
-        )
+        new_mode = StreamMode.INCREMENTAL if page.full_sync_complete else mode
         async with self.rt.sessions() as session, session.begin():
             messages = MessageRepository(session)
             upserted = await messages.upsert_page(mailbox_id, stream.key, generation, page.upserts)
@@ -516,6 +594,7 @@ class SyncEngine:
                 caught_up=page.caught_up,
                 mode=new_mode,
                 total_estimate=page.total_estimate,
+                enumerated=len(page.upserts) if mode is StreamMode.FULL else 0,
             )
             # Only what changed: a page replayed as it was stored is no event at all.
             if upserted.written or deleted or relabelled or swept:
@@ -631,22 +710,24 @@ class SyncEngine:
         failures = mailbox.consecutive_failures + 1
         delay = max(retry_after or 0.0, backoff_seconds(failures))
         message = f"{exc.__class__.__name__}: {exc}"[:500]
-        give_up = failures >= self.settings.max_transient_retries
-        status = (
-            "error" if give_up else ("connected" if mailbox.status == "connected" else "syncing")
+        status = states.after_transient_failure(
+            mailbox.status, failures, self.settings.max_transient_retries
         )
         log.warning(
             "mailbox %s: %s; retrying in %.1fs (failure %d)", mailbox.id, message, delay, failures
         )
         next_at = datetime.now(UTC) + timedelta(seconds=delay)
-        await self._guarded(
-            lambda repo: repo.finish(
+
+        async def release(repo: MailboxRepository) -> None:
+            await repo.finish(
                 state.lease,
                 status=status,
-                phase=mailbox.phase,
+                phase=await _phase_now(repo.session, mailbox.id, running=False),
                 next_sync_at=next_at,
                 last_error=message,
                 failure=True,
+                error_class=exc.__class__.__name__,
             )
-        )
+
+        await self._guarded(release)
         return SliceResult(Outcome.RETRY_LATER, delay=delay, pages=state.pages, message=message)

@@ -13,6 +13,7 @@ from app.providers.base import AuthExpiredError, ProviderError
 from app.sync.engine import Outcome, SyncEngine
 from app.sync.queue import enqueue_cleanup, enqueue_subscription, enqueue_sync
 from app.sync.runtime import Runtime
+from app.sync.states import MailboxStatus
 from app.sync.subscriptions import SubscriptionService
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ async def cleanup_disconnected(ctx: dict[str, Any], mailbox_id: str) -> str:
     mid = uuid.UUID(mailbox_id)
     async with rt.sessions() as session:
         mailbox = await MailboxRepository(session).get(mid)
-    if mailbox is None or mailbox.status != "disconnected":
+    if mailbox is None or mailbox.status != MailboxStatus.DISCONNECTED:
         return "skipped"
     try:
         await SubscriptionService(rt).remove_all(mid)
@@ -75,7 +76,7 @@ async def cleanup_disconnected(ctx: dict[str, Any], mailbox_id: str) -> str:
     async with rt.sessions() as session, session.begin():
         current = await MailboxRepository(session).get(mid)
         # A reconnect may have raced us: its new credentials must stay.
-        if current is not None and current.status == "disconnected":
+        if current is not None and current.status == MailboxStatus.DISCONNECTED:
             await CredentialRepository(session, rt.cipher).delete(mid)
     return "cleaned"
 

@@ -14,8 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Mailbox
 from app.db.repositories.credentials import CredentialRepository
+from app.db.repositories.cursors import CursorRepository
 from app.db.repositories.mailboxes import MailboxRepository
 from app.db.repositories.messages import MessageRepository
+from app.sync import states
 from app.sync.queue import enqueue_cleanup, enqueue_subscription, enqueue_sync
 from app.sync.runtime import Runtime
 
@@ -123,10 +125,35 @@ async def resolve_targets(
     return found
 
 
-def percent(mailbox: Mailbox) -> int:
-    if mailbox.status == "connected":
-        return 100
-    total = mailbox.messages_total_estimate
-    if not total:
-        return 0
-    return max(0, min(99, int(mailbox.messages_synced * 100 / total)))
+@dataclass(frozen=True, slots=True)
+class MailboxView:
+    """A mailbox as status reports it: its row and what its streams say."""
+
+    mailbox: Mailbox
+    streams: list[states.StreamProgress]
+
+    @property
+    def percent(self) -> int:
+        m = self.mailbox
+        return states.percent(
+            m.status,
+            self.streams,
+            messages_synced=m.messages_synced,
+            total_estimate=m.messages_total_estimate,
+        )
+
+    @property
+    def streams_behind(self) -> int:
+        return states.streams_behind(self.streams)
+
+    @property
+    def in_sync(self) -> bool:
+        return states.in_sync(
+            self.mailbox.status, self.streams, owed=self.mailbox.pending_since is not None
+        )
+
+
+async def status_of(session: AsyncSession, user_id: str) -> list[MailboxView]:
+    mailboxes = await MailboxRepository(session).list_for_user(user_id)
+    streams = await CursorRepository(session).progress([m.id for m in mailboxes])
+    return [MailboxView(m, streams.get(m.id, [])) for m in mailboxes]

@@ -3,13 +3,16 @@
 One Lua script admits a request only when the mailbox is not paused (a Retry-After we were
 given), a concurrent-request slot is free (Graph: 4 per mailbox across all clients) and the
 quota bucket holds enough units (Gmail: 250 units per user per second). Slots are leases
-with an expiry, so a worker that dies holding one frees it after `slot_ttl`.
+with an expiry, renewed by their holder while its request is in flight, so a slot outlives
+a worker that died holding it by at most `slot_ttl` (the lease period: a dead worker's
+mailbox is resumed within about that long) or, if longer, until the request it was taken
+for would have timed out.
 
 Two things keep the slot count honest beyond our own requests:
 
-- A request we stop waiting for (a slice ends, a job is cancelled, a worker shuts down)
-  is still being worked on by the provider, which counts it against the mailbox until it
-  ends. Its slot is therefore not given back on cancellation: it stays taken until the
+- A request we stop waiting for (a slice ends, a job is cancelled, a worker shuts down or
+  dies) is still being worked on by the provider, which counts it against the mailbox until
+  it ends. Its slot is therefore not given back on cancellation: it stays taken until the
   request's own timeout would have ended it. (Callers that can let the request finish in
   the background, as the Graph client does, give the slot back when it really ends.)
 - The provider's limit is shared with every other client of the mailbox (Outlook, phones,
@@ -95,7 +98,7 @@ class RedisRateGate:
         mailbox_key: str,
         limits: ProviderLimits,
         *,
-        slot_ttl_seconds: float = 120.0,
+        slot_ttl_seconds: float = 15.0,
         # A bucket of one second's worth of units: bursts up to the documented per-second
         # rate, a moving average at the rate.
         burst_seconds: float = 1.0,
@@ -132,7 +135,9 @@ class RedisRateGate:
             args=[
                 now_ms,
                 holder,
-                self._slot_ttl_ms,
+                # Should its holder die, the request may run on at the provider until it
+                # times out; renewals only ever lengthen this.
+                max(self._slot_ttl_ms, self._request_timeout_ms),
                 self._limits.max_concurrency or 0,
                 self._rate,
                 self._capacity,
@@ -153,26 +158,42 @@ class RedisRateGate:
                 await asyncio.sleep(random.uniform(0.005, 0.025))
             else:
                 await asyncio.sleep(wait_ms / 1000 + random.uniform(0, 0.005))
+        if not self._limits.max_concurrency:
+            yield
+            return
         admitted_ms = int(time.time() * 1000)
+        renewal = asyncio.create_task(self._renew(holder))
         try:
             yield
         except asyncio.CancelledError:
-            if self._limits.max_concurrency:
-                # Whoever stopped waiting, the provider has not: the slot stays taken until
-                # the request could still be running, so no extra request slips in.
-                await self._hold_script(
-                    keys=[self._keys[1]], args=[holder, admitted_ms + self._request_timeout_ms]
-                )
+            await self._stop(renewal)
+            # Whoever stopped waiting, the provider has not: the slot stays taken until the
+            # request could still be running, so no extra request slips in.
+            await self._hold_script(
+                keys=[self._keys[1]], args=[holder, admitted_ms + self._request_timeout_ms]
+            )
             raise
         except BaseException:
-            await self._release(holder)
+            await self._stop(renewal)
+            await self._redis.zrem(self._keys[1], holder)
             raise
         else:
-            await self._release(holder)
-
-    async def _release(self, holder: str) -> None:
-        if self._limits.max_concurrency:
+            await self._stop(renewal)
             await self._redis.zrem(self._keys[1], holder)
+
+    @staticmethod
+    async def _stop(renewal: asyncio.Task[None]) -> None:
+        renewal.cancel()
+        await asyncio.gather(renewal, return_exceptions=True)
+
+    async def _renew(self, holder: str) -> None:
+        """Keep a slot whose request is still in flight (a slow page) from expiring."""
+        interval = self._slot_ttl_ms / 3000
+        while True:
+            await asyncio.sleep(interval)
+            expiry = int(time.time() * 1000) + self._slot_ttl_ms
+            # Only ever later: the admission's expiry covers the request's timeout.
+            await self._redis.zadd(self._keys[1], {holder: expiry}, xx=True, gt=True)
 
     async def pause(self, seconds: float) -> None:
         ms = max(1, int(seconds * 1000))

@@ -19,6 +19,7 @@ from app.providers.base import (
     SubscriptionGone,
     SyncContext,
 )
+from app.sync import states
 from app.sync.engine import account_of
 from app.sync.ratelimit import RedisRateGate
 from app.sync.runtime import Runtime
@@ -46,12 +47,17 @@ class SubscriptionService:
             has_credentials = await CredentialRepository(session, self.rt.cipher).get(mailbox_id)
         if mailbox is None or has_credentials is None:
             return None
-        if live_only and mailbox.status in ("disconnected", "auth_expired"):
+        if live_only and mailbox.status in states.PARKED:
             return None
         provider = self.rt.provider(mailbox.provider)
         account = account_of(mailbox)
         tokens = TokenSource(self.rt, mailbox_id, account, provider)
-        gate = RedisRateGate(self.rt.redis, str(mailbox_id), provider.limits())
+        gate = RedisRateGate(
+            self.rt.redis,
+            str(mailbox_id),
+            provider.limits(),
+            slot_ttl_seconds=self.rt.settings.lease_seconds,
+        )
         return _Bound(provider, SyncContext(account, tokens.get, gate), tokens)
 
     async def _store(self, mailbox_id: uuid.UUID, provider: str, sub: Subscription) -> None:

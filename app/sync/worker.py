@@ -107,11 +107,12 @@ class WorkerSettings:
         ),
     ]
     cron_jobs: ClassVar[list[Any]] = [
-        # Every 10 s: due mailboxes, owed passes, lapsed leases. Unique per run, so two
-        # workers do not both run one tick.
+        # Every 5 s: due mailboxes, owed passes, lapsed leases (with the lease heartbeat,
+        # a dead worker's mailbox resumes within about LEASE_SECONDS + 5 s). Unique per run,
+        # so two workers do not both run one tick; the query walks the due-time index.
         cron(
             jobs.schedule,
-            second=set(range(0, 60, 10)),
+            second=set(range(0, 60, 5)),
             run_at_startup=True,
             timeout=30,
             keep_result=0,
@@ -132,8 +133,10 @@ class WorkerSettings:
     max_jobs = _settings.worker_max_jobs
     job_timeout = _settings.job_timeout_seconds
     keep_result = 0
-    # SIGTERM: stop taking jobs and let running slices (bounded by SYNC_SLICE_SECONDS) finish.
-    job_completion_wait = int(_settings.sync_slice_seconds) + 15
+    # SIGTERM: stop taking jobs and let running slices (bounded by SYNC_SLICE_SECONDS, 20 s
+    # by default) commit and end; what still runs after this is cancelled (its page in
+    # flight rolls back), so the process is gone within a container's 30 s grace period.
+    job_completion_wait = max(1, min(int(_settings.sync_slice_seconds) + 5, 25))
     health_check_interval = 30
     # ARQ polls Redis for due jobs; the default half second would be added to every sync a
     # webhook asks for.

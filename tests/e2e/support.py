@@ -39,9 +39,9 @@ class Sim:
         await self.client.aclose()
 
 
-async def connect_via_api(live_api: LiveApi, user: str, body: dict[str, Any]) -> str:
+async def connect_via_api(live_api: LiveApi, user: str, body: dict[str, Any], **claims: Any) -> str:
     async with httpx.AsyncClient(base_url=live_api.base_url) as client:
-        response = await client.post("/mail/connect", json=body, headers=bearer(user))
+        response = await client.post("/mail/connect", json=body, headers=bearer(user, **claims))
     assert response.status_code == 202, response.text
     return str(response.json()["mailbox_id"])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -12,24 +12,12 @@ from sqlalchemy import text
 
 from app.db.repositories.outbox import OutboxRepository
 from app.providers.base import StreamInfo, SyncContext
-from app.simulator.server import SimulatorServer
 from app.sync.engine import Outcome, SyncEngine
 from app.sync.queue import enqueue_sync
 from app.sync.runtime import Runtime
 from tests.conftest import LiveApi, run_worker
 from tests.e2e.support import Sim, connect_via_api, status_of
 from tests.e2e.test_outlook import assert_converged, connect_body, new_account
-
-
-@pytest.fixture
-async def sim(simulator: SimulatorServer) -> AsyncIterator[Sim]:
-    client = Sim(simulator)
-    await client.call("PUT", "/_sim/faults", json={})
-    try:
-        yield client
-    finally:
-        await client.call("PUT", "/_sim/faults", json={})
-        await client.close()
 
 
 async def _folder(sim: Sim, user: str, name: str, parent: str = "msgfolderroot") -> str:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.auth import CurrentUser
+from app.api.auth import CurrentCaller, CurrentUser
 from app.api.deps import UnitOfWorkDep
 from app.api.errors import ApiError
 from app.api.schemas import (
@@ -28,14 +28,38 @@ from app.api.schemas import (
 from app.db.repositories.mailboxes import MailboxRepository
 from app.db.repositories.messages import ListingKey, MessageRepository
 from app.sync import mailboxes as service
+from app.sync.states import MailboxStatus, Phase
 
 router = APIRouter(prefix="/mail", tags=["mail"])
 
 
 @router.post("/connect", status_code=202)
-async def connect(body: ConnectRequest, user: CurrentUser, uow: UnitOfWorkDep) -> ConnectResponse:
+async def connect(
+    body: ConnectRequest, caller: CurrentCaller, uow: UnitOfWorkDep
+) -> ConnectResponse:
+    if body.auth == "application":
+        # App-only access reads any mailbox of a tenant that consented: operators only,
+        # and only for tenants this deployment lists.
+        settings = uow.rt.settings
+        if not caller.is_operator(settings):
+            raise ApiError(
+                403,
+                "forbidden",
+                "app-only connect needs the operator role "
+                f"{settings.auth_operator_role!r} in the token's {settings.auth_roles_claim!r} "
+                "claim",
+            )
+        assert body.tenant_id is not None
+        if body.tenant_id.lower() not in settings.app_only_tenants:
+            raise ApiError(
+                403,
+                "tenant_not_allowed",
+                f"tenant {body.tenant_id!r} is not in MICROSOFT_APP_ONLY_TENANTS"
+                if settings.app_only_tenants
+                else "app-only connect is disabled (MICROSOFT_APP_ONLY_TENANTS is empty)",
+            )
     command = service.ConnectCommand(
-        user_id=user,
+        user_id=caller.user_id,
         provider=body.provider,
         auth_mode=body.auth,
         email=str(body.email) if body.email else None,
@@ -51,7 +75,7 @@ async def connect(body: ConnectRequest, user: CurrentUser, uow: UnitOfWorkDep) -
         mailbox_id=mailbox.id,
         provider=mailbox.provider,
         email=mailbox.email,
-        status=mailbox.status,
+        status=MailboxStatus(mailbox.status),
     )
 
 
@@ -68,30 +92,33 @@ async def disconnect(
     return DisconnectResponse(disconnected=targets, purged=body.purge)
 
 
+def status_view(view: service.MailboxView) -> MailboxStatusView:
+    m = view.mailbox
+    return MailboxStatusView(
+        mailbox_id=m.id,
+        provider=m.provider,
+        email=m.email,
+        status=MailboxStatus(m.status),
+        phase=Phase(m.phase) if m.phase else None,
+        progress=Progress(
+            messages_synced=m.messages_synced,
+            messages_total_estimate=m.messages_total_estimate,
+            percent=view.percent,
+        ),
+        last_synced_at=m.last_synced_at,
+        last_error=m.last_error,
+        last_error_at=m.last_error_at,
+        in_sync=view.in_sync,
+        pending_since=m.pending_since,
+        last_verified_at=m.last_verified_at,
+        streams_behind=view.streams_behind,
+    )
+
+
 @router.get("/status")
 async def status(user: CurrentUser, uow: UnitOfWorkDep) -> StatusResponse:
-    mailboxes = await MailboxRepository(uow.session).list_for_user(user)
-    return StatusResponse(
-        user_id=user,
-        mailboxes=[
-            MailboxStatusView(
-                mailbox_id=m.id,
-                provider=m.provider,
-                email=m.email,
-                status=m.status,
-                phase=m.phase,
-                progress=Progress(
-                    messages_synced=m.messages_synced,
-                    messages_total_estimate=m.messages_total_estimate,
-                    percent=service.percent(m),
-                ),
-                last_synced_at=m.last_synced_at,
-                last_error=m.last_error,
-                last_error_at=m.last_error_at,
-            )
-            for m in mailboxes
-        ],
-    )
+    views = await service.status_of(uow.session, user)
+    return StatusResponse(user_id=user, mailboxes=[status_view(v) for v in views])
 
 
 def _encode_cursor(key: ListingKey) -> str:

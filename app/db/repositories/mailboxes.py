@@ -3,6 +3,11 @@
 The lease is the only thing that makes a worker the writer of a mailbox. Every write a
 sync makes goes through `fence`, which checks the fencing token and an unexpired lease in
 the same statement that renews it, so a worker whose lease lapsed cannot write anything.
+
+Every status write is guarded by the transition table of app/sync/states.py: the UPDATE
+matches only a row whose current status may move to the new one, reads the old status in
+the same statement, and the lifecycle event the transition raises is written to the outbox
+in the same transaction.
 """
 
 from __future__ import annotations
@@ -11,16 +16,19 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from app.db.models import Mailbox
+from app.db.repositories.outbox import OutboxRepository
+from app.sync import states
+from app.sync.states import MailboxStatus, Phase
 
-# Statuses in which nothing may sync until the user acts.
-PARKED = ("disconnected", "auth_expired")
+_SYNCABLE = sorted(s.value for s in states.SYNCABLE)
 
 
 class LeaseLost(Exception):
@@ -32,6 +40,15 @@ class Lease:
     mailbox_id: uuid.UUID
     owner: str
     fencing_token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """What releasing the lease found: the transition made, and whether a change arrived
+    during the pass that just completed (then another pass is owed)."""
+
+    transition: states.Transition
+    owed: bool
 
 
 class MailboxRepository:
@@ -61,37 +78,63 @@ class MailboxRepository:
             "auth_mode": auth_mode,
             "tenant_id": tenant_id,
             "provider_user_id": provider_user_id,
-            "status": "pending",
+            "status": MailboxStatus.PENDING.value,
             "next_sync_at": func.now(),
             "sync_requested_at": func.now(),
+            "pending_since": func.now(),
         }
-        insert_stmt = insert(Mailbox).values(values)
-        stmt = insert_stmt.on_conflict_do_update(
-            constraint="uq_mailboxes_account",
-            set_={
-                "email": func.coalesce(insert_stmt.excluded.email, col(Mailbox.email)),
-                "auth_mode": insert_stmt.excluded.auth_mode,
-                "tenant_id": insert_stmt.excluded.tenant_id,
-                "provider_user_id": insert_stmt.excluded.provider_user_id,
-                # A reconnect clears auth_expired/error/disconnected; a healthy mailbox keeps
-                # its status (it is syncing or connected with new credentials).
-                "status": text(
-                    "CASE WHEN mailboxes.status IN ('auth_expired', 'error', 'disconnected') "
-                    "THEN 'pending' ELSE mailboxes.status END"
-                ),
-                "last_error": None,
-                "last_error_at": None,
-                "consecutive_failures": 0,
-                "disconnected_at": None,
-                "next_sync_at": func.now(),
-                "sync_requested_at": func.now(),
-                "updated_at": func.now(),
-            },
-        ).returning(Mailbox)
-        result = await self.session.execute(
-            select(Mailbox).from_statement(stmt).execution_options(populate_existing=True)
+        created = await self.session.execute(
+            select(Mailbox)
+            .from_statement(
+                insert(Mailbox)
+                .values(values)
+                .on_conflict_do_nothing(constraint="uq_mailboxes_account")
+                .returning(Mailbox)
+            )
+            .execution_options(populate_existing=True)
         )
-        return result.scalar_one()
+        mailbox = created.scalar_one_or_none()
+        if mailbox is not None:
+            return mailbox
+        existing = (
+            await self.session.execute(
+                select(Mailbox)
+                .where(
+                    col(Mailbox.user_id) == user_id,
+                    col(Mailbox.provider) == provider,
+                    col(Mailbox.account_key) == account_key,
+                )
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            )
+        ).scalar_one()
+        # New credentials revive a parked or failed mailbox; a healthy one keeps its status.
+        new_status = states.on_reconnect(existing.status)
+        change = states.transition(existing.status, new_status)
+        result = await self.session.execute(
+            update(Mailbox)
+            .where(col(Mailbox.id) == existing.id)
+            .values(
+                email=func.coalesce(email, col(Mailbox.email)),
+                auth_mode=auth_mode,
+                tenant_id=tenant_id,
+                provider_user_id=provider_user_id,
+                status=change.new.value,
+                last_error=None,
+                last_error_at=None,
+                consecutive_failures=0,
+                disconnected_at=None,
+                next_sync_at=func.now(),
+                sync_requested_at=func.now(),
+                pending_since=func.coalesce(col(Mailbox.pending_since), func.now()),
+                updated_at=func.now(),
+            )
+            .returning(Mailbox)
+            .execution_options(populate_existing=True, synchronize_session=False)
+        )
+        mailbox = result.scalar_one()
+        await self._announce(mailbox.id, mailbox.user_id, change, {})
+        return mailbox
 
     async def get(self, mailbox_id: uuid.UUID) -> Mailbox | None:
         return await self.session.get(Mailbox, mailbox_id, populate_existing=True)
@@ -115,7 +158,7 @@ class MailboxRepository:
             select(col(Mailbox.id)).where(
                 col(Mailbox.provider) == provider,
                 func.lower(col(Mailbox.email)) == email.lower(),
-                col(Mailbox.status).notin_(("disconnected",)),
+                col(Mailbox.status) != MailboxStatus.DISCONNECTED.value,
             )
         )
         return list(result.scalars().all())
@@ -132,29 +175,44 @@ class MailboxRepository:
 
     async def mark_disconnected(self, mailbox_id: uuid.UUID) -> None:
         """Park the mailbox; bumping the fencing token refuses any in-flight sync's writes."""
-        await self.session.execute(
-            update(Mailbox)
-            .where(col(Mailbox.id) == mailbox_id)
-            .values(
-                status="disconnected",
-                phase=None,
-                disconnected_at=func.now(),
-                next_sync_at=None,
-                lease_owner=None,
-                lease_expires_at=None,
-                fencing_token=col(Mailbox.fencing_token) + 1,
-                updated_at=func.now(),
-            )
+        row = await self._guarded_update(
+            mailbox_id,
+            MailboxStatus.DISCONNECTED,
+            """
+            phase = NULL, disconnected_at = now(), next_sync_at = NULL,
+            lease_owner = NULL, lease_expires_at = NULL, fencing_token = m.fencing_token + 1,
+            pass_started_at = NULL, pending_since = NULL, pending_next = NULL,
+            failing_since = NULL
+            """,
         )
+        if row is not None:
+            change = states.transition(row["old_status"], MailboxStatus.DISCONNECTED)
+            await self._announce(mailbox_id, row["user_id"], change, {})
 
     async def request_sync(self, mailbox_ids: Sequence[uuid.UUID]) -> None:
-        """Note that something changed; a sync that started earlier owes another pass."""
+        """Note that something changed at the provider: a pass is owed.
+
+        A change that arrives while a pass runs may already be behind a stream the pass has
+        read, so it is kept apart (`pending_next`) and earns the next pass. A mailbox that is
+        backing off after failures keeps its backoff (the change waits for the retry)."""
         if not mailbox_ids:
             return
         await self.session.execute(
-            update(Mailbox)
-            .where(col(Mailbox.id).in_(mailbox_ids))
-            .values(sync_requested_at=func.now())
+            text(
+                """
+                UPDATE mailboxes
+                   SET sync_requested_at = now(),
+                       pending_since = COALESCE(pending_since, now()),
+                       pending_next = CASE WHEN pass_started_at IS NOT NULL
+                                           THEN COALESCE(pending_next, now()) END,
+                       next_sync_at = CASE WHEN consecutive_failures = 0
+                                           THEN LEAST(COALESCE(next_sync_at, now()), now())
+                                           ELSE next_sync_at END
+                 WHERE id = ANY(CAST(:ids AS uuid[]))
+                   AND status <> :disconnected
+                """
+            ),
+            {"ids": list(mailbox_ids), "disconnected": MailboxStatus.DISCONNECTED.value},
         )
 
     # -- lease ------------------------------------------------------------------------
@@ -171,12 +229,12 @@ class MailboxRepository:
                        sync_started_at = now(),
                        updated_at = now()
                  WHERE id = :id
-                   AND status NOT IN ('disconnected', 'auth_expired')
+                   AND status = ANY(CAST(:syncable AS text[]))
                    AND (lease_owner IS NULL OR lease_expires_at < now())
              RETURNING fencing_token
                 """
             ),
-            {"id": mailbox_id, "owner": owner, "seconds": seconds},
+            {"id": mailbox_id, "owner": owner, "seconds": seconds, "syncable": _SYNCABLE},
         )
         token = result.scalar_one_or_none()
         return None if token is None else Lease(mailbox_id, owner, int(token))
@@ -188,10 +246,14 @@ class MailboxRepository:
         *,
         synced_delta: int = 0,
         total_estimate: int | None = None,
-        status: str | None = None,
-        phase: str | None = None,
+        status: MailboxStatus | None = None,
+        phase: Phase | None = None,
+        begin_pass: bool = False,
     ) -> None:
-        """Check the lease, renew it and move progress, in one statement; raise LeaseLost."""
+        """Check the lease, renew it and move progress, in one statement; raise LeaseLost.
+
+        `status` may only name a status the current one may move to without an event (a
+        slice's own status while it runs); `begin_pass` marks the start of a new pass."""
         result = await self.session.execute(
             text(
                 """
@@ -201,10 +263,13 @@ class MailboxRepository:
                        messages_total_estimate = COALESCE(:total, messages_total_estimate),
                        status = COALESCE(:status, status),
                        phase = COALESCE(:phase, phase),
+                       pass_started_at = CASE WHEN :begin_pass THEN now()
+                                              ELSE pass_started_at END,
+                       pending_next = CASE WHEN :begin_pass THEN NULL ELSE pending_next END,
                        updated_at = now()
                  WHERE id = :id AND fencing_token = :token AND lease_owner = :owner
                    AND lease_expires_at > now()
-                   AND status NOT IN ('disconnected', 'auth_expired')
+                   AND status = ANY(CAST(:sources AS text[]))
                 """
             ),
             {
@@ -214,127 +279,221 @@ class MailboxRepository:
                 "seconds": seconds,
                 "delta": synced_delta,
                 "total": total_estimate,
-                "status": status,
-                "phase": phase,
+                "status": status.value if status else None,
+                "phase": phase.value if phase else None,
+                "begin_pass": begin_pass,
+                "sources": states.allowed_sources(status) if status else _SYNCABLE,
             },
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise LeaseLost(f"lease on mailbox {lease.mailbox_id} is no longer held")
+
+    async def heartbeat(self, lease: Lease, seconds: int) -> bool:
+        """Renew the lease without writing anything else; False when it is no longer held."""
+        result = await self.session.execute(
+            text(
+                """
+                UPDATE mailboxes
+                   SET lease_expires_at = now() + make_interval(secs => :seconds)
+                 WHERE id = :id AND fencing_token = :token AND lease_owner = :owner
+                   AND lease_expires_at > now()
+                   AND status = ANY(CAST(:syncable AS text[]))
+                """
+            ),
+            {
+                "id": lease.mailbox_id,
+                "token": lease.fencing_token,
+                "owner": lease.owner,
+                "seconds": seconds,
+                "syncable": _SYNCABLE,
+            },
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     async def finish(
         self,
         lease: Lease,
         *,
-        status: str,
-        phase: str | None,
+        status: MailboxStatus,
+        phase: Phase | None,
         next_sync_at: datetime | None,
         last_error: str | None = None,
-        synced: bool = False,
+        pass_completed: bool = False,
         failure: bool = False,
         messages_synced: int | None = None,
-    ) -> datetime | None:
-        """Release the lease with a final status; returns sync_requested_at if it came after
-        this sync started (the caller then owes another pass), else None."""
-        result = await self.session.execute(
-            text(
-                """
-                UPDATE mailboxes
-                   SET lease_owner = NULL,
-                       lease_expires_at = NULL,
-                       status = :status,
-                       phase = :phase,
-                       next_sync_at = :next_sync_at,
-                       last_synced_at = CASE WHEN :synced THEN now() ELSE last_synced_at END,
-                       last_error = CASE WHEN :failure THEN :last_error
-                                         WHEN :synced THEN NULL ELSE last_error END,
-                       last_error_at = CASE WHEN :failure THEN now()
-                                            WHEN :synced THEN NULL ELSE last_error_at END,
-                       consecutive_failures = CASE WHEN :failure THEN consecutive_failures + 1
-                                                   ELSE 0 END,
-                       messages_synced = COALESCE(:messages_synced, messages_synced),
-                       updated_at = now()
-                 WHERE id = :id AND fencing_token = :token AND lease_owner = :owner
-                   AND status NOT IN ('disconnected', 'auth_expired')
-             RETURNING CASE WHEN sync_requested_at > sync_started_at THEN sync_requested_at END
-                """
-            ),
-            {
-                "id": lease.mailbox_id,
-                "token": lease.fencing_token,
-                "owner": lease.owner,
-                "status": status,
-                "phase": phase,
+        error_class: str | None = None,
+    ) -> Finished:
+        """Release the lease with a status. When the pass completed, the changes that arrived
+        during it become the pending ones and `owed` says another pass is due."""
+        enters_failing = states.enters_failing(status)
+        row = await self._guarded_update(
+            lease.mailbox_id,
+            status,
+            """
+            lease_owner = NULL,
+            lease_expires_at = NULL,
+            phase = :phase,
+            next_sync_at = :next_sync_at,
+            last_synced_at = CASE WHEN :completed THEN now() ELSE m.last_synced_at END,
+            connected_at = CASE WHEN :completed THEN COALESCE(m.connected_at, now())
+                                ELSE m.connected_at END,
+            failing_since = CASE WHEN :completed THEN NULL
+                                 WHEN :enters_failing THEN COALESCE(m.failing_since, now())
+                                 ELSE m.failing_since END,
+            pass_started_at = CASE WHEN :completed THEN NULL ELSE m.pass_started_at END,
+            pending_since = CASE WHEN :completed THEN m.pending_next ELSE m.pending_since END,
+            pending_next = CASE WHEN :completed THEN NULL ELSE m.pending_next END,
+            last_error = CASE WHEN :failure THEN :last_error
+                              WHEN :completed THEN NULL ELSE m.last_error END,
+            last_error_at = CASE WHEN :failure THEN now()
+                                 WHEN :completed THEN NULL ELSE m.last_error_at END,
+            consecutive_failures = CASE WHEN :failure THEN m.consecutive_failures + 1
+                                        ELSE 0 END,
+            messages_synced = COALESCE(:messages_synced, m.messages_synced)
+            """,
+            lease=lease,
+            params={
+                "phase": phase.value if phase else None,
                 "next_sync_at": next_sync_at,
-                "synced": synced,
+                "completed": pass_completed,
+                "enters_failing": enters_failing,
                 "failure": failure,
                 "last_error": last_error,
                 "messages_synced": messages_synced,
             },
         )
-        row = result.one_or_none()
         if row is None:
             raise LeaseLost(f"lease on mailbox {lease.mailbox_id} is no longer held")
-        requested: datetime | None = row[0]
-        return requested
+        change = states.transition(
+            row["old_status"],
+            status,
+            pass_completed=pass_completed,
+            ever_completed=row["old_connected_at"] is not None,
+            failing=row["old_failing_since"] is not None,
+        )
+        detail: dict[str, Any] = {}
+        if change.event is states.LifecycleEvent.SYNC_FAILED:
+            detail = {
+                "error_class": error_class,
+                "message": last_error,
+                "consecutive_failures": row["consecutive_failures"],
+            }
+        await self._announce(lease.mailbox_id, row["user_id"], change, detail)
+        return Finished(change, owed=pass_completed and row["old_pending_next"] is not None)
 
     async def park_auth_expired(self, lease: Lease, message: str) -> None:
         """A refused refresh: stop syncing until the user reconnects."""
+        row = await self._guarded_update(
+            lease.mailbox_id,
+            MailboxStatus.AUTH_EXPIRED,
+            """
+            phase = NULL, last_error = :message, last_error_at = now(),
+            lease_owner = NULL, lease_expires_at = NULL, next_sync_at = NULL,
+            failing_since = COALESCE(m.failing_since, now())
+            """,
+            lease=lease,
+            require_live_lease=False,
+            params={"message": message},
+        )
+        if row is None:
+            raise LeaseLost(f"lease on mailbox {lease.mailbox_id} is no longer held")
+        change = states.transition(row["old_status"], MailboxStatus.AUTH_EXPIRED)
+        await self._announce(
+            lease.mailbox_id, row["user_id"], change, {"last_error": message, "action": "reconnect"}
+        )
+
+    async def _guarded_update(
+        self,
+        mailbox_id: uuid.UUID,
+        new_status: MailboxStatus,
+        assignments: str,
+        *,
+        lease: Lease | None = None,
+        require_live_lease: bool = False,
+        params: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """One UPDATE that moves the status only from a status the transition table allows
+        (and, with a lease, only for its holder), returning the row as it was before."""
+        fenced = ""
+        if lease is not None:
+            fenced = "AND m.fencing_token = :token AND m.lease_owner = :owner"
+            if require_live_lease:
+                fenced += " AND m.lease_expires_at > now()"
         result = await self.session.execute(
             text(
-                """
-                UPDATE mailboxes
-                   SET status = 'auth_expired', phase = NULL,
-                       last_error = :message, last_error_at = now(),
-                       lease_owner = NULL, lease_expires_at = NULL,
-                       next_sync_at = NULL, updated_at = now()
-                 WHERE id = :id AND fencing_token = :token AND lease_owner = :owner
-                """
+                f"""
+                UPDATE mailboxes AS m
+                   SET status = :new_status, updated_at = now(), {assignments}
+                  FROM (SELECT id, status, connected_at, failing_since, pending_next
+                          FROM mailboxes WHERE id = :id FOR UPDATE) AS old
+                 WHERE m.id = old.id AND m.status = ANY(CAST(:sources AS text[])) {fenced}
+             RETURNING old.status AS old_status, old.connected_at AS old_connected_at,
+                       old.failing_since AS old_failing_since,
+                       old.pending_next AS old_pending_next,
+                       m.user_id, m.consecutive_failures
+                """  # noqa: S608 - assignments and fencing are constant fragments
             ),
             {
-                "id": lease.mailbox_id,
-                "token": lease.fencing_token,
-                "owner": lease.owner,
-                "message": message,
+                **(params or {}),
+                "id": mailbox_id,
+                "new_status": new_status.value,
+                "sources": states.allowed_sources(new_status),
+                **(
+                    {"token": lease.fencing_token, "owner": lease.owner}
+                    if lease is not None
+                    else {}
+                ),
             },
         )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            raise LeaseLost(f"lease on mailbox {lease.mailbox_id} is no longer held")
+        row = result.one_or_none()
+        return None if row is None else dict(row._mapping)
+
+    async def _announce(
+        self,
+        mailbox_id: uuid.UUID,
+        user_id: str,
+        change: states.Transition,
+        detail: dict[str, Any],
+    ) -> None:
+        if change.event is None:
+            return
+        await OutboxRepository(self.session).add(
+            mailbox_id,
+            change.event.value,
+            {"user_id": user_id, "status": change.new.value, **detail},
+        )
 
     # -- scheduler --------------------------------------------------------------------
 
     async def due_for_sync(self, limit: int) -> list[uuid.UUID]:
-        """Mailboxes whose periodic sync is due, or that owe a pass for a change notice."""
+        """Mailboxes whose next pass is due (periodic, owed after a change, or a retry)."""
         result = await self.session.execute(
-            select(col(Mailbox.id))
-            .where(
-                col(Mailbox.status).notin_(PARKED),
-                or_(col(Mailbox.lease_owner).is_(None), col(Mailbox.lease_expires_at) < func.now()),
-                or_(
-                    col(Mailbox.next_sync_at) <= func.now(),
-                    and_(
-                        col(Mailbox.sync_requested_at).is_not(None),
-                        or_(
-                            col(Mailbox.sync_started_at).is_(None),
-                            col(Mailbox.sync_requested_at) > col(Mailbox.sync_started_at),
-                        ),
-                    ),
-                ),
-            )
-            .order_by(col(Mailbox.next_sync_at).asc().nulls_first())
-            .limit(limit)
+            text(
+                """
+                SELECT id FROM mailboxes
+                 WHERE next_sync_at <= now()
+                   AND status = ANY(CAST(:syncable AS text[]))
+                   AND (lease_owner IS NULL OR lease_expires_at < now())
+                 ORDER BY next_sync_at
+                 LIMIT :limit
+                """
+            ),
+            {"syncable": _SYNCABLE, "limit": limit},
         )
-        return list(result.scalars().all())
+        return [row[0] for row in result.all()]
 
     async def with_lapsed_lease(self, limit: int) -> list[tuple[uuid.UUID, int]]:
         """Mailboxes whose worker died mid-sync: (id, fencing token of the dead lease)."""
         result = await self.session.execute(
-            select(col(Mailbox.id), col(Mailbox.fencing_token))
-            .where(
-                col(Mailbox.lease_owner).is_not(None),
-                col(Mailbox.lease_expires_at) < func.now(),
-                col(Mailbox.status).notin_(PARKED),
-            )
-            .limit(limit)
+            text(
+                """
+                SELECT id, fencing_token FROM mailboxes
+                 WHERE lease_expires_at < now() AND lease_owner IS NOT NULL
+                   AND status = ANY(CAST(:syncable AS text[]))
+                 LIMIT :limit
+                """
+            ),
+            {"syncable": _SYNCABLE, "limit": limit},
         )
         return [(row[0], int(row[1])) for row in result.all()]
 
@@ -343,8 +502,8 @@ class MailboxRepository:
         result = await self.session.execute(
             text(
                 "SELECT m.id FROM mailboxes m JOIN credentials c ON c.mailbox_id = m.id "
-                "WHERE m.status = 'disconnected' LIMIT :limit"
+                "WHERE m.status = :disconnected LIMIT :limit"
             ),
-            {"limit": limit},
+            {"limit": limit, "disconnected": MailboxStatus.DISCONNECTED.value},
         )
         return [row[0] for row in result.all()]
