@@ -46,6 +46,14 @@ class GraphClient:
         # Requests whose caller stopped waiting, still running until Graph answers them.
         self._abandoned: set[asyncio.Future[httpx.Response]] = set()
 
+    async def abandon(self) -> None:
+        """Stop seeing abandoned requests through (the process is going away). Cancelled,
+        their gate slots are kept until the requests' timeout rather than given back while
+        Graph may still be working on them; a closed HTTP client would give them back."""
+        for exchange in list(self._abandoned):
+            exchange.cancel()
+        await asyncio.gather(*self._abandoned, return_exceptions=True)
+
     def url(self, path_or_link: str) -> str:
         if path_or_link.startswith(("https://", "http://")):
             return path_or_link

@@ -73,7 +73,10 @@ class OutlookProvider:
         return ProviderLimits(max_concurrency=self._settings.graph_max_concurrency)
 
     async def aclose(self) -> None:
-        """Close MSAL's HTTP sessions (the shared httpx client belongs to the caller)."""
+        """Close MSAL's HTTP sessions (the shared httpx client belongs to the caller), and
+        let go of requests still finishing in the background: their gate slots stay taken
+        until the requests' timeout, since Graph goes on with them."""
+        await self._graph.abandon()
         await asyncio.to_thread(self._tokens.close)
 
     async def refresh_token(self, account: Account, refresh_token: str | None) -> TokenSet:
