@@ -5,16 +5,15 @@ given), a concurrent-request slot is free (Graph: 4 per mailbox across all clien
 quota bucket holds enough units (Gmail: 250 units per user per second). Slots are leases
 with an expiry, renewed by their holder while its request is in flight, so a slot outlives
 a worker that died holding it by at most `slot_ttl` (the lease period: a dead worker's
-mailbox is resumed within about that long) or, if longer, until the request it was taken
-for would have timed out.
+mailbox is resumed within about that long, and Graph has long finished a request by then).
 
 Two things keep the slot count honest beyond our own requests:
 
-- A request we stop waiting for (a slice ends, a job is cancelled, a worker shuts down or
-  dies) is still being worked on by the provider, which counts it against the mailbox until
-  it ends. Its slot is therefore not given back on cancellation: it stays taken until the
-  request's own timeout would have ended it. (Callers that can let the request finish in
-  the background, as the Graph client does, give the slot back when it really ends.)
+- A request we stop waiting for (a slice ends, a job is cancelled, a worker shuts down) is
+  still being worked on by the provider, which counts it against the mailbox until it ends.
+  Its slot is therefore not given back on cancellation: it stays taken until the request's
+  own timeout would have ended it. (Callers that can let the request finish in the
+  background, as the Graph client does, give the slot back when it really ends.)
 - The provider's limit is shared with every other client of the mailbox (Outlook, phones,
   other apps), so a concurrency refusal can come while we use fewer slots than allowed:
   `tighten` lowers this mailbox's limit by one for a while, down to one.
@@ -135,9 +134,7 @@ class RedisRateGate:
             args=[
                 now_ms,
                 holder,
-                # Should its holder die, the request may run on at the provider until it
-                # times out; renewals only ever lengthen this.
-                max(self._slot_ttl_ms, self._request_timeout_ms),
+                self._slot_ttl_ms,
                 self._limits.max_concurrency or 0,
                 self._rate,
                 self._capacity,
@@ -192,8 +189,7 @@ class RedisRateGate:
         while True:
             await asyncio.sleep(interval)
             expiry = int(time.time() * 1000) + self._slot_ttl_ms
-            # Only ever later: the admission's expiry covers the request's timeout.
-            await self._redis.zadd(self._keys[1], {holder: expiry}, xx=True, gt=True)
+            await self._redis.zadd(self._keys[1], {holder: expiry}, xx=True)
 
     async def pause(self, seconds: float) -> None:
         ms = max(1, int(seconds * 1000))

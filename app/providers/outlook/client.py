@@ -46,10 +46,13 @@ class GraphClient:
         # Requests whose caller stopped waiting, still running until Graph answers them.
         self._abandoned: set[asyncio.Future[httpx.Response]] = set()
 
-    async def abandon(self) -> None:
-        """Stop seeing abandoned requests through (the process is going away). Cancelled,
-        their gate slots are kept until the requests' timeout rather than given back while
-        Graph may still be working on them; a closed HTTP client would give them back."""
+    async def abandon(self, grace: float = 5.0) -> None:
+        """The process is going away: requests still being seen through get `grace`
+        seconds to end (giving their gate slots back); the rest are cancelled, which keeps
+        their slots until the requests' timeout, since Graph may still be working on them
+        (a closed HTTP client would have given them back)."""
+        if self._abandoned:
+            await asyncio.wait(list(self._abandoned), timeout=grace)
         for exchange in list(self._abandoned):
             exchange.cancel()
         await asyncio.gather(*self._abandoned, return_exceptions=True)

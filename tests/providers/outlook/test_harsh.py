@@ -239,7 +239,9 @@ async def test_a_worker_that_stops_mid_request_leaves_its_slots_taken(
             task.cancel()
         await asyncio.gather(*doomed, return_exceptions=True)
         assert len(mailbox.provider._graph._abandoned) == 4
-        await mailbox.provider.aclose()  # what the worker's shutdown does
+        # What the worker's shutdown does (`aclose`), with no time left to see them through.
+        await mailbox.provider._graph.abandon(grace=0.0)
+        assert await rt.redis.zcard("gate:restart-test:slots") == 4
         # A new worker takes over the mailbox at once.
         new_worker = RedisRateGate(rt.redis, "restart-test", limits, request_timeout_seconds=1.0)
         pages = await asyncio.gather(
@@ -310,3 +312,26 @@ async def test_a_folder_deleted_mid_round_is_a_stream_gone(
     await _sim(client, "DELETE", f"/{user}/folders/{folder['id']}")
     with pytest.raises(StreamGoneError, match="ErrorSyncFolderNotFound"):
         await mailbox.provider.fetch_page(mailbox.ctx, stream, first.cursor)
+
+
+async def test_a_worker_stopping_gracefully_sees_abandoned_requests_through(
+    client: httpx.AsyncClient, connect: Connect, rt: Runtime, simulator: SimulatorServer
+) -> None:
+    sim_account = await create_account(client, message_count=100)
+    mailbox = connect(sim_account)
+    gate = RedisRateGate(rt.redis, "graceful-test", mailbox.provider.limits())
+    ctx = _redis_ctx(mailbox, gate)
+    streams = await _folders(mailbox, ctx)
+    key = sim_account["counter_key"]
+    async with faults(client, latency_ms=300):
+        tasks = [
+            asyncio.create_task(mailbox.provider.fetch_page(ctx, s, None)) for s in streams[:3]
+        ]
+        await eventually(lambda: counters(simulator, key).get("in_flight") == 3, interval=0.005)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await mailbox.provider.aclose()
+    # Graph answered them within the grace: their slots went back, nothing is held.
+    assert not mailbox.provider._graph._abandoned
+    assert await rt.redis.zcard("gate:graceful-test:slots") == 0
