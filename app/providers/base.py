@@ -255,6 +255,10 @@ class RateGate(Protocol):
         """The provider refused a request for concurrency although our limit allowed it
         (other clients of the mailbox use its slots too): allow fewer at once for a while."""
 
+    async def refund(self, units: int) -> None:
+        """Give back quota units spent on work the provider refused without charging
+        (Gmail batch parts refused for concurrency)."""
+
 
 @dataclass(slots=True)
 class SyncContext:

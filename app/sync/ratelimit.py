@@ -88,6 +88,15 @@ return redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[2]), ARGV[1])
 """
 
 
+# KEYS: bucket; ARGV: units, capacity. Units back into the bucket, never above capacity.
+_REFUND = """
+local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens'))
+if not tokens then return 0 end
+redis.call('HSET', KEYS[1], 'tokens', math.min(tonumber(ARGV[2]), tokens + tonumber(ARGV[1])))
+return 1
+"""
+
+
 class RedisRateGate:
     """A `RateGate` (app.providers.base) for one mailbox, shared through Redis."""
 
@@ -124,6 +133,7 @@ class RedisRateGate:
         self._script = redis.register_script(_ADMIT)
         self._tighten_script = redis.register_script(_TIGHTEN)
         self._hold_script = redis.register_script(_HOLD)
+        self._refund_script = redis.register_script(_REFUND)
 
     async def _admit(self, holder: str, cost: int) -> int:
         now_ms = int(time.time() * 1000)
@@ -203,6 +213,10 @@ class RedisRateGate:
             await self._tighten_script(
                 keys=[self._keys[3]], args=[self._limits.max_concurrency, self._tighten_ms]
             )
+
+    async def refund(self, units: int) -> None:
+        if self._rate and units > 0:
+            await self._refund_script(keys=[self._keys[2]], args=[units, self._capacity])
 
     async def concurrency_limit(self) -> int | None:
         """The concurrent requests allowed now (tightened or not); None without a limit."""

@@ -283,6 +283,9 @@ class GmailClient:
                 outcome = await self._batch_once(ctx, chunk, query)
                 if outcome.refused:
                     pacing.refused(len(chunk), outcome.refused)
+                    # Gmail charges nothing for parts it refused: neither does the gate, so
+                    # the quota is not left unused while they are sent again.
+                    await ctx.gate.refund(QUOTA_UNITS["users.messages.get"] * outcome.refused)
                 elif outcome.error is None:
                     pacing.accepted(len(chunk))
                 if isinstance(outcome.error, ThrottledError) and not isinstance(

@@ -91,6 +91,8 @@ async def test_concurrency_limit_keeps_answered_parts_and_resends_only_refused_o
     # Every message was answered exactly once: getProfile 1 + messages.list 5 + labels.list 1
     # + 500 gets x 5; a part fetched twice (an answered part thrown away) would cost 5 more.
     assert spent["quota_units"] == 7 + 500 * 5
+    # The gate got back the units of refused parts: Gmail charged nothing for them.
+    assert h.gate.refunded == 5 * spent["concurrency_refused"]
     # It learned what this mailbox takes at once and sends no more than that.
     assert h.provider._client.pacing(h.ctx).size <= 20
     assert h.provider._client.pacing(h.ctx).concurrency == 1

@@ -162,3 +162,6 @@ class SemaphoreGate:
 
     async def tighten(self) -> None:
         self.tightened += 1
+
+    async def refund(self, units: int) -> None:
+        """Graph has no quota units to give back."""
