@@ -31,6 +31,7 @@ from app.db.repositories.mailboxes import Lease, LeaseLost, MailboxRepository
 from app.db.repositories.messages import MessageRepository
 from app.db.repositories.outbox import OutboxRepository
 from app.db.session import AsyncSession
+from app.events.changes import MESSAGES_CHANGED, PageChanges
 from app.providers.base import (
     AccessTokenRejected,
     Account,
@@ -321,6 +322,12 @@ class SyncEngine:
             removed = await MessageRepository(session).delete_streams_except(
                 mailbox.id, [s.key for s in streams]
             )
+            if removed and settings.events_enabled:
+                gone = PageChanges(None)
+                gone.deleted(removed)
+                await OutboxRepository(session).add(
+                    mailbox.id, MESSAGES_CHANGED, gone.payload() or {}
+                )
             await self._relabel_renamed_streams(session, mailbox.id, labels_before, streams)
             streams_now = await cursors.list(mailbox.id)
             # A pass may span slices; a new one begins when the last one completed.
@@ -335,7 +342,7 @@ class SyncEngine:
             await MailboxRepository(session).fence(
                 lease,
                 settings.lease_seconds,
-                synced_delta=-removed,
+                synced_delta=-len(removed),
                 total_estimate=self._total(state),
                 status=state.status if state.status != mailbox.status else None,
                 phase=states.phase_of((s.progress() for s in streams_now), running=True),
@@ -445,17 +452,19 @@ class SyncEngine:
         generations = {s.stream_key: s.generation for s in streams}
         async with self.rt.sessions() as session, session.begin():
             messages = MessageRepository(session)
-            inserted, upserted = 0, []
+            inserted = 0
+            changes = PageChanges(None)
             for key, batch in recent.items():
                 if key in generations and batch:
                     written = await messages.upsert_page(
                         mailbox.id, key, generations[key] - 1, batch
                     )
                     inserted += written.inserted
-                    upserted.extend(written.written)
-            if upserted:
+                    changes.upserted(written)
+            payload = changes.payload() if self.settings.events_enabled else None
+            if payload is not None:
                 await OutboxRepository(session).add(
-                    mailbox.id, "messages.changed", {"recent": True, "upserted": upserted}
+                    mailbox.id, MESSAGES_CHANGED, {**payload, "recent": True}
                 )
             await MailboxRepository(session).fence(
                 state.lease,
@@ -577,16 +586,26 @@ class SyncEngine:
         new_mode = StreamMode.INCREMENTAL if page.full_sync_complete else mode
         async with self.rt.sessions() as session, session.begin():
             messages = MessageRepository(session)
+            changes = PageChanges(stream.key)
             upserted = await messages.upsert_page(mailbox_id, stream.key, generation, page.upserts)
+            events = self.settings.events_enabled
+            came_back: set[str] = set()
+            if events and mode is StreamMode.INCREMENTAL and upserted.inserted_ids:
+                came_back = await messages.returning(mailbox_id, upserted.inserted_ids)
+            changes.upserted(upserted, came_back)
             if after is not None:
                 # Pages of a stream commit in order: this page's cursor must never be stored
                 # before the previous page is, or a crash between them would skip messages.
                 await after
-            deleted = await messages.delete_from_stream(mailbox_id, stream.key, page.deletes)
-            relabelled = await messages.apply_label_changes(mailbox_id, page.label_changes)
-            swept = 0
+            deleted = await messages.delete_from_stream(
+                mailbox_id, stream.key, page.deletes, remember=events
+            )
+            changes.deleted(deleted)
+            changes.relabelled(await messages.apply_label_changes(mailbox_id, page.label_changes))
+            swept: list[str] = []
             if page.full_sync_complete:
                 swept = await messages.sweep_stream(mailbox_id, stream.key, generation)
+                changes.deleted(swept)
             await CursorRepository(session).save(
                 mailbox_id,
                 stream.key,
@@ -596,32 +615,25 @@ class SyncEngine:
                 total_estimate=page.total_estimate,
                 enumerated=len(page.upserts) if mode is StreamMode.FULL else 0,
             )
-            # Only what changed: a page replayed as it was stored is no event at all.
-            if upserted.written or deleted or relabelled or swept:
-                await OutboxRepository(session).add(
-                    mailbox_id,
-                    "messages.changed",
-                    {
-                        "stream": stream.key,
-                        "upserted": upserted.written,
-                        "deleted": deleted,
-                        "relabelled": relabelled,
-                        "swept": swept,
-                    },
-                )
+            # Only what changed: a page replayed as it was stored is no event at all. Late
+            # in the transaction: the row takes the mailbox's next position under the
+            # mailbox row's lock, held until commit (app/db/repositories/outbox.py).
+            payload = changes.payload() if events else None
+            if payload is not None:
+                await OutboxRepository(session).add(mailbox_id, MESSAGES_CHANGED, payload)
             # Last, so the lease check and the progress move commit with the page or not at all.
             await MailboxRepository(session).fence(
                 state.lease,
                 self.settings.lease_seconds,
-                synced_delta=upserted.inserted - len(deleted) - swept,
+                synced_delta=upserted.inserted - len(deleted) - len(swept),
                 total_estimate=self._total(state),
             )
         state.pages += 1
 
     # -- streams that changed shape ---------------------------------------------------
 
-    @staticmethod
     async def _relabel_renamed_streams(
+        self,
         session: AsyncSession,
         mailbox_id: uuid.UUID,
         labels_before: dict[str, tuple[str, ...]],
@@ -634,21 +646,13 @@ class SyncEngine:
             before = labels_before.get(stream.key)
             if before is None or before == stream.labels:
                 continue
-            relabelled = await messages.replace_stream_labels(
-                mailbox_id, stream.key, before, stream.labels
+            changes = PageChanges(stream.key)
+            changes.relabelled(
+                await messages.replace_stream_labels(mailbox_id, stream.key, before, stream.labels)
             )
-            if relabelled:
-                await OutboxRepository(session).add(
-                    mailbox_id,
-                    "messages.changed",
-                    {
-                        "stream": stream.key,
-                        "upserted": [],
-                        "deleted": [],
-                        "relabelled": relabelled,
-                        "swept": 0,
-                    },
-                )
+            payload = changes.payload() if self.settings.events_enabled else None
+            if payload is not None:
+                await OutboxRepository(session).add(mailbox_id, MESSAGES_CHANGED, payload)
 
     async def _drop_stream(
         self, mailbox_id: uuid.UUID, stream_key: str, state: _SliceState
@@ -657,23 +661,16 @@ class SyncEngine:
         async with self.rt.sessions() as session, session.begin():
             swept = await MessageRepository(session).delete_stream(mailbox_id, stream_key)
             await CursorRepository(session).drop(mailbox_id, stream_key)
-            if swept:
-                await OutboxRepository(session).add(
-                    mailbox_id,
-                    "messages.changed",
-                    {
-                        "stream": stream_key,
-                        "upserted": [],
-                        "deleted": [],
-                        "relabelled": [],
-                        "swept": swept,
-                    },
-                )
+            changes = PageChanges(stream_key)
+            changes.deleted(swept)
+            payload = changes.payload() if self.settings.events_enabled else None
+            if payload is not None:
+                await OutboxRepository(session).add(mailbox_id, MESSAGES_CHANGED, payload)
             state.totals.pop(stream_key, None)
             await MailboxRepository(session).fence(
                 state.lease,
                 self.settings.lease_seconds,
-                synced_delta=-swept,
+                synced_delta=-len(swept),
                 total_estimate=self._total(state),
             )
 

@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import get_settings
 from app.db.session import open_connections
+from app.events import snapshot
 from app.logging import configure_logging
 from app.providers import registry
 from app.sync import jobs
@@ -101,6 +102,14 @@ class WorkerSettings:
         func(
             jobs.cleanup_disconnected,
             name="cleanup_disconnected",
+            timeout=60,
+            keep_result=0,
+            max_tries=3,
+        ),
+        # One batch of a resnapshot walk; each enqueues the next (app/events/snapshot.py).
+        func(
+            snapshot.resnapshot_batch,
+            name=snapshot.FUNCTION,
             timeout=60,
             keep_result=0,
             max_tries=3,
