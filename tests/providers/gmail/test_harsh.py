@@ -128,7 +128,7 @@ async def test_quota_refusals_name_their_wait_only_in_the_message(
 ) -> None:
     # Our gate keeps 250 units/s, Google here allows 100: refusals are certain, and the
     # only wait they carry is "Retry after <RFC 3339>" in the message.
-    h = await harness(messages=120)
+    h = await harness(messages=60)
     store = Store()
     async with sim.faults(
         gmail_quota_units_per_second=100, gmail_quota_status=status, gmail_quota_reason=reason
