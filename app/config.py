@@ -61,6 +61,12 @@ class Settings(BaseSettings):
 
     # Engine tuning: a job does a bounded slice of work, then enqueues its continuation.
     sync_interval_seconds: int = Field(default=900, alias="SYNC_INTERVAL_SECONDS")
+    # A mailbox whose push notifications do not reach us is polled this often instead.
+    sync_poll_without_push_seconds: int = Field(
+        default=60, ge=1, alias="SYNC_POLL_WITHOUT_PUSH_SECONDS"
+    )
+    # The completion monitor compares each mailbox with the provider's counts this often.
+    verify_interval_seconds: int = Field(default=3600, ge=1, alias="VERIFY_INTERVAL_SECONDS")
     sync_slice_seconds: float = Field(default=20.0, alias="SYNC_SLICE_SECONDS")
     sync_slice_pages: int = Field(default=50, alias="SYNC_SLICE_PAGES")
     # A first sync stores this many of the newest messages before the backfill (0: off).

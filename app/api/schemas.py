@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
 
-from app.sync.states import MailboxStatus, Phase
+from app.sync.states import MailboxStatus, Phase, PushState
 
 
 class ConnectRequest(BaseModel):
@@ -102,6 +102,14 @@ class MailboxStatusView(BaseModel):
     )
     streams_behind: int = Field(
         description="Streams (folders, the Gmail mailbox) being enumerated or owing a fetch."
+    )
+    push: PushState = Field(
+        description=(
+            "Whether provider notifications reach the mailbox: active (a live subscription or "
+            "watch), none (push not configured), failing (creating or renewing it failed, it "
+            "lapsed, or notifications were missed). Without working push the mailbox is "
+            "polled every SYNC_POLL_WITHOUT_PUSH_SECONDS."
+        )
     )
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    Integer,
     LargeBinary,
     Text,
     UniqueConstraint,
@@ -40,6 +41,7 @@ class Mailbox(SQLModel, table=True):
         Index("ix_mailboxes_next_sync_at", "next_sync_at"),
         Index("ix_mailboxes_email", "provider", "email"),
         Index("ix_mailboxes_lease_expires_at", "lease_expires_at"),
+        Index("ix_mailboxes_next_verify_at", "next_verify_at"),
     )
 
     id: uuid.UUID = Field(
@@ -84,6 +86,18 @@ class Mailbox(SQLModel, table=True):
     connected_at: datetime | None = _ts()
     failing_since: datetime | None = _ts()
     last_verified_at: datetime | None = _ts()
+    # The completion monitor (app/sync/monitor.py): its next check, and a difference seen
+    # once that waits for confirmation after a completed pass (see migration 0006).
+    next_verify_at: datetime | None = _ts()
+    verify_suspect: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
+    verify_suspect_at: datetime | None = _ts()
+    verify_attempts: int = Field(
+        default=0, sa_column=Column(Integer, nullable=False, server_default="0")
+    )
+    # PushState (app/sync/states.py): whether provider notifications reach this mailbox.
+    push_state: str = Field(
+        default="none", sa_column=Column(Text, nullable=False, server_default="none")
+    )
 
     lease_owner: str | None = Field(default=None, sa_column=Column(Text))
     lease_expires_at: datetime | None = _ts()
@@ -233,6 +247,9 @@ class PushSubscription(SQLModel, table=True):
     )
     # active | replaced
     status: str = Field(default="active", sa_column=Column(Text, nullable=False))
+    # The provider-side channel (Gmail: one watch per address, shared by every mailbox of
+    # that address); NULL: the subscription is its own channel.
+    channel: str | None = Field(default=None, sa_column=Column(Text, index=True))
     extra: dict[str, Any] = Field(
         default_factory=dict, sa_column=Column(JSONB, nullable=False, server_default="{}")
     )
@@ -315,3 +332,37 @@ class Resnapshot(SQLModel, table=True):
     created_at: datetime | None = _ts(nullable=False, default_now=True)
     updated_at: datetime | None = _ts(nullable=False, default_now=True)
     finished_at: datetime | None = _ts()
+
+
+class MonitorRepair(SQLModel, table=True):
+    """What the completion monitor found in one stream or label, and what its repair left."""
+
+    __tablename__ = "monitor_repairs"
+    __table_args__ = (Index("ix_monitor_repairs_mailbox", "mailbox_id", "detected_at"),)
+
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True)
+    )
+    mailbox_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), nullable=False))
+    provider: str = Field(sa_column=Column(Text, nullable=False))
+    # "stream" (a Graph folder, the Gmail mailbox) or "label" (a Gmail label)
+    scope_kind: str = Field(sa_column=Column(Text, nullable=False))
+    scope_key: str = Field(sa_column=Column(Text, nullable=False))
+    # "restart": re-enumerated under a new generation; "list": ids listed and diffed
+    method: str = Field(sa_column=Column(Text, nullable=False))
+    # RepairState (app/sync/states.py)
+    state: str = Field(sa_column=Column(Text, nullable=False))
+    detected_at: datetime | None = _ts(nullable=False, default_now=True)
+    finished_at: datetime | None = _ts()
+    provider_total: int = Field(sa_column=Column(BigInteger, nullable=False))
+    provider_unread: int | None = Field(default=None, sa_column=Column(BigInteger))
+    stored_total_before: int = Field(sa_column=Column(BigInteger, nullable=False))
+    stored_unread_before: int | None = Field(default=None, sa_column=Column(BigInteger))
+    provider_total_after: int | None = Field(default=None, sa_column=Column(BigInteger))
+    provider_unread_after: int | None = Field(default=None, sa_column=Column(BigInteger))
+    stored_total_after: int | None = Field(default=None, sa_column=Column(BigInteger))
+    stored_unread_after: int | None = Field(default=None, sa_column=Column(BigInteger))
+    fetched: int | None = Field(default=None, sa_column=Column(BigInteger))
+    removed: int | None = Field(default=None, sa_column=Column(BigInteger))
+    relabelled: int | None = Field(default=None, sa_column=Column(BigInteger))
+    detail: str | None = Field(default=None, sa_column=Column(Text))

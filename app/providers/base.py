@@ -49,6 +49,14 @@ class AccessTokenRejected(ProviderError):
     """The provider answered 401 for the access token; the engine refreshes once and retries."""
 
 
+class AccessDenied(AccessTokenRejected):
+    """The provider refused the mailbox to a token it accepts (Graph 403 ErrorAccessDenied
+    for an app-only token). Like a 401, it earns one fresh token and one retry; when the
+    fresh token is refused too, the permission itself is gone (admin consent withdrawn) and
+    the mailbox waits for someone to act. The message says who, and never holds a token.
+    """
+
+
 class AuthExpiredError(ProviderError):
     """The grant itself is gone (`invalid_grant`, revoked consent): only a reconnect helps.
 
@@ -232,6 +240,42 @@ class Subscription:
     client_state: str | None = None
     resource: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # The channel at the provider when several subscriptions share one (Gmail keeps one
+    # watch per address: users.stop ends it for every mailbox of that address); None when
+    # this subscription is a channel of its own (a Graph subscription).
+    channel: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeCount:
+    """What the provider says one part of a mailbox holds, read cheaply (a folder's item
+    counts, a label's message counts), for the completion monitor to compare with the store.
+
+    `kind` "stream": the stored rows of stream `key`; "label": the stored rows carrying the
+    label `key`, as the store writes it (system ids as they are, user labels by name).
+    `repair` says how a real difference is mended: "restart" enumerates the stream again
+    under a new generation; "list" lists the scope's ids (`scope_ids`) and diffs them with
+    the store, fetching only the messages it lacks (`get_messages`) into `stream`.
+    """
+
+    kind: Literal["stream", "label"]
+    key: str
+    total: int
+    # None when the provider does not count unread messages for this scope.
+    unread: int | None
+    repair: Literal["restart", "list"]
+    # The stream whose rows hold the scope's messages (a label's, for a "list" repair).
+    stream: str
+    # The provider's own name for the scope (a Gmail label id); opaque to the engine.
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderCounts:
+    scopes: list[ScopeCount]
+    # False when the mailbox changed at the provider while it was being counted (Gmail's
+    # history id moved between the first and the last request): compare nothing this time.
+    stable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +351,22 @@ class MailProvider(Protocol):
 
     async def unsubscribe(self, ctx: SyncContext, subscription: Subscription) -> None:
         """Remove it; a channel the provider no longer knows is not an error."""
+
+    async def counts(self, ctx: SyncContext, streams: Sequence[StreamInfo]) -> ProviderCounts:
+        """Cheap counts of what the mailbox holds (a few requests, whatever its size), for
+        the completion monitor to compare with the store."""
+
+    async def scope_ids(
+        self, ctx: SyncContext, scope: ScopeCount, *, unread_only: bool = False
+    ) -> list[str]:
+        """Every message id the provider holds in `scope` (scopes whose repair is "list"),
+        or only its unread ones."""
+
+    async def get_messages(
+        self, ctx: SyncContext, stream: StreamInfo, ids: Sequence[str]
+    ) -> MessageBatch:
+        """The current state of these messages of `stream`, in order; ids the provider no
+        longer has are left out."""
 
 
 class SubscriptionGone(ProviderError):

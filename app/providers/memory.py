@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from app.providers.base import (
     AccessTokenRejected,
@@ -24,8 +25,10 @@ from app.providers.base import (
     MessageBatch,
     NormalizedMessage,
     Page,
+    ProviderCounts,
     ProviderLimits,
     ProviderName,
+    ScopeCount,
     StreamInfo,
     Subscription,
     SubscriptionGone,
@@ -47,6 +50,12 @@ class Faults:
     before_page: object | None = None
     # Raised by `recent` (a provider refusing the newest-first listing).
     recent_error: Exception | None = None
+    # Called when `counts` has read the counts, before it returns them (a change that
+    # arrives while the monitor compares).
+    after_counts: object | None = None
+    # Items a stream's count includes but its enumeration never returns (Graph counts
+    # folder items that are not messages).
+    uncounted: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,8 +76,17 @@ class MemoryProvider:
         page_size: int = 50,
         access_token_ttl: float = 3600.0,
         max_concurrency: int | None = 4,
+        repair: Literal["restart", "list"] = "restart",
+        count_labels: bool = False,
     ) -> None:
         self.name = name
+        # How the monitor is told to mend a difference, and whether labels are counted too
+        # (Gmail-like: one stream, per-label counts, repaired by listing ids).
+        self.repair: Literal["restart", "list"] = repair
+        self.count_labels = count_labels
+        self.count_calls = 0
+        self.listed_scopes: list[str] = []
+        self.fetched_ids: list[str] = []
         self.page_size = page_size
         self.access_token_ttl = access_token_ttl
         self._limits = ProviderLimits(max_concurrency=max_concurrency)
@@ -242,6 +260,63 @@ class MemoryProvider:
             for _, key, message in present[:limit]:
                 found.setdefault(key, MessageBatch()).append(message)
             return found
+
+    async def counts(self, ctx: SyncContext, streams: Sequence[StreamInfo]) -> ProviderCounts:
+        async with ctx.gate.request():
+            await self._authorize(ctx)
+            self.count_calls += 1
+            scopes = [
+                ScopeCount(
+                    kind="stream",
+                    key=key,
+                    total=len(messages) + self.faults.uncounted.get(key, 0),
+                    unread=sum(1 for m in messages.values() if not m.is_read),
+                    repair=self.repair,
+                    stream=key,
+                )
+                for key, messages in self.streams.items()
+            ]
+            if self.count_labels and len(self.streams) == 1:
+                [stream] = self.streams
+                totals: dict[str, list[int]] = {}
+                for message in self.streams[stream].values():
+                    for label in message.labels:
+                        entry = totals.setdefault(label, [0, 0])
+                        entry[0] += 1
+                        entry[1] += 0 if message.is_read else 1
+                scopes += [
+                    ScopeCount("label", label, total, unread, self.repair, stream, ref=label)
+                    for label, (total, unread) in sorted(totals.items())
+                ]
+            hook = self.faults.after_counts
+            if callable(hook):
+                result = hook()
+                if asyncio.iscoroutine(result):
+                    await result
+            return ProviderCounts(scopes=scopes)
+
+    async def scope_ids(
+        self, ctx: SyncContext, scope: ScopeCount, *, unread_only: bool = False
+    ) -> list[str]:
+        async with ctx.gate.request():
+            await self._authorize(ctx)
+            self.listed_scopes.append(
+                f"{scope.kind}:{scope.key}" + (":unread" if unread_only else "")
+            )
+            if scope.kind == "stream":
+                members = self.streams.get(scope.key, {})
+            else:
+                members = {mid: m for mid, m in self.truth().items() if scope.key in m.labels}
+            return sorted(mid for mid, m in members.items() if not (unread_only and m.is_read))
+
+    async def get_messages(
+        self, ctx: SyncContext, stream: StreamInfo, ids: Sequence[str]
+    ) -> MessageBatch:
+        async with ctx.gate.request():
+            await self._authorize(ctx)
+            self.fetched_ids.extend(ids)
+            truth = self.truth()
+            return MessageBatch.of(truth[i] for i in ids if i in truth)
 
     def _current_seq(self) -> int:
         return self._log[-1].seq if self._log else 0

@@ -68,6 +68,8 @@ class AccountCounters:
     quota_units: int = 0
     # Gmail requests and batch parts refused for the per-user concurrency limit.
     concurrency_refused: int = 0
+    # Requests answered, per API method (Gmail: users.messages.list, ...; batch parts each).
+    methods: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -90,6 +92,8 @@ class Counters:
             totals.retry_after_violations += c.retry_after_violations
             totals.quota_units += c.quota_units
             totals.concurrency_refused += c.concurrency_refused
+            for method, count in c.methods.items():
+                totals.methods[method] = totals.methods.get(method, 0) + count
         return {
             "token_requests": self.token_requests,
             "totals": asdict(totals),

@@ -33,7 +33,6 @@ from app.db.repositories.outbox import OutboxRepository
 from app.db.session import AsyncSession
 from app.events.changes import MESSAGES_CHANGED, PageChanges
 from app.providers.base import (
-    AccessTokenRejected,
     Account,
     AuthExpiredError,
     Cursor,
@@ -50,7 +49,7 @@ from app.sync import states
 from app.sync.ratelimit import RedisRateGate
 from app.sync.runtime import Runtime
 from app.sync.states import MailboxStatus, Phase, StreamMode
-from app.sync.tokens import TokenSource
+from app.sync.tokens import TokenSource, with_token_retry
 
 log = logging.getLogger(__name__)
 
@@ -401,9 +400,13 @@ class SyncEngine:
                 Outcome.CONTINUE, pages=state.pages, fencing_token=lease.fencing_token
             )
 
-        next_at = datetime.now(UTC) + timedelta(
-            seconds=next_pass_in(settings.sync_interval_seconds)
+        # Push working: the periodic pass is a slow safety net. Without it, poll.
+        interval = states.pass_interval(
+            mailbox.push_state,
+            interval=settings.sync_interval_seconds,
+            without_push=settings.sync_poll_without_push_seconds,
         )
+        next_at = datetime.now(UTC) + timedelta(seconds=next_pass_in(interval))
         async with self.rt.sessions() as session, session.begin():
             # Pages keep the counter exact; after an enumeration, recount as a safety net.
             recount = first_pass or any(s.mode == StreamMode.FULL for s in streams_now)
@@ -682,17 +685,7 @@ class SyncEngine:
         return sum(known) if known else None
 
     async def _with_token_retry(self, tokens: TokenSource, call: Callable[[], Awaitable[T]]) -> T:
-        """One 401 earns one refresh and one retry; a second 401 means the grant is unusable."""
-        try:
-            return await call()
-        except AccessTokenRejected:
-            await tokens.after_rejection()
-            try:
-                return await call()
-            except AccessTokenRejected as exc:
-                raise AuthExpiredError(
-                    "the provider rejected a freshly refreshed access token; reconnect the mailbox"
-                ) from exc
+        return await with_token_retry(tokens, call)
 
     async def _guarded(self, action: Callable[[MailboxRepository], Awaitable[object]]) -> None:
         try:

@@ -158,8 +158,15 @@ class MailboxView:
     @property
     def in_sync(self) -> bool:
         return states.in_sync(
-            self.mailbox.status, self.streams, owed=self.mailbox.pending_since is not None
+            self.mailbox.status,
+            self.streams,
+            owed=self.mailbox.pending_since is not None,
+            phase=self.mailbox.phase,
         )
+
+    @property
+    def push(self) -> states.PushState:
+        return states.PushState(self.mailbox.push_state)
 
 
 async def status_of(session: AsyncSession, user_id: str) -> list[MailboxView]:

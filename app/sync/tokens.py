@@ -11,13 +11,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from app.db.repositories.credentials import CredentialRepository, StoredCredential
-from app.providers.base import Account, AuthExpiredError, MailProvider
+from app.providers.base import (
+    AccessDenied,
+    AccessTokenRejected,
+    Account,
+    AuthExpiredError,
+    MailProvider,
+)
 from app.sync.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class MissingCredentials(AuthExpiredError):
@@ -91,3 +101,20 @@ class TokenSource:
             tokens.access_token, refresh_token, tokens.expires_at, cred.version + 1
         )
         return tokens.access_token
+
+
+async def with_token_retry(tokens: TokenSource, call: Callable[[], Awaitable[T]]) -> T:
+    """One refusal of the token earns one refresh and one retry; a second one means the grant
+    (or, for an app-only mailbox, the application's permission) is unusable."""
+    try:
+        return await call()
+    except AccessTokenRejected:
+        await tokens.after_rejection()
+        try:
+            return await call()
+        except AccessDenied as exc:
+            raise AuthExpiredError(str(exc)) from exc
+        except AccessTokenRejected as exc:
+            raise AuthExpiredError(
+                "the provider rejected a freshly refreshed access token; reconnect the mailbox"
+            ) from exc

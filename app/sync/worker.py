@@ -106,6 +106,14 @@ class WorkerSettings:
             keep_result=0,
             max_tries=3,
         ),
+        # A check is a few requests; a repair by listing fetches only what is missing.
+        func(
+            jobs.verify_mailbox,
+            name="verify_mailbox",
+            timeout=_timeout(),
+            keep_result=0,
+            max_tries=1,
+        ),
         # One batch of a resnapshot walk; each enqueues the next (app/events/snapshot.py).
         func(
             snapshot.resnapshot_batch,
@@ -123,6 +131,17 @@ class WorkerSettings:
             jobs.schedule,
             second=set(range(0, 60, 5)),
             run_at_startup=True,
+            timeout=30,
+            keep_result=0,
+            unique=True,
+        ),
+        # The completion monitor: every 15 s it enqueues the checks that came due (each
+        # mailbox's at its own moment of VERIFY_INTERVAL_SECONDS); once a minute it also
+        # re-enqueues overdue syncs and marks lapsed push channels.
+        cron(
+            jobs.monitor,
+            second={7, 22, 37, 52},
+            run_at_startup=False,
             timeout=30,
             keep_result=0,
             unique=True,

@@ -112,6 +112,7 @@ def status_view(view: service.MailboxView) -> MailboxStatusView:
         pending_since=m.pending_since,
         last_verified_at=m.last_verified_at,
         streams_behind=view.streams_behind,
+        push=view.push,
     )
 
 

@@ -17,11 +17,13 @@ from fastapi.responses import PlainTextResponse
 from app.api.deps import UnitOfWorkDep
 from app.api.errors import ApiError
 from app.db.repositories.mailboxes import MailboxRepository
+from app.db.repositories.monitor import MonitorRepository
 from app.db.repositories.subscriptions import NotificationRepository, SubscriptionRepository
 from app.metrics import WEBHOOK_NOTIFICATIONS
 from app.providers.gmail.push import PushAuthError, PushVerifier, decode_push
 from app.providers.outlook.notifications import client_state_matches, parse_notifications
 from app.sync.queue import enqueue_subscription, enqueue_sync
+from app.sync.states import PushState
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ async def microsoft(
     recorder = NotificationRepository(uow.session)
     to_sync: set[uuid.UUID] = set()
     to_resubscribe: set[uuid.UUID] = set()
+    push_failing: set[uuid.UUID] = set()
     for n in notifications:
         stored = await subs.find(n.subscription_id)
         if stored is None:
@@ -82,10 +85,19 @@ async def microsoft(
         WEBHOOK_NOTIFICATIONS.labels("microsoft", kind).inc()
         if n.lifecycle_event in ("reauthorizationRequired", "subscriptionRemoved"):
             to_resubscribe.add(stored.mailbox_id)
+        if n.lifecycle_event in ("subscriptionRemoved", "missed"):
+            # Push is not delivering (or lost changes): poll until the channel is recreated
+            # or, after `missed`, renewed by the renewal cron.
+            push_failing.add(stored.mailbox_id)
         if n.lifecycle_event != "reauthorizationRequired":
             # Changes, `missed` and a removed subscription all mean: read the delta now.
             to_sync.add(stored.mailbox_id)
     await MailboxRepository(uow.session).request_sync(sorted(to_sync))
+    await MonitorRepository(uow.session).set_push_state(
+        sorted(push_failing),
+        PushState.FAILING,
+        poll_within=uow.rt.settings.sync_poll_without_push_seconds,
+    )
     redis = uow.rt.redis
     for mid in sorted(to_sync):
         uow.after_commit(partial(enqueue_sync, redis, mid))

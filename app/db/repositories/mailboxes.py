@@ -310,6 +310,27 @@ class MailboxRepository:
         )
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
+    async def release(self, lease: Lease, *, phase: Phase | None) -> bool:
+        """Give the lease back without ending a pass or moving the status (the monitor's
+        repairs); False when it was no longer held."""
+        result = await self.session.execute(
+            text(
+                """
+                UPDATE mailboxes
+                   SET lease_owner = NULL, lease_expires_at = NULL, phase = :phase,
+                       updated_at = now()
+                 WHERE id = :id AND fencing_token = :token AND lease_owner = :owner
+                """
+            ),
+            {
+                "id": lease.mailbox_id,
+                "token": lease.fencing_token,
+                "owner": lease.owner,
+                "phase": phase.value if phase else None,
+            },
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
     async def finish(
         self,
         lease: Lease,

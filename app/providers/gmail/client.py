@@ -206,12 +206,22 @@ class GmailClient:
     async def list_labels(self, ctx: SyncContext) -> JSON:
         return await self._json(ctx, "users.labels.list", "GET", "labels")
 
+    async def get_label(self, ctx: SyncContext, label_id: str) -> JSON:
+        # Only labels.get carries a label's counts; labels.list leaves them out.
+        return await self._json(ctx, "users.labels.get", "GET", f"labels/{quote(label_id)}")
+
     async def list_messages(
-        self, ctx: SyncContext, *, page_token: str | None, max_results: int
+        self,
+        ctx: SyncContext,
+        *,
+        page_token: str | None,
+        max_results: int,
+        label_ids: Sequence[str] = (),
     ) -> JSON:
         # includeSpamTrash: the copy holds every message with its labels, so a message
         # moving to Trash (a label change in history) is an update, not a disappearance.
         params = [("maxResults", str(max_results)), ("includeSpamTrash", "true")]
+        params += [("labelIds", label_id) for label_id in label_ids]
         if page_token:
             params.append(("pageToken", page_token))
         return await self._json(ctx, "users.messages.list", "GET", "messages", params)

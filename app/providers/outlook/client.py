@@ -108,7 +108,7 @@ class GraphClient:
             if response.is_success or response.status_code in accept:
                 return response
             if response.status_code not in THROTTLE_STATUSES:
-                raise error_for_response(response)
+                raise error_for_response(response, app_only=ctx.account.auth_mode == "application")
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             attempt += 1
             if retry_after is not None:

@@ -290,6 +290,7 @@ class GmailApi:
                     header=faults.gmail_quota_retry_after_header,
                 )
         counters.quota_units += cost
+        counters.methods[method_name] = counters.methods.get(method_name, 0) + 1
 
     # -- users -----------------------------------------------------------------------
 
@@ -319,13 +320,24 @@ class GmailApi:
     def _labels_get(
         self, account: GoogleAccount, params: dict[str, str], query: _Params, body: bytes
     ) -> ApiResponse:
+        # Only labels.get carries a label's counts (labels.list leaves them out), exact.
         label_id = params["id"]
+        mailbox = account.mailbox
         if label_id in SYSTEM_LABELS:
-            return ApiResponse(200, system_label_resource(label_id))
-        name = account.mailbox.user_labels.get(label_id)
-        if name is None:
-            raise not_found()
-        return ApiResponse(200, user_label_resource(label_id, name))
+            resource = system_label_resource(label_id)
+        else:
+            name = mailbox.user_labels.get(label_id)
+            if name is None:
+                raise not_found()
+            resource = user_label_resource(label_id, name)
+        counts = mailbox.label_counts(label_id)
+        resource.update(
+            messagesTotal=counts.messages_total,
+            messagesUnread=counts.messages_unread,
+            threadsTotal=counts.threads_total,
+            threadsUnread=counts.threads_unread,
+        )
+        return ApiResponse(200, resource)
 
     def _labels_create(
         self, account: GoogleAccount, params: dict[str, str], query: _Params, body: bytes

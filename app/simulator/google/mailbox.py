@@ -159,6 +159,15 @@ class HistoryRecord:
         return {"id": str(self.id), "messages": list(refs.values()), **lists}
 
 
+@dataclass(slots=True)
+class LabelCounts:
+    messages_total: int = 0
+    messages_unread: int = 0
+    threads_total: int = 0
+    # Threads with the label and at least one unread message carrying it.
+    threads_unread: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """One message touched by a mutation; push filters look at its labels."""
@@ -241,6 +250,7 @@ class Mailbox:
         self.watch: Watch | None = None
         self._threads_total: int | None = None
         self._estimates: dict[str, tuple[int, int]] = {}
+        self._label_counts: tuple[int, dict[str, LabelCounts]] | None = None
 
     # -- ids -------------------------------------------------------------------------
 
@@ -406,6 +416,37 @@ class Mailbox:
         # Deletions are not subtracted: a thread survives while any message of it does.
         new_threads = sum(1 for a in self.added.values() if a.thread_id == a.id)
         return self._threads_total + new_threads
+
+    def label_counts(self, label_id: str) -> LabelCounts:
+        """Exact counts of messages and threads with `label_id`, as labels.get reports them.
+
+        Every live message is looked at once per state of the mailbox (the history id moves
+        with every change), so counting costs a scan after a change, never a guess."""
+        cached = self._label_counts
+        if cached is None or cached[0] != self.history_id:
+            counts: dict[str, LabelCounts] = {}
+            threads: dict[str, set[str]] = {}
+            unread_threads: dict[str, set[str]] = {}
+            for message_id, index, _ in self._live((1, self._added_seq + 1)):
+                labels = self.labels(message_id, index)
+                unread = "UNREAD" in labels
+                thread_id = (
+                    self._seeded_thread_id(index)
+                    if index is not None
+                    else self.added[message_id].thread_id
+                )
+                for label in labels:
+                    entry = counts.setdefault(label, LabelCounts())
+                    entry.messages_total += 1
+                    threads.setdefault(label, set()).add(thread_id)
+                    if unread:
+                        entry.messages_unread += 1
+                        unread_threads.setdefault(label, set()).add(thread_id)
+            for label, entry in counts.items():
+                entry.threads_total = len(threads.get(label, ()))
+                entry.threads_unread = len(unread_threads.get(label, ()))
+            cached = self._label_counts = (self.history_id, counts)
+        return cached[1].get(label_id, LabelCounts())
 
     def _live(self, position: tuple[int, int]) -> Iterator[tuple[str, int | None, tuple[int, int]]]:
         """(message id, seeded index or None, position after it), newest first from `position`.

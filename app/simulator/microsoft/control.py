@@ -15,7 +15,7 @@ from app.simulator.app import Simulator
 from app.simulator.microsoft import delta, ids
 from app.simulator.microsoft.mailbox import ChangeEvent, Folder, Mailbox
 from app.simulator.microsoft.resources import MESSAGE_PROPERTIES, SelectError, iso, parse_select
-from app.simulator.microsoft.state import MicrosoftState, get_state
+from app.simulator.microsoft.state import MicrosoftState, Tenant, get_state
 from app.simulator.microsoft.subscriptions import LIFECYCLE_EVENTS, notify_changes, send_lifecycle
 
 # Building the folder index of a big mailbox takes a second or so: do it off the event loop.
@@ -37,6 +37,11 @@ class CreateAccount(BaseModel):
 class AccountPatch(BaseModel):
     token_lifetime: int | None = Field(default=None, ge=0)
     app_only_granted: bool | None = None
+
+
+class TenantConsent(BaseModel):
+    # Admin consent to the application permission Mail.Read (app-only access).
+    granted: bool
 
 
 class AddMessages(BaseModel):
@@ -279,6 +284,30 @@ def build_control_router(sim: Simulator) -> APIRouter:
     @router.post("/accounts/{user}/access-tokens/expire")
     async def expire_access_tokens(user: str) -> dict[str, Any]:
         return {"expired_access_tokens": _expire_access_tokens(state, mailbox_or_404(user))}
+
+    def tenant_or_404(ref: str) -> Tenant:
+        tenant = state.find_tenant(ref)
+        if tenant is None:
+            raise HTTPException(404, f"no tenant {ref!r}")
+        return tenant
+
+    @router.put("/tenants/{tenant}/consent")
+    async def set_consent(tenant: str, body: TenantConsent) -> dict[str, Any]:
+        """Grant or withdraw the admin consent; tokens issued before keep their roles."""
+        found = tenant_or_404(tenant)
+        found.app_consent = body.granted
+        return {"tenant_id": found.tenant_id, "app_consent": found.app_consent}
+
+    @router.post("/tenants/{tenant}/app-tokens/expire")
+    async def expire_app_tokens(tenant: str) -> dict[str, Any]:
+        found = tenant_or_404(tenant)
+        now = time.time()
+        expired = 0
+        for token in state.access_tokens.values():
+            if token.app_only and token.tenant_id == found.tenant_id and token.expires_at > now:
+                token.expires_at = now
+                expired += 1
+        return {"expired_access_tokens": expired}
 
     @router.post("/accounts/{user}/messages", status_code=201)
     async def add_messages(user: str, body: AddMessages) -> dict[str, Any]:

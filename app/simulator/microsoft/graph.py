@@ -35,7 +35,7 @@ from app.simulator.microsoft.resources import (
     removed_folder,
     user_resource,
 )
-from app.simulator.microsoft.state import AccessToken, MicrosoftState, get_state
+from app.simulator.microsoft.state import APP_MAIL_ROLE, AccessToken, MicrosoftState, get_state
 
 _QUOTED_KEY = re.compile(r"\('([^']*)'\)")
 _DELTA_SEGMENTS = frozenset(
@@ -177,7 +177,11 @@ async def _handle(state: MicrosoftState, path: str, request: Request) -> Respons
 
 def _authorize(token: AccessToken, mailbox: Mailbox) -> None:
     if token.app_only:
-        if token.tenant_id != mailbox.tenant_id or not mailbox.app_only_granted:
+        if (
+            token.tenant_id != mailbox.tenant_id
+            or APP_MAIL_ROLE not in token.roles
+            or not mailbox.app_only_granted
+        ):
             raise GraphError(
                 403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
             )
