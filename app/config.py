@@ -81,6 +81,17 @@ class Settings(BaseSettings):
     worker_max_jobs: int = Field(default=10, alias="WORKER_MAX_JOBS")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
 
+    # Reading the mirror (bodies and attachments come from the provider at request time).
+    # Bodies are cached in PostgreSQL this long (0: no cache), if no larger than the cap.
+    body_cache_seconds: int = Field(default=3600, ge=0, alias="BODY_CACHE_SECONDS")
+    body_cache_max_bytes: int = Field(default=262_144, ge=0, alias="BODY_CACHE_MAX_BYTES")
+    # Larger attachments are refused (413) rather than streamed.
+    attachment_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0, alias="ATTACHMENT_MAX_BYTES")
+    # A request waits this long for a throttled provider, then answers 503 + Retry-After.
+    read_max_wait_seconds: float = Field(default=10.0, ge=0, alias="READ_MAX_WAIT_SECONDS")
+    # Index entries a filtered listing reads per mailbox before it answers a short page.
+    read_scan_budget: int = Field(default=20_000, ge=100, alias="READ_SCAN_BUDGET")
+
     # Events out (docs/events.md): the outbox, published to NATS JetStream.
     nats_url: str = Field(default="nats://localhost:4222", alias="NATS_URL")
     # Off: pages write no message events (lifecycle rows are still recorded).

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -112,6 +113,10 @@ class Mailbox(SQLModel, table=True):
     created_at: datetime | None = _ts(nullable=False, default_now=True)
     updated_at: datetime | None = _ts(nullable=False, default_now=True)
     disconnected_at: datetime | None = _ts()
+    # The user paused syncing: nothing is scheduled or synced; `status` keeps its meaning.
+    paused: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default="false")
+    )
 
 
 class Credential(SQLModel, table=True):
@@ -219,7 +224,49 @@ class Message(SQLModel, table=True):
     labels: list[str] = Field(default_factory=list, sa_column=Column(ARRAY(Text), nullable=False))
     is_read: bool = Field(default=False)
     has_attachments: bool = Field(default=False)
+    # Display names beside the address lists ("" where the provider gave none).
+    from_name: str | None = Field(default=None, sa_column=Column(Text))
+    to_names: list[str] = Field(
+        default_factory=list, sa_column=Column(ARRAY(Text), nullable=False, server_default="{}")
+    )
+    cc_names: list[str] = Field(
+        default_factory=list, sa_column=Column(ARRAY(Text), nullable=False, server_default="{}")
+    )
+    bcc_names: list[str] = Field(
+        default_factory=list, sa_column=Column(ARRAY(Text), nullable=False, server_default="{}")
+    )
+    sent_at: datetime | None = _ts()
+    in_reply_to: str | None = Field(default=None, sa_column=Column(Text))
+    reference_ids: list[str] = Field(
+        default_factory=list, sa_column=Column(ARRAY(Text), nullable=False, server_default="{}")
+    )
+    size: int | None = Field(default=None, sa_column=Column(BigInteger))
+    importance: str | None = Field(default=None, sa_column=Column(Text))
+    flagged: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default="false")
+    )
     updated_at: datetime | None = _ts(nullable=False, default_now=True)
+
+
+class MessageBody(SQLModel, table=True):
+    """Bodies fetched from the provider, kept a while (BODY_CACHE_*): the raw provider
+    content, sanitized again on every read."""
+
+    __tablename__ = "message_bodies"
+
+    mailbox_id: uuid.UUID = Field(
+        sa_column=Column(
+            UUID(as_uuid=True), ForeignKey("mailboxes.id", ondelete="CASCADE"), primary_key=True
+        )
+    )
+    provider_message_id: str = Field(sa_column=Column(Text, primary_key=True))
+    format: str = Field(sa_column=Column(Text, primary_key=True))
+    content: str = Field(sa_column=Column(Text, nullable=False))
+    # [{"attachment_id", "content_id", ...}] learned with the body, for cid: links.
+    attachments: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSONB, nullable=False, server_default="[]")
+    )
+    fetched_at: datetime | None = _ts(nullable=False, default_now=True)
 
 
 class PushSubscription(SQLModel, table=True):

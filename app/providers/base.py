@@ -79,6 +79,10 @@ class PermanentError(ProviderError):
     """A request the provider will never accept; the mailbox goes to `error` with the reason."""
 
 
+class MessageGone(PermanentError):
+    """The message (or one of its attachments) no longer exists at the provider."""
+
+
 # ---------------------------------------------------------------------------
 # Values exchanged with the engine.
 # ---------------------------------------------------------------------------
@@ -121,11 +125,27 @@ class NormalizedMessage:
     labels: list[str] = field(default_factory=list)
     is_read: bool = False
     has_attachments: bool = False
+    # Display names, one per address of the list beside it ("" when the provider gave none).
+    from_name: str | None = None
+    to_names: list[str] = field(default_factory=list)
+    cc_names: list[str] = field(default_factory=list)
+    bcc_names: list[str] = field(default_factory=list)
+    sent_at: datetime | None = None
+    in_reply_to: str | None = None
+    references: list[str] = field(default_factory=list)
+    # Bytes, as the provider estimates them; None when the provider does not say (Graph).
+    size: int | None = None
+    # "low", "normal" or "high"; None when unknown.
+    importance: str | None = None
+    # Outlook's follow-up flag, Gmail's star.
+    flagged: bool = False
 
 
 _BATCH_COLUMNS = (
     "provider_message_id", "thread_id", "internet_message_id", "subject", "from_", "to", "cc",
-    "bcc", "snippet", "received_at", "labels", "is_read", "has_attachments",
+    "bcc", "snippet", "received_at", "labels", "is_read", "has_attachments", "from_name",
+    "to_names", "cc_names", "bcc_names", "sent_at", "in_reply_to", "references", "size",
+    "importance", "flagged",
 )  # fmt: skip
 
 
@@ -153,6 +173,16 @@ class MessageBatch:
     labels: list[list[str]] = field(default_factory=list)
     is_read: list[bool] = field(default_factory=list)
     has_attachments: list[bool] = field(default_factory=list)
+    from_name: list[str | None] = field(default_factory=list)
+    to_names: list[list[str]] = field(default_factory=list)
+    cc_names: list[list[str]] = field(default_factory=list)
+    bcc_names: list[list[str]] = field(default_factory=list)
+    sent_at: list[datetime | None] = field(default_factory=list)
+    in_reply_to: list[str | None] = field(default_factory=list)
+    references: list[list[str]] = field(default_factory=list)
+    size: list[int | None] = field(default_factory=list)
+    importance: list[str | None] = field(default_factory=list)
+    flagged: list[bool] = field(default_factory=list)
 
     @classmethod
     def of(cls, messages: Iterable[NormalizedMessage]) -> MessageBatch:
@@ -164,6 +194,10 @@ class MessageBatch:
     def append(self, message: NormalizedMessage) -> None:
         for name in _BATCH_COLUMNS:
             getattr(self, name).append(getattr(message, name))
+
+    def extend(self, other: MessageBatch) -> None:
+        for name in _BATCH_COLUMNS:
+            getattr(self, name).extend(getattr(other, name))
 
     def __len__(self) -> int:
         return len(self.provider_message_id)
@@ -228,6 +262,42 @@ class Page:
     # then removes rows of this stream that the enumeration did not see.
     full_sync_complete: bool = False
     total_estimate: int | None = None
+
+
+BodyFormat = Literal["text", "html"]
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentInfo:
+    """One attachment as the provider describes it; `attachment_id` is the provider's own
+    (stable across requests: Gmail's changing attachmentId never leaves its provider)."""
+
+    attachment_id: str
+    name: str | None
+    content_type: str | None
+    size: int | None
+    # An image shown inside the HTML body (cid:), not something the user attached.
+    inline: bool = False
+    content_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageBody:
+    """A body fetched at request time, as the provider has it (not yet sanitized)."""
+
+    format: BodyFormat
+    content: str
+    # The message's attachments when the provider learned them with the body (or needed
+    # them to resolve cid: links); empty when it did not look.
+    attachments: Sequence[AttachmentInfo] = ()
+
+
+@dataclass(slots=True)
+class AttachmentContent:
+    """An attachment being downloaded: its description and its bytes, chunk by chunk."""
+
+    info: AttachmentInfo
+    chunks: AsyncIterator[bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +382,9 @@ class SyncContext:
     # expires during a long sync is never sent.
     access_token: Callable[[], Awaitable[str]]
     gate: RateGate
+    # Set when a person is waiting for the answer (an API request): a provider that would
+    # wait longer than this for a Retry-After or a backoff raises ThrottledError instead.
+    max_wait: float | None = None
 
 
 @runtime_checkable
@@ -342,6 +415,23 @@ class MailProvider(Protocol):
     ) -> dict[str, MessageBatch]:
         """The mailbox's newest `limit` messages by stream key, shown before a first backfill
         reaches them. May be empty: it is only a head start."""
+
+    async def fetch_body(
+        self, ctx: SyncContext, provider_message_id: str, fmt: BodyFormat
+    ) -> MessageBody:
+        """The message's body in `fmt` (converted when the message lacks that form).
+        Raises MessageGone when the provider no longer has the message."""
+
+    async def list_attachments(
+        self, ctx: SyncContext, provider_message_id: str
+    ) -> Sequence[AttachmentInfo]:
+        """Every attachment of the message, inline images included (marked `inline`)."""
+
+    def open_attachment(
+        self, ctx: SyncContext, provider_message_id: str, attachment_id: str
+    ) -> AbstractAsyncContextManager[AttachmentContent]:
+        """Stream one attachment: memory must not grow with its size. MessageGone when the
+        message or the attachment is gone."""
 
     async def subscribe(self, ctx: SyncContext) -> Subscription | None:
         """Create the push channel; None when push is not configured."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -19,10 +20,15 @@ from typing import Literal
 from app.providers.base import (
     AccessTokenRejected,
     Account,
+    AttachmentContent,
+    AttachmentInfo,
     AuthExpiredError,
+    BodyFormat,
     Cursor,
     CursorInvalidError,
     MessageBatch,
+    MessageBody,
+    MessageGone,
     NormalizedMessage,
     Page,
     ProviderCounts,
@@ -105,6 +111,10 @@ class MemoryProvider:
         self.pages_served = 0
         self.subscriptions: dict[str, Subscription] = {}
         self.address: str | None = "owner@example.com"
+        # Scripted content for the on-demand reads, by provider message id.
+        self.bodies: dict[str, str] = {}
+        self.attachments: dict[str, list[AttachmentInfo]] = {}
+        self.attachment_bytes: dict[tuple[str, str], bytes] = {}
 
     # -- scripting ----------------------------------------------------------------------
 
@@ -321,6 +331,46 @@ class MemoryProvider:
     def _current_seq(self) -> int:
         return self._log[-1].seq if self._log else 0
 
+    # -- reading on demand: bodies and attachments scripted per message ------------------
+
+    def _find(self, message_id: str) -> NormalizedMessage:
+        for messages in self.streams.values():
+            if message_id in messages:
+                return messages[message_id]
+        raise MessageGone(f"no message {message_id}")
+
+    async def fetch_body(
+        self, ctx: SyncContext, provider_message_id: str, fmt: BodyFormat
+    ) -> MessageBody:
+        async with ctx.gate.request():
+            await self._authorize(ctx)
+            message = self._find(provider_message_id)
+            text = self.bodies.get(provider_message_id, message.snippet or "")
+            return MessageBody(fmt, text, self.attachments.get(provider_message_id, []))
+
+    async def list_attachments(
+        self, ctx: SyncContext, provider_message_id: str
+    ) -> Sequence[AttachmentInfo]:
+        async with ctx.gate.request():
+            await self._authorize(ctx)
+            self._find(provider_message_id)
+            return self.attachments.get(provider_message_id, [])
+
+    @asynccontextmanager
+    async def open_attachment(
+        self, ctx: SyncContext, provider_message_id: str, attachment_id: str
+    ) -> AsyncIterator[AttachmentContent]:
+        async with ctx.gate.request():
+            await self._authorize(ctx)
+            self._find(provider_message_id)
+            for info in self.attachments.get(provider_message_id, []):
+                if info.attachment_id == attachment_id:
+                    content = self.attachment_bytes.get((provider_message_id, attachment_id), b"")
+
+                    yield AttachmentContent(info, _chunks(content))
+                    return
+            raise MessageGone(f"no attachment {attachment_id}")
+
     async def subscribe(self, ctx: SyncContext) -> Subscription | None:
         await self._authorize(ctx)
         sub = Subscription(
@@ -349,6 +399,7 @@ def make_message(
     i: int, *, stream_labels: Sequence[str] = (), read: bool = True
 ) -> NormalizedMessage:
     """A plausible message for tests and benchmarks."""
+    received = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(minutes=i)
     return NormalizedMessage(
         provider_message_id=f"msg-{i:07d}",
         thread_id=f"thread-{i // 3:07d}",
@@ -358,8 +409,22 @@ def make_message(
         to=["owner@example.com"],
         cc=[f"cc{i % 5}@example.org"] if i % 4 == 0 else [],
         snippet=f"snippet of message {i}",
-        received_at=datetime(2024, 1, 1, tzinfo=UTC) + timedelta(minutes=i),
+        received_at=received,
         labels=list(stream_labels) + ([] if read else ["UNREAD"]),
         is_read=read,
         has_attachments=i % 7 == 0,
+        from_name=f"Sender {i % 17}",
+        to_names=["Owner"],
+        cc_names=[f"Copy {i % 5}"] if i % 4 == 0 else [],
+        sent_at=received - timedelta(seconds=30),
+        in_reply_to=f"<{i - 1}@example.com>" if i % 3 else None,
+        references=[f"<{i - 1}@example.com>"] if i % 3 else [],
+        size=4000 + i % 9000,
+        importance="normal",
+        flagged=i % 11 == 0,
     )
+
+
+async def _chunks(content: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(content), 65536):
+        yield content[start : start + 65536]

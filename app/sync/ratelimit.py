@@ -30,7 +30,7 @@ from contextlib import asynccontextmanager
 
 from redis.asyncio import Redis
 
-from app.providers.base import ProviderLimits
+from app.providers.base import ProviderLimits, ThrottledError
 
 # KEYS: pause, slots (zset holder -> expiry ms), bucket (hash tokens, ts), cap (tightened limit)
 # ARGV: now_ms, holder, slot_ttl_ms, max_concurrency (0 = none), rate (units/s, 0 = none),
@@ -115,6 +115,8 @@ class RedisRateGate:
         request_timeout_seconds: float = 30.0,
         # How long a concurrency refusal keeps the mailbox's limit lowered.
         tighten_seconds: float = 60.0,
+        # A person waiting for the answer: refuse (ThrottledError) rather than wait longer.
+        max_wait_seconds: float | None = None,
     ) -> None:
         self._redis = redis
         self._keys = [
@@ -134,6 +136,7 @@ class RedisRateGate:
         self._tighten_script = redis.register_script(_TIGHTEN)
         self._hold_script = redis.register_script(_HOLD)
         self._refund_script = redis.register_script(_REFUND)
+        self._max_wait = max_wait_seconds
 
     async def _admit(self, holder: str, cost: int) -> int:
         now_ms = int(time.time() * 1000)
@@ -156,10 +159,16 @@ class RedisRateGate:
     @asynccontextmanager
     async def request(self, cost: int = 1) -> AsyncIterator[None]:
         holder = uuid.uuid4().hex
+        deadline = None if self._max_wait is None else time.monotonic() + self._max_wait
         while True:
             wait_ms = await self._admit(holder, cost)
             if wait_ms == 0:
                 break
+            if deadline is not None and time.monotonic() + max(wait_ms, 0) / 1000 > deadline:
+                raise ThrottledError(
+                    "the provider's limit for this mailbox is spent for now",
+                    retry_after=max(wait_ms / 1000, 1.0),
+                )
             if wait_ms < 0:
                 # All slots busy: poll briefly with jitter; slots free in milliseconds.
                 await asyncio.sleep(random.uniform(0.005, 0.025))

@@ -230,6 +230,7 @@ class MailboxRepository:
                        updated_at = now()
                  WHERE id = :id
                    AND status = ANY(CAST(:syncable AS text[]))
+                   AND NOT paused
                    AND (lease_owner IS NULL OR lease_expires_at < now())
              RETURNING fencing_token
                 """
@@ -494,6 +495,7 @@ class MailboxRepository:
                 SELECT id FROM mailboxes
                  WHERE next_sync_at <= now()
                    AND status = ANY(CAST(:syncable AS text[]))
+                   AND NOT paused
                    AND (lease_owner IS NULL OR lease_expires_at < now())
                  ORDER BY next_sync_at
                  LIMIT :limit

@@ -15,7 +15,8 @@ A sync starts with a full enumeration and then reads history:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,10 +25,15 @@ import httpx
 from app.config import Settings
 from app.providers.base import (
     Account,
+    AttachmentContent,
+    AttachmentInfo,
+    BodyFormat,
     Cursor,
     CursorInvalidError,
     LabelChange,
     MessageBatch,
+    MessageBody,
+    MessageGone,
     Page,
     PermanentError,
     ProviderCounts,
@@ -39,11 +45,14 @@ from app.providers.base import (
     SyncContext,
     TokenSet,
 )
-from app.providers.gmail.client import FetchStrategy, GmailClient, RetryPolicy
+from app.providers.bodies import html_to_text, text_to_html
+from app.providers.gmail import mime
+from app.providers.gmail.attachment_stream import decoded_chunks
+from app.providers.gmail.client import JSON, FetchStrategy, GmailClient, RetryPolicy
 from app.providers.gmail.cursor import GmailCursor
 from app.providers.gmail.history import fold_history
 from app.providers.gmail.labels import LabelCache, is_user_label
-from app.providers.gmail.mapper import METADATA_HEADERS, label_names, to_normalized
+from app.providers.gmail.mapper import label_names, to_normalized
 from app.providers.gmail.oauth import refresh_access_token
 
 STREAM_KEY = "mailbox"
@@ -177,7 +186,9 @@ class GmailProvider:
         """Normalized metadata of `ids`, in order, without the ones deleted meanwhile."""
         if not ids:
             return MessageBatch()
-        found = await self._client.get_messages(ctx, ids, METADATA_HEADERS)
+        # format=full: the MIME tree is the only place Gmail says whether a message has
+        # attachments (metadata has no parts). Same quota cost, larger answers.
+        found = await self._client.get_messages(ctx, ids, fmt="full")
         messages = [m for i in ids if (m := found.get(i)) is not None]
         label_ids = {label for m in messages for label in m.get("labelIds") or ()}
         names = await self._labels.names(ctx, label_ids)
@@ -194,6 +205,74 @@ class GmailProvider:
         listing = await self._client.list_messages(ctx, page_token=None, max_results=limit)
         ids = [m["id"] for m in listing.get("messages") or ()]
         return {STREAM_KEY: await self._fetch(ctx, ids)}
+
+    # -- reading on demand -----------------------------------------------------------
+
+    async def _full(self, ctx: SyncContext, message_id: str) -> JSON:
+        return await self._client.get_message(ctx, message_id, "full")
+
+    async def _part_text(self, ctx: SyncContext, message_id: str, part: mime.Part) -> str:
+        text = part.text()
+        if text is not None:
+            return text
+        if part.attachment_id is None:
+            return ""
+        # Gmail sends a large body by id, like a file.
+        answer = await self._client.get_attachment(ctx, message_id, part.attachment_id)
+        data = answer.get("data")
+        raw = mime.decode_data(data) if isinstance(data, str) else b""
+        return mime.decode_text(raw, part.charset)
+
+    async def fetch_body(
+        self, ctx: SyncContext, provider_message_id: str, fmt: BodyFormat
+    ) -> MessageBody:
+        message = await self._full(ctx, provider_message_id)
+        payload = message.get("payload") or {}
+        text_part, html_part = mime.body_parts(payload)
+        if fmt == "html":
+            if html_part is not None:
+                html = await self._part_text(ctx, provider_message_id, html_part)
+            else:
+                plain = (
+                    await self._part_text(ctx, provider_message_id, text_part) if text_part else ""
+                )
+                html = text_to_html(plain)
+            return MessageBody("html", html, mime.attachments(payload, html))
+        if text_part is not None:
+            return MessageBody("text", await self._part_text(ctx, provider_message_id, text_part))
+        html = await self._part_text(ctx, provider_message_id, html_part) if html_part else ""
+        return MessageBody("text", html_to_text(html))
+
+    async def list_attachments(
+        self, ctx: SyncContext, provider_message_id: str
+    ) -> Sequence[AttachmentInfo]:
+        message = await self._full(ctx, provider_message_id)
+        return mime.attachments(message.get("payload") or {})
+
+    @asynccontextmanager
+    async def open_attachment(
+        self, ctx: SyncContext, provider_message_id: str, attachment_id: str
+    ) -> AsyncIterator[AttachmentContent]:
+        # Our attachment id is the part id; Gmail's own attachmentId changes with every
+        # messages.get, so the current one is read from the message first.
+        message = await self._full(ctx, provider_message_id)
+        payload = message.get("payload") or {}
+        part = mime.find_part(payload, attachment_id)
+        info = next(
+            (a for a in mime.attachments(payload) if a.attachment_id == attachment_id), None
+        )
+        if part is None or info is None:
+            raise MessageGone(f"Gmail message has no attachment {attachment_id!r}")
+        data = part.body.get("data")
+        if isinstance(data, str):
+            yield AttachmentContent(info, _one(mime.decode_data(data)))
+            return
+        if part.attachment_id is None:
+            raise MessageGone(f"Gmail sent no content for attachment {attachment_id!r}")
+        async with self._client.stream_attachment(
+            ctx, provider_message_id, part.attachment_id
+        ) as response:
+            yield AttachmentContent(info, decoded_chunks(response.aiter_bytes()))
 
     # -- completion monitor ------------------------------------------------------------
 
@@ -296,3 +375,7 @@ class GmailProvider:
 
     async def unsubscribe(self, ctx: SyncContext, subscription: Subscription) -> None:
         await self._client.stop(ctx)
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data

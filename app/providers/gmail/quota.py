@@ -11,6 +11,7 @@ QUOTA_UNITS: dict[str, int] = {
     "users.labels.get": 1,
     "users.messages.list": 5,
     "users.messages.get": 5,
+    "users.messages.attachments.get": 5,
     "users.history.list": 2,
     "users.watch": 100,
     "users.stop": 50,

@@ -6,7 +6,8 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -111,20 +112,23 @@ class GraphClient:
                 raise error_for_response(response, app_only=ctx.account.auth_mode == "application")
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             attempt += 1
+            max_wait = self._max_inline_wait
+            if ctx.max_wait is not None:
+                max_wait = min(max_wait, ctx.max_wait)
             if retry_after is not None:
                 # The exchange already told everyone sharing this mailbox's limit to wait.
-                if attempt > self._max_retries or retry_after > self._max_inline_wait:
+                if attempt > self._max_retries or retry_after > max_wait:
                     raise error_for_response(response)
                 remaining = retry_after - (time.monotonic() - received_at)
                 if remaining > 0:
                     await asyncio.sleep(remaining)
             else:
-                if attempt > self._max_retries:
+                delay = self._backoff(attempt)
+                if attempt > self._max_retries or delay > max_wait:
                     raise ThrottledError(
-                        f"Graph kept throttling ({response.status_code})",
-                        retry_after=self._backoff(attempt),
+                        f"Graph kept throttling ({response.status_code})", retry_after=delay
                     )
-                await asyncio.sleep(self._backoff(attempt))
+                await asyncio.sleep(delay)
             log.info(
                 "graph %s throttled (%s), retry %d/%d",
                 method, response.status_code, attempt, self._max_retries,
@@ -157,6 +161,33 @@ class GraphClient:
                 # its slots too. Fewer at once from here; the caller backs off and retries.
                 await ctx.gate.tighten()
         return response
+
+    @asynccontextmanager
+    async def stream(
+        self, ctx: SyncContext, path_or_link: str, *, headers: dict[str, str] | None = None
+    ) -> AsyncIterator[httpx.Response]:
+        """A GET whose body is read by the caller as it arrives (attachments' `$value`).
+
+        The mailbox's concurrency slot is held until the caller is done with the body:
+        Graph counts the request as in flight until then.
+        """
+        url = self.url(path_or_link)
+        token = await ctx.access_token()
+        async with ctx.gate.request():
+            request = self._http.build_request(
+                "GET", url, headers={"Authorization": f"Bearer {token}", **(headers or {})}
+            )
+            try:
+                response = await self._http.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                raise TransientError(f"Graph request failed: {type(exc).__name__}") from exc
+            try:
+                if not response.is_success:
+                    await response.aread()
+                    raise error_for_response(response)
+                yield response
+            finally:
+                await response.aclose()
 
     def _backoff(self, attempt: int) -> float:
         # Full jitter: workers throttled together do not come back together.

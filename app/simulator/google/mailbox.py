@@ -21,6 +21,7 @@ from functools import lru_cache, partial
 from typing import Any
 
 from app.simulator import corpus
+from app.simulator.content import ContentSpec, custom_content, seeded_content
 from app.simulator.corpus import GeneratedMessage
 from app.simulator.google.labels import (
     SEEDED_USER_LABELS,
@@ -69,6 +70,8 @@ class MessageView:
     in_reply_to: str | None
     has_attachments: bool
     size_estimate: int
+    content: ContentSpec | None = None
+    from_name: str | None = None
 
     @property
     def date_header(self) -> str:
@@ -95,6 +98,7 @@ class AddedMessage:
     message_id: str
     in_reply_to: str | None
     has_attachments: bool
+    content: ContentSpec | None = None
 
 
 @dataclass(slots=True)
@@ -363,9 +367,9 @@ class Mailbox:
         to = m.to
         if self._seeded_bits(index) & SENT_BIT:  # the owner wrote it
             from_header, to = self.email, (m.from_address, *m.to[1:])
+        content = seeded_content(self.seed, index, m)
         size = 1800 + 4 * len(m.snippet) + (index * 37) % 3000
-        if m.has_attachments:
-            size += 40_000 + (index * 7919) % 200_000
+        size += sum(a.size * 4 // 3 for a in content.attachments)
         return MessageView(
             id=message_id,
             thread_id=self.seeded_id(root),
@@ -381,6 +385,7 @@ class Mailbox:
             in_reply_to=in_reply_to,
             has_attachments=m.has_attachments,
             size_estimate=size,
+            content=content,
         )
 
     def _added_view(self, added: AddedMessage) -> MessageView:
@@ -398,7 +403,10 @@ class Mailbox:
             message_id=added.message_id,
             in_reply_to=added.in_reply_to,
             has_attachments=added.has_attachments,
-            size_estimate=2000 + 4 * len(added.snippet) + (60_000 if added.has_attachments else 0),
+            size_estimate=2000
+            + 4 * len(added.snippet)
+            + sum(a.size * 4 // 3 for a in (added.content.attachments if added.content else ())),
+            content=added.content,
         )
 
     @property
@@ -616,6 +624,7 @@ class Mailbox:
         snippet: str,
         has_attachments: bool,
         reply_to: str | None,
+        content: ContentSpec | None = None,
     ) -> tuple[MessageView, Change]:
         parent = self.view(reply_to) if reply_to else None
         now_ms = int(time.time() * 1000)
@@ -638,7 +647,18 @@ class Mailbox:
             snippet=snippet,
             message_id=f"<{corpus.stable_id(self.email, message_id, 'mid')}@{mid_domain}>",
             in_reply_to=parent.message_id if parent else None,
-            has_attachments=has_attachments,
+            has_attachments=content.has_files if content is not None else has_attachments,
+            content=content
+            or custom_content(
+                self._added_seq,
+                text=snippet,
+                body_html=f"<div>{snippet}</div>",
+                attachments=(
+                    [{"name": "attachment.pdf", "content_type": "application/pdf", "size": 45_000}]
+                    if has_attachments
+                    else []
+                ),
+            ),
         )
         self.added[message_id] = added
         self._added_order.append(message_id)

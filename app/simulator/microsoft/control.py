@@ -12,6 +12,7 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
 from app.simulator.app import Simulator
+from app.simulator.content import custom_content
 from app.simulator.microsoft import delta, ids
 from app.simulator.microsoft.mailbox import ChangeEvent, Folder, Mailbox
 from app.simulator.microsoft.resources import MESSAGE_PROPERTIES, SelectError, iso, parse_select
@@ -39,6 +40,14 @@ class AccountPatch(BaseModel):
     app_only_granted: bool | None = None
 
 
+class AttachmentBody(BaseModel):
+    name: str = "file.bin"
+    content_type: str = "application/octet-stream"
+    size: int = Field(default=1000, ge=0, le=60 * 1024 * 1024)
+    inline: bool = False
+    content_id: str | None = None
+
+
 class TenantConsent(BaseModel):
     # Admin consent to the application permission Mail.Read (app-only access).
     granted: bool
@@ -50,6 +59,15 @@ class AddMessages(BaseModel):
     subject: str | None = None
     from_address: str | None = None
     is_read: bool = False
+    # Content of its own (tests): bodies and attachments instead of the seeded ones.
+    text: str | None = None
+    html: str | None = None
+    attachments: list[AttachmentBody] | None = None
+    # A draft or an API-created item: no from/sender, recipients without names, an empty
+    # subject, no receivedDateTime.
+    incomplete: bool = False
+    # Any property rendered oddly: {"drop": [names], "set": {name: any JSON value}}.
+    quirks: dict[str, Any] | None = None
 
 
 class Selection(BaseModel):
@@ -313,9 +331,34 @@ def build_control_router(sim: Simulator) -> APIRouter:
     async def add_messages(user: str, body: AddMessages) -> dict[str, Any]:
         mailbox = mailbox_or_404(user)
         folder = folder_or_404(mailbox, body.folder)
+        content = None
+        if body.text is not None or body.html is not None or body.attachments is not None:
+            content = custom_content(
+                _seed_for(mailbox.email) + mailbox.next_key,
+                text=body.text,
+                body_html=body.html,
+                attachments=[a.model_dump() for a in body.attachments or ()],
+            )
+        quirks = dict(body.quirks or {})
+        if body.incomplete:
+            quirks.setdefault("drop", ["receivedDateTime"])
+            quirks.setdefault(
+                "set",
+                {
+                    "from": None,
+                    "sender": None,
+                    "subject": "",
+                    "toRecipients": [{"emailAddress": {"address": "someone@example.com"}}],
+                },
+            )
         events: list[ChangeEvent | None] = [
             mailbox.add_message(
-                folder, subject=body.subject, from_address=body.from_address, is_read=body.is_read
+                folder,
+                subject=body.subject,
+                from_address=body.from_address,
+                is_read=body.is_read,
+                content=content,
+                quirks=quirks or None,
             )
             for _ in range(body.count)
         ]
