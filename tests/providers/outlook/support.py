@@ -50,7 +50,16 @@ async def ground_truth(
 
 
 def counters(simulator: SimulatorServer, counter_key: str) -> dict[str, Any]:
-    snapshot = simulator.sim.core.counters.snapshot()
+    # The simulator serves from a thread of its own: a snapshot taken while it adds a
+    # counter may see a dict change size, and is simply taken again.
+    for _ in range(100):
+        try:
+            snapshot = simulator.sim.core.counters.snapshot()
+            break
+        except RuntimeError:
+            continue
+    else:
+        snapshot = simulator.sim.core.counters.snapshot()
     account: dict[str, Any] = snapshot["accounts"].get(counter_key, {})
     return account
 
