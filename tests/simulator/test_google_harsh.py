@@ -15,7 +15,7 @@ import pytest
 
 from app.simulator.server import SimulatorServer
 from tests.providers.gmail.sim import GoogleSim, SimAccount, google_sim
-from tests.simulator.test_google_push import push_receiver
+from tests.simulator.test_google_push import _settled, push_receiver
 
 HISTORY = "/gmail/v1/users/me/history"
 
@@ -205,5 +205,6 @@ async def test_pushes_can_come_unsigned(sim: GoogleSim) -> None:
     assert request_line.startswith("POST /webhooks/google")
     assert "authorization" not in headers
     assert json.loads(body)["message"]["data"]
-    [delivery] = await sim.deliveries(account.email)
+    # The simulator records the answer just after our receiver sent it.
+    [delivery] = await _settled(sim, account.email)
     assert delivery["authorization"] is None and delivery["status"] == "delivered"
