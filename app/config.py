@@ -116,6 +116,15 @@ class Settings(BaseSettings):
     # The publisher's /healthz, /readyz and /metrics (0: off).
     events_publisher_port: int = Field(default=9102, ge=0, le=65535, alias="EVENTS_PUBLISHER_PORT")
 
+    # Each worker serves its Prometheus metrics on this port (0: off); see app/metrics.py.
+    worker_metrics_port: int = Field(default=9101, ge=0, le=65535, alias="WORKER_METRICS_PORT")
+    metrics_host: str = Field(default="0.0.0.0", alias="METRICS_HOST")  # noqa: S104
+    # The operator dashboard: how long a browser session lasts, how often pages refresh.
+    dashboard_session_hours: float = Field(default=8.0, gt=0, alias="DASHBOARD_SESSION_HOURS")
+    dashboard_refresh_seconds: float = Field(
+        default=2.0, ge=0.2, le=60, alias="DASHBOARD_REFRESH_SECONDS"
+    )
+
     @property
     def is_development(self) -> bool:
         return self.environment in ("development", "test")

@@ -11,6 +11,7 @@ from fastapi.routing import APIRoute
 from app.api.errors import install_error_handlers
 from app.api.routes import events, health, mail, mailboxes, messages, threads, webhooks
 from app.config import Settings, get_settings
+from app.dashboard.routes import install_dashboard
 from app.logging import configure_logging
 from app.providers.gmail.push import PushVerifier
 from app.sync.runtime import Runtime
@@ -28,6 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level)
         rt = await Runtime.create(settings)
+        rt.activity.start()
         app.state.rt = rt
         # One verifier per process: it caches Google's push signing keys.
         app.state.push_verifier = PushVerifier(settings)
@@ -52,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(health.router)
     app.include_router(events.router)
+    install_dashboard(app)
     return app
 
 

@@ -32,6 +32,16 @@ from app.db.repositories.messages import MessageRepository
 from app.db.repositories.outbox import OutboxRepository
 from app.db.session import AsyncSession
 from app.events.changes import MESSAGES_CHANGED, PageChanges
+from app.metrics import (
+    LEASES_LOST,
+    MESSAGES_WRITTEN,
+    PAGES_WRITTEN,
+    RETRY_AFTER_SECONDS,
+    SLICE_SECONDS,
+    SYNC_ERRORS,
+    SYNC_LAG,
+    THROTTLED,
+)
 from app.providers.base import (
     Account,
     AuthExpiredError,
@@ -45,7 +55,7 @@ from app.providers.base import (
     SyncContext,
     TransientError,
 )
-from app.sync import states
+from app.sync import activity, states
 from app.sync.ratelimit import RedisRateGate
 from app.sync.runtime import Runtime
 from app.sync.states import MailboxStatus, Phase, StreamMode
@@ -88,6 +98,7 @@ class _Budget:
 @dataclass(slots=True)
 class _SliceState:
     lease: Lease
+    provider: str = "unknown"
     totals: dict[str, int | None] = field(default_factory=dict)
     pages: int = 0
     incomplete: bool = False
@@ -187,6 +198,20 @@ class SyncEngine:
         async with self.rt.sessions() as session:
             mailbox = await MailboxRepository(session).get(mailbox_id)
         assert mailbox is not None
+        started = time.monotonic()
+        result = await self._run_leased(mailbox, lease)
+        SLICE_SECONDS.labels(mailbox.provider, result.outcome.value).observe(
+            time.monotonic() - started
+        )
+        if result.outcome in (Outcome.DONE, Outcome.DONE_AGAIN) and mailbox.pending_since:
+            # From the oldest change known (webhook, connect, sync now) to caught up.
+            lag = (datetime.now(UTC) - mailbox.pending_since).total_seconds()
+            SYNC_LAG.labels(mailbox.provider).observe(max(lag, 0.0))
+        return result
+
+    async def _run_leased(self, mailbox: Mailbox, lease: Lease) -> SliceResult:
+        settings = self.settings
+        mailbox_id = mailbox.id
         provider = self.rt.provider(mailbox.provider)
         account = account_of(mailbox)
         tokens = TokenSource(self.rt, mailbox_id, account, provider)
@@ -195,9 +220,10 @@ class SyncEngine:
             str(mailbox_id),
             provider.limits(),
             slot_ttl_seconds=settings.lease_seconds,
+            on_pause=partial(self._throttled, mailbox.provider),
         )
         ctx = SyncContext(account=account, access_token=tokens.get, gate=gate)
-        state = _SliceState(lease=lease)
+        state = _SliceState(lease=lease, provider=mailbox.provider)
         lost = asyncio.Event()
         state.heartbeat = asyncio.create_task(self._heartbeat(lease, asyncio.current_task(), lost))
         try:
@@ -210,6 +236,7 @@ class SyncEngine:
             if current is not None:
                 current.uncancel()
             log.warning("mailbox %s: lease lost mid-slice; stopped", mailbox_id)
+            LEASES_LOST.labels(mailbox.provider).inc()
             return SliceResult(Outcome.LEASE_LOST, pages=state.pages)
         finally:
             await state.stop_heartbeat()
@@ -260,10 +287,12 @@ class SyncEngine:
         lease = state.lease
         if isinstance(exc, LeaseLost):
             log.warning("mailbox %s: %s; stopping without writing", mailbox.id, exc)
+            LEASES_LOST.labels(mailbox.provider).inc()
             return SliceResult(Outcome.LEASE_LOST, pages=state.pages)
         if isinstance(exc, AuthExpiredError):
             message = str(exc) or exc.__class__.__name__
             log.warning("mailbox %s: authorization expired: %s", mailbox.id, message)
+            await self._record_error(mailbox, exc, message)
             await self._guarded(lambda repo: repo.park_auth_expired(lease, message))
             return SliceResult(Outcome.AUTH_EXPIRED, pages=state.pages, message=message)
         if isinstance(exc, TransientError):  # ThrottledError included
@@ -272,6 +301,7 @@ class SyncEngine:
             message = f"{exc.__class__.__name__}: {exc}"
             error_class = exc.__class__.__name__
             log.error("mailbox %s: permanent provider error: %s", mailbox.id, message)
+            await self._record_error(mailbox, exc, message)
             next_at = datetime.now(UTC) + timedelta(seconds=self.settings.sync_interval_seconds)
             await self._guarded(
                 lambda repo: repo.finish(
@@ -290,6 +320,16 @@ class SyncEngine:
             log.error("mailbox %s: unexpected failure", mailbox.id, exc_info=exc)
             return await self._retry_later(mailbox, state, exc, None)
         raise exc
+
+    def _throttled(self, provider: str, seconds: float) -> None:
+        THROTTLED.labels(provider).inc()
+        RETRY_AFTER_SECONDS.labels(provider).observe(seconds)
+        self.rt.activity.add(activity.THROTTLED)
+
+    async def _record_error(self, mailbox: Mailbox, exc: BaseException, message: str) -> None:
+        kind = exc.__class__.__name__
+        SYNC_ERRORS.labels(mailbox.provider, kind).inc()
+        await self.rt.activity.record_error(mailbox.id, kind, message)
 
     # -- the slice --------------------------------------------------------------------
 
@@ -455,7 +495,7 @@ class SyncEngine:
         generations = {s.stream_key: s.generation for s in streams}
         async with self.rt.sessions() as session, session.begin():
             messages = MessageRepository(session)
-            inserted = 0
+            inserted = upserted = 0
             changes = PageChanges(None)
             for key, batch in recent.items():
                 if key in generations and batch:
@@ -463,6 +503,7 @@ class SyncEngine:
                         mailbox.id, key, generations[key] - 1, batch
                     )
                     inserted += written.inserted
+                    upserted += len(written.written)
                     changes.upserted(written)
             payload = changes.payload() if self.settings.events_enabled else None
             if payload is not None:
@@ -475,6 +516,7 @@ class SyncEngine:
                 synced_delta=inserted,
                 total_estimate=self._total(state),
             )
+        self._count_written(state.provider, upserted=upserted)
 
     async def _follow_stream(
         self,
@@ -604,7 +646,8 @@ class SyncEngine:
                 mailbox_id, stream.key, page.deletes, remember=events
             )
             changes.deleted(deleted)
-            changes.relabelled(await messages.apply_label_changes(mailbox_id, page.label_changes))
+            relabelled = await messages.apply_label_changes(mailbox_id, page.label_changes)
+            changes.relabelled(relabelled)
             swept: list[str] = []
             if page.full_sync_complete:
                 swept = await messages.sweep_stream(mailbox_id, stream.key, generation)
@@ -632,6 +675,24 @@ class SyncEngine:
                 total_estimate=self._total(state),
             )
         state.pages += 1
+        PAGES_WRITTEN.labels(state.provider).inc()
+        self.rt.activity.add(activity.PAGES_WRITTEN)
+        self._count_written(
+            state.provider,
+            upserted=len(upserted.written),
+            deleted=len(deleted),
+            relabelled=len(relabelled),
+            swept=len(swept),
+        )
+
+    def _count_written(self, provider: str, **counts: int) -> None:
+        """Messages a committed transaction wrote, by kind of change (metrics, dashboard)."""
+        written = 0
+        for change, count in counts.items():
+            if count:
+                MESSAGES_WRITTEN.labels(provider, change).inc(count)
+                written += count
+        self.rt.activity.add(activity.MESSAGES_WRITTEN, written)
 
     # -- streams that changed shape ---------------------------------------------------
 
@@ -700,6 +761,7 @@ class SyncEngine:
         failures = mailbox.consecutive_failures + 1
         delay = max(retry_after or 0.0, backoff_seconds(failures))
         message = f"{exc.__class__.__name__}: {exc}"[:500]
+        await self._record_error(mailbox, exc, message)
         status = states.after_transient_failure(
             mailbox.status, failures, self.settings.max_transient_retries
         )

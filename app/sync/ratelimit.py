@@ -25,7 +25,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from redis.asyncio import Redis
@@ -115,10 +115,13 @@ class RedisRateGate:
         request_timeout_seconds: float = 30.0,
         # How long a concurrency refusal keeps the mailbox's limit lowered.
         tighten_seconds: float = 60.0,
+        on_pause: Callable[[float], None] | None = None,
         # A person waiting for the answer: refuse (ThrottledError) rather than wait longer.
         max_wait_seconds: float | None = None,
     ) -> None:
         self._redis = redis
+        # Told of every Retry-After (metrics, the dashboard's throttling figure).
+        self._on_pause = on_pause
         self._keys = [
             f"gate:{mailbox_key}:pause",
             f"gate:{mailbox_key}:slots",
@@ -211,6 +214,8 @@ class RedisRateGate:
             await self._redis.zadd(self._keys[1], {holder: expiry}, xx=True)
 
     async def pause(self, seconds: float) -> None:
+        if self._on_pause is not None:
+            self._on_pause(seconds)
         ms = max(1, int(seconds * 1000))
         # Only lengthen a pause: another worker may have been told to wait longer.
         current = await self._redis.pttl(self._keys[0])

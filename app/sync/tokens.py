@@ -16,13 +16,17 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from app.db.repositories.credentials import CredentialRepository, StoredCredential
+from app.metrics import TOKEN_REFRESHES
 from app.providers.base import (
     AccessDenied,
     AccessTokenRejected,
     Account,
     AuthExpiredError,
     MailProvider,
+    ProviderError,
+    TokenSet,
 )
+from app.sync import activity
 from app.sync.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -75,6 +79,22 @@ class TokenSource:
                 rejected=rejected or (self._cached.access_token if self._cached else None)
             )
 
+    async def _counted_refresh(self, refresh_token: str | None) -> TokenSet:
+        provider = self._account.provider
+        try:
+            tokens = await self._provider.refresh_token(self._account, refresh_token)
+        except AuthExpiredError:
+            TOKEN_REFRESHES.labels(provider, "auth_expired").inc()
+            self._rt.activity.add(activity.TOKEN_REFRESH_FAILURES)
+            raise
+        except ProviderError:
+            TOKEN_REFRESHES.labels(provider, "failed").inc()
+            self._rt.activity.add(activity.TOKEN_REFRESH_FAILURES)
+            raise
+        TOKEN_REFRESHES.labels(provider, "ok").inc()
+        self._rt.activity.add(activity.TOKEN_REFRESHES)
+        return tokens
+
     async def _refresh(self, rejected: str | None) -> str:
         async with self._rt.sessions() as session, session.begin():
             repo = CredentialRepository(session, self._rt.cipher)
@@ -87,7 +107,7 @@ class TokenSource:
             if rejected is not None and cred.access_token != rejected and self._fresh(cred):
                 self._cached = cred
                 return cred.access_token
-            tokens = await self._provider.refresh_token(self._account, cred.refresh_token)
+            tokens = await self._counted_refresh(cred.refresh_token)
             refresh_token = tokens.refresh_token or cred.refresh_token
             await repo.put(
                 self._mailbox_id,

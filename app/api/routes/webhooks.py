@@ -7,27 +7,57 @@ app.sync.queue); each is recorded first, so a 2xx means we will act on it.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from collections.abc import Callable, Coroutine
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
+from fastapi.routing import APIRoute
 
 from app.api.deps import UnitOfWorkDep
 from app.api.errors import ApiError
 from app.db.repositories.mailboxes import MailboxRepository
 from app.db.repositories.monitor import MonitorRepository
 from app.db.repositories.subscriptions import NotificationRepository, SubscriptionRepository
-from app.metrics import WEBHOOK_NOTIFICATIONS
+from app.metrics import WEBHOOK_NOTIFICATIONS, WEBHOOK_SECONDS
 from app.providers.gmail.push import PushAuthError, PushVerifier, decode_push
 from app.providers.outlook.notifications import client_state_matches, parse_notifications
+from app.sync import activity
 from app.sync.queue import enqueue_subscription, enqueue_sync
 from app.sync.states import PushState
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+
+class _TimedRoute(APIRoute):
+    """Times every webhook request, and counts it for the dashboard as accepted (2xx) or
+    refused (anything else: a bad signature, a malformed body)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        provider = self.path.rsplit("/", 1)[-1]
+
+        async def timed(request: Request) -> Response:
+            started = time.perf_counter()
+            rt = request.app.state.rt
+            try:
+                response = await handler(request)
+            except Exception:
+                rt.activity.add(activity.WEBHOOKS_REFUSED)
+                raise
+            finally:
+                WEBHOOK_SECONDS.labels(provider).observe(time.perf_counter() - started)
+            ok = 200 <= response.status_code < 300
+            rt.activity.add(activity.WEBHOOKS_ACCEPTED if ok else activity.WEBHOOKS_REFUSED)
+            return response
+
+        return timed
+
+
+router = APIRouter(prefix="/webhooks", tags=["webhooks"], route_class=_TimedRoute)
 
 MAX_BODY = 1_000_000
 

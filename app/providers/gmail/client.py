@@ -23,6 +23,7 @@ import httpx
 import orjson
 
 from app.config import Settings
+from app.metrics import PROVIDER_REQUESTS
 from app.providers.base import ProviderError, SyncContext, ThrottledError, TransientError
 from app.providers.gmail.batch import decode_batch, encode_batch
 from app.providers.gmail.errors import (
@@ -130,7 +131,9 @@ class GmailClient:
                     headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
                 )
             except httpx.HTTPError as exc:
+                PROVIDER_REQUESTS.labels("google", "error").inc()
                 raise TransientError(f"Gmail {operation}: {type(exc).__name__}") from exc
+        PROVIDER_REQUESTS.labels("google", str(response.status_code)).inc()
         if response.is_success:
             parsed: JSON | None = orjson.loads(response.content) if response.content else None
             return parsed
@@ -399,8 +402,10 @@ class GmailClient:
                     headers={"Authorization": f"Bearer {token}", "Content-Type": content_type},
                 )
             except httpx.HTTPError as exc:
+                PROVIDER_REQUESTS.labels("google", "error").inc()
                 error = TransientError(f"Gmail batch: {type(exc).__name__}")
                 return _BatchOutcome(retry=list(chunk), error=error)
+        PROVIDER_REQUESTS.labels("google", str(response.status_code)).inc()
         if not response.is_success:
             failure = classify(
                 response.status_code, response.headers, response.content, operation="batch"

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from app.metrics import PROVIDER_REQUESTS
 from app.providers.base import SyncContext, ThrottledError, TransientError
 from app.providers.outlook.errors import (
     THROTTLE_STATUSES,
@@ -105,7 +106,9 @@ class GraphClient:
                 exchange.add_done_callback(_forget(self._abandoned))
                 raise
             except httpx.HTTPError as exc:
+                PROVIDER_REQUESTS.labels("microsoft", "error").inc()
                 raise TransientError(f"Graph request failed: {type(exc).__name__}") from exc
+            PROVIDER_REQUESTS.labels("microsoft", str(response.status_code)).inc()
             if response.is_success or response.status_code in accept:
                 return response
             if response.status_code not in THROTTLE_STATUSES:
