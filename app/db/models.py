@@ -15,11 +15,12 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    SmallInteger,
     Text,
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, REAL, UUID
 from sqlmodel import Field, SQLModel
 
 
@@ -306,6 +307,9 @@ class PushSubscription(SQLModel, table=True):
 
 
 class WebhookNotification(SQLModel, table=True):
+    """The webhook audit log: every request to a webhook route, with its outcome
+    (app/sync/webhook_log.py; migration 0007 has the indexes)."""
+
     __tablename__ = "webhook_notifications"
 
     id: int | None = Field(
@@ -313,11 +317,19 @@ class WebhookNotification(SQLModel, table=True):
     )
     received_at: datetime | None = _ts(nullable=False, default_now=True)
     provider: str = Field(sa_column=Column(Text, nullable=False))
-    mailbox_id: uuid.UUID | None = Field(
-        default=None, sa_column=Column(UUID(as_uuid=True), index=True)
-    )
+    outcome: str = Field(sa_column=Column(Text, nullable=False))
+    mailbox_id: uuid.UUID | None = Field(default=None, sa_column=Column(UUID(as_uuid=True)))
     kind: str = Field(sa_column=Column(Text, nullable=False))
     subscription_id: str | None = Field(default=None, sa_column=Column(Text))
+    source: str | None = Field(default=None, sa_column=Column(Text))
+    http_status: int | None = Field(default=None, sa_column=Column(SmallInteger))
+    handling_ms: float | None = Field(default=None, sa_column=Column(REAL))
+    # More than 1 on a row that stands for a minute of identical refusals (`aggregated`).
+    count: int = Field(default=1, sa_column=Column(Integer, nullable=False, server_default="1"))
+    aggregated: bool = Field(default=False)
+    # Equal for redeliveries of one notification (a hash; never a secret).
+    dedup_key: str | None = Field(default=None, sa_column=Column(Text))
+    detail: str | None = Field(default=None, sa_column=Column(Text))
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
 
 

@@ -31,6 +31,7 @@ from app.metrics import QUEUE_DEPTH, serve_process_metrics
 from app.providers import registry
 from app.sync import jobs
 from app.sync.runtime import Runtime
+from app.sync.webhook_retention import prune_webhook_log
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,14 @@ class WorkerSettings:
             minute=set(range(0, 60, 5)),
             run_at_startup=True,
             timeout=60,
+            keep_result=0,
+            unique=True,
+        ),
+        # The webhook audit log's retention (WEBHOOK_LOG_RETENTION_HOURS).
+        cron(
+            prune_webhook_log,
+            minute=set(range(3, 60, 10)),
+            timeout=120,
             keep_result=0,
             unique=True,
         ),

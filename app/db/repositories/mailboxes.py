@@ -51,6 +51,29 @@ class Finished:
     owed: bool
 
 
+# "A pass is owed" (MailboxRepository.request_sync): the assignments, shared with the webhook
+# log, which makes them in the same statement as its rows
+# (app/db/repositories/notifications.py).
+REQUEST_SYNC_ASSIGNMENTS = """
+    sync_requested_at = now(),
+    pending_since = COALESCE(pending_since, now()),
+    pending_next = CASE WHEN pass_started_at IS NOT NULL
+                        THEN COALESCE(pending_next, now()) END,
+    next_sync_at = CASE WHEN consecutive_failures = 0
+                        THEN LEAST(COALESCE(next_sync_at, now()), now())
+                        ELSE next_sync_at END
+"""
+# True when those assignments would change what is owed: false when a pass is already owed
+# and due (the mailbox is pending, a running pass has already noted a change that came
+# after it began, and the next pass is due now or waits for a backoff). The webhook log
+# skips the update then: a storm does not rewrite the same mailbox row again and again.
+REQUEST_SYNC_CHANGES = """
+    (pending_since IS NULL
+     OR (pass_started_at IS NOT NULL AND pending_next IS NULL)
+     OR (consecutive_failures = 0 AND (next_sync_at IS NULL OR next_sync_at > now())))
+"""
+
+
 class MailboxRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -199,18 +222,8 @@ class MailboxRepository:
             return
         await self.session.execute(
             text(
-                """
-                UPDATE mailboxes
-                   SET sync_requested_at = now(),
-                       pending_since = COALESCE(pending_since, now()),
-                       pending_next = CASE WHEN pass_started_at IS NOT NULL
-                                           THEN COALESCE(pending_next, now()) END,
-                       next_sync_at = CASE WHEN consecutive_failures = 0
-                                           THEN LEAST(COALESCE(next_sync_at, now()), now())
-                                           ELSE next_sync_at END
-                 WHERE id = ANY(CAST(:ids AS uuid[]))
-                   AND status <> :disconnected
-                """
+                f"UPDATE mailboxes SET {REQUEST_SYNC_ASSIGNMENTS} "  # noqa: S608 - a constant
+                "WHERE id = ANY(CAST(:ids AS uuid[])) AND status <> :disconnected"
             ),
             {"ids": list(mailbox_ids), "disconnected": MailboxStatus.DISCONNECTED.value},
         )
