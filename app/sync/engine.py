@@ -37,6 +37,7 @@ from app.providers.base import (
     AuthExpiredError,
     Cursor,
     CursorInvalidError,
+    LiveCursor,
     MailProvider,
     Page,
     PermanentError,
@@ -45,6 +46,7 @@ from app.providers.base import (
     TransientError,
 )
 from app.sync import states
+from app.sync.cases.mail import CaseMail
 from app.sync.ratelimit import RedisRateGate
 from app.sync.runtime import Runtime
 from app.sync.states import MailboxStatus, Phase, StreamMode
@@ -92,6 +94,8 @@ class _SliceState:
     incomplete: bool = False
     status: MailboxStatus = MailboxStatus.SYNCING
     heartbeat: asyncio.Task[None] | None = None
+    # A cases-only mailbox keeps only its owner's case mail; every page links what it wrote.
+    case_mail: CaseMail = field(default_factory=lambda: CaseMail("full"))
 
     async def stop_heartbeat(self) -> None:
         """Before the slice releases its lease: a heartbeat that found the lease released
@@ -196,7 +200,7 @@ class SyncEngine:
             slot_ttl_seconds=settings.lease_seconds,
         )
         ctx = SyncContext(account=account, access_token=tokens.get, gate=gate)
-        state = _SliceState(lease=lease)
+        state = _SliceState(lease=lease, case_mail=CaseMail(mailbox.scope))
         lost = asyncio.Event()
         state.heartbeat = asyncio.create_task(self._heartbeat(lease, asyncio.current_task(), lost))
         try:
@@ -339,7 +343,12 @@ class SyncEngine:
                 begin_pass=begin_pass,
             )
 
-        if first_pass and settings.sync_recent_first and all(s.cursor is None for s in streams_now):
+        if (
+            first_pass
+            and settings.sync_recent_first
+            and not state.case_mail.cases_only
+            and all(s.cursor is None for s in streams_now)
+        ):
             await self._show_recent_first(provider, ctx, tokens, mailbox, streams_now, state)
 
         # Largest first: a folder's pages come one after another, so the biggest folder is
@@ -475,6 +484,17 @@ class SyncEngine:
         cursor = stream_state.cursor
         generation = stream_state.generation
         mode = StreamMode(stream_state.mode)
+        # A cases-only mailbox's history comes from its case searches: its first pass follows
+        # the stream from now on, when the provider can, instead of enumerating it.
+        if (
+            cursor is None
+            and generation == 1
+            and state.case_mail.cases_only
+            and isinstance(provider, LiveCursor)
+        ):
+            live = await self._with_token_retry(tokens, partial(provider.live_cursor, ctx, stream))
+            if live is not None:
+                cursor, mode = live, StreamMode.INCREMENTAL
 
         def fetch(after: Cursor | None) -> asyncio.Task[Page]:
             return asyncio.create_task(
@@ -563,7 +583,8 @@ class SyncEngine:
         new_mode = StreamMode.INCREMENTAL if page.full_sync_complete else mode
         async with self.rt.sessions() as session, session.begin():
             messages = MessageRepository(session)
-            upserted = await messages.upsert_page(mailbox_id, stream.key, generation, page.upserts)
+            upserts = await state.case_mail.keep(session, mailbox_id, page.upserts)
+            upserted = await messages.upsert_page(mailbox_id, stream.key, generation, upserts)
             if after is not None:
                 # Pages of a stream commit in order: this page's cursor must never be stored
                 # before the previous page is, or a crash between them would skip messages.
@@ -595,13 +616,19 @@ class SyncEngine:
                         "swept": swept,
                     },
                 )
-            # Last, so the lease check and the progress move commit with the page or not at all.
+            # The lease check and the progress move commit with the page or not at all.
             await MailboxRepository(session).fence(
                 state.lease,
                 self.settings.lease_seconds,
                 synced_delta=upserted.inserted - len(deleted) - swept,
                 total_estimate=self._total(state),
             )
+            # After the fence, which holds the mailbox row: see app/sync/cases/mail.py.
+            unlinked = await state.case_mail.link(session, mailbox_id, upserted.written)
+            if unlinked:
+                await MailboxRepository(session).fence(
+                    state.lease, self.settings.lease_seconds, synced_delta=-unlinked
+                )
         state.pages += 1
 
     # -- helpers ----------------------------------------------------------------------

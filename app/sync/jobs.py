@@ -10,6 +10,7 @@ from app.db.repositories.credentials import CredentialRepository
 from app.db.repositories.mailboxes import MailboxRepository
 from app.db.repositories.subscriptions import SubscriptionRepository
 from app.providers.base import AuthExpiredError, ProviderError
+from app.sync.cases.jobs import wake_after_pass
 from app.sync.engine import Outcome, SyncEngine
 from app.sync.queue import enqueue_cleanup, enqueue_subscription, enqueue_sync
 from app.sync.runtime import Runtime
@@ -38,6 +39,8 @@ async def sync_mailbox(ctx: dict[str, Any], mailbox_id: str) -> str:
         await enqueue_sync(rt.redis, mid, suffix=f"c{token}")
     elif result.outcome is Outcome.DONE_AGAIN:
         await enqueue_sync(rt.redis, mid, suffix=f"a{token}")
+    if result.outcome in (Outcome.DONE, Outcome.DONE_AGAIN):
+        await wake_after_pass(rt, mid)
     elif result.outcome is Outcome.RETRY_LATER:
         await enqueue_sync(rt.redis, mid, suffix=f"r{uuid.uuid4().hex[:8]}", defer_by=result.delay)
     log.info("sync %s: %s after %d pages", mailbox_id, result.outcome.value, result.pages)

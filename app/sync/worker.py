@@ -24,6 +24,7 @@ from app.db.session import open_connections
 from app.logging import configure_logging
 from app.providers import registry
 from app.sync import jobs
+from app.sync.cases import jobs as case_jobs
 from app.sync.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,13 @@ class WorkerSettings:
             keep_result=0,
             max_tries=3,
         ),
+        func(
+            case_jobs.sync_case_entry,
+            name=case_jobs.CASE_FUNCTION,
+            timeout=_timeout(),
+            keep_result=0,
+            max_tries=3,
+        ),
     ]
     cron_jobs: ClassVar[list[Any]] = [
         # Every 5 s: due mailboxes, owed passes, lapsed leases (with the lease heartbeat,
@@ -113,6 +121,14 @@ class WorkerSettings:
         cron(
             jobs.schedule,
             second=set(range(0, 60, 5)),
+            run_at_startup=True,
+            timeout=30,
+            keep_result=0,
+            unique=True,
+        ),
+        cron(
+            case_jobs.schedule_cases,
+            second=set(range(2, 60, 5)),
             run_at_startup=True,
             timeout=30,
             keep_result=0,

@@ -28,6 +28,7 @@ from app.api.schemas import (
 from app.db.repositories.mailboxes import MailboxRepository
 from app.db.repositories.messages import ListingKey, MessageRepository
 from app.sync import mailboxes as service
+from app.sync.cases.states import MailboxScope
 from app.sync.states import MailboxStatus, Phase
 
 router = APIRouter(prefix="/mail", tags=["mail"])
@@ -68,14 +69,19 @@ async def connect(
         expires_in=body.expires_in,
         tenant_id=body.tenant_id,
         provider_user_id=body.user_id,
+        scope=body.scope,
     )
-    mailbox = await service.connect(uow, command)
+    try:
+        mailbox = await service.connect(uow, command)
+    except service.ScopeConflict as exc:
+        raise ApiError(409, "scope_conflict", str(exc)) from exc
     await uow.commit()
     return ConnectResponse(
         mailbox_id=mailbox.id,
         provider=mailbox.provider,
         email=mailbox.email,
         status=MailboxStatus(mailbox.status),
+        scope=MailboxScope(mailbox.scope),
     )
 
 
@@ -112,6 +118,7 @@ def status_view(view: service.MailboxView) -> MailboxStatusView:
         pending_since=m.pending_since,
         last_verified_at=m.last_verified_at,
         streams_behind=view.streams_behind,
+        scope=MailboxScope(m.scope),
     )
 
 

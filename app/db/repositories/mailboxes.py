@@ -67,8 +67,10 @@ class MailboxRepository:
         auth_mode: str,
         tenant_id: str | None,
         provider_user_id: str | None,
+        scope: str = "full",
     ) -> Mailbox:
-        """Create the mailbox, or revive the existing one for this account (reconnect)."""
+        """Create the mailbox, or revive the existing one for this account (reconnect).
+        An existing mailbox keeps its scope (the caller checks it against `scope`)."""
         values = {
             "id": uuid.uuid4(),
             "user_id": user_id,
@@ -78,6 +80,7 @@ class MailboxRepository:
             "auth_mode": auth_mode,
             "tenant_id": tenant_id,
             "provider_user_id": provider_user_id,
+            "scope": scope,
             "status": MailboxStatus.PENDING.value,
             "next_sync_at": func.now(),
             "sync_requested_at": func.now(),

@@ -178,11 +178,13 @@ class GmailClient:
         return await self._json(ctx, "users.labels.list", "GET", "labels")
 
     async def list_messages(
-        self, ctx: SyncContext, *, page_token: str | None, max_results: int
+        self, ctx: SyncContext, *, page_token: str | None, max_results: int, q: str | None = None
     ) -> JSON:
         # includeSpamTrash: the copy holds every message with its labels, so a message
         # moving to Trash (a label change in history) is an update, not a disappearance.
         params = [("maxResults", str(max_results)), ("includeSpamTrash", "true")]
+        if q:
+            params.append(("q", q))
         if page_token:
             params.append(("pageToken", page_token))
         return await self._json(ctx, "users.messages.list", "GET", "messages", params)

@@ -31,6 +31,8 @@ from app.providers.base import (
     PermanentError,
     ProviderLimits,
     ProviderName,
+    SearchPage,
+    SearchWindow,
     StreamInfo,
     Subscription,
     SyncContext,
@@ -42,6 +44,7 @@ from app.providers.gmail.history import fold_history
 from app.providers.gmail.labels import LabelCache
 from app.providers.gmail.mapper import METADATA_HEADERS, label_names, to_normalized
 from app.providers.gmail.oauth import refresh_access_token
+from app.providers.gmail.search import search_page
 
 STREAM_KEY = "mailbox"
 LIST_PAGE_SIZE = 500
@@ -50,6 +53,8 @@ HISTORY_PAGE_SIZE = 500
 
 class GmailProvider:
     name: ProviderName = "google"
+    # messages.list pages through every result: no cap.
+    search_cap: int | None = None
 
     def __init__(
         self,
@@ -188,6 +193,27 @@ class GmailProvider:
         listing = await self._client.list_messages(ctx, page_token=None, max_results=limit)
         ids = [m["id"] for m in listing.get("messages") or ()]
         return {STREAM_KEY: await self._fetch(ctx, ids)}
+
+    # -- case mail (app/providers/gmail/search.py) ----------------------------------
+
+    async def search_participant(
+        self,
+        ctx: SyncContext,
+        streams: Sequence[StreamInfo],
+        address: str,
+        window: SearchWindow,
+        cursor: Cursor | None,
+    ) -> SearchPage:
+        if not any(stream.key == STREAM_KEY for stream in streams):
+            return SearchPage()
+        return await search_page(
+            self._client, self._fetch, ctx, STREAM_KEY, address, window, cursor
+        )
+
+    async def live_cursor(self, ctx: SyncContext, stream: StreamInfo) -> Cursor | None:
+        """History from the profile's current historyId replays every change made after it."""
+        profile = await self._client.get_profile(ctx)
+        return GmailCursor("history", int(profile["historyId"])).dump()
 
     # -- push ------------------------------------------------------------------------
 

@@ -23,13 +23,15 @@ from app.providers.base import (
     PermanentError,
     ProviderLimits,
     ProviderName,
+    SearchPage,
+    SearchWindow,
     StreamInfo,
     Subscription,
     SyncContext,
     TokenSet,
     TransientError,
 )
-from app.providers.outlook import subscriptions
+from app.providers.outlook import search, subscriptions
 from app.providers.outlook.auth import MsalTokens
 from app.providers.outlook.client import GraphClient
 from app.providers.outlook.errors import GraphRequestError
@@ -58,6 +60,7 @@ def user_path(account: Account) -> str:
 
 class OutlookProvider:
     name: ProviderName = "microsoft"
+    search_cap: int | None = search.SEARCH_CAP
 
     def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
         self._settings = settings
@@ -179,6 +182,20 @@ class OutlookProvider:
             if stream.key in by_folder:
                 found[stream.key], _ = by_folder[stream.key].read(stream.labels)
         return found
+
+    # -- case mail (app/providers/outlook/search.py) --------------------------------------
+
+    async def search_participant(
+        self,
+        ctx: SyncContext,
+        streams: Sequence[StreamInfo],
+        address: str,
+        window: SearchWindow,
+        cursor: Cursor | None,
+    ) -> SearchPage:
+        return await search.search_page(
+            self._graph, ctx, user_path(ctx.account), streams, address, window, cursor
+        )
 
     # -- push ---------------------------------------------------------------------------
 
