@@ -12,6 +12,7 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
 from app.simulator.app import Simulator
+from app.simulator.contacts import PlantedContact
 from app.simulator.microsoft import delta, ids
 from app.simulator.microsoft.mailbox import ChangeEvent, Folder, Mailbox
 from app.simulator.microsoft.resources import MESSAGE_PROPERTIES, SelectError, iso, parse_select
@@ -32,6 +33,8 @@ class CreateAccount(BaseModel):
     display_name: str | None = None
     app_only_granted: bool = True
     app_token_lifetime: int = Field(default=3599, ge=0)
+    # Correspondents placed into seeded messages (app/simulator/contacts.py).
+    contacts: list[PlantedContact] = Field(default_factory=list, max_length=100)
 
 
 class AccountPatch(BaseModel):
@@ -126,6 +129,7 @@ def _summary(mailbox: Mailbox) -> dict[str, Any]:
         "seq": mailbox.seq,
         "token_lifetime": mailbox.token_lifetime,
         "app_only_granted": mailbox.app_only_granted,
+        "planted": {address: len(keys) for address, keys in mailbox.planting.keys.items()},
     }
 
 
@@ -196,6 +200,10 @@ def build_control_router(sim: Simulator) -> APIRouter:
             token_lifetime=body.token_lifetime,
             app_only_granted=body.app_only_granted,
         )
+        try:
+            mailbox.plant(body.contacts)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
         if body.message_count > _BUILD_IN_THREAD_ABOVE:
             await asyncio.to_thread(mailbox.build_index)
         else:
