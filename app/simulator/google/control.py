@@ -259,6 +259,12 @@ def control_router(sim: Simulator, state: GoogleState) -> APIRouter:
             "messages": [ground_truth_entry(v) for v in views],
         }
 
+    @router.get("/accounts/{email}/contacts/{address}")
+    async def contact_truth(email: str, address: str) -> dict[str, Any]:
+        """Ids of the existing messages `address` takes part in (from, to, cc), newest first:
+        the truth a case search for it must reproduce."""
+        return {"ids": account_or_404(email).mailbox.involving(address)}
+
     @router.get("/push")
     async def get_push() -> PushConfig:
         return state.push.config

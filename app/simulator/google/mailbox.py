@@ -540,6 +540,22 @@ class Mailbox:
         assert view is not None
         return view
 
+    def involving(self, address: str) -> list[str]:
+        """Ids of the live messages `address` is the sender or a recipient of, newest first."""
+        wanted = address.lower()
+        among = None
+        if self.planting.only_planted(wanted):
+            among = sorted(self.planting.keys_between(wanted, 0, self.total), reverse=True)
+        start = (1, self._added_seq + 1)
+        live = self._live(start) if among is None else self._live_among(start, among)
+        found = []
+        for message_id, _, _ in live:
+            view = self._must_view(message_id)
+            people = {*view.to, *view.cc, view.from_header}
+            if any(wanted == p.lower() or f"<{wanted}>" in p.lower() for p in people):
+                found.append(message_id)
+        return found
+
     def ground_truth(self, offset: int, limit: int) -> list[MessageView]:
         out: list[MessageView] = []
         for n, (message_id, _, _) in enumerate(self._live((1, self._added_seq + 1))):

@@ -326,6 +326,23 @@ def build_control_router(sim: Simulator) -> APIRouter:
         stop = None if limit is None else offset + limit
         return {"messages": [_truth(mailbox, k) for k in itertools.islice(keys, offset, stop)]}
 
+    @router.get("/accounts/{user}/contacts/{address}")
+    async def contact_truth(user: str, address: str) -> dict[str, Any]:
+        """Immutable ids of the existing messages `address` takes part in (from, to, cc),
+        newest first: the truth a case search for it must reproduce."""
+        mailbox = mailbox_or_404(user)
+        wanted = address.lower()
+        keys = set(mailbox.planting.keys_between(wanted, 0, mailbox.next_key))
+        if not mailbox.planting.only_planted(wanted):
+            keys.update(range(mailbox.next_key))
+        keys.update(mailbox.added)
+        found = [
+            mailbox.message_id(key, immutable=True)
+            for key in sorted(keys, reverse=True)
+            if mailbox.exists(key) and wanted in _people(mailbox, key)
+        ]
+        return {"ids": found}
+
     @router.get("/subscriptions")
     async def list_subscriptions() -> list[dict[str, Any]]:
         return [
@@ -385,6 +402,11 @@ def _expire_access_tokens(state: MicrosoftState, mailbox: Mailbox) -> int:
             token.expires_at = now
             count += 1
     return count
+
+
+def _people(mailbox: Mailbox, key: int) -> set[str]:
+    generated = mailbox.content(key)
+    return {mailbox.sender(key)[1], *generated.to, *generated.cc}
 
 
 def _truth(mailbox: Mailbox, key: int) -> dict[str, Any]:

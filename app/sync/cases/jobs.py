@@ -56,7 +56,9 @@ async def sync_case_entry(ctx: dict[str, Any], entry_id: str) -> str:
     token = result.fencing_token
     if result.outcome is Outcome.CONTINUE:
         await enqueue_case(rt.redis, entry_id, suffix=f"c{token}")
-    elif result.outcome in (Outcome.RETRY_LATER, Outcome.WAITING, Outcome.ERROR):
+    elif result.outcome in (Outcome.RETRY_LATER, Outcome.WAITING):
+        # (An entry in `error` retries slowly, and a full mirror's entry waits for its
+        # mailbox's pass: both are the scheduler's, from next_run_at.)
         await enqueue_case(
             rt.redis, entry_id, suffix=f"r{uuid.uuid4().hex[:8]}", defer_by=result.delay
         )

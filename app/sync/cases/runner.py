@@ -74,6 +74,7 @@ class Outcome(enum.StrEnum):
     CONTINUE = "continue"  # budget spent, more to search now
     COMPLETE = "complete"
     WAITING = "waiting"  # nothing to do until the mailbox gets further; `delay` says when
+    AWAITING_BACKFILL = "awaiting_backfill"  # a full mirror's first pass wakes it
     RETRY_LATER = "retry_later"
     AUTH_EXPIRED = "auth_expired"
     ERROR = "error"
@@ -227,7 +228,7 @@ class CaseSearchRunner:
                 status=EntryStatus.SYNCING,
                 next_run_at=datetime.now(UTC) + timedelta(seconds=WAITING_RECHECK_SECONDS),
             )
-        return EntrySliceResult(Outcome.WAITING, pages=1, delay=WAITING_RECHECK_SECONDS)
+        return EntrySliceResult(Outcome.AWAITING_BACKFILL, pages=1)
 
     # -- a cases-only mailbox: the provider's search -----------------------------------
 
