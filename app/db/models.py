@@ -319,6 +319,10 @@ class CaseContact(SQLModel, table=True):
     )
     # Lower-cased address.
     email: str = Field(sa_column=Column(Text, primary_key=True))
+    # The order the caller gave them in.
+    position: int | None = Field(
+        default=None, sa_column=Column(BigInteger, Identity(), nullable=False)
+    )
     created_at: datetime | None = _ts(nullable=False, default_now=True)
 
 

@@ -194,9 +194,7 @@ class CaseRepository:
 
     async def contacts(self, case_key: int) -> list[str]:
         result = await self.session.execute(
-            text(
-                "SELECT email FROM case_contacts WHERE case_key = :key ORDER BY created_at, email"
-            ),
+            text("SELECT email FROM case_contacts WHERE case_key = :key ORDER BY position"),
             {"key": case_key},
         )
         return [row[0] for row in result.all()]
@@ -214,8 +212,8 @@ class CaseRepository:
         result = await self.session.execute(
             text(
                 "INSERT INTO case_contacts (case_key, email) "
-                "SELECT :key, e FROM unnest(CAST(:emails AS text[])) AS e "
-                "ON CONFLICT DO NOTHING RETURNING email"
+                "SELECT :key, e FROM unnest(CAST(:emails AS text[])) WITH ORDINALITY AS x(e, n) "
+                "ORDER BY n ON CONFLICT DO NOTHING RETURNING email"
             ),
             {"key": case_key, "emails": list(emails)},
         )
@@ -414,8 +412,9 @@ class CaseRepository:
                          WHERE l.case_key = s.case_key AND l.mailbox_id = s.mailbox_id
                            AND l.email = s.email) AS linked
                   FROM case_searches s
+                  JOIN case_contacts c ON c.case_key = s.case_key AND c.email = s.email
                  WHERE s.case_key = :key
-                 ORDER BY s.mailbox_id, s.created_at, s.email
+                 ORDER BY s.mailbox_id, c.position
                 """
             ),
             {"key": case_key},

@@ -91,6 +91,8 @@ def upgrade() -> None:
             primary_key=True,
         ),
         sa.Column("email", sa.Text(), primary_key=True),
+        # The order the caller gave them in.
+        sa.Column("position", sa.BigInteger(), sa.Identity(), nullable=False),
         _ts("created_at", now=True),
     )  # fmt: skip
     op.create_table(
