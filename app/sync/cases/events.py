@@ -18,7 +18,8 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.repositories.cases import CaseLinkRepository, CaseRow, Linked
+from app.db.repositories.case_links import CaseLinkRepository, Linked
+from app.db.repositories.cases import CaseRow
 from app.db.repositories.outbox import OutboxRepository
 from app.sync.cases.states import CaseEvent
 

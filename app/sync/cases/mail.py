@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.repositories.cases import CaseLinkRepository
+from app.db.repositories.case_links import CaseLinkRepository
 from app.providers.base import MessageBatch
 from app.sync.cases.events import announce_links
 from app.sync.cases.states import MailboxScope

@@ -25,9 +25,9 @@ from functools import partial
 from typing import Any, TypeVar
 
 from app.db.models import Mailbox
+from app.db.repositories.case_links import CaseLinkRepository
 from app.db.repositories.cases import (
     CaseEntryRepository,
-    CaseLinkRepository,
     CaseRepository,
     CaseRow,
     EntryLease,
