@@ -18,10 +18,12 @@ install: $(STAMP)
 migrate: install
 	$(BIN)/mailsync migrate
 
-# Migrate, then the API on :8000 and one worker; Ctrl-C stops both.
+# Migrate, then the API on :8000, one worker and one event publisher (NATS_URL); Ctrl-C
+# stops them all.
 run: migrate
 	@trap 'kill 0' INT TERM EXIT; \
 	$(BIN)/mailsync worker & \
+	$(BIN)/mailsync publisher & \
 	$(BIN)/mailsync api --host 0.0.0.0 --port 8000
 
 lint: install
@@ -31,6 +33,7 @@ lint: install
 
 test: lint
 	$(BIN)/mailsync openapi --check
+	$(BIN)/mailsync events schema --check
 	$(BIN)/pytest -q
 
 openapi: install

@@ -1,10 +1,11 @@
-"""`mailsync api | worker | migrate | simulator`."""
+"""`mailsync api | worker | publisher | migrate | simulator | openapi | events`."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import uuid
 from pathlib import Path
 
 ALEMBIC_INI = Path(__file__).parent / "db" / "alembic.ini"
@@ -62,6 +63,28 @@ def openapi_document() -> str:
     return json.dumps(create_app(settings).openapi(), indent=2, sort_keys=True) + "\n"
 
 
+def events_command(args: argparse.Namespace) -> int:
+    if args.events_command == "schema":
+        from app.events.contract import schema_document
+
+        current = schema_document()
+        if args.check:
+            if not args.path.exists() or args.path.read_text() != current:
+                print(f"{args.path} is out of date: run `mailsync events schema`", file=sys.stderr)
+                return 1
+            return 0
+        args.path.write_text(current)
+        return 0
+    if args.events_command == "resnapshot":
+        import asyncio
+
+        from app.config import get_settings
+        from app.events.snapshot import resnapshot_from_cli
+
+        return asyncio.run(resnapshot_from_cli(get_settings(), args.mailbox, wait=args.wait))
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mailsync")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,6 +99,21 @@ def main(argv: list[str] | None = None) -> int:
     spec.add_argument("--path", type=Path, default=Path("openapi.json"))
     sim = sub.add_parser("simulator", help="serve the Graph/Gmail simulator over HTTPS")
     sim.add_argument("rest", nargs=argparse.REMAINDER)
+    pub = sub.add_parser("publisher", help="publish the outbox to NATS JetStream")
+    pub.add_argument("--host", default=os.environ.get("EVENTS_PUBLISHER_HOST", "0.0.0.0"))  # noqa: S104
+    pub.add_argument("--port", type=int, default=None, help="health/metrics port (0: none)")
+    events = sub.add_parser("events", help="event tools")
+    events_sub = events.add_subparsers(dest="events_command", required=True)
+    snap = events_sub.add_parser(
+        "resnapshot", help="re-emit every stored message of a mailbox as email.snapshot"
+    )
+    snap.add_argument("--mailbox", required=True, type=uuid.UUID)
+    snap.add_argument("--wait", action="store_true", help="follow the walk until it completes")
+    schema = events_sub.add_parser(
+        "schema", help="write events.schema.json (or --check it is current)"
+    )
+    schema.add_argument("--check", action="store_true")
+    schema.add_argument("--path", type=Path, default=Path("events.schema.json"))
     args = parser.parse_args(argv)
 
     if args.command == "migrate":
@@ -102,6 +140,17 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         args.path.write_text(current)
         return 0
+    if args.command == "publisher":
+        import asyncio
+
+        from app.config import get_settings
+        from app.events import service
+
+        settings = get_settings()
+        port = settings.events_publisher_port if args.port is None else args.port
+        return asyncio.run(service.run(settings, host=args.host, port=port))
+    if args.command == "events":
+        return events_command(args)
     if args.command == "simulator":
         from app.simulator.__main__ import main as simulator_main
 

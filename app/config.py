@@ -75,6 +75,30 @@ class Settings(BaseSettings):
     worker_max_jobs: int = Field(default=10, alias="WORKER_MAX_JOBS")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
 
+    # Events out (docs/events.md): the outbox, published to NATS JetStream.
+    nats_url: str = Field(default="nats://localhost:4222", alias="NATS_URL")
+    # Off: pages write no message events (lifecycle rows are still recorded).
+    events_enabled: bool = Field(default=True, alias="EVENTS_ENABLED")
+    events_subject_prefix: str = Field(
+        default="mailsync", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+        alias="EVENTS_SUBJECT_PREFIX",
+    )  # fmt: skip
+    events_stream: str = Field(
+        default="MAILSYNC_EVENTS", pattern=r"^[A-Za-z0-9_-]+$", alias="EVENTS_STREAM"
+    )
+    # JetStream drops a second message with the same Nats-Msg-Id within this window.
+    events_duplicate_window_seconds: float = Field(
+        default=120.0, gt=0, alias="EVENTS_DUPLICATE_WINDOW_SECONDS"
+    )
+    events_max_age_hours: float = Field(default=168.0, gt=0, alias="EVENTS_MAX_AGE_HOURS")
+    outbox_retention_hours: float = Field(default=24.0, ge=0, alias="OUTBOX_RETENTION_HOURS")
+    # Outstanding JetStream acks per publisher (async publish window).
+    events_publish_window: int = Field(default=2048, ge=1, alias="EVENTS_PUBLISH_WINDOW")
+    # The fallback poll when no NOTIFY arrives (LISTEN wakes publishers on commit).
+    events_poll_seconds: float = Field(default=5.0, gt=0, alias="EVENTS_POLL_SECONDS")
+    # The publisher's /healthz, /readyz and /metrics (0: off).
+    events_publisher_port: int = Field(default=9102, ge=0, le=65535, alias="EVENTS_PUBLISHER_PORT")
+
     @property
     def is_development(self) -> bool:
         return self.environment in ("development", "test")

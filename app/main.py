@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from app.api.errors import install_error_handlers
-from app.api.routes import cases, health, mail, webhooks
+from app.api.routes import cases, events, health, mail, webhooks
 from app.config import Settings, get_settings
 from app.logging import configure_logging
 from app.providers.gmail.push import PushVerifier
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(cases.router)
     app.include_router(webhooks.router)
     app.include_router(health.router)
+    app.include_router(events.router)
     return app
 
 

@@ -148,6 +148,7 @@ async def run(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="mailsync-bench-"))
     sim_process, sim_env = start_simulator(workdir)
     worker: asyncio.subprocess.Process | None = None
+    publisher: asyncio.subprocess.Process | None = None
     try:
         async with scratch_database() as url:
             env = {
@@ -161,6 +162,11 @@ async def run(args: argparse.Namespace) -> None:
                 "SYNC_SLICE_PAGES": "1000",
                 "SYNC_SLICE_SECONDS": "20",
                 "LOG_LEVEL": "WARNING",
+                "EVENTS_ENABLED": "true" if args.events == "on" else "false",
+                "NATS_URL": os.environ.get("NATS_URL", "nats://127.0.0.1:4222"),
+                "EVENTS_STREAM": f"BENCH_SYNC_{uuid.uuid4().hex[:6]}",
+                "EVENTS_SUBJECT_PREFIX": f"benchsync{uuid.uuid4().hex[:6]}",
+                "EVENTS_PUBLISHER_PORT": "0",
             }
             settings = Settings(_env_file=None, **{k: v for k, v in env.items() if k in _ALIASES})
             rt = await Runtime.create(settings)
@@ -190,6 +196,12 @@ async def run(args: argparse.Namespace) -> None:
                 env=env,
                 stdout=asyncio.subprocess.DEVNULL,
             )
+            if args.events == "on":
+                # The publisher runs beside the worker, as in production.
+                publisher = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "app.cli", "publisher", env=env
+                )
+                await asyncio.sleep(2.0)
             # A production worker is running before anyone connects: start the clock when
             # this one is ready (ARQ writes its health-check key once it polls the queue).
             while not await rt.redis.exists("arq:queue:health-check"):
@@ -288,6 +300,39 @@ async def run(args: argparse.Namespace) -> None:
                 copy_rate = await _copy_ceiling(url, mailbox.id)
                 print(f"COPY ceiling             {copy_rate:,.0f} messages/s")
                 print(f"ratio to COPY            {rate / copy_rate:.3f}")
+            if publisher is not None:
+                async with rt.sessions() as session:
+                    while (
+                        await session.execute(
+                            text("SELECT count(*) FROM outbox_events WHERE published_at IS NULL")
+                        )
+                    ).scalar_one():
+                        await session.rollback()
+                        await asyncio.sleep(0.2)
+                    lags = sorted(
+                        (
+                            await session.execute(
+                                text(
+                                    "SELECT extract(epoch FROM published_at - created_at) "
+                                    "FROM outbox_events WHERE mailbox_id = :id"
+                                ),
+                                {"id": mailbox.id},
+                            )
+                        ).scalars()
+                    )
+                print(
+                    f"commit -> ack lag        p50 {1000 * lags[len(lags) // 2]:.0f} ms, "
+                    f"p95 {1000 * lags[int(len(lags) * 0.95)]:.0f} ms, "
+                    f"max {1000 * lags[-1]:.0f} ms ({len(lags)} outbox rows)"
+                )
+                publisher.send_signal(signal.SIGTERM)
+                await publisher.wait()
+                publisher = None
+                import nats
+
+                nc = await nats.connect(env["NATS_URL"])
+                await nc.jetstream().delete_stream(env["EVENTS_STREAM"])
+                await nc.close()
             await sim.aclose()
             await rt.close()
     finally:
@@ -297,6 +342,8 @@ async def run(args: argparse.Namespace) -> None:
                 await asyncio.wait_for(worker.wait(), timeout=30)
             except TimeoutError:
                 worker.kill()
+        if publisher is not None and publisher.returncode is None:
+            publisher.kill()
         sim_process.terminate()
         sim_process.wait(timeout=10)
 
@@ -311,6 +358,12 @@ if __name__ == "__main__":
     parser.add_argument("--provider", choices=["microsoft", "google"], required=True)
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument(
+        "--events",
+        choices=["on", "off"],
+        default="off",
+        help="on: pages write their events and a publisher process publishes them meanwhile",
+    )
     parser.add_argument(
         "--quota", type=float, default=250.0, help="Gmail units per user per second (0 = off)"
     )

@@ -141,3 +141,16 @@ class MessageItem(BaseModel):
 class MessagesResponse(BaseModel):
     items: list[MessageItem]
     next_cursor: str | None
+
+
+class ResnapshotResponse(BaseModel):
+    """A resnapshot walk: every stored message re-emitted as `email.snapshot`, in batches,
+    then `mailbox.snapshot_complete` (docs/events.md)."""
+
+    snapshot_id: uuid.UUID
+    mailbox_id: uuid.UUID
+    # False: a walk was already running for this mailbox; this is it.
+    created: bool
+    emitted: int
+    messages_total_estimate: int | None
+    complete: bool

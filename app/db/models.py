@@ -96,6 +96,10 @@ class Mailbox(SQLModel, table=True):
     fencing_token: int = Field(
         default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
     )
+    # The position of the mailbox's last outbox row (see OutboxEvent.position).
+    outbox_position: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
 
     created_at: datetime | None = _ts(nullable=False, default_now=True)
     updated_at: datetime | None = _ts(nullable=False, default_now=True)
@@ -260,18 +264,63 @@ class WebhookNotification(SQLModel, table=True):
 
 
 class OutboxEvent(SQLModel, table=True):
-    """What changed, written in the page's transaction, for downstream publishers."""
+    """What changed, written in the same transaction as the change, for the publisher
+    (app/events). Triggers (migration 0005) give each row its mailbox's next `position`
+    under the mailbox row's lock, so a mailbox's positions follow commit order, and NOTIFY
+    publishers at commit."""
 
     __tablename__ = "outbox_events"
+    __table_args__ = (
+        Index("ix_outbox_events_position", "mailbox_id", "position"),
+        Index("ix_outbox_events_unpublished", "id", postgresql_where=text("published_at IS NULL")),
+        Index("ix_outbox_events_published_at", "published_at"),
+    )
 
     id: int | None = Field(
         default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True)
     )
-    mailbox_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), nullable=False, index=True))
+    mailbox_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), nullable=False))
+    position: int | None = Field(default=None, sa_column=Column(BigInteger))
     kind: str = Field(sa_column=Column(Text, nullable=False))
-    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
-    created_at: datetime | None = _ts(nullable=False, default_now=True)
+    # JSON bytes (app/events/outbox.py says what each kind holds).
+    payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime | None = Field(
+        default=None,
+        sa_column=Column(
+            DateTime(timezone=True), nullable=False, server_default=text("clock_timestamp()")
+        ),
+    )
     published_at: datetime | None = _ts()
+
+
+class Resnapshot(SQLModel, table=True):
+    """An operator's request to re-emit a mailbox's messages as `email.snapshot` events,
+    walked in bounded batches (app/events/snapshot.py)."""
+
+    __tablename__ = "resnapshots"
+    __table_args__ = (
+        Index(
+            "uq_resnapshots_running",
+            "mailbox_id",
+            unique=True,
+            postgresql_where=text("finished_at IS NULL"),
+        ),
+    )
+
+    id: uuid.UUID = Field(
+        default_factory=uuid.uuid4, sa_column=Column(UUID(as_uuid=True), primary_key=True)
+    )
+    mailbox_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), nullable=False))
+    requested_by: str | None = Field(default=None, sa_column=Column(Text))
+    after: str | None = Field(default=None, sa_column=Column(Text))
+    batch: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    emitted: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
+    total_estimate: int | None = Field(default=None, sa_column=Column(BigInteger))
+    created_at: datetime | None = _ts(nullable=False, default_now=True)
+    updated_at: datetime | None = _ts(nullable=False, default_now=True)
+    finished_at: datetime | None = _ts()
 
 
 # -- cases (app/sync/cases; migration 0011) -----------------------------------------------

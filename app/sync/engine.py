@@ -31,6 +31,7 @@ from app.db.repositories.mailboxes import Lease, LeaseLost, MailboxRepository
 from app.db.repositories.messages import MessageRepository
 from app.db.repositories.outbox import OutboxRepository
 from app.db.session import AsyncSession
+from app.events.changes import MESSAGES_CHANGED, PageChanges
 from app.providers.base import (
     AccessTokenRejected,
     Account,
@@ -200,7 +201,9 @@ class SyncEngine:
             slot_ttl_seconds=settings.lease_seconds,
         )
         ctx = SyncContext(account=account, access_token=tokens.get, gate=gate)
-        state = _SliceState(lease=lease, case_mail=CaseMail(mailbox.scope))
+        state = _SliceState(
+            lease=lease, case_mail=CaseMail(mailbox.scope, events=settings.events_enabled)
+        )
         lost = asyncio.Event()
         state.heartbeat = asyncio.create_task(self._heartbeat(lease, asyncio.current_task(), lost))
         try:
@@ -323,6 +326,12 @@ class SyncEngine:
             removed = await MessageRepository(session).delete_streams_except(
                 mailbox.id, [s.key for s in streams]
             )
+            if removed and settings.events_enabled:
+                gone = PageChanges(None)
+                gone.deleted(removed)
+                await OutboxRepository(session).add(
+                    mailbox.id, MESSAGES_CHANGED, gone.payload() or {}
+                )
             streams_now = await cursors.list(mailbox.id)
             # A pass may span slices; a new one begins when the last one completed.
             begin_pass = mailbox.pass_started_at is None
@@ -336,7 +345,7 @@ class SyncEngine:
             await MailboxRepository(session).fence(
                 lease,
                 settings.lease_seconds,
-                synced_delta=-removed,
+                synced_delta=-len(removed),
                 total_estimate=self._total(state),
                 status=state.status if state.status != mailbox.status else None,
                 phase=states.phase_of((s.progress() for s in streams_now), running=True),
@@ -451,17 +460,19 @@ class SyncEngine:
         generations = {s.stream_key: s.generation for s in streams}
         async with self.rt.sessions() as session, session.begin():
             messages = MessageRepository(session)
-            inserted, upserted = 0, []
+            inserted = 0
+            changes = PageChanges(None)
             for key, batch in recent.items():
                 if key in generations and batch:
                     written = await messages.upsert_page(
                         mailbox.id, key, generations[key] - 1, batch
                     )
                     inserted += written.inserted
-                    upserted.extend(written.written)
-            if upserted:
+                    changes.upserted(written)
+            payload = changes.payload() if self.settings.events_enabled else None
+            if payload is not None:
                 await OutboxRepository(session).add(
-                    mailbox.id, "messages.changed", {"recent": True, "upserted": upserted}
+                    mailbox.id, MESSAGES_CHANGED, {**payload, "recent": True}
                 )
             await MailboxRepository(session).fence(
                 state.lease,
@@ -583,17 +594,27 @@ class SyncEngine:
         new_mode = StreamMode.INCREMENTAL if page.full_sync_complete else mode
         async with self.rt.sessions() as session, session.begin():
             messages = MessageRepository(session)
+            changes = PageChanges(stream.key)
             upserts = await state.case_mail.keep(session, mailbox_id, page.upserts)
             upserted = await messages.upsert_page(mailbox_id, stream.key, generation, upserts)
+            events = self.settings.events_enabled
+            came_back: set[str] = set()
+            if events and mode is StreamMode.INCREMENTAL and upserted.inserted_ids:
+                came_back = await messages.returning(mailbox_id, upserted.inserted_ids)
+            changes.upserted(upserted, came_back)
             if after is not None:
                 # Pages of a stream commit in order: this page's cursor must never be stored
                 # before the previous page is, or a crash between them would skip messages.
                 await after
-            deleted = await messages.delete_from_stream(mailbox_id, stream.key, page.deletes)
-            relabelled = await messages.apply_label_changes(mailbox_id, page.label_changes)
-            swept = 0
+            deleted = await messages.delete_from_stream(
+                mailbox_id, stream.key, page.deletes, remember=events
+            )
+            changes.deleted(deleted)
+            changes.relabelled(await messages.apply_label_changes(mailbox_id, page.label_changes))
+            swept: list[str] = []
             if page.full_sync_complete:
                 swept = await messages.sweep_stream(mailbox_id, stream.key, generation)
+                changes.deleted(swept)
             await CursorRepository(session).save(
                 mailbox_id,
                 stream.key,
@@ -603,31 +624,24 @@ class SyncEngine:
                 total_estimate=page.total_estimate,
                 enumerated=len(page.upserts) if mode is StreamMode.FULL else 0,
             )
-            # Only what changed: a page replayed as it was stored is no event at all.
-            if upserted.written or deleted or relabelled or swept:
-                await OutboxRepository(session).add(
-                    mailbox_id,
-                    "messages.changed",
-                    {
-                        "stream": stream.key,
-                        "upserted": upserted.written,
-                        "deleted": deleted,
-                        "relabelled": relabelled,
-                        "swept": swept,
-                    },
-                )
-            # The lease check and the progress move commit with the page or not at all.
+            # Only what changed: a page replayed as it was stored is no event at all. Late
+            # in the transaction: the row takes the mailbox's next position under the
+            # mailbox row's lock, held until commit (app/db/repositories/outbox.py).
+            payload = changes.payload() if events else None
+            if payload is not None:
+                await OutboxRepository(session).add(mailbox_id, MESSAGES_CHANGED, payload)
+            # Last, so the lease check and the progress move commit with the page or not at all.
             await MailboxRepository(session).fence(
                 state.lease,
                 self.settings.lease_seconds,
-                synced_delta=upserted.inserted - len(deleted) - swept,
+                synced_delta=upserted.inserted - len(deleted) - len(swept),
                 total_estimate=self._total(state),
             )
             # After the fence, which holds the mailbox row: see app/sync/cases/mail.py.
             unlinked = await state.case_mail.link(session, mailbox_id, upserted.written)
             if unlinked:
                 await MailboxRepository(session).fence(
-                    state.lease, self.settings.lease_seconds, synced_delta=-unlinked
+                    state.lease, self.settings.lease_seconds, synced_delta=-len(unlinked)
                 )
         state.pages += 1
 

@@ -9,6 +9,7 @@ from typing import Any
 from app.db.repositories.credentials import CredentialRepository
 from app.db.repositories.mailboxes import MailboxRepository
 from app.db.repositories.subscriptions import SubscriptionRepository
+from app.events import snapshot
 from app.providers.base import AuthExpiredError, ProviderError
 from app.sync.cases.jobs import wake_after_pass
 from app.sync.engine import Outcome, SyncEngine
@@ -101,6 +102,8 @@ async def schedule(ctx: dict[str, Any]) -> dict[str, int]:
         enqueued += await enqueue_sync(rt.redis, mid, suffix=f"recover{token}")
     for mid in leftovers:
         await enqueue_cleanup(rt.redis, mid)
+    # Resnapshot walks whose batch job was lost continue from their row.
+    await snapshot.recover_stalled(rt, limit)
     if due or lapsed:
         log.info(
             "scheduler: %d due, %d lapsed leases, %d enqueued", len(due), len(lapsed), enqueued

@@ -17,6 +17,8 @@ from app.db.repositories.credentials import CredentialRepository
 from app.db.repositories.cursors import CursorRepository
 from app.db.repositories.mailboxes import MailboxRepository
 from app.db.repositories.messages import MessageRepository
+from app.db.repositories.outbox import OutboxRepository
+from app.events.changes import MESSAGES_CHANGED, PageChanges
 from app.sync import states
 from app.sync.cases.service import resume_mailbox_cases
 from app.sync.cases.states import MailboxScope
@@ -121,7 +123,14 @@ async def disconnect(uow: Transaction, mailbox_ids: list[uuid.UUID], *, purge: b
     for mailbox_id in mailbox_ids:
         await repo.mark_disconnected(mailbox_id)
         if purge:
-            await MessageRepository(session).purge(mailbox_id)
+            purged = await MessageRepository(session).purge(mailbox_id)
+            if purged and uow.rt.settings.events_enabled:
+                # Consumers keep copies too: a purge deletes them there as well.
+                changes = PageChanges(None)
+                changes.deleted(purged)
+                await OutboxRepository(session).add(
+                    mailbox_id, MESSAGES_CHANGED, changes.payload() or {}
+                )
         uow.after_commit(partial(enqueue_cleanup, redis, mailbox_id))
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import get_settings
 from app.db.session import open_connections
+from app.events import snapshot
 from app.logging import configure_logging
 from app.providers import registry
 from app.sync import jobs
@@ -110,6 +111,14 @@ class WorkerSettings:
             case_jobs.sync_case_entry,
             name=case_jobs.CASE_FUNCTION,
             timeout=_timeout(),
+            keep_result=0,
+            max_tries=3,
+        ),
+        # One batch of a resnapshot walk; each enqueues the next (app/events/snapshot.py).
+        func(
+            snapshot.resnapshot_batch,
+            name=snapshot.FUNCTION,
+            timeout=60,
             keep_result=0,
             max_tries=3,
         ),

@@ -123,12 +123,16 @@ async def test_scoped_deletes_label_changes_and_sweep(rt: Runtime) -> None:
                 LabelChange("msg-0000002", remove=("NOPE",)),
             ],
         )
-        assert changed == ["msg-0000001"]
+        # The rows it changed come back as stored now (what their events carry).
+        [row] = changed
+        assert row["provider_message_id"] == "msg-0000001" and row["subject"] == "Subject 1"
+        assert (row["labels"], row["is_read"]) == (["UNREAD"], False)
         relabelled = (await repo.ground_truth(mailbox_id))["msg-0000001"]
         assert relabelled["labels"] == ["UNREAD"] and relabelled["is_read"] is False
         # A new generation sees only 0..3: the sweep removes the rest of that stream.
         await repo.upsert_page(mailbox_id, "inbox", 2, _batch(range(4)))
-        assert await repo.sweep_stream(mailbox_id, "inbox", 2) == 4  # 4, 7, 8, 9
+        swept = await repo.sweep_stream(mailbox_id, "inbox", 2)
+        assert sorted(swept) == [f"msg-000000{i}" for i in (4, 7, 8, 9)]
         state = await repo.ground_truth(mailbox_id)
     assert sorted(state) == [
         "msg-0000000",

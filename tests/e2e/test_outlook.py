@@ -225,8 +225,8 @@ async def test_crash_mid_folder_resumes_from_next_link(
         mid
         for event in events
         if event["kind"] == "messages.changed"
-        and not event["payload"].get("recent")  # the first view, confirmed by the enumeration
-        for mid in event["payload"]["upserted"]
+        for section in ("received", "updated")
+        for mid in event["payload"].get(section, {}).get("provider_message_id", [])
     ]
     assert len(delivered) == len(set(delivered)) == 4000
 

@@ -142,11 +142,17 @@ async def test_a_page_replayed_as_stored_is_no_change_event(rt: Runtime) -> None
         await engine._commit_page(mailbox_id, stream, 1, "full", page, _SliceState(lease))
     async with rt.sessions() as session:
         events = await OutboxRepository(session).for_mailbox(mailbox_id)
-    # The replay wrote nothing and said nothing; the edit is reported for its message only.
-    assert [event["payload"]["upserted"] for event in events] == [
+    # The replay wrote nothing and said nothing; the edit is reported for its message only,
+    # with the values the page committed.
+    assert [
+        event["payload"].get("received", {}).get("provider_message_id") for event in events
+    ] == [
         ["msg-0000001", "msg-0000002"],
-        ["msg-0000002"],
+        None,
     ]
+    assert events[1]["payload"]["updated"]["provider_message_id"] == ["msg-0000002"]
+    assert events[1]["payload"]["updated"]["subject"] == ["edited"]
+    assert [event["position"] for event in events] == [1, 2]
 
 
 async def test_redis_flushed_mid_sync_scheduler_rebuilds_work(rt: Runtime, settings: Any) -> None:

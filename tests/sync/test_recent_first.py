@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from sqlalchemy import text
 
 from app.providers import registry
@@ -84,7 +85,7 @@ async def test_switched_off_it_fetches_nothing_extra(rt: Runtime) -> None:
                 {"id": mailbox_id},
             )
         ).scalars()
-        assert not any(payload.get("recent") for payload in events)
+        assert not any(orjson.loads(payload).get("recent") for payload in events)
 
 
 async def test_a_refused_listing_only_costs_the_head_start(rt: Runtime) -> None:

@@ -2,7 +2,7 @@
 
 See app/db/repositories/cases.py for the order in which writers take their locks: a page's
 link step runs after its fence (it holds the mailbox row), and a query over a full mirror
-first takes that row FOR SHARE, so it reads only after every page in flight committed.
+first takes that row, so it reads only after every page in flight committed.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from datetime import date
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.repositories.outbox import OutboxRepository
 
 # The participants of a message, as ix_messages_participants (migration 0011) indexes them.
 PARTICIPANTS = "(ARRAY[{a}from_address] || {a}to_addresses || {a}cc_addresses || {a}bcc_addresses)"
@@ -123,10 +125,9 @@ class CaseLinkRepository:
         self, case_key: int, mailbox_id: uuid.UUID, email: str, since: date | None
     ) -> Linked:
         """A full mirror: every stored message with the contact among its participants,
-        through ix_messages_participants, after every page in flight has committed."""
-        await self.session.execute(
-            text("SELECT 1 FROM mailboxes WHERE id = :id FOR SHARE"), {"id": mailbox_id}
-        )
+        through ix_messages_participants, after every page in flight has committed (the
+        mailbox row is taken as the outbox's position trigger and a page's fence take it)."""
+        await OutboxRepository(self.session).lock_mailbox(mailbox_id)
         result = await self.session.execute(
             text(
                 f"""
@@ -157,11 +158,11 @@ class CaseLinkRepository:
 
     async def delete_unlinked(
         self, mailbox_id: uuid.UUID, provider_message_ids: Sequence[str]
-    ) -> int:
+    ) -> list[str]:
         """A cases-only mailbox's page stored these for a contact that was removed before
-        the page could link them: they go again."""
+        the page could link them: they go again. Returns what went."""
         if not provider_message_ids:
-            return 0
+            return []
         result = await self.session.execute(
             text(
                 """
@@ -171,11 +172,12 @@ class CaseLinkRepository:
                    AND NOT EXISTS (SELECT 1 FROM case_links l
                                     WHERE l.mailbox_id = m.mailbox_id
                                       AND l.provider_message_id = m.provider_message_id)
+             RETURNING m.provider_message_id
                 """
             ),
             {"mailbox_id": mailbox_id, "ids": list(provider_message_ids)},
         )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        return [row[0] for row in result.all()]
 
     async def count_stored(self, mailbox_id: uuid.UUID, inserted: int) -> None:
         """Search results stored outside the mailbox's own sync join its message count."""

@@ -1,13 +1,14 @@
 """Cases, their contacts and mailboxes, search entries with leases, and message links.
 
 Locks, in the one order every writer takes them (so no two wait on each other):
-  a case's row (API changes, case completion) → the case's mailbox rows FOR SHARE (a
-  mailbox's page commits hold them for update from their fence to their commit) → entry
-  rows → links and messages.
+  a case's row (API changes, case completion) → the case's mailbox rows (taken FOR NO KEY
+  UPDATE, as a page's fence and the outbox's position trigger take them, and held to
+  commit) → entry rows → links and messages (orphans are deleted SKIP LOCKED: a row a page
+  holds is that page's to clean up).
 A mailbox's page transaction reads the case contacts only after its fence, so a contact
 added or removed either commits before that read or waits for the page to commit; a
-query that links stored mail first takes the mailbox row FOR SHARE, so every page in
-flight has committed (and is visible to it) when it reads.
+query that links stored mail first takes the mailbox row, so every page in flight has
+committed (and is visible to it) when it reads.
 """
 
 from __future__ import annotations
@@ -247,13 +248,14 @@ class CaseRepository:
         )
         return [int(row[0]) for row in result.all()]
 
-    async def share_lock_mailboxes(self, mailbox_ids: Sequence[uuid.UUID]) -> None:
-        """Wait for the mailboxes' page commits in flight; hold new ones off until commit."""
+    async def lock_mailboxes(self, mailbox_ids: Sequence[uuid.UUID]) -> None:
+        """Wait for the mailboxes' page commits in flight and hold new ones off until commit:
+        the lock a page's fence and the outbox's position trigger take, in id order."""
         if mailbox_ids:
             await self.session.execute(
                 text(
                     "SELECT 1 FROM mailboxes WHERE id = ANY(CAST(:ids AS uuid[])) "
-                    "ORDER BY id FOR SHARE"
+                    "ORDER BY id FOR NO KEY UPDATE"
                 ),
                 {"ids": sorted(mailbox_ids)},
             )
@@ -323,7 +325,7 @@ class CaseRepository:
 
     async def delete_orphans(
         self, removed: Sequence[tuple[uuid.UUID, str]]
-    ) -> dict[uuid.UUID, int]:
+    ) -> dict[uuid.UUID, list[str]]:
         """In cases-only mailboxes, delete the messages among `removed` that no case links any
         more. A row a page transaction holds (it waits at its fence for this transaction) is
         skipped: that page's own link step finds it unlinked and deletes it."""
@@ -347,7 +349,7 @@ class CaseRepository:
                        FOR UPDATE OF msg SKIP LOCKED
                 )
                 DELETE FROM messages WHERE ctid IN (SELECT ctid FROM doomed)
-                RETURNING mailbox_id
+                RETURNING mailbox_id, provider_message_id
                 """
             ),
             {
@@ -355,18 +357,18 @@ class CaseRepository:
                 "cases": MailboxScope.CASES.value,
             },
         )
-        counts: dict[uuid.UUID, int] = {}
-        for (mailbox_id,) in result.all():
-            counts[mailbox_id] = counts.get(mailbox_id, 0) + 1
-        for mailbox_id, count in counts.items():
+        gone: dict[uuid.UUID, list[str]] = {}
+        for mailbox_id, message_id in result.all():
+            gone.setdefault(mailbox_id, []).append(message_id)
+        for mailbox_id, ids in gone.items():
             await self.session.execute(
                 text(
                     "UPDATE mailboxes SET messages_synced = GREATEST(messages_synced - :n, 0) "
                     "WHERE id = :id"
                 ),
-                {"id": mailbox_id, "n": count},
+                {"id": mailbox_id, "n": len(ids)},
             )
-        return counts
+        return gone
 
     async def reset_completion(self, case_key: int) -> None:
         """The case has new work (a contact, a mailbox, an earlier `since`): its next

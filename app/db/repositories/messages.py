@@ -68,7 +68,18 @@ _UPSERT = text(
         labels = EXCLUDED.labels,
         is_read = EXCLUDED.is_read,
         has_attachments = EXCLUDED.has_attachments,
-        updated_at = now()
+        -- When the content last changed: a rebuild that only re-marks a message (stream,
+        -- generation) keeps it, which is how RETURNING tells an update from a re-mark.
+        updated_at = CASE WHEN
+            (m.thread_id, m.internet_message_id, m.subject, m.from_address, m.to_addresses,
+             m.cc_addresses, m.bcc_addresses, m.snippet, m.received_at, m.labels, m.is_read,
+             m.has_attachments)
+            IS DISTINCT FROM
+            (EXCLUDED.thread_id, EXCLUDED.internet_message_id, EXCLUDED.subject,
+             EXCLUDED.from_address, EXCLUDED.to_addresses, EXCLUDED.cc_addresses,
+             EXCLUDED.bcc_addresses, EXCLUDED.snippet, EXCLUDED.received_at, EXCLUDED.labels,
+             EXCLUDED.is_read, EXCLUDED.has_attachments)
+            THEN now() ELSE m.updated_at END
     -- A replayed page rewrites nothing: no dead tuples, no spurious change events.
     WHERE (m.stream_key, m.generation, m.thread_id, m.internet_message_id, m.subject,
            m.from_address, m.to_addresses, m.cc_addresses, m.bcc_addresses, m.snippet,
@@ -78,14 +89,24 @@ _UPSERT = text(
            EXCLUDED.internet_message_id, EXCLUDED.subject, EXCLUDED.from_address,
            EXCLUDED.to_addresses, EXCLUDED.cc_addresses, EXCLUDED.bcc_addresses, EXCLUDED.snippet,
            EXCLUDED.received_at, EXCLUDED.labels, EXCLUDED.is_read, EXCLUDED.has_attachments)
-    RETURNING m.provider_message_id, (xmax = 0) AS inserted
+    RETURNING m.provider_message_id, (xmax = 0) AS inserted, (m.updated_at = now()) AS changed
     )
-    -- One row per page, not one per message: how many were new, how many were written,
-    -- and which, unless that is all of them (a first enumeration: no ids travel back).
-    SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) AS written,
-           CASE WHEN count(*) < :page_size THEN array_agg(provider_message_id) END AS ids
+    -- One row per page, not one per message: how many were written, which were new unless
+    -- that is all of them (a first enumeration: no ids travel back), and which changed.
+    SELECT count(*) AS written,
+           CASE WHEN count(*) FILTER (WHERE inserted) < :page_size
+                THEN array_agg(provider_message_id) FILTER (WHERE inserted) END AS inserted_ids,
+           count(*) FILTER (WHERE inserted) AS inserted,
+           array_agg(provider_message_id) FILTER (WHERE changed AND NOT inserted) AS updated_ids
       FROM written
     """
+)
+
+# The stored values a message event carries (app/events).
+EVENT_COLUMNS = (
+    "provider_message_id, thread_id, internet_message_id, subject, from_address, "
+    "to_addresses, cc_addresses, bcc_addresses, snippet, received_at, labels, is_read, "
+    "has_attachments"
 )
 
 _LABEL_CHANGES = text(
@@ -105,21 +126,37 @@ _LABEL_CHANGES = text(
       FROM relabelled r
      WHERE m.mailbox_id = :mailbox_id AND m.provider_message_id = r.provider_message_id
        AND m.labels IS DISTINCT FROM r.labels
-    RETURNING m.provider_message_id
+    RETURNING m.provider_message_id, m.thread_id, m.internet_message_id, m.subject,
+              m.from_address, m.to_addresses, m.cc_addresses, m.bcc_addresses, m.snippet,
+              m.received_at, m.labels, m.is_read, m.has_attachments
     """
 )
 
 
 @dataclass(frozen=True, slots=True)
 class UpsertResult:
-    inserted: int
-    # Ids of the rows inserted or changed; a message the store already had as it is is not
-    # among them (so a replayed page reports nothing).
-    written: list[str]
+    """What a page's upsert did. A message the store already had as it is is in no list
+    (a replayed page reports nothing); one whose content is unchanged but which a rebuild
+    re-marked (stream, generation) is written but neither new nor updated."""
+
+    # The page as written: one row per message, labels as stored (sorted, unique).
+    page: MessageBatch
+    labels: list[list[str]]
+    inserted_ids: list[str]
+    updated_ids: list[str]
+
+    @property
+    def inserted(self) -> int:
+        return len(self.inserted_ids)
 
     @property
     def updated(self) -> int:
-        return len(self.written) - self.inserted
+        return len(self.updated_ids)
+
+    @property
+    def written(self) -> list[str]:
+        """Ids first stored or changed by this write."""
+        return self.inserted_ids + self.updated_ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +210,12 @@ def _bools(values: Iterable[bool]) -> str:
     return "{" + ",".join(["t" if v else "f" for v in values]) + "}"
 
 
-def _columns(batch: MessageBatch) -> dict[str, str]:
+def stored_labels(batch: MessageBatch) -> list[list[str]]:
+    # Sorted and unique, so an unchanged message compares equal and is not rewritten.
+    return [sorted(set(labels)) for labels in batch.labels]
+
+
+def _columns(batch: MessageBatch, labels: list[list[str]]) -> dict[str, str]:
     return {
         "provider_message_id": array_literal(batch.provider_message_id),
         "thread_id": array_literal(batch.thread_id),
@@ -185,8 +227,7 @@ def _columns(batch: MessageBatch) -> dict[str, str]:
         "bcc_addresses": _list_column(batch.bcc),
         "snippet": array_literal(batch.snippet),
         "received_at": _timestamps(batch.received_at),
-        # Sorted and unique, so an unchanged message compares equal and is not rewritten.
-        "labels": _list_column([sorted(set(labels)) for labels in batch.labels]),
+        "labels": _list_column(labels),
         "is_read": _bools(batch.is_read),
         "has_attachments": _bools(batch.has_attachments),
     }
@@ -221,76 +262,125 @@ class MessageRepository:
         messages: MessageBatch,
     ) -> UpsertResult:
         if not messages:
-            return UpsertResult(0, [])
+            return UpsertResult(messages, [], [], [])
         # ON CONFLICT cannot touch one row twice in a statement: the last version wins.
         page = messages.latest()
+        labels = stored_labels(page)
         result = await self.session.execute(
             _UPSERT,
             {
-                **_columns(page),
+                **_columns(page, labels),
                 "mailbox_id": mailbox_id,
                 "stream_key": stream_key,
                 "generation": generation,
                 "page_size": len(page),
             },
         )
-        inserted, written, ids = result.one()
-        if int(written) == len(page):
-            ids = page.provider_message_id
-        return UpsertResult(inserted=int(inserted), written=list(ids or ()))
+        _written, inserted_ids, inserted, updated_ids = result.one()
+        if inserted_ids is None and int(inserted) == len(page):
+            inserted_ids = page.provider_message_id
+        return UpsertResult(page, labels, list(inserted_ids or ()), list(updated_ids or ()))
 
     async def delete_from_stream(
-        self, mailbox_id: uuid.UUID, stream_key: str | None, provider_message_ids: Sequence[str]
+        self,
+        mailbox_id: uuid.UUID,
+        stream_key: str | None,
+        provider_message_ids: Sequence[str],
+        *,
+        remember: bool = False,
     ) -> list[str]:
-        """Delete ids that left `stream_key` (None: wherever they are). Returns what went."""
+        """Delete ids that left `stream_key` (None: wherever they are). Returns what went.
+
+        `remember`: keep a tombstone of each (`returning` finds it if the message shows up
+        in another stream: a move whose removal was seen first)."""
         if not provider_message_ids:
             return []
         result = await self.session.execute(
             text(
                 """
-                DELETE FROM messages
-                 WHERE mailbox_id = :mailbox_id
-                   AND provider_message_id = ANY(CAST(:ids AS text[]))
-                   AND (CAST(:stream_key AS text) IS NULL OR stream_key = :stream_key)
-             RETURNING provider_message_id
+                WITH gone AS (
+                    DELETE FROM messages
+                     WHERE mailbox_id = :mailbox_id
+                       AND provider_message_id = ANY(CAST(:ids AS text[]))
+                       AND (CAST(:stream_key AS text) IS NULL OR stream_key = :stream_key)
+                 RETURNING provider_message_id
+                ), remembered AS (
+                    INSERT INTO message_tombstones (mailbox_id, provider_message_id)
+                    SELECT :mailbox_id, provider_message_id FROM gone WHERE :remember
+                    ON CONFLICT (mailbox_id, provider_message_id) DO UPDATE SET deleted_at = now()
+                )
+                SELECT provider_message_id FROM gone
                 """
             ),
-            {"mailbox_id": mailbox_id, "ids": list(provider_message_ids), "stream_key": stream_key},
+            {
+                "mailbox_id": mailbox_id,
+                "ids": list(provider_message_ids),
+                "stream_key": stream_key,
+                "remember": remember,
+            },
         )
         return [row[0] for row in result.all()]
 
+    async def returning(
+        self, mailbox_id: uuid.UUID, provider_message_ids: Sequence[str]
+    ) -> set[str]:
+        """Of ids just stored anew, those a removal remembered (and forget them now)."""
+        if not provider_message_ids:
+            return set()
+        result = await self.session.execute(
+            text(
+                "DELETE FROM message_tombstones WHERE mailbox_id = :mailbox_id "
+                "AND provider_message_id = ANY(CAST(:ids AS text[])) RETURNING provider_message_id"
+            ),
+            {"mailbox_id": mailbox_id, "ids": list(provider_message_ids)},
+        )
+        return set(result.scalars().all())
+
+    async def prune_tombstones(self, older_than_hours: float) -> int:
+        result = await self.session.execute(
+            text(
+                "DELETE FROM message_tombstones "
+                "WHERE deleted_at < now() - make_interval(secs => :seconds)"
+            ),
+            {"seconds": older_than_hours * 3600},
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
     async def apply_label_changes(
         self, mailbox_id: uuid.UUID, changes: Sequence[LabelChange]
-    ) -> list[str]:
+    ) -> list[dict[str, Any]]:
+        """Apply label changes; returns the rows they changed, as stored now."""
         if not changes:
             return []
         result = await self.session.execute(
             _LABEL_CHANGES,
             {"mailbox_id": mailbox_id, "changes": json.dumps(_net_label_changes(changes))},
         )
-        return [row[0] for row in result.all()]
+        return [dict(row._mapping) for row in result.all()]
 
-    async def sweep_stream(self, mailbox_id: uuid.UUID, stream_key: str, generation: int) -> int:
+    async def sweep_stream(
+        self, mailbox_id: uuid.UUID, stream_key: str, generation: int
+    ) -> list[str]:
         """After a full enumeration: remove what it did not see (gone at the provider)."""
         result = await self.session.execute(
             text(
                 "DELETE FROM messages WHERE mailbox_id = :mailbox_id AND stream_key = :stream_key "
-                "AND generation < :generation"
+                "AND generation < :generation RETURNING provider_message_id"
             ),
             {"mailbox_id": mailbox_id, "stream_key": stream_key, "generation": generation},
         )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        return list(result.scalars().all())
 
-    async def delete_streams_except(self, mailbox_id: uuid.UUID, keep: Sequence[str]) -> int:
+    async def delete_streams_except(self, mailbox_id: uuid.UUID, keep: Sequence[str]) -> list[str]:
         """Messages of streams (folders) that no longer exist."""
         result = await self.session.execute(
             text(
                 "DELETE FROM messages WHERE mailbox_id = :mailbox_id "
-                "AND NOT (stream_key = ANY(CAST(:keep AS text[])))"
+                "AND NOT (stream_key = ANY(CAST(:keep AS text[]))) RETURNING provider_message_id"
             ),
             {"mailbox_id": mailbox_id, "keep": list(keep)},
         )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        return list(result.scalars().all())
 
     async def count(self, mailbox_id: uuid.UUID) -> int:
         result = await self.session.execute(
@@ -299,11 +389,32 @@ class MessageRepository:
         )
         return int(result.scalar_one())
 
-    async def purge(self, mailbox_id: uuid.UUID) -> int:
+    async def purge(self, mailbox_id: uuid.UUID) -> list[str]:
         result = await self.session.execute(
-            text("DELETE FROM messages WHERE mailbox_id = :mailbox_id"), {"mailbox_id": mailbox_id}
+            text(
+                "DELETE FROM messages WHERE mailbox_id = :mailbox_id RETURNING provider_message_id"
+            ),
+            {"mailbox_id": mailbox_id},
         )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        return list(result.scalars().all())
+
+    async def snapshot_batch(
+        self, mailbox_id: uuid.UUID, after: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """The next `limit` messages after `after` in primary-key order (a resumable walk)."""
+        result = await self.session.execute(
+            text(
+                f"""
+                SELECT {EVENT_COLUMNS} FROM messages
+                 WHERE mailbox_id = :mailbox_id
+                   AND provider_message_id > COALESCE(CAST(:after AS text), '')
+                 ORDER BY provider_message_id
+                 LIMIT :limit
+                """  # noqa: S608 - a constant column list
+            ),
+            {"mailbox_id": mailbox_id, "after": after, "limit": limit},
+        )
+        return [dict(row._mapping) for row in result.all()]
 
     async def list_page(
         self, mailbox_ids: Sequence[uuid.UUID], limit: int, after: ListingKey | None

@@ -1,14 +1,16 @@
 """Case events, written to the outbox in the transaction that links or completes.
 
-- `case.message_linked`: messages of one mailbox newly linked to one case, each with the
-  contacts that link it. Written by the transaction that creates the links (a mailbox's
-  page, a search page, a query over a full mirror), so a link never exists without its
-  event and a replay that links nothing writes none.
+- `case.message_linked`: one outbox row per case and transaction, listing the messages of
+  one mailbox it newly linked, each with the contacts that link it; the publisher sends one
+  event per message (app/events/expand.py). Written by the transaction that creates the
+  links (a mailbox's page, a search page, a query over a full mirror), so a link never
+  exists without its event and a replay that links nothing writes none.
 - `case.sync_complete`: every entry of the case is complete (all the mail of every contact
   in every mailbox is stored and linked); written once per completion, again only after
   the case gains work (a contact, a mailbox, an earlier `since`) and completes again.
 
-Both carry `user_id`, `mailbox_id` and `case_id` (the caller's own identifier).
+Events carry `user_id`, `mailbox_id` (the outbox row's) and `case_id` (the caller's own
+identifier); the contract is app/events/contract.py, documented in docs/events.md.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ async def announce_links(session: AsyncSession, mailbox_id: uuid.UUID, linked: L
             CaseEvent.MESSAGE_LINKED.value,
             {
                 "user_id": user_id,
-                "mailbox_id": str(mailbox_id),
                 "case_id": case_id,
                 "messages": [
                     {"provider_message_id": message_id, "contacts": sorted(contacts)}
@@ -61,7 +62,6 @@ async def announce_complete(
         CaseEvent.SYNC_COMPLETE.value,
         {
             "user_id": case.user_id,
-            "mailbox_id": str(mailbox_id),
             "case_id": case.case_id,
             "mailbox_ids": [str(m) for m in mailbox_ids],
             "contacts": list(contacts),

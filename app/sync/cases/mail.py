@@ -23,6 +23,8 @@ from datetime import UTC, date, datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.repositories.case_links import CaseLinkRepository
+from app.db.repositories.outbox import OutboxRepository
+from app.events.changes import MESSAGES_CHANGED
 from app.providers.base import MessageBatch
 from app.sync.cases.events import announce_links
 from app.sync.cases.states import MailboxScope
@@ -59,8 +61,9 @@ def take(batch: MessageBatch, positions: Sequence[int]) -> MessageBatch:
 
 
 class CaseMail:
-    def __init__(self, scope: str) -> None:
+    def __init__(self, scope: str, *, events: bool = True) -> None:
         self.cases_only = scope == MailboxScope.CASES
+        self.events = events
 
     async def keep(
         self, session: AsyncSession, mailbox_id: uuid.UUID, batch: MessageBatch
@@ -72,15 +75,20 @@ class CaseMail:
 
     async def link(
         self, session: AsyncSession, mailbox_id: uuid.UUID, written: Sequence[str]
-    ) -> int:
-        """Link what the page wrote; returns how many cases-only messages went again."""
+    ) -> list[str]:
+        """Link what the page wrote; returns the cases-only messages that went again."""
         if not written:
-            return 0
+            return []
         links = CaseLinkRepository(session)
-        if not await links.in_any_case(mailbox_id):
-            return await links.delete_unlinked(mailbox_id, written) if self.cases_only else 0
-        linked = await links.link_messages(mailbox_id, written)
-        await announce_links(session, mailbox_id, linked)
-        if self.cases_only:
-            return await links.delete_unlinked(mailbox_id, written)
-        return 0
+        if await links.in_any_case(mailbox_id):
+            linked = await links.link_messages(mailbox_id, written)
+            await announce_links(session, mailbox_id, linked)
+        if not self.cases_only:
+            return []
+        gone = await links.delete_unlinked(mailbox_id, written)
+        if gone and self.events:
+            # The page's own row announced them as received: they leave again after it.
+            await OutboxRepository(session).add(
+                mailbox_id, MESSAGES_CHANGED, {"stream": None, "deleted": gone}
+            )
+        return gone

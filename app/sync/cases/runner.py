@@ -37,6 +37,8 @@ from app.db.repositories.cases import (
 from app.db.repositories.cursors import CursorRepository
 from app.db.repositories.mailboxes import MailboxRepository
 from app.db.repositories.messages import MessageRepository
+from app.db.repositories.outbox import OutboxRepository
+from app.events.changes import MESSAGES_CHANGED, PageChanges
 from app.providers.base import (
     AccessTokenRejected,
     AuthExpiredError,
@@ -324,6 +326,8 @@ class CaseSearchRunner:
         entry = work.entry
         wanted = {entry.email: work.case.since}
         inserted = 0
+        # What the page stores reaches the events' consumers like any page's new mail.
+        changes = PageChanges(None)
         async with self.rt.sessions() as session, session.begin():
             links = CaseLinkRepository(session)
             generations = await links.stream_generations(entry.mailbox_id)
@@ -343,7 +347,11 @@ class CaseSearchRunner:
                         entry.mailbox_id, stream_key, generations[stream_key], take(mine, new)
                     )
                     inserted += written.inserted
+                    changes.upserted(written)
                 found_ids.extend(ids)
+            payload = changes.payload() if self.settings.events_enabled else None
+            if payload is not None:
+                await OutboxRepository(session).add(entry.mailbox_id, MESSAGES_CHANGED, payload)
             linked = await links.link_messages(
                 entry.mailbox_id, found_ids, case_key=entry.case_key, email=entry.email
             )

@@ -25,6 +25,8 @@ from app.db.repositories.cases import (
 )
 from app.db.repositories.mailboxes import MailboxRepository
 from app.db.repositories.messages import ListingKey
+from app.db.repositories.outbox import OutboxRepository
+from app.events.changes import MESSAGES_CHANGED
 from app.sync.cases import states
 from app.sync.cases.events import announce_complete
 from app.sync.cases.jobs import enqueue_cases
@@ -107,13 +109,13 @@ async def put_case(uow: Transaction, user_id: str, spec: CaseSpec) -> tuple[Case
     later = not created and spec.since is not None and (old_since is None or spec.since > old_since)
     earlier = not created and spec.since != old_since and not later
     if gone_contacts or gone_mailboxes or later:
-        await cases.share_lock_mailboxes(sorted(mailbox_ids))
+        await cases.lock_mailboxes(sorted(mailbox_ids))
     removed = await cases.remove_mailboxes(case.key, gone_mailboxes)
     removed += await cases.remove_contacts(case.key, gone_contacts)
     if later:
         assert spec.since is not None
         removed += await cases.unlink_before(case.key, spec.since)
-    await cases.delete_orphans(removed)
+    await _delete_orphans(uow, removed)
     # An earlier (or no longer any) `since`: older mail is wanted now, every entry searches
     # again (what it stored already is kept; links are never duplicated).
     restarted = await cases.restart_entries(case.key) if earlier else []
@@ -149,9 +151,9 @@ async def remove_contact(uow: Transaction, user_id: str, case_id: str, email: st
     email = email.strip().lower()
     if email not in await cases.contacts(case.key):
         raise ContactNotFound(email)
-    await cases.share_lock_mailboxes(await cases.mailbox_ids(case.key))
+    await cases.lock_mailboxes(await cases.mailbox_ids(case.key))
     removed = await cases.remove_contacts(case.key, [email])
-    await cases.delete_orphans(removed)
+    await _delete_orphans(uow, removed)
     await _after_change(uow, case, [])
     return await view_case(session, case)
 
@@ -163,10 +165,20 @@ async def delete_case(uow: Transaction, user_id: str, case_id: str) -> None:
     if case is None:
         raise CaseNotFound(case_id)
     mailbox_ids = await cases.mailbox_ids(case.key)
-    await cases.share_lock_mailboxes(mailbox_ids)
+    await cases.lock_mailboxes(mailbox_ids)
     removed = await cases.remove_mailboxes(case.key, mailbox_ids)
     await cases.delete(case.key)
-    await cases.delete_orphans(removed)
+    await _delete_orphans(uow, removed)
+
+
+async def _delete_orphans(uow: Transaction, removed: list[tuple[uuid.UUID, str]]) -> None:
+    """Cases-only mailboxes lose the messages no case links any more; consumers of the
+    events hear `email.deleted` for each, as for any message that leaves a mailbox."""
+    gone = await CaseRepository(uow.session).delete_orphans(removed)
+    if uow.rt.settings.events_enabled:
+        outbox = OutboxRepository(uow.session)
+        for mailbox_id, ids in gone.items():
+            await outbox.add(mailbox_id, MESSAGES_CHANGED, {"stream": None, "deleted": ids})
 
 
 async def _after_change(uow: Transaction, case: CaseRow, entry_ids: list[int]) -> None:
