@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 import httpx
+import orjson
 from sqlalchemy import text
 
 from app.sync.runtime import Runtime
@@ -101,7 +102,26 @@ async def case_events(rt: Runtime, mailbox_id: str) -> list[dict[str, Any]]:
             ),
             {"id": uuid.UUID(mailbox_id)},
         )
-        return [dict(r._mapping) for r in rows.all()]
+        return [{"kind": r.kind, "payload": orjson.loads(r.payload)} for r in rows.all()]
+
+
+async def message_events(rt: Runtime, mailbox_id: str) -> tuple[list[str], list[str]]:
+    """(ids announced as received, ids announced as deleted) by the mailbox's outbox."""
+    async with rt.sessions() as session:
+        rows = await session.execute(
+            text(
+                "SELECT payload FROM outbox_events WHERE mailbox_id = :id "
+                "AND kind = 'messages.changed' ORDER BY position"
+            ),
+            {"id": uuid.UUID(mailbox_id)},
+        )
+        received: list[str] = []
+        deleted: list[str] = []
+        for (payload,) in rows.all():
+            body = orjson.loads(payload)
+            received += (body.get("received") or {}).get("provider_message_id", [])
+            deleted += body.get("deleted", [])
+        return received, deleted
 
 
 def linked_by_events(events: list[dict[str, Any]], case_id: str) -> list[str]:

@@ -14,6 +14,7 @@ from tests.e2e.cases_support import (
     case_message_ids,
     get_case,
     links,
+    message_events,
     put_case,
     stored_ids,
 )
@@ -98,6 +99,9 @@ async def test_removing_a_contact_of_a_cases_only_mailbox_deletes_what_no_case_l
     assert response.status_code == 200, response.text
     assert set(await case_message_ids(live_api, "quin", "q-1")) == theirs
     assert await stored_ids(sim_rt, mailbox_id) == theirs | q2
+    # Consumers of the events hear that the rest left the mailbox.
+    _, deleted = await message_events(sim_rt, mailbox_id)
+    assert set(deleted) == mine - theirs - q2
     assert recent >= q2
 
     # The case goes too: nothing of it is left but what q-2 still links.

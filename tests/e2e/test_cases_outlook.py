@@ -22,6 +22,7 @@ from tests.e2e.cases_support import (
     get_case,
     linked_by_events,
     links,
+    message_events,
     put_case,
     stored_ids,
 )
@@ -107,6 +108,9 @@ async def test_a_contacts_history_is_found_and_nothing_else_is_stored(
 
     events = await case_events(sim_rt, mailbox_id)
     assert sorted(linked_by_events(events, "matter-1")) == sorted(expected)
+    # What the search stored reaches event consumers like any new mail, once each.
+    received, deleted = await message_events(sim_rt, mailbox_id)
+    assert sorted(received) == sorted(expected) and deleted == []
     [complete] = [e for e in events if e["kind"] == "case.sync_complete"]
     assert complete["payload"]["case_id"] == "matter-1"
     assert complete["payload"]["user_id"] == "carla"
