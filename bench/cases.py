@@ -269,15 +269,15 @@ async def _seed_mirror(
                         "stop": min(start + 100_000, total),
                     },
                 )
-    async with engine.connect() as conn:
+    async with engine.begin() as conn:
         await conn.execute(
             text(
                 "CREATE INDEX ix_messages_participants ON messages USING gin "
                 "((ARRAY[from_address] || to_addresses || cc_addresses || bcc_addresses))"
             )
         )
-        await conn.commit()
-        await conn.execution_options(isolation_level="AUTOCOMMIT")
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    async with autocommit.connect() as conn:
         await conn.execute(text("VACUUM ANALYZE messages"))
     await engine.dispose()
 

@@ -242,3 +242,23 @@ async def test_a_message_of_two_contacts_is_stored_once_and_linked_to_both(
     assert {m for c, m in stored_links if c == CONTACT} == mine
     assert {m for c, m in stored_links if c == OTHER} == theirs
     assert set(await case_message_ids(live_api, "ivy", "m-5")) == mine | theirs
+
+
+async def test_an_app_only_mailbox_searches_with_client_credentials(
+    sim: Sim, live_api: LiveApi, sim_rt: Runtime
+) -> None:
+    account = await new_account(sim, 2000, [{"address": CONTACT, "count": 150}])
+    live_api.settings.microsoft_app_only_tenants = account["tenant_id"]
+    body = {
+        "provider": "microsoft",
+        "auth": "application",
+        "tenant_id": account["tenant_id"],
+        "email": account["email"],
+        "scope": "cases",
+    }
+    mailbox_id = await connect_via_api(live_api, "ops", body, roles=["mailsync.operator"])
+    await put_case(live_api, "ops", "m-6", mailbox_ids=[mailbox_id], contacts=[CONTACT])
+    await run_worker(sim_rt)
+    case = await get_case(live_api, "ops", "m-6")
+    assert case["status"] == "complete", case
+    assert await stored_ids(sim_rt, mailbox_id) == await contact_truth(sim, account, CONTACT)
