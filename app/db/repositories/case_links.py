@@ -121,6 +121,36 @@ class CaseLinkRepository:
         )
         return Linked([(int(r[0]), r[1], r[2]) for r in result.all()])
 
+    async def link_found(
+        self,
+        case_key: int,
+        mailbox_id: uuid.UUID,
+        email: str,
+        provider_message_ids: Sequence[str],
+    ) -> Linked:
+        """Messages a contact's search found (and checked: the contact takes part, received
+        after the case's `since`), stored in this transaction or before it."""
+        if not provider_message_ids:
+            return Linked([])
+        result = await self.session.execute(
+            text(
+                """
+                INSERT INTO case_links (case_key, mailbox_id, email, provider_message_id)
+                SELECT :case_key, :mailbox_id, :email, p
+                  FROM unnest(CAST(:ids AS text[])) AS p
+                ON CONFLICT DO NOTHING
+                RETURNING provider_message_id
+                """
+            ),
+            {
+                "case_key": case_key,
+                "mailbox_id": mailbox_id,
+                "email": email,
+                "ids": list(dict.fromkeys(provider_message_ids)),
+            },
+        )
+        return Linked([(case_key, row[0], email) for row in result.all()])
+
     async def link_by_query(
         self, case_key: int, mailbox_id: uuid.UUID, email: str, since: date | None
     ) -> Linked:

@@ -262,28 +262,41 @@ class CaseSearchRunner:
         plan = SearchPlan.load(entry.plan, work.case.since)
         budget = _Budget(time.monotonic() + self.settings.sync_slice_seconds, self.max_pages)
         status = states.during_run(entry.status)
-        while not plan.done and not budget.spent():
-            budget.pages_left -= 1
+
+        def fetch() -> asyncio.Task[SearchPage]:
             window = plan.current
-            try:
-                page = await self._with_token_retry(
-                    tokens,
-                    partial(
-                        provider.search_participant,
-                        ctx,
-                        streams,
-                        entry.email,
-                        window.as_search(),
-                        window.cursor,
-                    ),
-                )
-            except CursorInvalidError as exc:
-                log.warning("case entry %s: %s; searching the window again", entry.id, exc)
-                window.restart()
-                await self._commit_page(work, SearchPage(), plan, status, requests=1)
-                continue
-            plan.record(page, provider.search_cap)
-            await self._commit_page(work, page, plan, status, requests=1)
+            call = partial(
+                provider.search_participant,
+                ctx,
+                streams,
+                entry.email,
+                window.as_search(),
+                window.cursor,
+            )
+            return asyncio.create_task(self._with_token_retry(tokens, call))
+
+        # What to ask next is known as soon as a page is read (the plan decides it, not the
+        # commit), so the next request is on its way while the page commits.
+        upcoming: asyncio.Task[SearchPage] | None = None
+        try:
+            while not plan.done and not budget.spent():
+                budget.pages_left -= 1
+                current, upcoming = upcoming or fetch(), None
+                try:
+                    page = await current
+                except CursorInvalidError as exc:
+                    log.warning("case entry %s: %s; searching the window again", entry.id, exc)
+                    plan.current.restart()
+                    await self._commit_page(work, SearchPage(), plan, status, requests=1)
+                    continue
+                plan.record(page, provider.search_cap)
+                if not plan.done and not budget.spent() and budget.pages_left > 0:
+                    upcoming = fetch()
+                await self._commit_page(work, page, plan, status, requests=1)
+        finally:
+            if upcoming is not None:
+                upcoming.cancel()
+                await asyncio.gather(upcoming, return_exceptions=True)
         if not plan.done:
             async with self.rt.sessions() as session, session.begin():
                 await CaseEntryRepository(session).finish(
@@ -331,16 +344,16 @@ class CaseSearchRunner:
         async with self.rt.sessions() as session, session.begin():
             links = CaseLinkRepository(session)
             generations = await links.stream_generations(entry.mailbox_id)
-            found_ids: list[str] = []
-            for stream_key, batch in page.upserts.items():
-                if stream_key not in generations:
-                    continue
-                # A search matches words; the contact must really be a participant.
-                mine = take(batch, involving(batch, wanted))
+            # A search matches words; the contact must really be a participant.
+            theirs = {
+                stream_key: mine
+                for stream_key, batch in page.upserts.items()
+                if stream_key in generations and (mine := take(batch, involving(batch, wanted)))
+            }
+            found_ids = [i for mine in theirs.values() for i in mine.provider_message_id]
+            stored = await links.existing(entry.mailbox_id, found_ids)
+            for stream_key, mine in theirs.items():
                 ids = mine.provider_message_id
-                if not ids:
-                    continue
-                stored = await links.existing(entry.mailbox_id, ids)
                 new = [i for i, message_id in enumerate(ids) if message_id not in stored]
                 if new:
                     written = await MessageRepository(session).upsert_page(
@@ -348,12 +361,11 @@ class CaseSearchRunner:
                     )
                     inserted += written.inserted
                     changes.upserted(written)
-                found_ids.extend(ids)
             payload = changes.payload() if self.settings.events_enabled else None
             if payload is not None:
                 await OutboxRepository(session).add(entry.mailbox_id, MESSAGES_CHANGED, payload)
-            linked = await links.link_messages(
-                entry.mailbox_id, found_ids, case_key=entry.case_key, email=entry.email
+            linked = await links.link_found(
+                entry.case_key, entry.mailbox_id, entry.email, found_ids
             )
             await announce_links(session, entry.mailbox_id, linked)
             found = await links.count(entry.case_key, entry.mailbox_id, entry.email)
