@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import uuid
 from typing import Any
 
 from sqlalchemy import text
 
+from app.sync.cases.jobs import schedule_cases
 from app.sync.cases.runner import CaseSearchRunner, Outcome
 from app.sync.runtime import Runtime
 from tests.conftest import LiveApi, run_worker
@@ -262,3 +264,40 @@ async def test_an_app_only_mailbox_searches_with_client_credentials(
     case = await get_case(live_api, "ops", "m-6")
     assert case["status"] == "complete", case
     assert await stored_ids(sim_rt, mailbox_id) == await contact_truth(sim, account, CONTACT)
+
+
+async def test_a_dead_workers_search_is_resumed_by_the_scheduler_and_a_twin_job_waits(
+    sim: Sim, live_api: LiveApi, sim_rt: Runtime
+) -> None:
+    account = await new_account(sim, 6000, [{"address": CONTACT, "count": 1800}])
+    mailbox_id = await connect_via_api(live_api, "dora", connect_body(account))
+    await run_worker(sim_rt)
+    await put_case(live_api, "dora", "m-7", mailbox_ids=[mailbox_id], contacts=[CONTACT])
+    [entry_id] = [r["id"] for r in (await entry_rows(sim_rt, mailbox_id)).values()]
+
+    # The same job twice at once (ARQ may run a job twice): one searches, the other waits.
+    first, twin = await asyncio.gather(
+        CaseSearchRunner(sim_rt, "worker-a", max_pages=1).run_slice(entry_id),
+        CaseSearchRunner(sim_rt, "worker-b", max_pages=1).run_slice(entry_id),
+    )
+    assert sorted([first.outcome, twin.outcome]) == sorted([Outcome.CONTINUE, Outcome.BUSY])
+
+    # A worker takes the entry and dies mid-slice: its lease lapses with it.
+    async with sim_rt.sessions() as session, session.begin():
+        await session.execute(
+            text(
+                "UPDATE case_searches SET lease_owner = 'dead-worker', "
+                "lease_expires_at = now() - interval '1 second', fencing_token = fencing_token + 1 "
+                "WHERE id = :id"
+            ),
+            {"id": entry_id},
+        )
+    await sim_rt.redis.flushdb()  # and its queued continuation is gone too
+    scheduled = await schedule_cases({"rt": sim_rt})
+    assert scheduled["lapsed"] == 1
+    await run_worker(sim_rt)
+
+    case = await get_case(live_api, "dora", "m-7")
+    assert case["status"] == "complete", case
+    assert await stored_ids(sim_rt, mailbox_id) == await contact_truth(sim, account, CONTACT)
+    assert len(await links(sim_rt, mailbox_id)) == 1800
