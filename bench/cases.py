@@ -51,7 +51,6 @@ from app.providers.memory import make_message
 from app.providers.outlook.search import SEARCH_PAGE_SIZE as GRAPH_PAGE
 from app.sync import mailboxes as service
 from app.sync.cases import service as cases
-from app.sync.cases.mail import CaseMail
 from app.sync.cases.runner import CaseSearchRunner, Outcome
 from app.sync.cases.states import MailboxScope
 from app.sync.engine import Outcome as SyncOutcome
@@ -340,15 +339,26 @@ async def bench_mirror(rt: Runtime, url: str, args: argparse.Namespace) -> None:
         f"without the index        {len(rows):,} rows in {scan * 1000:.0f} ms (a scan of the mailbox)"
     )
 
-    # What a page pays in a mailbox that belongs to no case: one probe.
+    # What a page pays to know whether its mailbox is in a case: the fence statement
+    # answers it (RETURNING EXISTS ...), so compare the fence with and without it.
+    timings = {}
+    fence = "UPDATE mailboxes SET updated_at = now() WHERE id = :id"
+    probe = " RETURNING EXISTS (SELECT 1 FROM case_mailboxes WHERE mailbox_id = :id)"
     async with rt.sessions() as session:
-        hook = CaseMail("full")
-        t0 = time.perf_counter()
-        for _ in range(200):
-            await hook.link(session, other, ["m1", "m2"])
-        probe = (time.perf_counter() - t0) / 200
+        for label, statement in (
+            ("without", text(fence)),
+            ("with", text(fence + probe)),
+        ) * 2:
+            t0 = time.perf_counter()
+            for _ in range(500):
+                await session.execute(statement, {"id": other})
+            timings[label] = (time.perf_counter() - t0) / 500
         await session.rollback()
-    print(f"page hook, no case       {probe * 1000:.2f} ms a page")
+    print(
+        f"a page's case probe      {(timings['with'] - timings['without']) * 1000:+.3f} ms "
+        f"(the fence {timings['without'] * 1000:.3f} ms, with the probe "
+        f"{timings['with'] * 1000:.3f} ms)"
+    )
 
 
 VARIANTS: dict[str, list[str]] = {

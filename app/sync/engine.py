@@ -631,14 +631,16 @@ class SyncEngine:
             if payload is not None:
                 await OutboxRepository(session).add(mailbox_id, MESSAGES_CHANGED, payload)
             # Last, so the lease check and the progress move commit with the page or not at all.
-            await MailboxRepository(session).fence(
+            in_cases = await MailboxRepository(session).fence(
                 state.lease,
                 self.settings.lease_seconds,
                 synced_delta=upserted.inserted - len(deleted) - len(swept),
                 total_estimate=self._total(state),
             )
             # After the fence, which holds the mailbox row: see app/sync/cases/mail.py.
-            unlinked = await state.case_mail.link(session, mailbox_id, upserted.written)
+            unlinked = await state.case_mail.link(
+                session, mailbox_id, upserted.written, in_cases=in_cases
+            )
             if unlinked:
                 await MailboxRepository(session).fence(
                     state.lease, self.settings.lease_seconds, synced_delta=-len(unlinked)

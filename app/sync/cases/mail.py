@@ -7,8 +7,9 @@
    they involve, in the same transaction, with their case.message_linked events. The fence
    holds the mailbox row, so the contacts read here are those committed before the page
    commits, and a contact added or removed meanwhile waits for the page (or the page for
-   it): a message that arrives while a case is being linked is never missed. A mailbox in
-   no case pays one probe of a small index a page.
+   it): a message that arrives while a case is being linked is never missed. Whether the
+   mailbox is in a case at all is read by the fence's own statement (one probe of a small
+   index): a page of a mailbox in no case runs no statement more.
 
 A cases-only page can store a message for a contact removed before the page linked it;
 the link step deletes such messages again (and says how many, for the mailbox's count).
@@ -74,13 +75,22 @@ class CaseMail:
         return take(batch, involving(batch, contacts))
 
     async def link(
-        self, session: AsyncSession, mailbox_id: uuid.UUID, written: Sequence[str]
+        self,
+        session: AsyncSession,
+        mailbox_id: uuid.UUID,
+        written: Sequence[str],
+        *,
+        in_cases: bool | None = None,
     ) -> list[str]:
-        """Link what the page wrote; returns the cases-only messages that went again."""
+        """Link what the page wrote; returns the cases-only messages that went again.
+        `in_cases`: whether the mailbox belongs to a case, when the caller's fence read it
+        under the mailbox row's lock (None: ask)."""
         if not written:
             return []
         links = CaseLinkRepository(session)
-        if await links.in_any_case(mailbox_id):
+        if in_cases is None:
+            in_cases = await links.in_any_case(mailbox_id)
+        if in_cases:
             linked = await links.link_messages(mailbox_id, written)
             await announce_links(session, mailbox_id, linked)
         if not self.cases_only:
