@@ -18,13 +18,11 @@ install: $(STAMP)
 migrate: install
 	$(BIN)/mailsync migrate
 
-# Migrate, then the API on :8000, one worker and one event publisher (NATS_URL); Ctrl-C
-# stops them all.
-run: migrate
-	@trap 'kill 0' INT TERM EXIT; \
-	$(BIN)/mailsync worker & \
-	$(BIN)/mailsync publisher & \
-	$(BIN)/mailsync api --host 0.0.0.0 --port 8000
+# With no Microsoft or Google client configured: the live demo (simulator, API, worker,
+# event publisher, demo mailboxes, the dashboard URL). With one: migrate, then the API on
+# $$PORT (8000), one worker and one event publisher (NATS_URL). Ctrl-C stops everything.
+run: install
+	$(BIN)/mailsync run
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,4 +1,5 @@
-"""`mailsync api | worker | publisher | migrate | simulator | openapi | events`."""
+"""`mailsync api | worker | publisher | migrate | simulator | openapi | events | run | demo |
+status | dashboard-link`."""
 
 from __future__ import annotations
 
@@ -97,8 +98,26 @@ def main(argv: list[str] | None = None) -> int:
     spec = sub.add_parser("openapi", help="write openapi.json (or --check it is current)")
     spec.add_argument("--check", action="store_true")
     spec.add_argument("--path", type=Path, default=Path("openapi.json"))
-    sim = sub.add_parser("simulator", help="serve the Graph/Gmail simulator over HTTPS")
-    sim.add_argument("rest", nargs=argparse.REMAINDER)
+    from app.simulator.__main__ import add_arguments as simulator_arguments
+
+    simulator_arguments(
+        sub.add_parser("simulator", help="serve the Graph/Gmail simulator over HTTPS")
+    )
+    sub.add_parser(
+        "run",
+        help="migrate, then the API and a worker; the live demo when no provider is configured",
+    )
+    from app.demo.options import add_arguments as demo_arguments
+
+    demo_arguments(sub.add_parser("demo", help="the live demo: simulator, API, worker, dashboard"))
+    link = sub.add_parser(
+        "dashboard-link", help="print a one-time dashboard login link (needs AUTH_JWT_SECRET)"
+    )
+    link.add_argument("--subject", default="operator", help="who signs in (the JWT sub)")
+    link.add_argument("--minutes", type=int, default=60, help="how long the link is valid")
+    from app.status import add_arguments as status_arguments
+
+    status_arguments(sub.add_parser("status", help="mailboxes and their progress, in the terminal"))
     pub = sub.add_parser("publisher", help="publish the outbox to NATS JetStream")
     pub.add_argument("--host", default=os.environ.get("EVENTS_PUBLISHER_HOST", "0.0.0.0"))  # noqa: S104
     pub.add_argument("--port", type=int, default=None, help="health/metrics port (0: none)")
@@ -152,10 +171,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "events":
         return events_command(args)
     if args.command == "simulator":
-        from app.simulator.__main__ import main as simulator_main
+        from app.simulator.__main__ import run as run_simulator
 
-        simulator_main(args.rest)
+        run_simulator(args)
         return 0
+    if args.command in ("run", "demo"):
+        from app.demo.main import run_demo, run_stack
+
+        return run_stack() if args.command == "run" else run_demo(args)
+    if args.command == "dashboard-link":
+        from app.config import get_settings
+        from app.dashboard.auth import mint_login_token
+
+        settings = get_settings()
+        if not settings.auth_jwt_secret:
+            print(
+                "dashboard-link needs AUTH_JWT_SECRET (with AUTH_JWKS_URL only, sign in",
+                file=sys.stderr,
+            )
+            print("through a proxy that sends the operator's bearer token)", file=sys.stderr)
+            return 2
+        token = mint_login_token(settings, args.subject, seconds=args.minutes * 60)
+        print(f"{settings.public_base_url.rstrip('/')}/dashboard/login?token={token}")
+        return 0
+    if args.command == "status":
+        from app.status import run as run_status
+
+        return run_status(args)
     return 2
 
 

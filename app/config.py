@@ -61,6 +61,12 @@ class Settings(BaseSettings):
 
     # Engine tuning: a job does a bounded slice of work, then enqueues its continuation.
     sync_interval_seconds: int = Field(default=900, alias="SYNC_INTERVAL_SECONDS")
+    # A mailbox whose push notifications do not reach us is polled this often instead.
+    sync_poll_without_push_seconds: int = Field(
+        default=60, ge=1, alias="SYNC_POLL_WITHOUT_PUSH_SECONDS"
+    )
+    # The completion monitor compares each mailbox with the provider's counts this often.
+    verify_interval_seconds: int = Field(default=3600, ge=1, alias="VERIFY_INTERVAL_SECONDS")
     sync_slice_seconds: float = Field(default=20.0, alias="SYNC_SLICE_SECONDS")
     sync_slice_pages: int = Field(default=50, alias="SYNC_SLICE_PAGES")
     # A first sync stores this many of the newest messages before the backfill (0: off).
@@ -74,6 +80,17 @@ class Settings(BaseSettings):
     scheduler_batch: int = Field(default=500, alias="SCHEDULER_BATCH")
     worker_max_jobs: int = Field(default=10, alias="WORKER_MAX_JOBS")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
+
+    # Reading the mirror (bodies and attachments come from the provider at request time).
+    # Bodies are cached in PostgreSQL this long (0: no cache), if no larger than the cap.
+    body_cache_seconds: int = Field(default=3600, ge=0, alias="BODY_CACHE_SECONDS")
+    body_cache_max_bytes: int = Field(default=262_144, ge=0, alias="BODY_CACHE_MAX_BYTES")
+    # Larger attachments are refused (413) rather than streamed.
+    attachment_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0, alias="ATTACHMENT_MAX_BYTES")
+    # A request waits this long for a throttled provider, then answers 503 + Retry-After.
+    read_max_wait_seconds: float = Field(default=10.0, ge=0, alias="READ_MAX_WAIT_SECONDS")
+    # Index entries a filtered listing reads per mailbox before it answers a short page.
+    read_scan_budget: int = Field(default=20_000, ge=100, alias="READ_SCAN_BUDGET")
 
     # Events out (docs/events.md): the outbox, published to NATS JetStream.
     nats_url: str = Field(default="nats://localhost:4222", alias="NATS_URL")
@@ -98,6 +115,15 @@ class Settings(BaseSettings):
     events_poll_seconds: float = Field(default=5.0, gt=0, alias="EVENTS_POLL_SECONDS")
     # The publisher's /healthz, /readyz and /metrics (0: off).
     events_publisher_port: int = Field(default=9102, ge=0, le=65535, alias="EVENTS_PUBLISHER_PORT")
+
+    # Each worker serves its Prometheus metrics on this port (0: off); see app/metrics.py.
+    worker_metrics_port: int = Field(default=9101, ge=0, le=65535, alias="WORKER_METRICS_PORT")
+    metrics_host: str = Field(default="0.0.0.0", alias="METRICS_HOST")  # noqa: S104
+    # The operator dashboard: how long a browser session lasts, how often pages refresh.
+    dashboard_session_hours: float = Field(default=8.0, gt=0, alias="DASHBOARD_SESSION_HOURS")
+    dashboard_refresh_seconds: float = Field(
+        default=2.0, ge=0.2, le=60, alias="DASHBOARD_REFRESH_SECONDS"
+    )
 
     @property
     def is_development(self) -> bool:

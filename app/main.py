@@ -9,8 +9,9 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from app.api.errors import install_error_handlers
-from app.api.routes import cases, events, health, mail, webhooks
+from app.api.routes import cases, events, health, mail, mailboxes, messages, threads, webhooks
 from app.config import Settings, get_settings
+from app.dashboard.routes import install_dashboard
 from app.logging import configure_logging
 from app.providers.gmail.push import PushVerifier
 from app.sync.runtime import Runtime
@@ -28,6 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level)
         rt = await Runtime.create(settings)
+        rt.activity.start()
         app.state.rt = rt
         # One verifier per process: it caches Google's push signing keys.
         app.state.push_verifier = PushVerifier(settings)
@@ -46,10 +48,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(mail.router)
+    app.include_router(messages.router)
+    app.include_router(threads.router)
+    app.include_router(mailboxes.router)
     app.include_router(cases.router)
     app.include_router(webhooks.router)
     app.include_router(health.router)
     app.include_router(events.router)
+    install_dashboard(app)
     return app
 
 

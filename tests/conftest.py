@@ -39,7 +39,10 @@ PG_ADMIN_URL = os.environ.get(
 REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 JWT_SECRET = "test-secret-" + "x" * 32
 PUSH_AUDIENCE = "https://mailsync.test/webhooks/google"
-TABLES = "outbox_events, message_tombstones, resnapshots, webhook_notifications, subscriptions, messages, sync_cursors, credentials, mailboxes"
+TABLES = (
+    "outbox_events, message_tombstones, resnapshots, webhook_notifications, subscriptions, "
+    "messages, sync_cursors, credentials, mailboxes, monitor_repairs"
+)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
 
 from app.sync.cases.states import MailboxScope
-from app.sync.states import MailboxStatus, Phase
+from app.sync.states import MailboxStatus, Phase, PushState
 
 
 class ConnectRequest(BaseModel):
@@ -110,12 +110,30 @@ class MailboxStatusView(BaseModel):
     streams_behind: int = Field(
         description="Streams (folders, the Gmail mailbox) being enumerated or owing a fetch."
     )
+    push: PushState = Field(
+        description=(
+            "Whether provider notifications reach the mailbox: active (a live subscription or "
+            "watch), none (push not configured), failing (creating or renewing it failed, it "
+            "lapsed, or notifications were missed). Without working push the mailbox is "
+            "polled every SYNC_POLL_WITHOUT_PUSH_SECONDS."
+        )
+    )
+    paused: bool = Field(
+        default=False,
+        description="Syncing paused by the user (POST /mail/mailboxes/{id}/pause); "
+        "status keeps its meaning.",
+    )
     scope: MailboxScope = MailboxScope.FULL
 
 
 class StatusResponse(BaseModel):
     user_id: str
     mailboxes: list[MailboxStatusView]
+
+
+class Contact(BaseModel):
+    name: str | None
+    address: str
 
 
 class MessageItem(BaseModel):
@@ -136,11 +154,73 @@ class MessageItem(BaseModel):
     labels: list[str]
     is_read: bool
     has_attachments: bool
+    # Additions: the same people with their display names, and more of the headers.
+    from_contact: Contact | None = None
+    to_contacts: list[Contact] = Field(default_factory=list)
+    cc_contacts: list[Contact] = Field(default_factory=list)
+    bcc_contacts: list[Contact] = Field(default_factory=list)
+    sent_at: datetime | None = None
+    in_reply_to: str | None = None
+    references: list[str] = Field(default_factory=list)
+    size: int | None = None
+    importance: Literal["low", "normal", "high"] | None = None
+    flagged: bool = False
 
 
 class MessagesResponse(BaseModel):
     items: list[MessageItem]
     next_cursor: str | None
+
+
+class MessageDetail(MessageItem):
+    # The provider's stream the message was synced from (a Graph folder id, "mailbox").
+    stream: str
+    synced_at: datetime | None
+
+
+class BodyResponse(BaseModel):
+    format: Literal["text", "html"]
+    content: str
+
+
+class AttachmentItem(BaseModel):
+    attachment_id: str
+    name: str | None
+    content_type: str | None
+    size: int | None
+    inline: bool
+    content_id: str | None
+
+
+class AttachmentsResponse(BaseModel):
+    items: list[AttachmentItem]
+
+
+class ThreadItem(BaseModel):
+    thread_id: str
+    mailbox_id: uuid.UUID
+    subject: str | None
+    participants: list[Contact]
+    message_count: int
+    unread_count: int
+    last_message_at: datetime | None
+    labels: list[str]
+
+
+class ThreadsResponse(BaseModel):
+    items: list[ThreadItem]
+    next_cursor: str | None
+
+
+class ThreadResponse(BaseModel):
+    thread_id: str
+    items: list[MessageItem]
+
+
+class MailboxActionResponse(BaseModel):
+    mailbox_id: uuid.UUID
+    action: Literal["sync", "resync", "pause", "resume"]
+    mailbox: MailboxStatusView
 
 
 class ResnapshotResponse(BaseModel):

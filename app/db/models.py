@@ -8,12 +8,14 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Date,
     DateTime,
     ForeignKey,
     Identity,
     Index,
+    Integer,
     LargeBinary,
     Text,
     UniqueConstraint,
@@ -42,6 +44,7 @@ class Mailbox(SQLModel, table=True):
         Index("ix_mailboxes_next_sync_at", "next_sync_at"),
         Index("ix_mailboxes_email", "provider", "email"),
         Index("ix_mailboxes_lease_expires_at", "lease_expires_at"),
+        Index("ix_mailboxes_next_verify_at", "next_verify_at"),
     )
 
     id: uuid.UUID = Field(
@@ -90,6 +93,18 @@ class Mailbox(SQLModel, table=True):
     connected_at: datetime | None = _ts()
     failing_since: datetime | None = _ts()
     last_verified_at: datetime | None = _ts()
+    # The completion monitor (app/sync/monitor.py): its next check, and a difference seen
+    # once that waits for confirmation after a completed pass (see migration 0006).
+    next_verify_at: datetime | None = _ts()
+    verify_suspect: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
+    verify_suspect_at: datetime | None = _ts()
+    verify_attempts: int = Field(
+        default=0, sa_column=Column(Integer, nullable=False, server_default="0")
+    )
+    # PushState (app/sync/states.py): whether provider notifications reach this mailbox.
+    push_state: str = Field(
+        default="none", sa_column=Column(Text, nullable=False, server_default="none")
+    )
 
     lease_owner: str | None = Field(default=None, sa_column=Column(Text))
     lease_expires_at: datetime | None = _ts()
@@ -104,6 +119,10 @@ class Mailbox(SQLModel, table=True):
     created_at: datetime | None = _ts(nullable=False, default_now=True)
     updated_at: datetime | None = _ts(nullable=False, default_now=True)
     disconnected_at: datetime | None = _ts()
+    # The user paused syncing: nothing is scheduled or synced; `status` keeps its meaning.
+    paused: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default="false")
+    )
 
 
 class Credential(SQLModel, table=True):
@@ -211,7 +230,49 @@ class Message(SQLModel, table=True):
     labels: list[str] = Field(default_factory=list, sa_column=Column(ARRAY(Text), nullable=False))
     is_read: bool = Field(default=False)
     has_attachments: bool = Field(default=False)
+    # Display names beside the address lists ("" where the provider gave none).
+    from_name: str | None = Field(default=None, sa_column=Column(Text))
+    to_names: list[str] = Field(
+        default_factory=list, sa_column=Column(ARRAY(Text), nullable=False, server_default="{}")
+    )
+    cc_names: list[str] = Field(
+        default_factory=list, sa_column=Column(ARRAY(Text), nullable=False, server_default="{}")
+    )
+    bcc_names: list[str] = Field(
+        default_factory=list, sa_column=Column(ARRAY(Text), nullable=False, server_default="{}")
+    )
+    sent_at: datetime | None = _ts()
+    in_reply_to: str | None = Field(default=None, sa_column=Column(Text))
+    reference_ids: list[str] = Field(
+        default_factory=list, sa_column=Column(ARRAY(Text), nullable=False, server_default="{}")
+    )
+    size: int | None = Field(default=None, sa_column=Column(BigInteger))
+    importance: str | None = Field(default=None, sa_column=Column(Text))
+    flagged: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default="false")
+    )
     updated_at: datetime | None = _ts(nullable=False, default_now=True)
+
+
+class MessageBody(SQLModel, table=True):
+    """Bodies fetched from the provider, kept a while (BODY_CACHE_*): the raw provider
+    content, sanitized again on every read."""
+
+    __tablename__ = "message_bodies"
+
+    mailbox_id: uuid.UUID = Field(
+        sa_column=Column(
+            UUID(as_uuid=True), ForeignKey("mailboxes.id", ondelete="CASCADE"), primary_key=True
+        )
+    )
+    provider_message_id: str = Field(sa_column=Column(Text, primary_key=True))
+    format: str = Field(sa_column=Column(Text, primary_key=True))
+    content: str = Field(sa_column=Column(Text, nullable=False))
+    # [{"attachment_id", "content_id", ...}] learned with the body, for cid: links.
+    attachments: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSONB, nullable=False, server_default="[]")
+    )
+    fetched_at: datetime | None = _ts(nullable=False, default_now=True)
 
 
 class PushSubscription(SQLModel, table=True):
@@ -239,6 +300,9 @@ class PushSubscription(SQLModel, table=True):
     )
     # active | replaced
     status: str = Field(default="active", sa_column=Column(Text, nullable=False))
+    # The provider-side channel (Gmail: one watch per address, shared by every mailbox of
+    # that address); NULL: the subscription is its own channel.
+    channel: str | None = Field(default=None, sa_column=Column(Text, index=True))
     extra: dict[str, Any] = Field(
         default_factory=dict, sa_column=Column(JSONB, nullable=False, server_default="{}")
     )
@@ -321,6 +385,40 @@ class Resnapshot(SQLModel, table=True):
     created_at: datetime | None = _ts(nullable=False, default_now=True)
     updated_at: datetime | None = _ts(nullable=False, default_now=True)
     finished_at: datetime | None = _ts()
+
+
+class MonitorRepair(SQLModel, table=True):
+    """What the completion monitor found in one stream or label, and what its repair left."""
+
+    __tablename__ = "monitor_repairs"
+    __table_args__ = (Index("ix_monitor_repairs_mailbox", "mailbox_id", "detected_at"),)
+
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True)
+    )
+    mailbox_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), nullable=False))
+    provider: str = Field(sa_column=Column(Text, nullable=False))
+    # "stream" (a Graph folder, the Gmail mailbox) or "label" (a Gmail label)
+    scope_kind: str = Field(sa_column=Column(Text, nullable=False))
+    scope_key: str = Field(sa_column=Column(Text, nullable=False))
+    # "restart": re-enumerated under a new generation; "list": ids listed and diffed
+    method: str = Field(sa_column=Column(Text, nullable=False))
+    # RepairState (app/sync/states.py)
+    state: str = Field(sa_column=Column(Text, nullable=False))
+    detected_at: datetime | None = _ts(nullable=False, default_now=True)
+    finished_at: datetime | None = _ts()
+    provider_total: int = Field(sa_column=Column(BigInteger, nullable=False))
+    provider_unread: int | None = Field(default=None, sa_column=Column(BigInteger))
+    stored_total_before: int = Field(sa_column=Column(BigInteger, nullable=False))
+    stored_unread_before: int | None = Field(default=None, sa_column=Column(BigInteger))
+    provider_total_after: int | None = Field(default=None, sa_column=Column(BigInteger))
+    provider_unread_after: int | None = Field(default=None, sa_column=Column(BigInteger))
+    stored_total_after: int | None = Field(default=None, sa_column=Column(BigInteger))
+    stored_unread_after: int | None = Field(default=None, sa_column=Column(BigInteger))
+    fetched: int | None = Field(default=None, sa_column=Column(BigInteger))
+    removed: int | None = Field(default=None, sa_column=Column(BigInteger))
+    relabelled: int | None = Field(default=None, sa_column=Column(BigInteger))
+    detail: str | None = Field(default=None, sa_column=Column(Text))
 
 
 # -- cases (app/sync/cases; migration 0011) -----------------------------------------------

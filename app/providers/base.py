@@ -49,6 +49,14 @@ class AccessTokenRejected(ProviderError):
     """The provider answered 401 for the access token; the engine refreshes once and retries."""
 
 
+class AccessDenied(AccessTokenRejected):
+    """The provider refused the mailbox to a token it accepts (Graph 403 ErrorAccessDenied
+    for an app-only token). Like a 401, it earns one fresh token and one retry; when the
+    fresh token is refused too, the permission itself is gone (admin consent withdrawn) and
+    the mailbox waits for someone to act. The message says who, and never holds a token.
+    """
+
+
 class AuthExpiredError(ProviderError):
     """The grant itself is gone (`invalid_grant`, revoked consent): only a reconnect helps.
 
@@ -63,6 +71,10 @@ class CursorInvalidError(ProviderError):
 
 class PermanentError(ProviderError):
     """A request the provider will never accept; the mailbox goes to `error` with the reason."""
+
+
+class MessageGone(PermanentError):
+    """The message (or one of its attachments) no longer exists at the provider."""
 
 
 # ---------------------------------------------------------------------------
@@ -107,11 +119,27 @@ class NormalizedMessage:
     labels: list[str] = field(default_factory=list)
     is_read: bool = False
     has_attachments: bool = False
+    # Display names, one per address of the list beside it ("" when the provider gave none).
+    from_name: str | None = None
+    to_names: list[str] = field(default_factory=list)
+    cc_names: list[str] = field(default_factory=list)
+    bcc_names: list[str] = field(default_factory=list)
+    sent_at: datetime | None = None
+    in_reply_to: str | None = None
+    references: list[str] = field(default_factory=list)
+    # Bytes, as the provider estimates them; None when the provider does not say (Graph).
+    size: int | None = None
+    # "low", "normal" or "high"; None when unknown.
+    importance: str | None = None
+    # Outlook's follow-up flag, Gmail's star.
+    flagged: bool = False
 
 
 _BATCH_COLUMNS = (
     "provider_message_id", "thread_id", "internet_message_id", "subject", "from_", "to", "cc",
-    "bcc", "snippet", "received_at", "labels", "is_read", "has_attachments",
+    "bcc", "snippet", "received_at", "labels", "is_read", "has_attachments", "from_name",
+    "to_names", "cc_names", "bcc_names", "sent_at", "in_reply_to", "references", "size",
+    "importance", "flagged",
 )  # fmt: skip
 
 
@@ -139,6 +167,16 @@ class MessageBatch:
     labels: list[list[str]] = field(default_factory=list)
     is_read: list[bool] = field(default_factory=list)
     has_attachments: list[bool] = field(default_factory=list)
+    from_name: list[str | None] = field(default_factory=list)
+    to_names: list[list[str]] = field(default_factory=list)
+    cc_names: list[list[str]] = field(default_factory=list)
+    bcc_names: list[list[str]] = field(default_factory=list)
+    sent_at: list[datetime | None] = field(default_factory=list)
+    in_reply_to: list[str | None] = field(default_factory=list)
+    references: list[list[str]] = field(default_factory=list)
+    size: list[int | None] = field(default_factory=list)
+    importance: list[str | None] = field(default_factory=list)
+    flagged: list[bool] = field(default_factory=list)
 
     @classmethod
     def of(cls, messages: Iterable[NormalizedMessage]) -> MessageBatch:
@@ -150,6 +188,10 @@ class MessageBatch:
     def append(self, message: NormalizedMessage) -> None:
         for name in _BATCH_COLUMNS:
             getattr(self, name).append(getattr(message, name))
+
+    def extend(self, other: MessageBatch) -> None:
+        for name in _BATCH_COLUMNS:
+            getattr(self, name).extend(getattr(other, name))
 
     def __len__(self) -> int:
         return len(self.provider_message_id)
@@ -216,6 +258,42 @@ class Page:
     total_estimate: int | None = None
 
 
+BodyFormat = Literal["text", "html"]
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentInfo:
+    """One attachment as the provider describes it; `attachment_id` is the provider's own
+    (stable across requests: Gmail's changing attachmentId never leaves its provider)."""
+
+    attachment_id: str
+    name: str | None
+    content_type: str | None
+    size: int | None
+    # An image shown inside the HTML body (cid:), not something the user attached.
+    inline: bool = False
+    content_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageBody:
+    """A body fetched at request time, as the provider has it (not yet sanitized)."""
+
+    format: BodyFormat
+    content: str
+    # The message's attachments when the provider learned them with the body (or needed
+    # them to resolve cid: links); empty when it did not look.
+    attachments: Sequence[AttachmentInfo] = ()
+
+
+@dataclass(slots=True)
+class AttachmentContent:
+    """An attachment being downloaded: its description and its bytes, chunk by chunk."""
+
+    info: AttachmentInfo
+    chunks: AsyncIterator[bytes]
+
+
 @dataclass(frozen=True, slots=True)
 class SearchWindow:
     """Messages received in [start, end); None is open (before everything, after everything)."""
@@ -279,6 +357,42 @@ class Subscription:
     client_state: str | None = None
     resource: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # The channel at the provider when several subscriptions share one (Gmail keeps one
+    # watch per address: users.stop ends it for every mailbox of that address); None when
+    # this subscription is a channel of its own (a Graph subscription).
+    channel: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeCount:
+    """What the provider says one part of a mailbox holds, read cheaply (a folder's item
+    counts, a label's message counts), for the completion monitor to compare with the store.
+
+    `kind` "stream": the stored rows of stream `key`; "label": the stored rows carrying the
+    label `key`, as the store writes it (system ids as they are, user labels by name).
+    `repair` says how a real difference is mended: "restart" enumerates the stream again
+    under a new generation; "list" lists the scope's ids (`scope_ids`) and diffs them with
+    the store, fetching only the messages it lacks (`get_messages`) into `stream`.
+    """
+
+    kind: Literal["stream", "label"]
+    key: str
+    total: int
+    # None when the provider does not count unread messages for this scope.
+    unread: int | None
+    repair: Literal["restart", "list"]
+    # The stream whose rows hold the scope's messages (a label's, for a "list" repair).
+    stream: str
+    # The provider's own name for the scope (a Gmail label id); opaque to the engine.
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderCounts:
+    scopes: list[ScopeCount]
+    # False when the mailbox changed at the provider while it was being counted (Gmail's
+    # history id moved between the first and the last request): compare nothing this time.
+    stable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +421,9 @@ class SyncContext:
     # expires during a long sync is never sent.
     access_token: Callable[[], Awaitable[str]]
     gate: RateGate
+    # Set when a person is waiting for the answer (an API request): a provider that would
+    # wait longer than this for a Retry-After or a backoff raises ThrottledError instead.
+    max_wait: float | None = None
 
 
 @runtime_checkable
@@ -338,6 +455,23 @@ class MailProvider(Protocol):
         """The mailbox's newest `limit` messages by stream key, shown before a first backfill
         reaches them. May be empty: it is only a head start."""
 
+    async def fetch_body(
+        self, ctx: SyncContext, provider_message_id: str, fmt: BodyFormat
+    ) -> MessageBody:
+        """The message's body in `fmt` (converted when the message lacks that form).
+        Raises MessageGone when the provider no longer has the message."""
+
+    async def list_attachments(
+        self, ctx: SyncContext, provider_message_id: str
+    ) -> Sequence[AttachmentInfo]:
+        """Every attachment of the message, inline images included (marked `inline`)."""
+
+    def open_attachment(
+        self, ctx: SyncContext, provider_message_id: str, attachment_id: str
+    ) -> AbstractAsyncContextManager[AttachmentContent]:
+        """Stream one attachment: memory must not grow with its size. MessageGone when the
+        message or the attachment is gone."""
+
     async def subscribe(self, ctx: SyncContext) -> Subscription | None:
         """Create the push channel; None when push is not configured."""
 
@@ -346,6 +480,22 @@ class MailProvider(Protocol):
 
     async def unsubscribe(self, ctx: SyncContext, subscription: Subscription) -> None:
         """Remove it; a channel the provider no longer knows is not an error."""
+
+    async def counts(self, ctx: SyncContext, streams: Sequence[StreamInfo]) -> ProviderCounts:
+        """Cheap counts of what the mailbox holds (a few requests, whatever its size), for
+        the completion monitor to compare with the store."""
+
+    async def scope_ids(
+        self, ctx: SyncContext, scope: ScopeCount, *, unread_only: bool = False
+    ) -> list[str]:
+        """Every message id the provider holds in `scope` (scopes whose repair is "list"),
+        or only its unread ones."""
+
+    async def get_messages(
+        self, ctx: SyncContext, stream: StreamInfo, ids: Sequence[str]
+    ) -> MessageBatch:
+        """The current state of these messages of `stream`, in order; ids the provider no
+        longer has are left out."""
 
 
 class SubscriptionGone(ProviderError):

@@ -11,21 +11,30 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from app.providers.base import (
     AccessTokenRejected,
     Account,
+    AttachmentContent,
+    AttachmentInfo,
     AuthExpiredError,
+    BodyFormat,
     Cursor,
     CursorInvalidError,
     MessageBatch,
+    MessageBody,
+    MessageGone,
     NormalizedMessage,
     Page,
+    ProviderCounts,
     ProviderLimits,
     ProviderName,
+    ScopeCount,
     StreamInfo,
     Subscription,
     SubscriptionGone,
@@ -47,6 +56,12 @@ class Faults:
     before_page: object | None = None
     # Raised by `recent` (a provider refusing the newest-first listing).
     recent_error: Exception | None = None
+    # Called when `counts` has read the counts, before it returns them (a change that
+    # arrives while the monitor compares).
+    after_counts: object | None = None
+    # Items a stream's count includes but its enumeration never returns (Graph counts
+    # folder items that are not messages).
+    uncounted: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,8 +82,17 @@ class MemoryProvider:
         page_size: int = 50,
         access_token_ttl: float = 3600.0,
         max_concurrency: int | None = 4,
+        repair: Literal["restart", "list"] = "restart",
+        count_labels: bool = False,
     ) -> None:
         self.name = name
+        # How the monitor is told to mend a difference, and whether labels are counted too
+        # (Gmail-like: one stream, per-label counts, repaired by listing ids).
+        self.repair: Literal["restart", "list"] = repair
+        self.count_labels = count_labels
+        self.count_calls = 0
+        self.listed_scopes: list[str] = []
+        self.fetched_ids: list[str] = []
         self.page_size = page_size
         self.access_token_ttl = access_token_ttl
         self._limits = ProviderLimits(max_concurrency=max_concurrency)
@@ -87,6 +111,10 @@ class MemoryProvider:
         self.pages_served = 0
         self.subscriptions: dict[str, Subscription] = {}
         self.address: str | None = "owner@example.com"
+        # Scripted content for the on-demand reads, by provider message id.
+        self.bodies: dict[str, str] = {}
+        self.attachments: dict[str, list[AttachmentInfo]] = {}
+        self.attachment_bytes: dict[tuple[str, str], bytes] = {}
 
     # -- scripting ----------------------------------------------------------------------
 
@@ -243,8 +271,105 @@ class MemoryProvider:
                 found.setdefault(key, MessageBatch()).append(message)
             return found
 
+    async def counts(self, ctx: SyncContext, streams: Sequence[StreamInfo]) -> ProviderCounts:
+        async with ctx.gate.request():
+            await self._authorize(ctx)
+            self.count_calls += 1
+            scopes = [
+                ScopeCount(
+                    kind="stream",
+                    key=key,
+                    total=len(messages) + self.faults.uncounted.get(key, 0),
+                    unread=sum(1 for m in messages.values() if not m.is_read),
+                    repair=self.repair,
+                    stream=key,
+                )
+                for key, messages in self.streams.items()
+            ]
+            if self.count_labels and len(self.streams) == 1:
+                [stream] = self.streams
+                totals: dict[str, list[int]] = {}
+                for message in self.streams[stream].values():
+                    for label in message.labels:
+                        entry = totals.setdefault(label, [0, 0])
+                        entry[0] += 1
+                        entry[1] += 0 if message.is_read else 1
+                scopes += [
+                    ScopeCount("label", label, total, unread, self.repair, stream, ref=label)
+                    for label, (total, unread) in sorted(totals.items())
+                ]
+            hook = self.faults.after_counts
+            if callable(hook):
+                result = hook()
+                if asyncio.iscoroutine(result):
+                    await result
+            return ProviderCounts(scopes=scopes)
+
+    async def scope_ids(
+        self, ctx: SyncContext, scope: ScopeCount, *, unread_only: bool = False
+    ) -> list[str]:
+        async with ctx.gate.request():
+            await self._authorize(ctx)
+            self.listed_scopes.append(
+                f"{scope.kind}:{scope.key}" + (":unread" if unread_only else "")
+            )
+            if scope.kind == "stream":
+                members = self.streams.get(scope.key, {})
+            else:
+                members = {mid: m for mid, m in self.truth().items() if scope.key in m.labels}
+            return sorted(mid for mid, m in members.items() if not (unread_only and m.is_read))
+
+    async def get_messages(
+        self, ctx: SyncContext, stream: StreamInfo, ids: Sequence[str]
+    ) -> MessageBatch:
+        async with ctx.gate.request():
+            await self._authorize(ctx)
+            self.fetched_ids.extend(ids)
+            truth = self.truth()
+            return MessageBatch.of(truth[i] for i in ids if i in truth)
+
     def _current_seq(self) -> int:
         return self._log[-1].seq if self._log else 0
+
+    # -- reading on demand: bodies and attachments scripted per message ------------------
+
+    def _find(self, message_id: str) -> NormalizedMessage:
+        for messages in self.streams.values():
+            if message_id in messages:
+                return messages[message_id]
+        raise MessageGone(f"no message {message_id}")
+
+    async def fetch_body(
+        self, ctx: SyncContext, provider_message_id: str, fmt: BodyFormat
+    ) -> MessageBody:
+        async with ctx.gate.request():
+            await self._authorize(ctx)
+            message = self._find(provider_message_id)
+            text = self.bodies.get(provider_message_id, message.snippet or "")
+            return MessageBody(fmt, text, self.attachments.get(provider_message_id, []))
+
+    async def list_attachments(
+        self, ctx: SyncContext, provider_message_id: str
+    ) -> Sequence[AttachmentInfo]:
+        async with ctx.gate.request():
+            await self._authorize(ctx)
+            self._find(provider_message_id)
+            return self.attachments.get(provider_message_id, [])
+
+    @asynccontextmanager
+    async def open_attachment(
+        self, ctx: SyncContext, provider_message_id: str, attachment_id: str
+    ) -> AsyncIterator[AttachmentContent]:
+        async with ctx.gate.request():
+            await self._authorize(ctx)
+            self._find(provider_message_id)
+            for info in self.attachments.get(provider_message_id, []):
+                if info.attachment_id == attachment_id:
+                    content = self.attachment_bytes.get((provider_message_id, attachment_id), b"")
+
+                    yield AttachmentContent(info, _chunks(content))
+                    return
+            raise MessageGone(f"no attachment {attachment_id}")
 
     async def subscribe(self, ctx: SyncContext) -> Subscription | None:
         await self._authorize(ctx)
@@ -274,6 +399,7 @@ def make_message(
     i: int, *, stream_labels: Sequence[str] = (), read: bool = True
 ) -> NormalizedMessage:
     """A plausible message for tests and benchmarks."""
+    received = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(minutes=i)
     return NormalizedMessage(
         provider_message_id=f"msg-{i:07d}",
         thread_id=f"thread-{i // 3:07d}",
@@ -283,8 +409,22 @@ def make_message(
         to=["owner@example.com"],
         cc=[f"cc{i % 5}@example.org"] if i % 4 == 0 else [],
         snippet=f"snippet of message {i}",
-        received_at=datetime(2024, 1, 1, tzinfo=UTC) + timedelta(minutes=i),
+        received_at=received,
         labels=list(stream_labels) + ([] if read else ["UNREAD"]),
         is_read=read,
         has_attachments=i % 7 == 0,
+        from_name=f"Sender {i % 17}",
+        to_names=["Owner"],
+        cc_names=[f"Copy {i % 5}"] if i % 4 == 0 else [],
+        sent_at=received - timedelta(seconds=30),
+        in_reply_to=f"<{i - 1}@example.com>" if i % 3 else None,
+        references=[f"<{i - 1}@example.com>"] if i % 3 else [],
+        size=4000 + i % 9000,
+        importance="normal",
+        flagged=i % 11 == 0,
     )
+
+
+async def _chunks(content: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(content), 65536):
+        yield content[start : start + 65536]

@@ -49,6 +49,8 @@ class AccountCounters:
     retry_after_violations: int = 0
     in_flight: int = 0
     quota_units: int = 0
+    # Requests answered, per API method (Gmail: users.messages.list, ...; batch parts each).
+    methods: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -70,6 +72,8 @@ class Counters:
             totals.concurrency_peak = max(totals.concurrency_peak, c.concurrency_peak)
             totals.retry_after_violations += c.retry_after_violations
             totals.quota_units += c.quota_units
+            for method, count in c.methods.items():
+                totals.methods[method] = totals.methods.get(method, 0) + count
         return {
             "token_requests": self.token_requests,
             "totals": asdict(totals),

@@ -32,8 +32,17 @@ from app.db.repositories.messages import MessageRepository
 from app.db.repositories.outbox import OutboxRepository
 from app.db.session import AsyncSession
 from app.events.changes import MESSAGES_CHANGED, PageChanges
+from app.metrics import (
+    LEASES_LOST,
+    MESSAGES_WRITTEN,
+    PAGES_WRITTEN,
+    RETRY_AFTER_SECONDS,
+    SLICE_SECONDS,
+    SYNC_ERRORS,
+    SYNC_LAG,
+    THROTTLED,
+)
 from app.providers.base import (
-    AccessTokenRejected,
     Account,
     AuthExpiredError,
     Cursor,
@@ -46,12 +55,12 @@ from app.providers.base import (
     SyncContext,
     TransientError,
 )
-from app.sync import states
+from app.sync import activity, states
 from app.sync.cases.mail import CaseMail
 from app.sync.ratelimit import RedisRateGate
 from app.sync.runtime import Runtime
 from app.sync.states import MailboxStatus, Phase, StreamMode
-from app.sync.tokens import TokenSource
+from app.sync.tokens import TokenSource, with_token_retry
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +99,7 @@ class _Budget:
 @dataclass(slots=True)
 class _SliceState:
     lease: Lease
+    provider: str = "unknown"
     totals: dict[str, int | None] = field(default_factory=dict)
     pages: int = 0
     incomplete: bool = False
@@ -191,6 +201,20 @@ class SyncEngine:
         async with self.rt.sessions() as session:
             mailbox = await MailboxRepository(session).get(mailbox_id)
         assert mailbox is not None
+        started = time.monotonic()
+        result = await self._run_leased(mailbox, lease)
+        SLICE_SECONDS.labels(mailbox.provider, result.outcome.value).observe(
+            time.monotonic() - started
+        )
+        if result.outcome in (Outcome.DONE, Outcome.DONE_AGAIN) and mailbox.pending_since:
+            # From the oldest change known (webhook, connect, sync now) to caught up.
+            lag = (datetime.now(UTC) - mailbox.pending_since).total_seconds()
+            SYNC_LAG.labels(mailbox.provider).observe(max(lag, 0.0))
+        return result
+
+    async def _run_leased(self, mailbox: Mailbox, lease: Lease) -> SliceResult:
+        settings = self.settings
+        mailbox_id = mailbox.id
         provider = self.rt.provider(mailbox.provider)
         account = account_of(mailbox)
         tokens = TokenSource(self.rt, mailbox_id, account, provider)
@@ -199,10 +223,13 @@ class SyncEngine:
             str(mailbox_id),
             provider.limits(),
             slot_ttl_seconds=settings.lease_seconds,
+            on_pause=partial(self._throttled, mailbox.provider),
         )
         ctx = SyncContext(account=account, access_token=tokens.get, gate=gate)
         state = _SliceState(
-            lease=lease, case_mail=CaseMail(mailbox.scope, events=settings.events_enabled)
+            lease=lease,
+            provider=mailbox.provider,
+            case_mail=CaseMail(mailbox.scope, events=settings.events_enabled),
         )
         lost = asyncio.Event()
         state.heartbeat = asyncio.create_task(self._heartbeat(lease, asyncio.current_task(), lost))
@@ -216,6 +243,7 @@ class SyncEngine:
             if current is not None:
                 current.uncancel()
             log.warning("mailbox %s: lease lost mid-slice; stopped", mailbox_id)
+            LEASES_LOST.labels(mailbox.provider).inc()
             return SliceResult(Outcome.LEASE_LOST, pages=state.pages)
         finally:
             await state.stop_heartbeat()
@@ -266,10 +294,12 @@ class SyncEngine:
         lease = state.lease
         if isinstance(exc, LeaseLost):
             log.warning("mailbox %s: %s; stopping without writing", mailbox.id, exc)
+            LEASES_LOST.labels(mailbox.provider).inc()
             return SliceResult(Outcome.LEASE_LOST, pages=state.pages)
         if isinstance(exc, AuthExpiredError):
             message = str(exc) or exc.__class__.__name__
             log.warning("mailbox %s: authorization expired: %s", mailbox.id, message)
+            await self._record_error(mailbox, exc, message)
             await self._guarded(lambda repo: repo.park_auth_expired(lease, message))
             return SliceResult(Outcome.AUTH_EXPIRED, pages=state.pages, message=message)
         if isinstance(exc, TransientError):  # ThrottledError included
@@ -278,6 +308,7 @@ class SyncEngine:
             message = f"{exc.__class__.__name__}: {exc}"
             error_class = exc.__class__.__name__
             log.error("mailbox %s: permanent provider error: %s", mailbox.id, message)
+            await self._record_error(mailbox, exc, message)
             next_at = datetime.now(UTC) + timedelta(seconds=self.settings.sync_interval_seconds)
             await self._guarded(
                 lambda repo: repo.finish(
@@ -296,6 +327,16 @@ class SyncEngine:
             log.error("mailbox %s: unexpected failure", mailbox.id, exc_info=exc)
             return await self._retry_later(mailbox, state, exc, None)
         raise exc
+
+    def _throttled(self, provider: str, seconds: float) -> None:
+        THROTTLED.labels(provider).inc()
+        RETRY_AFTER_SECONDS.labels(provider).observe(seconds)
+        self.rt.activity.add(activity.THROTTLED)
+
+    async def _record_error(self, mailbox: Mailbox, exc: BaseException, message: str) -> None:
+        kind = exc.__class__.__name__
+        SYNC_ERRORS.labels(mailbox.provider, kind).inc()
+        await self.rt.activity.record_error(mailbox.id, kind, message)
 
     # -- the slice --------------------------------------------------------------------
 
@@ -409,9 +450,13 @@ class SyncEngine:
                 Outcome.CONTINUE, pages=state.pages, fencing_token=lease.fencing_token
             )
 
-        next_at = datetime.now(UTC) + timedelta(
-            seconds=next_pass_in(settings.sync_interval_seconds)
+        # Push working: the periodic pass is a slow safety net. Without it, poll.
+        interval = states.pass_interval(
+            mailbox.push_state,
+            interval=settings.sync_interval_seconds,
+            without_push=settings.sync_poll_without_push_seconds,
         )
+        next_at = datetime.now(UTC) + timedelta(seconds=next_pass_in(interval))
         async with self.rt.sessions() as session, session.begin():
             # Pages keep the counter exact; after an enumeration, recount as a safety net.
             recount = first_pass or any(s.mode == StreamMode.FULL for s in streams_now)
@@ -460,7 +505,7 @@ class SyncEngine:
         generations = {s.stream_key: s.generation for s in streams}
         async with self.rt.sessions() as session, session.begin():
             messages = MessageRepository(session)
-            inserted = 0
+            inserted = upserted = 0
             changes = PageChanges(None)
             for key, batch in recent.items():
                 if key in generations and batch:
@@ -468,6 +513,7 @@ class SyncEngine:
                         mailbox.id, key, generations[key] - 1, batch
                     )
                     inserted += written.inserted
+                    upserted += len(written.written)
                     changes.upserted(written)
             payload = changes.payload() if self.settings.events_enabled else None
             if payload is not None:
@@ -480,6 +526,7 @@ class SyncEngine:
                 synced_delta=inserted,
                 total_estimate=self._total(state),
             )
+        self._count_written(state.provider, upserted=upserted)
 
     async def _follow_stream(
         self,
@@ -610,7 +657,8 @@ class SyncEngine:
                 mailbox_id, stream.key, page.deletes, remember=events
             )
             changes.deleted(deleted)
-            changes.relabelled(await messages.apply_label_changes(mailbox_id, page.label_changes))
+            relabelled = await messages.apply_label_changes(mailbox_id, page.label_changes)
+            changes.relabelled(relabelled)
             swept: list[str] = []
             if page.full_sync_complete:
                 swept = await messages.sweep_stream(mailbox_id, stream.key, generation)
@@ -646,6 +694,24 @@ class SyncEngine:
                     state.lease, self.settings.lease_seconds, synced_delta=-len(unlinked)
                 )
         state.pages += 1
+        PAGES_WRITTEN.labels(state.provider).inc()
+        self.rt.activity.add(activity.PAGES_WRITTEN)
+        self._count_written(
+            state.provider,
+            upserted=len(upserted.written),
+            deleted=len(deleted),
+            relabelled=len(relabelled),
+            swept=len(swept),
+        )
+
+    def _count_written(self, provider: str, **counts: int) -> None:
+        """Messages a committed transaction wrote, by kind of change (metrics, dashboard)."""
+        written = 0
+        for change, count in counts.items():
+            if count:
+                MESSAGES_WRITTEN.labels(provider, change).inc(count)
+                written += count
+        self.rt.activity.add(activity.MESSAGES_WRITTEN, written)
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -655,17 +721,7 @@ class SyncEngine:
         return sum(known) if known else None
 
     async def _with_token_retry(self, tokens: TokenSource, call: Callable[[], Awaitable[T]]) -> T:
-        """One 401 earns one refresh and one retry; a second 401 means the grant is unusable."""
-        try:
-            return await call()
-        except AccessTokenRejected:
-            await tokens.after_rejection()
-            try:
-                return await call()
-            except AccessTokenRejected as exc:
-                raise AuthExpiredError(
-                    "the provider rejected a freshly refreshed access token; reconnect the mailbox"
-                ) from exc
+        return await with_token_retry(tokens, call)
 
     async def _guarded(self, action: Callable[[MailboxRepository], Awaitable[object]]) -> None:
         try:
@@ -680,6 +736,7 @@ class SyncEngine:
         failures = mailbox.consecutive_failures + 1
         delay = max(retry_after or 0.0, backoff_seconds(failures))
         message = f"{exc.__class__.__name__}: {exc}"[:500]
+        await self._record_error(mailbox, exc, message)
         status = states.after_transient_failure(
             mailbox.status, failures, self.settings.max_transient_retries
         )

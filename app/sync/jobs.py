@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from app.db.repositories.credentials import CredentialRepository
@@ -13,6 +14,7 @@ from app.events import snapshot
 from app.providers.base import AuthExpiredError, ProviderError
 from app.sync.cases.jobs import wake_after_pass
 from app.sync.engine import Outcome, SyncEngine
+from app.sync.monitor import CompletionMonitor
 from app.sync.queue import enqueue_cleanup, enqueue_subscription, enqueue_sync
 from app.sync.runtime import Runtime
 from app.sync.states import MailboxStatus
@@ -123,3 +125,19 @@ async def renew_subscriptions(ctx: dict[str, Any]) -> dict[str, int]:
     for mid in {*due, *missing}:
         await enqueue_subscription(rt.redis, mid)
     return {"renew": len(due), "create": len(missing)}
+
+
+async def monitor(ctx: dict[str, Any], *, sweep: bool | None = None) -> dict[str, int]:
+    """The completion monitor's cron: schedule and enqueue checks; once a minute, also
+    re-enqueue overdue syncs and mark lapsed push channels."""
+    if sweep is None:
+        sweep = datetime.now(UTC).second < 15
+    return await CompletionMonitor(_rt(ctx), owner=ctx.get("worker_id", "worker")).tick(sweep=sweep)
+
+
+async def verify_mailbox(ctx: dict[str, Any], mailbox_id: str) -> str:
+    """Compare one mailbox with the provider's counts; repair what differs."""
+    monitor = CompletionMonitor(_rt(ctx), owner=ctx.get("worker_id", "worker"))
+    outcome = await monitor.verify(uuid.UUID(mailbox_id))
+    log.info("verify %s: %s", mailbox_id, outcome.value)
+    return outcome.value

@@ -15,9 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db.models import Mailbox
 from app.db.repositories.credentials import CredentialRepository
 from app.db.repositories.cursors import CursorRepository
+from app.db.repositories.mailbox_actions import MailboxActions
 from app.db.repositories.mailboxes import MailboxRepository
 from app.db.repositories.messages import MessageRepository
 from app.db.repositories.outbox import OutboxRepository
+from app.db.repositories.reading import ReadRepository
 from app.events.changes import MESSAGES_CHANGED, PageChanges
 from app.sync import states
 from app.sync.cases.service import resume_mailbox_cases
@@ -131,6 +133,7 @@ async def disconnect(uow: Transaction, mailbox_ids: list[uuid.UUID], *, purge: b
                 await OutboxRepository(session).add(
                     mailbox_id, MESSAGES_CHANGED, changes.payload() or {}
                 )
+            await ReadRepository(session).forget_bodies(mailbox_id)
         uow.after_commit(partial(enqueue_cleanup, redis, mailbox_id))
 
 
@@ -173,11 +176,71 @@ class MailboxView:
     @property
     def in_sync(self) -> bool:
         return states.in_sync(
-            self.mailbox.status, self.streams, owed=self.mailbox.pending_since is not None
+            self.mailbox.status,
+            self.streams,
+            owed=self.mailbox.pending_since is not None,
+            phase=self.mailbox.phase,
         )
+
+    @property
+    def push(self) -> states.PushState:
+        return states.PushState(self.mailbox.push_state)
 
 
 async def status_of(session: AsyncSession, user_id: str) -> list[MailboxView]:
     mailboxes = await MailboxRepository(session).list_for_user(user_id)
     streams = await CursorRepository(session).progress([m.id for m in mailboxes])
     return [MailboxView(m, streams.get(m.id, [])) for m in mailboxes]
+
+
+class MailboxParked(Exception):
+    """The mailbox cannot sync until the user reconnects it, or it is paused."""
+
+
+async def sync_now(uow: Transaction, mailbox_id: uuid.UUID) -> None:
+    if not await MailboxActions(uow.session).request_sync(mailbox_id):
+        raise MailboxParked("the mailbox is paused or must be reconnected; nothing to sync")
+    redis = uow.rt.redis
+    # Its own job id: a queued or running pass must not swallow the user's request.
+    uow.after_commit(lambda: enqueue_sync(redis, mailbox_id, suffix=f"now{uuid.uuid4().hex[:8]}"))
+
+
+async def resync(uow: Transaction, mailbox_id: uuid.UUID) -> None:
+    if not await MailboxActions(uow.session).resync(mailbox_id):
+        raise MailboxParked("the mailbox is paused or must be reconnected; nothing to rebuild")
+    redis = uow.rt.redis
+    uow.after_commit(
+        lambda: enqueue_sync(redis, mailbox_id, suffix=f"resync{uuid.uuid4().hex[:8]}")
+    )
+
+
+async def pause(uow: Transaction, mailbox_id: uuid.UUID) -> None:
+    await MailboxActions(uow.session).pause(mailbox_id)
+
+
+async def resume(uow: Transaction, mailbox_id: uuid.UUID) -> None:
+    await MailboxActions(uow.session).resume(mailbox_id)
+    redis = uow.rt.redis
+    uow.after_commit(
+        lambda: enqueue_sync(redis, mailbox_id, suffix=f"resume{uuid.uuid4().hex[:8]}")
+    )
+
+
+async def view_of(session: AsyncSession, user_id: str, mailbox_id: uuid.UUID) -> MailboxView | None:
+    mailbox = await MailboxRepository(session).get_for_user(user_id, mailbox_id)
+    if mailbox is None:
+        return None
+    streams = await CursorRepository(session).progress([mailbox.id])
+    return MailboxView(mailbox, streams.get(mailbox.id, []))
+
+
+async def readable_mailboxes(
+    session: AsyncSession, user_id: str, mailbox_id: uuid.UUID | None
+) -> list[uuid.UUID]:
+    """The user's mailboxes a read covers: the one asked for, or all of them."""
+    repo = MailboxRepository(session)
+    if mailbox_id is not None:
+        if await repo.get_for_user(user_id, mailbox_id) is None:
+            raise MailboxNotFound(str(mailbox_id))
+        return [mailbox_id]
+    return [m.id for m in await repo.list_for_user(user_id)]

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 SYNC_FUNCTION = "sync_mailbox"
 SUBSCRIBE_FUNCTION = "ensure_subscription"
 CLEANUP_FUNCTION = "cleanup_disconnected"
+VERIFY_FUNCTION = "verify_mailbox"
 
 
 def sync_job_id(mailbox_id: uuid.UUID | str, suffix: str | None = None) -> str:
@@ -53,5 +54,14 @@ async def enqueue_subscription(redis: ArqRedis, mailbox_id: uuid.UUID | str) -> 
 async def enqueue_cleanup(redis: ArqRedis, mailbox_id: uuid.UUID | str) -> bool:
     job = await redis.enqueue_job(
         CLEANUP_FUNCTION, str(mailbox_id), _job_id=f"cleanup:{mailbox_id}"
+    )
+    return job is not None
+
+
+async def enqueue_verify(redis: ArqRedis, mailbox_id: uuid.UUID | str, *, suffix: str) -> bool:
+    """One completion check; `suffix` names the scheduled check, so ticks that find the same
+    check due do not queue it twice, and a lost job never blocks the next one."""
+    job = await redis.enqueue_job(
+        VERIFY_FUNCTION, str(mailbox_id), _job_id=f"verify:{mailbox_id}:{suffix}"
     )
     return job is not None

@@ -14,12 +14,12 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from redis.asyncio import Redis
 
-from app.providers.base import ProviderLimits
+from app.providers.base import ProviderLimits, ThrottledError
 
 # KEYS: pause, slots (zset holder -> expiry ms), bucket (hash tokens, ts)
 # ARGV: now_ms, holder, slot_ttl_ms, max_concurrency (0 = none), rate (units/s, 0 = none),
@@ -73,8 +73,13 @@ class RedisRateGate:
         # A bucket of one second's worth of units: bursts up to the documented per-second
         # rate, a moving average at the rate.
         burst_seconds: float = 1.0,
+        on_pause: Callable[[float], None] | None = None,
+        # A person waiting for the answer: refuse (ThrottledError) rather than wait longer.
+        max_wait_seconds: float | None = None,
     ) -> None:
         self._redis = redis
+        # Told of every Retry-After (metrics, the dashboard's throttling figure).
+        self._on_pause = on_pause
         self._keys = [
             f"gate:{mailbox_key}:pause",
             f"gate:{mailbox_key}:slots",
@@ -86,6 +91,7 @@ class RedisRateGate:
         self._rate = rate
         self._capacity = rate * burst_seconds
         self._script = redis.register_script(_ADMIT)
+        self._max_wait = max_wait_seconds
 
     async def _admit(self, holder: str, cost: int) -> int:
         now_ms = int(time.time() * 1000)
@@ -108,10 +114,16 @@ class RedisRateGate:
     @asynccontextmanager
     async def request(self, cost: int = 1) -> AsyncIterator[None]:
         holder = uuid.uuid4().hex
+        deadline = None if self._max_wait is None else time.monotonic() + self._max_wait
         while True:
             wait_ms = await self._admit(holder, cost)
             if wait_ms == 0:
                 break
+            if deadline is not None and time.monotonic() + max(wait_ms, 0) / 1000 > deadline:
+                raise ThrottledError(
+                    "the provider's limit for this mailbox is spent for now",
+                    retry_after=max(wait_ms / 1000, 1.0),
+                )
             if wait_ms < 0:
                 # All slots busy: poll briefly with jitter; slots free in milliseconds.
                 await asyncio.sleep(random.uniform(0.005, 0.025))
@@ -137,6 +149,8 @@ class RedisRateGate:
             await self._redis.zadd(self._keys[1], {holder: expiry}, xx=True)
 
     async def pause(self, seconds: float) -> None:
+        if self._on_pause is not None:
+            self._on_pause(seconds)
         ms = max(1, int(seconds * 1000))
         # Only lengthen a pause: another worker may have been told to wait longer.
         current = await self._redis.pttl(self._keys[0])

@@ -17,6 +17,7 @@ from app.db.session import make_engine, make_sessionmaker
 from app.providers.base import MailProvider, ProviderName
 from app.providers.http_client import AsyncioTransport, ProviderHttpClient
 from app.providers.registry import build_provider
+from app.sync.activity import Activity
 
 
 def make_http_client(settings: Settings) -> ProviderHttpClient:
@@ -52,18 +53,22 @@ class Runtime:
     http: httpx.AsyncClient
     redis: ArqRedis
     cipher: TokenCipher
+    # Recent activity for the dashboard; a process starts its flushing (`activity.start()`).
+    activity: Activity
     _providers: dict[str, MailProvider] = field(default_factory=dict)
 
     @classmethod
     async def create(cls, settings: Settings, *, redis: ArqRedis | None = None) -> Runtime:
         engine = make_engine(settings.database_url)
+        redis = redis or lazy_redis(settings.redis_url)
         return cls(
             settings=settings,
             engine=engine,
             sessions=make_sessionmaker(engine),
             http=make_http_client(settings),
-            redis=redis or lazy_redis(settings.redis_url),
+            redis=redis,
             cipher=TokenCipher(settings.encryption_keys),
+            activity=Activity(redis),
         )
 
     def provider(self, name: str) -> MailProvider:
@@ -74,6 +79,7 @@ class Runtime:
         return self._providers[name]
 
     async def close(self, *, close_redis: bool = True) -> None:
+        await self.activity.stop()
         for provider in self._providers.values():
             # Providers with connections of their own (MSAL's) release them here.
             closer = getattr(provider, "aclose", None)

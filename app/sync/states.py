@@ -29,6 +29,12 @@ cursor died, or repaired by the monitor), `incremental` (following cursors), `id
 A stream (a Graph folder, the Gmail mailbox) is in mode `full` while it is enumerated from
 scratch and `incremental` once its enumeration completed.
 
+Push (`active`, `none`, `failing`) says whether the provider's notifications reach us; a
+mailbox without working push is polled every `SYNC_POLL_WITHOUT_PUSH_SECONDS` instead of
+the slow safety-net interval (`pass_interval`). The completion monitor compares a mailbox
+with the provider only while it is `settled` (nothing in flight), and a repair it starts is
+`running` until a later check measures its result (`done`) or it fails (`failed`).
+
 Lifecycle events (the outbox carries them to JetStream) are raised by transitions, once per
 transition, never once per retry:
 
@@ -70,6 +76,18 @@ class Phase(enum.StrEnum):
 class StreamMode(enum.StrEnum):
     FULL = "full"
     INCREMENTAL = "incremental"
+
+
+class PushState(enum.StrEnum):
+    ACTIVE = "active"  # a live subscription (Graph) or watch (Gmail) delivers changes
+    NONE = "none"  # push is not configured, or no channel exists (yet)
+    FAILING = "failing"  # creating or renewing it failed, it lapsed, or changes were missed
+
+
+class RepairState(enum.StrEnum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
 
 
 class LifecycleEvent(enum.StrEnum):
@@ -257,12 +275,60 @@ def percent(
     return max(0, min(99, done * 100 // total))
 
 
-def in_sync(status: MailboxStatus | str, streams: Iterable[StreamProgress], *, owed: bool) -> bool:
-    """Every stream caught up and no pass owed (no change known and not yet applied)."""
+def in_sync(
+    status: MailboxStatus | str,
+    streams: Iterable[StreamProgress],
+    *,
+    owed: bool,
+    phase: Phase | str | None = None,
+) -> bool:
+    """Every stream caught up, no pass owed (no change known and not yet applied), and no
+    repair running (the monitor found the store different from the provider)."""
     streams = list(streams)
     return (
         MailboxStatus(status) is S.CONNECTED
         and bool(streams)
         and streams_behind(streams) == 0
         and not owed
+        and (phase is None or Phase(phase) is not Phase.RESYNC)
+    )
+
+
+# -- push and the completion monitor -----------------------------------------------------
+
+
+# Push states in which nothing tells us about changes: the mailbox is polled.
+POLLED: frozenset[PushState] = frozenset({PushState.NONE, PushState.FAILING})
+
+
+def pass_interval(push: PushState | str, *, interval: float, without_push: float) -> float:
+    """Seconds from one completed pass to the next periodic one: the slow safety net while
+    push delivers changes, fast polling while it does not."""
+    if PushState(push) in POLLED:
+        return min(interval, without_push)
+    return interval
+
+
+def verifiable(status: MailboxStatus | str) -> bool:
+    """The monitor checks mailboxes that have completed a pass and are healthy; a failing
+    or parked one has its own status to show, and a first backfill is not complete yet."""
+    return MailboxStatus(status) is S.CONNECTED
+
+
+def settled(
+    status: MailboxStatus | str,
+    streams: Iterable[StreamProgress],
+    *,
+    leased: bool,
+    pass_running: bool,
+    owed: bool,
+) -> bool:
+    """Nothing in flight on our side: no slice holds the lease, no pass is under way, every
+    stream has caught up, and no change is known that a pass has not applied. Only then do
+    stored counts mean something next to the provider's."""
+    return (
+        verifiable(status)
+        and not leased
+        and not pass_running
+        and in_sync(status, streams, owed=owed)
     )

@@ -11,10 +11,12 @@ from typing import TypeVar
 
 from app.db.repositories.credentials import CredentialRepository
 from app.db.repositories.mailboxes import MailboxRepository
+from app.db.repositories.monitor import MonitorRepository
 from app.db.repositories.subscriptions import StoredSubscription, SubscriptionRepository
 from app.providers.base import (
     AccessTokenRejected,
     MailProvider,
+    ProviderError,
     Subscription,
     SubscriptionGone,
     SyncContext,
@@ -23,6 +25,7 @@ from app.sync import states
 from app.sync.engine import account_of
 from app.sync.ratelimit import RedisRateGate
 from app.sync.runtime import Runtime
+from app.sync.states import PushState
 from app.sync.tokens import TokenSource
 
 log = logging.getLogger(__name__)
@@ -70,22 +73,50 @@ class SubscriptionService:
                 client_state=sub.client_state,
                 resource=sub.resource,
                 extra=dict(sub.extra),
+                channel=sub.channel,
             )
 
     async def ensure(self, mailbox_id: uuid.UUID) -> Subscription | None:
-        """Create the channel if the mailbox has none; renew it if it has one."""
+        """Create the channel if the mailbox has none; renew it if it has one. The mailbox's
+        push state follows: active, none (push not configured) or failing."""
         bound = await self._bind(mailbox_id)
         if bound is None:
             return None
-        async with self.rt.sessions() as session:
-            current = await SubscriptionRepository(session, self.rt.cipher).active_for(mailbox_id)
-        if current is not None:
-            return await self.renew(mailbox_id, current, bound)
-        sub = await self._call(bound, lambda: bound.provider.subscribe(bound.ctx))
-        if sub is not None:
-            await self._store(mailbox_id, bound.provider.name, sub)
-            log.info("mailbox %s: push subscription %s created", mailbox_id, sub.subscription_id)
+        try:
+            async with self.rt.sessions() as session:
+                current = await SubscriptionRepository(session, self.rt.cipher).active_for(
+                    mailbox_id
+                )
+            if current is not None:
+                sub = await self.renew(mailbox_id, current, bound)
+            else:
+                sub = await self._call(bound, lambda: bound.provider.subscribe(bound.ctx))
+                if sub is not None:
+                    await self._store(mailbox_id, bound.provider.name, sub)
+                    log.info(
+                        "mailbox %s: push subscription %s created", mailbox_id, sub.subscription_id
+                    )
+        except ProviderError:
+            await self._push_state(mailbox_id, PushState.FAILING)
+            raise
+        await self._push_state(mailbox_id, PushState.NONE if sub is None else PushState.ACTIVE)
         return sub
+
+    async def _push_state(self, mailbox_id: uuid.UUID, state: PushState) -> None:
+        settings = self.rt.settings
+        poll_within = None
+        if state is not PushState.ACTIVE:
+            poll_within = states.pass_interval(
+                state,
+                interval=settings.sync_interval_seconds,
+                without_push=settings.sync_poll_without_push_seconds,
+            )
+        async with self.rt.sessions() as session, session.begin():
+            changed = await MonitorRepository(session).set_push_state(
+                [mailbox_id], state, poll_within=poll_within
+            )
+        if changed:
+            log.info("mailbox %s: push %s", mailbox_id, state.value)
 
     async def renew(
         self, mailbox_id: uuid.UUID, current: StoredSubscription, bound: _Bound | None = None
@@ -124,6 +155,13 @@ class SubscriptionService:
             for stored in subs:
                 if stored.status != "active":
                     continue
+                if stored.channel is not None and await self._shared(stored.channel, mailbox_id):
+                    # Another mailbox of the same address still receives through it.
+                    log.info(
+                        "mailbox %s: push channel kept for the other mailboxes of its address",
+                        mailbox_id,
+                    )
+                    continue
                 sub = Subscription(
                     subscription_id=stored.subscription_id,
                     expires_at=stored.expires_at,
@@ -134,6 +172,12 @@ class SubscriptionService:
                 await self._call(bound, partial(bound.provider.unsubscribe, bound.ctx, sub))
         async with self.rt.sessions() as session, session.begin():
             await SubscriptionRepository(session, self.rt.cipher).delete_for_mailbox(mailbox_id)
+
+    async def _shared(self, channel: str, mailbox_id: uuid.UUID) -> bool:
+        async with self.rt.sessions() as session:
+            return await SubscriptionRepository(session, self.rt.cipher).channel_used_by_others(
+                channel, mailbox_id
+            )
 
     @staticmethod
     async def _call(bound: _Bound, call: Callable[[], Awaitable[T]]) -> T:

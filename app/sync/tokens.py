@@ -11,13 +11,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from app.db.repositories.credentials import CredentialRepository, StoredCredential
-from app.providers.base import Account, AuthExpiredError, MailProvider
+from app.metrics import TOKEN_REFRESHES
+from app.providers.base import (
+    AccessDenied,
+    AccessTokenRejected,
+    Account,
+    AuthExpiredError,
+    MailProvider,
+    ProviderError,
+    TokenSet,
+)
+from app.sync import activity
 from app.sync.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class MissingCredentials(AuthExpiredError):
@@ -65,6 +79,22 @@ class TokenSource:
                 rejected=rejected or (self._cached.access_token if self._cached else None)
             )
 
+    async def _counted_refresh(self, refresh_token: str | None) -> TokenSet:
+        provider = self._account.provider
+        try:
+            tokens = await self._provider.refresh_token(self._account, refresh_token)
+        except AuthExpiredError:
+            TOKEN_REFRESHES.labels(provider, "auth_expired").inc()
+            self._rt.activity.add(activity.TOKEN_REFRESH_FAILURES)
+            raise
+        except ProviderError:
+            TOKEN_REFRESHES.labels(provider, "failed").inc()
+            self._rt.activity.add(activity.TOKEN_REFRESH_FAILURES)
+            raise
+        TOKEN_REFRESHES.labels(provider, "ok").inc()
+        self._rt.activity.add(activity.TOKEN_REFRESHES)
+        return tokens
+
     async def _refresh(self, rejected: str | None) -> str:
         async with self._rt.sessions() as session, session.begin():
             repo = CredentialRepository(session, self._rt.cipher)
@@ -77,7 +107,7 @@ class TokenSource:
             if rejected is not None and cred.access_token != rejected and self._fresh(cred):
                 self._cached = cred
                 return cred.access_token
-            tokens = await self._provider.refresh_token(self._account, cred.refresh_token)
+            tokens = await self._counted_refresh(cred.refresh_token)
             refresh_token = tokens.refresh_token or cred.refresh_token
             await repo.put(
                 self._mailbox_id,
@@ -91,3 +121,20 @@ class TokenSource:
             tokens.access_token, refresh_token, tokens.expires_at, cred.version + 1
         )
         return tokens.access_token
+
+
+async def with_token_retry(tokens: TokenSource, call: Callable[[], Awaitable[T]]) -> T:
+    """One refusal of the token earns one refresh and one retry; a second one means the grant
+    (or, for an app-only mailbox, the application's permission) is unusable."""
+    try:
+        return await call()
+    except AccessTokenRejected:
+        await tokens.after_rejection()
+        try:
+            return await call()
+        except AccessDenied as exc:
+            raise AuthExpiredError(str(exc)) from exc
+        except AccessTokenRejected as exc:
+            raise AuthExpiredError(
+                "the provider rejected a freshly refreshed access token; reconnect the mailbox"
+            ) from exc

@@ -7,22 +7,27 @@ longest function timeout, and a slice of sync work is bounded well below it anyw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import socket
+import time
 import uuid
 from typing import Any, ClassVar
 
 from arq import cron
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings
+from arq.constants import default_queue_name
 from arq.worker import func
+from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import get_settings
 from app.db.session import open_connections
 from app.events import snapshot
 from app.logging import configure_logging
+from app.metrics import QUEUE_DEPTH, serve_process_metrics
 from app.providers import registry
 from app.sync import jobs
 from app.sync.cases import jobs as case_jobs
@@ -66,17 +71,49 @@ def _tune_the_collector() -> None:
     gc.set_threshold(*_GC_THRESHOLDS)
 
 
+QUEUE_SAMPLE_SECONDS = 5.0
+
+
+async def sample_queue_depth(redis: ArqRedis) -> None:
+    """Jobs due now and jobs deferred (backoff, continuations), for the queue-depth gauge."""
+    now_ms = int(time.time() * 1000)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcount(default_queue_name, "-inf", now_ms)
+        pipe.zcount(default_queue_name, f"({now_ms}", "+inf")
+        ready, deferred = await pipe.execute()
+    QUEUE_DEPTH.labels("ready").set(ready)
+    QUEUE_DEPTH.labels("deferred").set(deferred)
+
+
+async def _sample_forever(redis: ArqRedis) -> None:
+    while True:
+        try:
+            await sample_queue_depth(redis)
+        except (OSError, RedisError) as exc:
+            log.debug("queue depth not sampled: %s", exc)
+        await asyncio.sleep(QUEUE_SAMPLE_SECONDS)
+
+
 async def startup(ctx: dict[str, Any]) -> None:
     configure_logging()
-    ctx["rt"] = await Runtime.create(get_settings(), redis=ctx["redis"])
+    settings = get_settings()
+    ctx["rt"] = rt = await Runtime.create(settings, redis=ctx["redis"])
     ctx["worker_id"] = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    serve_process_metrics(settings.worker_metrics_port, settings.metrics_host, "worker")
+    rt.activity.start()
+    ctx["sampler"] = asyncio.create_task(_sample_forever(ctx["redis"]), name="queue-depth")
     registry.import_providers()
-    await _open_database_connections(ctx["rt"])
+    await _open_database_connections(rt)
     _tune_the_collector()
     log.info("worker %s started", ctx["worker_id"])
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    sampler: asyncio.Task[None] | None = ctx.get("sampler")
+    if sampler is not None:
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
     rt: Runtime | None = ctx.get("rt")
     if rt is not None:
         # arq closes the Redis pool it owns; the rest is ours.
@@ -114,6 +151,14 @@ class WorkerSettings:
             keep_result=0,
             max_tries=3,
         ),
+        # A check is a few requests; a repair by listing fetches only what is missing.
+        func(
+            jobs.verify_mailbox,
+            name="verify_mailbox",
+            timeout=_timeout(),
+            keep_result=0,
+            max_tries=1,
+        ),
         # One batch of a resnapshot walk; each enqueues the next (app/events/snapshot.py).
         func(
             snapshot.resnapshot_batch,
@@ -131,6 +176,17 @@ class WorkerSettings:
             jobs.schedule,
             second=set(range(0, 60, 5)),
             run_at_startup=True,
+            timeout=30,
+            keep_result=0,
+            unique=True,
+        ),
+        # The completion monitor: every 15 s it enqueues the checks that came due (each
+        # mailbox's at its own moment of VERIFY_INTERVAL_SECONDS); once a minute it also
+        # re-enqueues overdue syncs and marks lapsed push channels.
+        cron(
+            jobs.monitor,
+            second={7, 22, 37, 52},
+            run_at_startup=False,
             timeout=30,
             keep_result=0,
             unique=True,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
+import httpx
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -91,3 +93,35 @@ def test_fuzzed_queries_and_headers_never_500(
         _assert_sane(fuzz_client.get("/mail/status", headers=headers))
     except UnicodeEncodeError:
         pass  # not a header any HTTP client can send
+
+
+read_params = st.dictionaries(
+    st.sampled_from(
+        ["mailbox_id", "limit", "cursor", "label", "from", "to", "participant", "after",
+         "before", "unread", "has_attachments", "q", "format", "allow_remote_images"]
+    ),
+    st.text(max_size=60) | st.sampled_from(["true", "false", "2024-01-01", "2024-01-01T00:00:00Z"]),
+    max_size=5,
+)  # fmt: skip
+
+
+@FUZZ
+@given(params=read_params, ident=st.text(max_size=30) | st.integers().map(str))
+def test_fuzzed_read_parameters_never_500(
+    fuzz_client: TestClient, params: dict[str, str], ident: str
+) -> None:
+    headers = bearer("fuzzer")
+    paths = ["/mail/messages", "/mail/threads"]
+    if ident and "/" not in ident and "?" not in ident and "#" not in ident:
+        paths += [
+            f"/mail/messages/{ident}",
+            f"/mail/messages/{ident}/body",
+            f"/mail/messages/{ident}/attachments",
+            f"/mail/messages/{ident}/attachments/{ident}",
+            f"/mail/threads/{ident}",
+            f"/mail/mailboxes/{ident}",
+        ]
+    for path in paths:
+        # A path httpx refuses to send is not one any client can send.
+        with contextlib.suppress(UnicodeEncodeError, httpx.InvalidURL):
+            _assert_sane(fuzz_client.get(path, params=params, headers=headers))

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from app.db.repositories.messages import ListingKey, MessageRepository
+from app.db.repositories.messages import MessageRepository
+from app.db.repositories.reading import MessageFilter, ReadRepository
 from app.db.session import make_engine, make_sessionmaker
 from app.providers.base import LabelChange, MessageBatch
 from app.providers.memory import make_message
@@ -80,7 +81,9 @@ async def test_awkward_values_round_trip(rt: Runtime) -> None:
     message.subject = "naïve \u2013 ünïcode ✓ \x01"
     async with rt.sessions() as session, session.begin():
         await MessageRepository(session).upsert_page(mailbox_id, "s", 1, MessageBatch.of([message]))
-        rows = await MessageRepository(session).list_page([mailbox_id], 10, None)
+        rows = (
+            await ReadRepository(session).list_messages([mailbox_id], MessageFilter(), 10, None)
+        ).rows
     [row] = rows
     assert row["to_addresses"] == message.to
     assert row["labels"] == sorted(message.labels)
@@ -100,7 +103,9 @@ async def test_timestamps_round_trip_exactly(rt: Runtime) -> None:
         message.received_at = stamp
     async with rt.sessions() as session, session.begin():
         await MessageRepository(session).upsert_page(mailbox_id, "s", 1, MessageBatch.of(messages))
-        rows = await MessageRepository(session).list_page([mailbox_id], 10, None)
+        rows = (
+            await ReadRepository(session).list_messages([mailbox_id], MessageFilter(), 10, None)
+        ).rows
     stored = {row["provider_message_id"]: row["received_at"] for row in rows}
     assert [stored[m.provider_message_id] for m in messages] == stamps
 
@@ -157,13 +162,13 @@ async def test_listing_pages_across_mailboxes_with_undated_messages(rt: Runtime)
     seen: list[dict] = []
     after = None
     async with rt.sessions() as session:
-        repo = MessageRepository(session)
+        reader = ReadRepository(session)
         while True:
-            page = await repo.list_page([first, second], 3, after)
-            seen.extend(page)
-            if len(page) < 3:
+            listed = await reader.list_messages([first, second], MessageFilter(), 3, after)
+            seen.extend(listed.rows)
+            if listed.next_key is None:
                 break
-            after = ListingKey(page[-1]["received_at"], page[-1]["id"])
+            after = listed.next_key
         # A handful of rows would make any plan fine; ask whether the index *can* serve it.
         await session.execute(text("SET LOCAL enable_seqscan = off"))
         plan = (
@@ -235,7 +240,11 @@ def test_any_text_round_trips_in_column_order(
                 )
                 rows = {
                     r["provider_message_id"]: r
-                    for r in await MessageRepository(session).list_page([mailbox_id], 50, None)
+                    for r in (
+                        await ReadRepository(session).list_messages(
+                            [mailbox_id], MessageFilter(), 50, None
+                        )
+                    ).rows
                 }
                 for message in messages:
                     row = rows[message.provider_message_id]

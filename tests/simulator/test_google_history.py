@@ -33,7 +33,13 @@ async def test_all_four_record_types(sim: GoogleSim) -> None:
     added = (await sim.add(account.email, label_ids=["INBOX", "UNREAD"]))[0]
     read_target = added  # delivered unread
     await sim.mark(account.email, [read_target["id"]], read=True)
-    await sim.modify(account.email, [truth[5]["id"]], add=["STARRED", "Label_3"])
+    # A message with neither label yet (which one depends on the account's seed).
+    target = next(
+        m
+        for m in truth[5:]
+        if m is not truth[7] and not {"STARRED", "Label_3"} & set(m["labelIds"])
+    )
+    await sim.modify(account.email, [target["id"]], add=["STARRED", "Label_3"])
     await sim.delete(account.email, [truth[7]["id"]])
 
     result = await _history(sim, account, startHistoryId=start)

@@ -3,7 +3,7 @@ app.sync.cases.service, shape the answer. A case of another caller is a 404."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import EmailStr, TypeAdapter, ValidationError
@@ -17,11 +17,12 @@ from app.api.case_schemas import (
     CaseResponse,
     ContactRequest,
 )
+from app.api.cursors import decode_cursor, encode_cursor
 from app.api.deps import UnitOfWorkDep
 from app.api.errors import ApiError
-from app.api.routes.mail import _decode_cursor, _encode_cursor
-from app.api.schemas import MessageItem, MessagesResponse
-from app.db.repositories.messages import ListingKey
+from app.api.schemas import MessagesResponse
+from app.api.views import json_response, message_item
+from app.db.repositories.reading import Key
 from app.sync.cases import service
 from app.sync.cases.service import CaseSpec, CaseView
 
@@ -143,35 +144,15 @@ async def remove_contact(
     return _response(view)
 
 
-def _item(r: dict[str, Any]) -> MessageItem:
-    return MessageItem(
-        id=str(r["id"]),
-        mailbox_id=r["mailbox_id"],
-        provider_message_id=r["provider_message_id"],
-        thread_id=r["thread_id"],
-        internet_message_id=r["internet_message_id"],
-        subject=r["subject"],
-        **{"from": r["from_address"]},
-        to=r["to_addresses"],
-        cc=r["cc_addresses"],
-        bcc=r["bcc_addresses"],
-        snippet=r["snippet"],
-        received_at=r["received_at"],
-        labels=r["labels"],
-        is_read=r["is_read"],
-        has_attachments=r["has_attachments"],
-    )
-
-
-@router.get("/{case_id}/messages")
+@router.get("/{case_id}/messages", response_model=MessagesResponse)
 async def case_messages(
     case_id: CaseId,
     user: CurrentUser,
     uow: UnitOfWorkDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-) -> MessagesResponse:
-    after = _decode_cursor(cursor) if cursor else None
+) -> Response:
+    after = decode_cursor(cursor) if cursor else None
     try:
         rows = await service.case_messages(uow.session, user, case_id, limit + 1, after)
     except service.CaseNotFound as exc:
@@ -179,8 +160,11 @@ async def case_messages(
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = (
-        _encode_cursor(ListingKey(rows[-1]["received_at"], rows[-1]["id"]))
-        if more and rows
-        else None
+        encode_cursor(Key(rows[-1]["received_at"], rows[-1]["id"])) if more and rows else None
     )
-    return MessagesResponse(items=[_item(r) for r in rows], next_cursor=next_cursor)
+    # As /mail/messages answers: the rows are ours, serialized once.
+    return json_response(
+        MessagesResponse.model_construct(
+            items=[message_item(r) for r in rows], next_cursor=next_cursor
+        )
+    )

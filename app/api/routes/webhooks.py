@@ -7,25 +7,57 @@ app.sync.queue); each is recorded first, so a 2xx means we will act on it.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from collections.abc import Callable, Coroutine
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
+from fastapi.routing import APIRoute
 
 from app.api.deps import UnitOfWorkDep
 from app.api.errors import ApiError
 from app.db.repositories.mailboxes import MailboxRepository
+from app.db.repositories.monitor import MonitorRepository
 from app.db.repositories.subscriptions import NotificationRepository, SubscriptionRepository
-from app.metrics import WEBHOOK_NOTIFICATIONS
+from app.metrics import WEBHOOK_NOTIFICATIONS, WEBHOOK_SECONDS
 from app.providers.gmail.push import PushAuthError, PushVerifier, decode_push
 from app.providers.outlook.notifications import client_state_matches, parse_notifications
+from app.sync import activity
 from app.sync.queue import enqueue_subscription, enqueue_sync
+from app.sync.states import PushState
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+
+class _TimedRoute(APIRoute):
+    """Times every webhook request, and counts it for the dashboard as accepted (2xx) or
+    refused (anything else: a bad signature, a malformed body)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        provider = self.path.rsplit("/", 1)[-1]
+
+        async def timed(request: Request) -> Response:
+            started = time.perf_counter()
+            rt = request.app.state.rt
+            try:
+                response = await handler(request)
+            except Exception:
+                rt.activity.add(activity.WEBHOOKS_REFUSED)
+                raise
+            finally:
+                WEBHOOK_SECONDS.labels(provider).observe(time.perf_counter() - started)
+            ok = 200 <= response.status_code < 300
+            rt.activity.add(activity.WEBHOOKS_ACCEPTED if ok else activity.WEBHOOKS_REFUSED)
+            return response
+
+        return timed
+
+
+router = APIRouter(prefix="/webhooks", tags=["webhooks"], route_class=_TimedRoute)
 
 MAX_BODY = 1_000_000
 
@@ -55,6 +87,7 @@ async def microsoft(
     recorder = NotificationRepository(uow.session)
     to_sync: set[uuid.UUID] = set()
     to_resubscribe: set[uuid.UUID] = set()
+    push_failing: set[uuid.UUID] = set()
     for n in notifications:
         stored = await subs.find(n.subscription_id)
         if stored is None:
@@ -82,10 +115,19 @@ async def microsoft(
         WEBHOOK_NOTIFICATIONS.labels("microsoft", kind).inc()
         if n.lifecycle_event in ("reauthorizationRequired", "subscriptionRemoved"):
             to_resubscribe.add(stored.mailbox_id)
+        if n.lifecycle_event in ("subscriptionRemoved", "missed"):
+            # Push is not delivering (or lost changes): poll until the channel is recreated
+            # or, after `missed`, renewed by the renewal cron.
+            push_failing.add(stored.mailbox_id)
         if n.lifecycle_event != "reauthorizationRequired":
             # Changes, `missed` and a removed subscription all mean: read the delta now.
             to_sync.add(stored.mailbox_id)
     await MailboxRepository(uow.session).request_sync(sorted(to_sync))
+    await MonitorRepository(uow.session).set_push_state(
+        sorted(push_failing),
+        PushState.FAILING,
+        poll_within=uow.rt.settings.sync_poll_without_push_seconds,
+    )
     redis = uow.rt.redis
     for mid in sorted(to_sync):
         uow.after_commit(partial(enqueue_sync, redis, mid))

@@ -23,7 +23,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.repositories.messages import ListingKey
+from app.db.repositories.reading import MESSAGE_COLUMNS, Key
 from app.sync.cases.states import RUNNABLE, EntryStatus, MailboxScope, allowed_sources
 
 _RUNNABLE = sorted(s.value for s in RUNNABLE)
@@ -104,6 +104,10 @@ _CASE_FOR_UPDATE = text(
     "SELECT id, user_id, case_id, title, since FROM cases "
     "WHERE user_id = :user AND case_id = :case FOR UPDATE"
 )
+
+
+# The /mail/messages item's columns (app/db/repositories/reading.py), of the joined row.
+_CASE_MESSAGE_COLUMNS = ", ".join("m." + column.strip() for column in MESSAGE_COLUMNS.split(","))
 
 
 class CaseRepository:
@@ -412,7 +416,7 @@ class CaseRepository:
         ]
 
     async def list_messages(
-        self, case_key: int, limit: int, after: ListingKey | None
+        self, case_key: int, limit: int, after: Key | None
     ) -> list[dict[str, Any]]:
         """The case's messages (each once, however many contacts link it), newest first,
         keyset-paginated on (received_at, id) like /mail/messages."""
@@ -428,10 +432,7 @@ class CaseRepository:
         result = await self.session.execute(
             text(
                 f"""
-                SELECT m.id, m.mailbox_id, m.provider_message_id, m.thread_id,
-                       m.internet_message_id, m.subject, m.from_address, m.to_addresses,
-                       m.cc_addresses, m.bcc_addresses, m.snippet, m.received_at, m.labels,
-                       m.is_read, m.has_attachments
+                SELECT {_CASE_MESSAGE_COLUMNS}
                   FROM (SELECT DISTINCT mailbox_id, provider_message_id
                           FROM case_links WHERE case_key = :key) l
                   JOIN messages m ON m.mailbox_id = l.mailbox_id

@@ -233,6 +233,7 @@ class MailboxRepository:
                        updated_at = now()
                  WHERE id = :id
                    AND status = ANY(CAST(:syncable AS text[]))
+                   AND NOT paused
                    AND (lease_owner IS NULL OR lease_expires_at < now())
              RETURNING fencing_token
                 """
@@ -314,6 +315,27 @@ class MailboxRepository:
                 "owner": lease.owner,
                 "seconds": seconds,
                 "syncable": _SYNCABLE,
+            },
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    async def release(self, lease: Lease, *, phase: Phase | None) -> bool:
+        """Give the lease back without ending a pass or moving the status (the monitor's
+        repairs); False when it was no longer held."""
+        result = await self.session.execute(
+            text(
+                """
+                UPDATE mailboxes
+                   SET lease_owner = NULL, lease_expires_at = NULL, phase = :phase,
+                       updated_at = now()
+                 WHERE id = :id AND fencing_token = :token AND lease_owner = :owner
+                """
+            ),
+            {
+                "id": lease.mailbox_id,
+                "token": lease.fencing_token,
+                "owner": lease.owner,
+                "phase": phase.value if phase else None,
             },
         )
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
@@ -481,6 +503,7 @@ class MailboxRepository:
                 SELECT id FROM mailboxes
                  WHERE next_sync_at <= now()
                    AND status = ANY(CAST(:syncable AS text[]))
+                   AND NOT paused
                    AND (lease_owner IS NULL OR lease_expires_at < now())
                  ORDER BY next_sync_at
                  LIMIT :limit

@@ -30,12 +30,16 @@ _UPSERT = text(
     INSERT INTO messages AS m (
         mailbox_id, provider_message_id, stream_key, generation, thread_id, internet_message_id,
         subject, from_address, to_addresses, cc_addresses, bcc_addresses, snippet, received_at,
-        labels, is_read, has_attachments)
+        labels, is_read, has_attachments, from_name, to_names, cc_names, bcc_names, sent_at,
+        in_reply_to, reference_ids, size, importance, flagged)
     SELECT :mailbox_id, p.provider_message_id, :stream_key, :generation, p.thread_id,
            p.internet_message_id, p.subject, p.from_address,
            string_to_array(p.to_addresses, E'\\x1f'), string_to_array(p.cc_addresses, E'\\x1f'),
            string_to_array(p.bcc_addresses, E'\\x1f'), p.snippet, p.received_at,
-           string_to_array(p.labels, E'\\x1f'), p.is_read, p.has_attachments
+           string_to_array(p.labels, E'\\x1f'), p.is_read, p.has_attachments, p.from_name,
+           string_to_array(p.to_names, E'\\x1f'), string_to_array(p.cc_names, E'\\x1f'),
+           string_to_array(p.bcc_names, E'\\x1f'), p.sent_at, p.in_reply_to,
+           string_to_array(p.reference_ids, E'\\x1f'), p.size, p.importance, p.flagged
       FROM unnest(
             CAST(CAST(:provider_message_id AS text) AS text[]),
             CAST(CAST(:thread_id AS text) AS text[]),
@@ -49,10 +53,21 @@ _UPSERT = text(
             CAST(CAST(:received_at AS text) AS timestamptz[]),
             CAST(CAST(:labels AS text) AS text[]),
             CAST(CAST(:is_read AS text) AS boolean[]),
-            CAST(CAST(:has_attachments AS text) AS boolean[]))
+            CAST(CAST(:has_attachments AS text) AS boolean[]),
+            CAST(CAST(:from_name AS text) AS text[]),
+            CAST(CAST(:to_names AS text) AS text[]),
+            CAST(CAST(:cc_names AS text) AS text[]),
+            CAST(CAST(:bcc_names AS text) AS text[]),
+            CAST(CAST(:sent_at AS text) AS timestamptz[]),
+            CAST(CAST(:in_reply_to AS text) AS text[]),
+            CAST(CAST(:reference_ids AS text) AS text[]),
+            CAST(CAST(:size AS text) AS bigint[]),
+            CAST(CAST(:importance AS text) AS text[]),
+            CAST(CAST(:flagged AS text) AS boolean[]))
         AS p(provider_message_id, thread_id, internet_message_id, subject, from_address,
              to_addresses, cc_addresses, bcc_addresses, snippet, received_at, labels, is_read,
-             has_attachments)
+             has_attachments, from_name, to_names, cc_names, bcc_names, sent_at, in_reply_to,
+             reference_ids, size, importance, flagged)
     ON CONFLICT (mailbox_id, provider_message_id) DO UPDATE SET
         stream_key = EXCLUDED.stream_key,
         generation = EXCLUDED.generation,
@@ -68,27 +83,45 @@ _UPSERT = text(
         labels = EXCLUDED.labels,
         is_read = EXCLUDED.is_read,
         has_attachments = EXCLUDED.has_attachments,
+        from_name = EXCLUDED.from_name,
+        to_names = EXCLUDED.to_names,
+        cc_names = EXCLUDED.cc_names,
+        bcc_names = EXCLUDED.bcc_names,
+        sent_at = EXCLUDED.sent_at,
+        in_reply_to = EXCLUDED.in_reply_to,
+        reference_ids = EXCLUDED.reference_ids,
+        size = EXCLUDED.size,
+        importance = EXCLUDED.importance,
+        flagged = EXCLUDED.flagged,
         -- When the content last changed: a rebuild that only re-marks a message (stream,
         -- generation) keeps it, which is how RETURNING tells an update from a re-mark.
         updated_at = CASE WHEN
             (m.thread_id, m.internet_message_id, m.subject, m.from_address, m.to_addresses,
              m.cc_addresses, m.bcc_addresses, m.snippet, m.received_at, m.labels, m.is_read,
-             m.has_attachments)
+             m.has_attachments, m.from_name, m.to_names, m.cc_names, m.bcc_names, m.sent_at,
+             m.in_reply_to, m.reference_ids, m.size, m.importance, m.flagged)
             IS DISTINCT FROM
             (EXCLUDED.thread_id, EXCLUDED.internet_message_id, EXCLUDED.subject,
              EXCLUDED.from_address, EXCLUDED.to_addresses, EXCLUDED.cc_addresses,
              EXCLUDED.bcc_addresses, EXCLUDED.snippet, EXCLUDED.received_at, EXCLUDED.labels,
-             EXCLUDED.is_read, EXCLUDED.has_attachments)
+             EXCLUDED.is_read, EXCLUDED.has_attachments, EXCLUDED.from_name, EXCLUDED.to_names,
+             EXCLUDED.cc_names, EXCLUDED.bcc_names, EXCLUDED.sent_at, EXCLUDED.in_reply_to,
+             EXCLUDED.reference_ids, EXCLUDED.size, EXCLUDED.importance, EXCLUDED.flagged)
             THEN now() ELSE m.updated_at END
     -- A replayed page rewrites nothing: no dead tuples, no spurious change events.
     WHERE (m.stream_key, m.generation, m.thread_id, m.internet_message_id, m.subject,
            m.from_address, m.to_addresses, m.cc_addresses, m.bcc_addresses, m.snippet,
-           m.received_at, m.labels, m.is_read, m.has_attachments)
+           m.received_at, m.labels, m.is_read, m.has_attachments, m.from_name, m.to_names,
+           m.cc_names, m.bcc_names, m.sent_at, m.in_reply_to, m.reference_ids, m.size,
+           m.importance, m.flagged)
           IS DISTINCT FROM
           (EXCLUDED.stream_key, EXCLUDED.generation, EXCLUDED.thread_id,
            EXCLUDED.internet_message_id, EXCLUDED.subject, EXCLUDED.from_address,
            EXCLUDED.to_addresses, EXCLUDED.cc_addresses, EXCLUDED.bcc_addresses, EXCLUDED.snippet,
-           EXCLUDED.received_at, EXCLUDED.labels, EXCLUDED.is_read, EXCLUDED.has_attachments)
+           EXCLUDED.received_at, EXCLUDED.labels, EXCLUDED.is_read, EXCLUDED.has_attachments,
+           EXCLUDED.from_name, EXCLUDED.to_names, EXCLUDED.cc_names, EXCLUDED.bcc_names,
+           EXCLUDED.sent_at, EXCLUDED.in_reply_to, EXCLUDED.reference_ids, EXCLUDED.size,
+           EXCLUDED.importance, EXCLUDED.flagged)
     RETURNING m.provider_message_id, (xmax = 0) AS inserted, (m.updated_at = now()) AS changed
     )
     -- One row per page, not one per message: how many were written, which were new unless
@@ -159,12 +192,6 @@ class UpsertResult:
         return self.inserted_ids + self.updated_ids
 
 
-@dataclass(frozen=True, slots=True)
-class ListingKey:
-    received_at: datetime | None
-    id: int
-
-
 def _element(value: str | None) -> str:
     if value is None:
         return "NULL"
@@ -210,6 +237,10 @@ def _bools(values: Iterable[bool]) -> str:
     return "{" + ",".join(["t" if v else "f" for v in values]) + "}"
 
 
+def _integers(values: Iterable[int | None]) -> str:
+    return "{" + ",".join(["NULL" if v is None else str(int(v)) for v in values]) + "}"
+
+
 def stored_labels(batch: MessageBatch) -> list[list[str]]:
     # Sorted and unique, so an unchanged message compares equal and is not rewritten.
     return [sorted(set(labels)) for labels in batch.labels]
@@ -230,6 +261,16 @@ def _columns(batch: MessageBatch, labels: list[list[str]]) -> dict[str, str]:
         "labels": _list_column(labels),
         "is_read": _bools(batch.is_read),
         "has_attachments": _bools(batch.has_attachments),
+        "from_name": array_literal(batch.from_name),
+        "to_names": _list_column(batch.to_names),
+        "cc_names": _list_column(batch.cc_names),
+        "bcc_names": _list_column(batch.bcc_names),
+        "sent_at": _timestamps(batch.sent_at),
+        "in_reply_to": array_literal(batch.in_reply_to),
+        "reference_ids": _list_column(batch.references),
+        "size": _integers(batch.size),
+        "importance": array_literal(batch.importance),
+        "flagged": _bools(batch.flagged),
     }
 
 
@@ -413,44 +454,6 @@ class MessageRepository:
                 """  # noqa: S608 - a constant column list
             ),
             {"mailbox_id": mailbox_id, "after": after, "limit": limit},
-        )
-        return [dict(row._mapping) for row in result.all()]
-
-    async def list_page(
-        self, mailbox_ids: Sequence[uuid.UUID], limit: int, after: ListingKey | None
-    ) -> list[dict[str, Any]]:
-        """Newest first, undated last, keyset-paginated on (received_at, id).
-
-        Each mailbox is read through its own index range (LATERAL, LIMIT per mailbox) and
-        the results merged, so a page costs O(limit) whatever the mailboxes' sizes.
-        """
-        keyset = ""
-        params: dict[str, Any] = {"ids": list(mailbox_ids), "limit": limit}
-        if after is not None:
-            keyset = (
-                "AND (COALESCE(received_at, '-infinity'::timestamptz), id) < "
-                "(COALESCE(CAST(:after_received AS timestamptz), '-infinity'::timestamptz), "
-                ":after_id)"
-            )
-            params.update(after_received=after.received_at, after_id=after.id)
-        result = await self.session.execute(
-            text(
-                f"""
-                SELECT page.* FROM unnest(CAST(:ids AS uuid[])) AS mailbox(id)
-                CROSS JOIN LATERAL (
-                    SELECT id, mailbox_id, provider_message_id, thread_id, internet_message_id,
-                           subject, from_address, to_addresses, cc_addresses, bcc_addresses,
-                           snippet, received_at, labels, is_read, has_attachments
-                      FROM messages
-                     WHERE mailbox_id = mailbox.id {keyset}
-                     ORDER BY COALESCE(received_at, '-infinity'::timestamptz) DESC, id DESC
-                     LIMIT :limit
-                ) AS page
-                ORDER BY COALESCE(page.received_at, '-infinity'::timestamptz) DESC, page.id DESC
-                LIMIT :limit
-                """  # noqa: S608 - `keyset` is a constant fragment
-            ),
-            params,
         )
         return [dict(row._mapping) for row in result.all()]
 

@@ -70,7 +70,10 @@ _CLAIM = text(
                       AND e.position < c.position
                       AND e.id NOT IN (SELECT id FROM claimed)) AS blocked
       FROM claimed c LEFT JOIN mailboxes m ON m.id = c.mailbox_id
-     ORDER BY c.id
+     -- Positions, not ids, are a mailbox's commit order: an id is drawn before the position
+     -- trigger waits for the mailbox lock, which a transaction that changed the mailbox's
+     -- status (and raises its lifecycle event) already holds.
+     ORDER BY c.mailbox_id, c.position
     """
 )
 

@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.crypto import TokenCipher
+from app.sync.states import MailboxStatus
 
 # Graph may still deliver to a subscription id for a while after we replaced it.
 REPLACED_GRACE_SECONDS = 3600
@@ -27,6 +28,7 @@ class StoredSubscription:
     expires_at: datetime
     status: str
     extra: dict[str, Any]
+    channel: str | None = None
 
     def __repr__(self) -> str:
         return f"StoredSubscription({self.subscription_id!r}, mailbox={self.mailbox_id})"
@@ -48,6 +50,7 @@ class SubscriptionRepository:
             expires_at=row.expires_at,
             status=row.status,
             extra=dict(row.extra or {}),
+            channel=row.channel,
         )
 
     async def replace_active(
@@ -60,6 +63,7 @@ class SubscriptionRepository:
         client_state: str | None,
         resource: str | None,
         extra: dict[str, Any] | None = None,
+        channel: str | None = None,
     ) -> None:
         """Make this the mailbox's active subscription; the previous one stays mappable briefly."""
         await self.session.execute(
@@ -73,13 +77,13 @@ class SubscriptionRepository:
             text(
                 """
                 INSERT INTO subscriptions (id, mailbox_id, provider, subscription_id, resource,
-                                           client_state, expires_at, status, extra)
+                                           client_state, expires_at, status, extra, channel)
                 VALUES (:pk, :id, :provider, :sid, :resource, :client_state, :expires_at, 'active',
-                        CAST(:extra AS jsonb))
+                        CAST(:extra AS jsonb), :channel)
                 ON CONFLICT (subscription_id) DO UPDATE
                    SET expires_at = EXCLUDED.expires_at, status = 'active', replaced_at = NULL,
                        renewed_at = now(),
-                       extra = EXCLUDED.extra,
+                       extra = EXCLUDED.extra, channel = EXCLUDED.channel,
                        client_state = COALESCE(EXCLUDED.client_state, subscriptions.client_state)
                 """
             ),
@@ -92,6 +96,7 @@ class SubscriptionRepository:
                 "client_state": self.cipher.encrypt(client_state) if client_state else None,
                 "expires_at": expires_at,
                 "extra": json.dumps(extra or {}),
+                "channel": channel,
             },
         )
 
@@ -153,6 +158,26 @@ class SubscriptionRepository:
             {"provider": provider, "limit": limit},
         )
         return [row[0] for row in result.all()]
+
+    async def channel_used_by_others(self, channel: str, mailbox_id: uuid.UUID) -> bool:
+        """Does another mailbox still connected rely on this provider-side channel? (Gmail
+        keeps one watch per address; stopping it for one mailbox stops it for all.)"""
+        result = await self.session.execute(
+            text(
+                """
+                SELECT EXISTS (
+                    SELECT 1 FROM subscriptions s JOIN mailboxes m ON m.id = s.mailbox_id
+                     WHERE s.channel = :channel AND s.status = 'active'
+                       AND s.mailbox_id <> :id AND m.status <> :disconnected)
+                """
+            ),
+            {
+                "channel": channel,
+                "id": mailbox_id,
+                "disconnected": MailboxStatus.DISCONNECTED.value,
+            },
+        )
+        return bool(result.scalar_one())
 
     async def delete_for_mailbox(self, mailbox_id: uuid.UUID) -> None:
         await self.session.execute(

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote, urlencode
@@ -22,6 +23,7 @@ import httpx
 import orjson
 
 from app.config import Settings
+from app.metrics import PROVIDER_REQUESTS
 from app.providers.base import ProviderError, SyncContext, ThrottledError, TransientError
 from app.providers.gmail.batch import decode_batch, encode_batch
 from app.providers.gmail.errors import MessageNotFound, classify, is_retryable
@@ -115,7 +117,9 @@ class GmailClient:
                     headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
                 )
             except httpx.HTTPError as exc:
+                PROVIDER_REQUESTS.labels("google", "error").inc()
                 raise TransientError(f"Gmail {operation}: {type(exc).__name__}") from exc
+        PROVIDER_REQUESTS.labels("google", str(response.status_code)).inc()
         if response.is_success:
             parsed: JSON | None = orjson.loads(response.content) if response.content else None
             return parsed
@@ -133,6 +137,9 @@ class GmailClient:
     async def _back_off(self, ctx: SyncContext, error: ProviderError, attempt: int) -> None:
         assert isinstance(error, TransientError)
         delay = self._delay(error, attempt)
+        if ctx.max_wait is not None and delay > ctx.max_wait:
+            # Someone is waiting for this answer: say how long instead of making them wait.
+            raise ThrottledError(str(error), retry_after=delay) from error
         if isinstance(error, ThrottledError):
             # Every worker of this mailbox stops, not only this coroutine.
             await ctx.gate.pause(delay)
@@ -177,12 +184,23 @@ class GmailClient:
     async def list_labels(self, ctx: SyncContext) -> JSON:
         return await self._json(ctx, "users.labels.list", "GET", "labels")
 
+    async def get_label(self, ctx: SyncContext, label_id: str) -> JSON:
+        # Only labels.get carries a label's counts; labels.list leaves them out.
+        return await self._json(ctx, "users.labels.get", "GET", f"labels/{quote(label_id)}")
+
     async def list_messages(
-        self, ctx: SyncContext, *, page_token: str | None, max_results: int, q: str | None = None
+        self,
+        ctx: SyncContext,
+        *,
+        page_token: str | None,
+        max_results: int,
+        label_ids: Sequence[str] = (),
+        q: str | None = None,
     ) -> JSON:
         # includeSpamTrash: the copy holds every message with its labels, so a message
         # moving to Trash (a label change in history) is an update, not a disappearance.
         params = [("maxResults", str(max_results)), ("includeSpamTrash", "true")]
+        params += [("labelIds", label_id) for label_id in label_ids]
         if q:
             params.append(("q", q))
         if page_token:
@@ -204,11 +222,57 @@ class GmailClient:
     async def stop(self, ctx: SyncContext) -> None:
         await self._call(ctx, "users.stop", "POST", "stop")
 
+    async def get_message(self, ctx: SyncContext, message_id: str, fmt: str = "full") -> JSON:
+        """One message; MessageNotFound when Gmail no longer has it."""
+        path = f"messages/{quote(message_id, safe='')}"
+        return await self._json(ctx, "users.messages.get", "GET", path, [("format", fmt)])
+
+    async def get_attachment(self, ctx: SyncContext, message_id: str, attachment_id: str) -> JSON:
+        """`{"size", "data"}` in one piece: for bodies Gmail sent by id, not for files."""
+        path = f"messages/{quote(message_id, safe='')}/attachments/{quote(attachment_id, safe='')}"
+        return await self._json(ctx, "users.messages.attachments.get", "GET", path)
+
+    @asynccontextmanager
+    async def stream_attachment(
+        self, ctx: SyncContext, message_id: str, attachment_id: str
+    ) -> AsyncIterator[httpx.Response]:
+        """attachments.get with the response body left unread, for incremental decoding."""
+        operation = "users.messages.attachments.get"
+        path = f"messages/{quote(message_id, safe='')}/attachments/{quote(attachment_id, safe='')}"
+        async with ctx.gate.request(cost=QUOTA_UNITS[operation]):
+            token = await ctx.access_token()
+            request = self._http.build_request(
+                "GET",
+                self._url(path),
+                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            )
+            try:
+                response = await self._http.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                raise TransientError(f"Gmail {operation}: {type(exc).__name__}") from exc
+            try:
+                if not response.is_success:
+                    body = await response.aread()
+                    raise classify(
+                        response.status_code, response.headers, body, operation=operation
+                    )
+                yield response
+            finally:
+                await response.aclose()
+
     async def get_messages(
-        self, ctx: SyncContext, ids: Sequence[str], metadata_headers: Sequence[str]
+        self,
+        ctx: SyncContext,
+        ids: Sequence[str],
+        metadata_headers: Sequence[str] = (),
+        *,
+        fmt: str = "metadata",
     ) -> dict[str, JSON | None]:
-        """format=metadata for each id; None for ids Gmail no longer has."""
-        params = [("format", "metadata"), *(("metadataHeaders", h) for h in metadata_headers)]
+        """`fmt` (metadata: only `metadata_headers`) for each id; None for ids Gmail no
+        longer has."""
+        params = [("format", fmt)]
+        if fmt == "metadata":
+            params += [("metadataHeaders", h) for h in metadata_headers]
         unique = list(dict.fromkeys(ids))
         if not unique:
             return {}
@@ -293,8 +357,10 @@ class GmailClient:
                     headers={"Authorization": f"Bearer {token}", "Content-Type": content_type},
                 )
             except httpx.HTTPError as exc:
+                PROVIDER_REQUESTS.labels("google", "error").inc()
                 error = TransientError(f"Gmail batch: {type(exc).__name__}")
                 return _BatchOutcome(retry=list(chunk), error=error)
+        PROVIDER_REQUESTS.labels("google", str(response.status_code)).inc()
         if not response.is_success:
             failure = classify(
                 response.status_code, response.headers, response.content, operation="batch"

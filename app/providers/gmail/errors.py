@@ -18,6 +18,7 @@ from app.providers.base import (
     AccessTokenRejected,
     AuthExpiredError,
     CursorInvalidError,
+    MessageGone,
     PermanentError,
     ProviderError,
     ThrottledError,
@@ -29,7 +30,7 @@ RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
 _RETRY_AFTER_IN_MESSAGE = re.compile(r"Retry after (\d{4}-\d\d-\d\dT[0-9:.]+(?:Z|[+-]\d\d:\d\d))")
 
 
-class MessageNotFound(PermanentError):
+class MessageNotFound(MessageGone):
     """A message id Gmail no longer knows (deleted since it was listed)."""
 
 

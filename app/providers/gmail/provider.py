@@ -14,7 +14,9 @@ A sync starts with a full enumeration and then reads history:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,14 +25,21 @@ import httpx
 from app.config import Settings
 from app.providers.base import (
     Account,
+    AttachmentContent,
+    AttachmentInfo,
+    BodyFormat,
     Cursor,
     CursorInvalidError,
     LabelChange,
     MessageBatch,
+    MessageBody,
+    MessageGone,
     Page,
     PermanentError,
+    ProviderCounts,
     ProviderLimits,
     ProviderName,
+    ScopeCount,
     SearchPage,
     SearchWindow,
     StreamInfo,
@@ -38,17 +47,23 @@ from app.providers.base import (
     SyncContext,
     TokenSet,
 )
-from app.providers.gmail.client import FetchStrategy, GmailClient, RetryPolicy
+from app.providers.bodies import html_to_text, text_to_html
+from app.providers.gmail import mime
+from app.providers.gmail.attachment_stream import decoded_chunks
+from app.providers.gmail.client import JSON, FetchStrategy, GmailClient, RetryPolicy
 from app.providers.gmail.cursor import GmailCursor
 from app.providers.gmail.history import fold_history
-from app.providers.gmail.labels import LabelCache
-from app.providers.gmail.mapper import METADATA_HEADERS, label_names, to_normalized
+from app.providers.gmail.labels import LabelCache, is_user_label
+from app.providers.gmail.mapper import label_names, to_normalized
 from app.providers.gmail.oauth import refresh_access_token
 from app.providers.gmail.search import search_page
 
 STREAM_KEY = "mailbox"
 LIST_PAGE_SIZE = 500
 HISTORY_PAGE_SIZE = 500
+# A repair by listing holds every id of the scope in memory on both sides of the diff;
+# past this many, enumerating the mailbox again is the cheaper way to be sure.
+LIST_REPAIR_MAX = 200_000
 
 
 class GmailProvider:
@@ -176,7 +191,9 @@ class GmailProvider:
         """Normalized metadata of `ids`, in order, without the ones deleted meanwhile."""
         if not ids:
             return MessageBatch()
-        found = await self._client.get_messages(ctx, ids, METADATA_HEADERS)
+        # format=full: the MIME tree is the only place Gmail says whether a message has
+        # attachments (metadata has no parts). Same quota cost, larger answers.
+        found = await self._client.get_messages(ctx, ids, fmt="full")
         messages = [m for i in ids if (m := found.get(i)) is not None]
         label_ids = {label for m in messages for label in m.get("labelIds") or ()}
         names = await self._labels.names(ctx, label_ids)
@@ -193,6 +210,145 @@ class GmailProvider:
         listing = await self._client.list_messages(ctx, page_token=None, max_results=limit)
         ids = [m["id"] for m in listing.get("messages") or ()]
         return {STREAM_KEY: await self._fetch(ctx, ids)}
+
+    # -- reading on demand -----------------------------------------------------------
+
+    async def _full(self, ctx: SyncContext, message_id: str) -> JSON:
+        return await self._client.get_message(ctx, message_id, "full")
+
+    async def _part_text(self, ctx: SyncContext, message_id: str, part: mime.Part) -> str:
+        text = part.text()
+        if text is not None:
+            return text
+        if part.attachment_id is None:
+            return ""
+        # Gmail sends a large body by id, like a file.
+        answer = await self._client.get_attachment(ctx, message_id, part.attachment_id)
+        data = answer.get("data")
+        raw = mime.decode_data(data) if isinstance(data, str) else b""
+        return mime.decode_text(raw, part.charset)
+
+    async def fetch_body(
+        self, ctx: SyncContext, provider_message_id: str, fmt: BodyFormat
+    ) -> MessageBody:
+        message = await self._full(ctx, provider_message_id)
+        payload = message.get("payload") or {}
+        text_part, html_part = mime.body_parts(payload)
+        if fmt == "html":
+            if html_part is not None:
+                html = await self._part_text(ctx, provider_message_id, html_part)
+            else:
+                plain = (
+                    await self._part_text(ctx, provider_message_id, text_part) if text_part else ""
+                )
+                html = text_to_html(plain)
+            return MessageBody("html", html, mime.attachments(payload, html))
+        if text_part is not None:
+            return MessageBody("text", await self._part_text(ctx, provider_message_id, text_part))
+        html = await self._part_text(ctx, provider_message_id, html_part) if html_part else ""
+        return MessageBody("text", html_to_text(html))
+
+    async def list_attachments(
+        self, ctx: SyncContext, provider_message_id: str
+    ) -> Sequence[AttachmentInfo]:
+        message = await self._full(ctx, provider_message_id)
+        return mime.attachments(message.get("payload") or {})
+
+    @asynccontextmanager
+    async def open_attachment(
+        self, ctx: SyncContext, provider_message_id: str, attachment_id: str
+    ) -> AsyncIterator[AttachmentContent]:
+        # Our attachment id is the part id; Gmail's own attachmentId changes with every
+        # messages.get, so the current one is read from the message first.
+        message = await self._full(ctx, provider_message_id)
+        payload = message.get("payload") or {}
+        part = mime.find_part(payload, attachment_id)
+        info = next(
+            (a for a in mime.attachments(payload) if a.attachment_id == attachment_id), None
+        )
+        if part is None or info is None:
+            raise MessageGone(f"Gmail message has no attachment {attachment_id!r}")
+        data = part.body.get("data")
+        if isinstance(data, str):
+            yield AttachmentContent(info, _one(mime.decode_data(data)))
+            return
+        if part.attachment_id is None:
+            raise MessageGone(f"Gmail sent no content for attachment {attachment_id!r}")
+        async with self._client.stream_attachment(
+            ctx, provider_message_id, part.attachment_id
+        ) as response:
+            yield AttachmentContent(info, decoded_chunks(response.aiter_bytes()))
+
+    # -- completion monitor ------------------------------------------------------------
+
+    async def counts(self, ctx: SyncContext, streams: Sequence[StreamInfo]) -> ProviderCounts:
+        """The profile's messagesTotal and every label's messagesTotal/messagesUnread (only
+        labels.get carries them): about twenty quota units. The profile is read again at the
+        end; a history id that moved means the mailbox changed while it was counted."""
+        before = await self._client.get_profile(ctx)
+        listing = await self._client.list_labels(ctx)
+        label_ids = [
+            str(label["id"])
+            for label in listing.get("labels") or ()
+            if isinstance(label, dict) and label.get("id")
+        ]
+        labels = await asyncio.gather(*(self._client.get_label(ctx, i) for i in label_ids))
+        after = await self._client.get_profile(ctx)
+        total = int(before.get("messagesTotal") or 0)
+        scopes = [
+            ScopeCount(
+                kind="stream",
+                key=STREAM_KEY,
+                total=total,
+                unread=None,
+                repair="list" if total <= LIST_REPAIR_MAX else "restart",
+                stream=STREAM_KEY,
+            )
+        ]
+        for label in labels:
+            label_id = str(label.get("id") or "")
+            if not label_id:
+                continue
+            # The store writes user labels by name, system labels by id (see the mapper).
+            key = str(label.get("name") or label_id) if is_user_label(label_id) else label_id
+            label_total = int(label.get("messagesTotal") or 0)
+            scopes.append(
+                ScopeCount(
+                    kind="label",
+                    key=key,
+                    total=label_total,
+                    unread=int(label.get("messagesUnread") or 0),
+                    repair="list" if label_total <= LIST_REPAIR_MAX else "restart",
+                    stream=STREAM_KEY,
+                    ref=label_id,
+                )
+            )
+        stable = str(before.get("historyId")) == str(after.get("historyId"))
+        return ProviderCounts(scopes=scopes, stable=stable)
+
+    async def scope_ids(
+        self, ctx: SyncContext, scope: ScopeCount, *, unread_only: bool = False
+    ) -> list[str]:
+        """messages.list, 500 ids (5 quota units) a page, Spam and Trash included like the
+        full sync; a label's listing filters on its id (and UNREAD for its unread ones)."""
+        label_ids = [scope.ref] if scope.kind == "label" and scope.ref else []
+        if unread_only and "UNREAD" not in label_ids:
+            label_ids.append("UNREAD")
+        ids: list[str] = []
+        page_token: str | None = None
+        while True:
+            listing = await self._client.list_messages(
+                ctx, page_token=page_token, max_results=LIST_PAGE_SIZE, label_ids=label_ids
+            )
+            ids.extend(str(m["id"]) for m in listing.get("messages") or ())
+            page_token = listing.get("nextPageToken")
+            if not page_token:
+                return list(dict.fromkeys(ids))
+
+    async def get_messages(
+        self, ctx: SyncContext, stream: StreamInfo, ids: Sequence[str]
+    ) -> MessageBatch:
+        return await self._fetch(ctx, ids)
 
     # -- case mail (app/providers/gmail/search.py) ----------------------------------
 
@@ -221,10 +377,13 @@ class GmailProvider:
         response = await self._client.watch(ctx, topic)
         email = ctx.account.email or str((await self._client.get_profile(ctx))["emailAddress"])
         return Subscription(
-            subscription_id=f"watch:{email}",
+            # Our bookkeeping is per mailbox; the watch itself is per address at Google, so
+            # every mailbox of the address shares its channel.
+            subscription_id=f"watch:{email}:{ctx.account.mailbox_id}",
             expires_at=datetime.fromtimestamp(int(response["expiration"]) / 1000, UTC),
             resource=topic,
             extra={"history_id": str(response["historyId"])},
+            channel=f"gmail-watch:{email.lower()}",
         )
 
     async def subscribe(self, ctx: SyncContext) -> Subscription | None:
@@ -242,3 +401,7 @@ class GmailProvider:
 
     async def unsubscribe(self, ctx: SyncContext, subscription: Subscription) -> None:
         await self._client.stop(ctx)
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data

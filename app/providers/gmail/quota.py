@@ -8,8 +8,10 @@ from __future__ import annotations
 QUOTA_UNITS: dict[str, int] = {
     "users.getProfile": 1,
     "users.labels.list": 1,
+    "users.labels.get": 1,
     "users.messages.list": 5,
     "users.messages.get": 5,
+    "users.messages.attachments.get": 5,
     "users.history.list": 2,
     "users.watch": 100,
     "users.stop": 50,

@@ -6,11 +6,14 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
+from app.metrics import PROVIDER_REQUESTS
 from app.providers.base import SyncContext, ThrottledError, TransientError
 from app.providers.outlook.errors import THROTTLE_STATUSES, error_for_response, parse_retry_after
 
@@ -72,33 +75,65 @@ class GraphClient:
                         method, url, params=params, json=json, headers=request_headers
                     )
             except httpx.HTTPError as exc:
+                PROVIDER_REQUESTS.labels("microsoft", "error").inc()
                 raise TransientError(f"Graph request failed: {type(exc).__name__}") from exc
+            PROVIDER_REQUESTS.labels("microsoft", str(response.status_code)).inc()
             if response.is_success or response.status_code in accept:
                 return response
             if response.status_code not in THROTTLE_STATUSES:
-                raise error_for_response(response)
+                raise error_for_response(response, app_only=ctx.account.auth_mode == "application")
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             attempt += 1
+            max_wait = self._max_inline_wait
+            if ctx.max_wait is not None:
+                max_wait = min(max_wait, ctx.max_wait)
             if retry_after is not None:
                 # Everyone sharing this mailbox's limit waits, not just this worker.
                 started = time.monotonic()
                 await ctx.gate.pause(retry_after)
-                if attempt > self._max_retries or retry_after > self._max_inline_wait:
+                if attempt > self._max_retries or retry_after > max_wait:
                     raise error_for_response(response)
                 remaining = retry_after - (time.monotonic() - started)
                 if remaining > 0:
                     await asyncio.sleep(remaining)
             else:
-                if attempt > self._max_retries:
+                delay = self._backoff(attempt)
+                if attempt > self._max_retries or delay > max_wait:
                     raise ThrottledError(
-                        f"Graph kept throttling ({response.status_code})",
-                        retry_after=self._backoff(attempt),
+                        f"Graph kept throttling ({response.status_code})", retry_after=delay
                     )
-                await asyncio.sleep(self._backoff(attempt))
+                await asyncio.sleep(delay)
             log.info(
                 "graph %s throttled (%s), retry %d/%d",
                 method, response.status_code, attempt, self._max_retries,
             )  # fmt: skip
+
+    @asynccontextmanager
+    async def stream(
+        self, ctx: SyncContext, path_or_link: str, *, headers: dict[str, str] | None = None
+    ) -> AsyncIterator[httpx.Response]:
+        """A GET whose body is read by the caller as it arrives (attachments' `$value`).
+
+        The mailbox's concurrency slot is held until the caller is done with the body:
+        Graph counts the request as in flight until then.
+        """
+        url = self.url(path_or_link)
+        token = await ctx.access_token()
+        async with ctx.gate.request():
+            request = self._http.build_request(
+                "GET", url, headers={"Authorization": f"Bearer {token}", **(headers or {})}
+            )
+            try:
+                response = await self._http.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                raise TransientError(f"Graph request failed: {type(exc).__name__}") from exc
+            try:
+                if not response.is_success:
+                    await response.aread()
+                    raise error_for_response(response)
+                yield response
+            finally:
+                await response.aclose()
 
     def _backoff(self, attempt: int) -> float:
         # Full jitter: workers throttled together do not come back together.

@@ -8,6 +8,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 
 from app.providers.base import (
+    AccessDenied,
     AccessTokenRejected,
     CursorInvalidError,
     PermanentError,
@@ -20,6 +21,17 @@ from app.providers.base import (
 THROTTLE_STATUSES = frozenset({429, 503, 504})
 # Delta-query state errors: the token is dead, start the round again without it.
 CURSOR_INVALID_CODES = frozenset({"syncstatenotfound", "resyncrequired", "syncstateinvalid"})
+# What Graph answers an app-only token whose application may not read the mailbox: its
+# admin consent was withdrawn (a token minted since carries no Mail.Read role), or an
+# application access policy leaves the mailbox out.
+ACCESS_DENIED_CODES = frozenset(
+    {"erroraccessdenied", "accessdenied", "authorization_requestdenied"}
+)
+APP_ACCESS_DENIED = (
+    "Graph refused the application access to this mailbox ({code}): the tenant's admin "
+    "consent to Mail.Read was withdrawn, or an application access policy leaves the mailbox "
+    "out; a tenant administrator must grant it again, then reconnect the mailbox"
+)
 
 
 class GraphRequestError(PermanentError):
@@ -62,11 +74,13 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (moment - datetime.now(UTC)).total_seconds())
 
 
-def error_for_response(response: httpx.Response) -> ProviderError:
+def error_for_response(response: httpx.Response, *, app_only: bool = False) -> ProviderError:
     status = response.status_code
     code, message = graph_error_detail(response)
     if status == 401:
         return AccessTokenRejected(f"Graph rejected the access token ({code or 401})")
+    if status == 403 and app_only and (code or "").lower() in ACCESS_DENIED_CODES:
+        return AccessDenied(APP_ACCESS_DENIED.format(code=f"403 {code}"))
     if status == 410 or (code or "").lower() in CURSOR_INVALID_CODES:
         return CursorInvalidError(f"Graph delta state is gone ({code or status}): {message}")
     if status in THROTTLE_STATUSES:

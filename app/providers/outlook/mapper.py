@@ -2,9 +2,10 @@
 
 A delta page is decoded straight into typed structs (msgspec): no dict per message and
 nothing for the garbage collector to track, about twice as fast as parsing to dicts and
-reading them back. Graph's schema says what each property holds; should a page ever
-disagree, it is read again by the tolerant dict reader below, which skips what it cannot
-use, so one odd value never stalls a folder.
+reading them back. Graph's schema says what each property holds; should an item ever
+disagree (a boolean sent as a string), that item alone is read by the tolerant dict reader
+below, which skips what it cannot use: one odd value never stalls a folder, never slows
+the rest of its page and never changes how the other items read.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ MESSAGE_SELECT = ",".join(
     (
         "conversationId", "internetMessageId", "subject", "from", "sender", "toRecipients",
         "ccRecipients", "bccRecipients", "bodyPreview", "receivedDateTime", "isRead",
-        "hasAttachments", "categories", "isDraft",
+        "hasAttachments", "categories", "isDraft", "sentDateTime", "importance", "flag",
     )
 )  # fmt: skip
 FOLDER_SELECT = "id,displayName,parentFolderId,childFolderCount,totalItemCount"
@@ -44,30 +45,51 @@ def folder_labels(display_name: str, well_known_label: str | None) -> tuple[str,
     return (well_known_label,) if well_known_label else (display_name,)
 
 
-def _addresses(recipients: Any) -> list[str]:
-    if recipients.__class__ is not list:
-        return []
+def _people(recipients: Any) -> tuple[list[str], list[str]]:
+    """(addresses, display names) of a recipient list; a recipient without an address is
+    skipped, one without a name gets ""."""
     addresses: list[str] = []
+    names: list[str] = []
+    if recipients.__class__ is not list:
+        return addresses, names
     for recipient in recipients:
         try:
-            address = recipient["emailAddress"]["address"]
+            email = recipient["emailAddress"]
+            address = email["address"]
         except (KeyError, TypeError):
             continue
         if address.__class__ is str and (address := address.strip()):
             addresses.append(address.lower())
-    return addresses
+            name = email.get("name")
+            names.append(name.strip() if name.__class__ is str else "")
+    return addresses, names
 
 
-def _sender(item: dict[str, Any]) -> str | None:
-    # `from` is who the message says it is from; drafts may only have `sender`.
+def _sender(item: dict[str, Any]) -> tuple[str | None, str | None]:
+    # `from` is who the message says it is from; drafts may only have `sender`, and a
+    # draft or an API-created item may have neither (absent or null).
     for key in ("from", "sender"):
         try:
-            address = item[key]["emailAddress"]["address"]
+            email = item[key]["emailAddress"]
+            address = email["address"]
         except (KeyError, TypeError):
             continue
         if address.__class__ is str and (address := address.strip()):
-            return str(address.lower())
-    return None
+            name = email.get("name")
+            return address.lower(), (name.strip() or None) if name.__class__ is str else None
+    return None, None
+
+
+_IMPORTANCE = {"low": "low", "normal": "normal", "high": "high"}
+
+
+def _importance(value: Any) -> str | None:
+    return _IMPORTANCE.get(value.lower()) if value.__class__ is str else None
+
+
+def _flagged(flag: Any) -> bool:
+    # "complete" is a flag the user has cleared by finishing it.
+    return flag.__class__ is dict and flag.get("flagStatus") == "flagged"
 
 
 def parse_datetime(value: Any) -> datetime | None:
@@ -119,16 +141,20 @@ def read_delta_items(
             continue
         get = item.get
         is_read = get("isRead") is True
+        from_address, from_name = _sender(item)
+        to, to_names = _people(get("toRecipients"))
+        cc, cc_names = _people(get("ccRecipients"))
+        bcc, bcc_names = _people(get("bccRecipients"))
         batch.append(
             NormalizedMessage(
                 provider_message_id=str(item["id"]),
                 thread_id=_text(get("conversationId")),
                 internet_message_id=_text(get("internetMessageId")),
                 subject=_text(get("subject")),
-                from_=_sender(item),
-                to=_addresses(get("toRecipients")),
-                cc=_addresses(get("ccRecipients")),
-                bcc=_addresses(get("bccRecipients")),
+                from_=from_address,
+                to=to,
+                cc=cc,
+                bcc=bcc,
                 snippet=_text(get("bodyPreview")),
                 received_at=parse_datetime(get("receivedDateTime")),
                 labels=_labels(
@@ -136,6 +162,13 @@ def read_delta_items(
                 ),
                 is_read=is_read,
                 has_attachments=get("hasAttachments") is True,
+                from_name=from_name,
+                to_names=to_names,
+                cc_names=cc_names,
+                bcc_names=bcc_names,
+                sent_at=parse_datetime(get("sentDateTime")),
+                importance=_importance(get("importance")),
+                flagged=_flagged(get("flag")),
             )
         )
     return batch, deletes
@@ -149,7 +182,12 @@ def _text(value: Any) -> str | None:
 
 
 class _EmailAddress(msgspec.Struct, gc=False):
+    name: str | None = None
     address: str | None = None
+
+
+class _Flag(msgspec.Struct, gc=False):
+    flagStatus: str | None = None
 
 
 class _Recipient(msgspec.Struct, gc=False):
@@ -175,6 +213,9 @@ class _Message(msgspec.Struct, gc=False):
     categories: list[str] | None = None
     isDraft: bool | None = None
     parentFolderId: str | None = None
+    sentDateTime: datetime | None = None
+    importance: str | None = None
+    flag: _Flag | None = None
 
 
 class _Collection(msgspec.Struct, gc=False):
@@ -183,7 +224,15 @@ class _Collection(msgspec.Struct, gc=False):
     delta_link: str | None = msgspec.field(default=None, name="@odata.deltaLink")
 
 
+class _RawCollection(msgspec.Struct, gc=False):
+    value: list[msgspec.Raw] = []
+    next_link: str | None = msgspec.field(default=None, name="@odata.nextLink")
+    delta_link: str | None = msgspec.field(default=None, name="@odata.deltaLink")
+
+
 _decode_collection = msgspec.json.Decoder(_Collection).decode
+_decode_raw_collection = msgspec.json.Decoder(_RawCollection).decode
+_decode_message = msgspec.json.Decoder(_Message).decode
 
 
 class MalformedPage(ValueError):
@@ -194,42 +243,81 @@ class MalformedPage(ValueError):
 class MessagePage:
     """A decoded message collection: its messages, removals and links.
 
-    `messages` holds typed structs, or dicts when the page was read tolerantly.
+    `messages` holds typed structs; when `mixed`, some are dicts: the items that Graph's
+    schema did not describe, read one by one by the tolerant reader.
     """
 
     messages: list[Any]
     next_link: Any = None
     delta_link: Any = None
-    tolerant: bool = False
+    mixed: bool = False
+
+    @property
+    def tolerant_items(self) -> int:
+        return sum(1 for m in self.messages if m.__class__ is dict) if self.mixed else 0
 
     def read(self, stream_labels: tuple[str, ...]) -> tuple[MessageBatch, list[str]]:
-        if self.tolerant:
-            return read_delta_items(self.messages, stream_labels)
-        return _read_typed(self.messages, stream_labels)
+        if not self.mixed:
+            return _read_typed(self.messages, stream_labels)
+        # Runs of each kind, in page order (a page may repeat a message: the last one wins).
+        batch, deletes = MessageBatch(), []
+        run: list[Any] = []
+        for message in [*self.messages, None]:
+            if run and (
+                message is None or (message.__class__ is dict) != (run[0].__class__ is dict)
+            ):
+                reader = read_delta_items if run[0].__class__ is dict else _read_typed
+                part, gone = reader(run, stream_labels)
+                batch.extend(part)
+                deletes += gone
+                run = []
+            if message is not None:
+                run.append(message)
+        return batch, deletes
 
     def by_folder(self) -> dict[str | None, MessagePage]:
         """The messages grouped by `parentFolderId` (a mailbox-wide listing)."""
         groups: dict[str | None, list[Any]] = {}
         for message in self.messages:
-            if self.tolerant:
-                folder = message.get("parentFolderId") if isinstance(message, dict) else None
+            if message.__class__ is dict:
+                folder = message.get("parentFolderId")
             else:
                 folder = message.parentFolderId
             groups.setdefault(folder if isinstance(folder, str) else None, []).append(message)
-        return {
-            folder: MessagePage(items, tolerant=self.tolerant) for folder, items in groups.items()
-        }
+        return {folder: MessagePage(items, mixed=self.mixed) for folder, items in groups.items()}
 
 
 def decode_messages(content: bytes) -> MessagePage:
-    """A Graph message collection (delta page or listing) → messages and links."""
+    """A Graph message collection (delta page or listing) → messages and links.
+
+    One typed decode of the whole page is the fast path. Should one item fall outside
+    Graph's schema (a boolean sent as a string, say), only that item is read tolerantly:
+    the rest of the page is still decoded into structs and reads exactly as it would have.
+    """
     try:
         page = _decode_collection(content)
         return MessagePage(page.value, page.next_link, page.delta_link)
     except msgspec.ValidationError:
-        pass  # valid JSON that Graph's schema does not describe: read it tolerantly
+        pass
     except msgspec.DecodeError as exc:
         raise MalformedPage("not JSON") from exc
+    try:
+        raw = _decode_raw_collection(content)
+    except msgspec.ValidationError:
+        return _decode_tolerantly(content)
+    messages: list[Any] = []
+    for item in raw.value:
+        try:
+            messages.append(_decode_message(item))
+        except msgspec.ValidationError:
+            loaded = msgspec.json.decode(item)
+            if isinstance(loaded, dict):
+                messages.append(loaded)
+    return MessagePage(messages, raw.next_link, raw.delta_link, mixed=True)
+
+
+def _decode_tolerantly(content: bytes) -> MessagePage:
+    """The page's envelope itself is odd (links that are not strings...): every item as a dict."""
     try:
         body = orjson.loads(content)
     except orjson.JSONDecodeError as exc:
@@ -237,32 +325,37 @@ def decode_messages(content: bytes) -> MessagePage:
     if not isinstance(body, dict):
         raise MalformedPage("not a JSON object")
     value = body.get("value")
-    return MessagePage(
-        value if isinstance(value, list) else [],
-        body.get("@odata.nextLink"),
-        body.get("@odata.deltaLink"),
-        tolerant=True,
-    )
+    items = [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+    return MessagePage(items, body.get("@odata.nextLink"), body.get("@odata.deltaLink"), mixed=True)
 
 
-def _first_address(*recipients: _Recipient | None) -> str | None:
-    for recipient in recipients:
+_NOBODY: tuple[str | None, str | None] = (None, None)
+
+
+def _first_person(
+    first: _Recipient | None, second: _Recipient | None
+) -> tuple[str | None, str | None]:
+    for recipient in (first, second):
         if recipient is not None and (email := recipient.emailAddress) is not None:
             address = email.address
             if address and (address := address.strip()):
-                return address.lower()
-    return None
+                name = email.name
+                return address.lower(), (name.strip() or None) if name else None
+    return _NOBODY
 
 
-def _typed_addresses(recipients: list[_Recipient] | None) -> list[str]:
+def _typed_people(recipients: list[_Recipient] | None) -> tuple[list[str], list[str]]:
     addresses: list[str] = []
+    names: list[str] = []
     if recipients:
         for recipient in recipients:
             if (email := recipient.emailAddress) is not None:
                 address = email.address
                 if address and (address := address.strip()):
                     addresses.append(address.lower())
-    return addresses
+                    name = email.name
+                    names.append(name.strip() if name else "")
+    return addresses, names
 
 
 def _read_typed(
@@ -273,15 +366,20 @@ def _read_typed(
     deletes = [message.id for message in messages if message.removed is not None]
     base_labels = list(stream_labels)
     draft_label = "DRAFT" not in base_labels
+    senders = [_first_person(m.from_, m.sender) for m in kept]
+    to = [_typed_people(m.toRecipients) for m in kept]
+    cc = [_typed_people(m.ccRecipients) for m in kept]
+    bcc = [_typed_people(m.bccRecipients) for m in kept]
+    importance = _IMPORTANCE.get
     batch = MessageBatch(
         provider_message_id=[m.id for m in kept],
         thread_id=[m.conversationId for m in kept],
         internet_message_id=[m.internetMessageId for m in kept],
         subject=[m.subject for m in kept],
-        from_=[_first_address(m.from_, m.sender) for m in kept],
-        to=[_typed_addresses(m.toRecipients) for m in kept],
-        cc=[_typed_addresses(m.ccRecipients) for m in kept],
-        bcc=[_typed_addresses(m.bccRecipients) for m in kept],
+        from_=[s[0] for s in senders],
+        to=[p[0] for p in to],
+        cc=[p[0] for p in cc],
+        bcc=[p[0] for p in bcc],
         snippet=[m.bodyPreview for m in kept],
         received_at=[_utc(m.receivedDateTime) for m in kept],
         labels=[
@@ -290,6 +388,16 @@ def _read_typed(
         ],
         is_read=[m.isRead is True for m in kept],
         has_attachments=[m.hasAttachments is True for m in kept],
+        from_name=[s[1] for s in senders],
+        to_names=[p[1] for p in to],
+        cc_names=[p[1] for p in cc],
+        bcc_names=[p[1] for p in bcc],
+        sent_at=[_utc(m.sentDateTime) for m in kept],
+        in_reply_to=[None] * len(kept),
+        references=[[] for _ in kept],
+        size=[None] * len(kept),
+        importance=[importance(m.importance.lower()) if m.importance else None for m in kept],
+        flagged=[m.flag is not None and m.flag.flagStatus == "flagged" for m in kept],
     )
     return batch, deletes
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.simulator.app import Simulator
 from app.simulator.contacts import PlantedContact
+from app.simulator.content import custom_content
 from app.simulator.google.mailbox import MAX_MESSAGES, Change
 from app.simulator.google.push import PushConfig
 from app.simulator.google.render import ground_truth_entry
@@ -47,6 +48,10 @@ class AddMessages(BaseModel):
     has_attachments: bool = False
     # Put the new message in this message's thread, as a reply.
     reply_to: str | None = None
+    # Content of its own (tests): bodies and attachments (then has_attachments follows them).
+    text: str | None = None
+    html: str | None = None
+    attachments: list[dict[str, Any]] | None = None
 
 
 class MessageIds(BaseModel):
@@ -176,6 +181,17 @@ def control_router(sim: Simulator, state: GoogleState) -> APIRouter:
         labels = check_labels(account, body.label_ids)
         if body.reply_to is not None and not account.mailbox.exists(body.reply_to):
             raise HTTPException(400, f"reply_to {body.reply_to} does not exist")
+        content = None
+        if body.text is not None or body.html is not None or body.attachments is not None:
+            try:
+                content = custom_content(
+                    len(account.mailbox.added) + 1,
+                    text=body.text,
+                    body_html=body.html,
+                    attachments=list(body.attachments or ()),
+                )
+            except ValueError as exc:
+                raise HTTPException(422, str(exc)) from exc
         added, changes = [], []
         for n in range(body.count):
             view, change = account.mailbox.add_message(
@@ -187,6 +203,7 @@ def control_router(sim: Simulator, state: GoogleState) -> APIRouter:
                 snippet=body.snippet,
                 has_attachments=body.has_attachments,
                 reply_to=body.reply_to,
+                content=content,
             )
             added.append({"id": view.id, "threadId": view.thread_id, "labelIds": view.label_ids})
             changes.append(change)

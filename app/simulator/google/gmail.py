@@ -7,16 +7,18 @@ its documented quota units against the user's moving-average budget, then answer
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
 
 from app.simulator.app import Simulator
 from app.simulator.core import AccountCounters, Throttled
@@ -38,7 +40,12 @@ from app.simulator.google.mailbox import (
 )
 from app.simulator.google.query import QueryError, parse_query
 from app.simulator.google.quota import QUOTA_UNITS
-from app.simulator.google.render import FORMATS, message_resource
+from app.simulator.google.render import (
+    FORMATS,
+    find_attachment,
+    message_resource,
+    parse_attachment_id,
+)
 from app.simulator.google.state import GoogleAccount, GoogleState
 
 JSON_TYPE = "application/json; charset=UTF-8"
@@ -212,6 +219,7 @@ class GmailApi:
                 self.sim.core.told_to_wait(account.counter_key, wait)
                 raise user_rate_limited(_rfc3339(time.time() + wait), wait)
         counters.quota_units += cost
+        counters.methods[method_name] = counters.methods.get(method_name, 0) + 1
 
     # -- users -----------------------------------------------------------------------
 
@@ -241,13 +249,24 @@ class GmailApi:
     def _labels_get(
         self, account: GoogleAccount, params: dict[str, str], query: _Params, body: bytes
     ) -> ApiResponse:
+        # Only labels.get carries a label's counts (labels.list leaves them out), exact.
         label_id = params["id"]
+        mailbox = account.mailbox
         if label_id in SYSTEM_LABELS:
-            return ApiResponse(200, system_label_resource(label_id))
-        name = account.mailbox.user_labels.get(label_id)
-        if name is None:
-            raise not_found()
-        return ApiResponse(200, user_label_resource(label_id, name))
+            resource = system_label_resource(label_id)
+        else:
+            name = mailbox.user_labels.get(label_id)
+            if name is None:
+                raise not_found()
+            resource = user_label_resource(label_id, name)
+        counts = mailbox.label_counts(label_id)
+        resource.update(
+            messagesTotal=counts.messages_total,
+            messagesUnread=counts.messages_unread,
+            threadsTotal=counts.threads_total,
+            threadsUnread=counts.threads_unread,
+        )
+        return ApiResponse(200, resource)
 
     def _labels_create(
         self, account: GoogleAccount, params: dict[str, str], query: _Params, body: bytes
@@ -396,11 +415,60 @@ class GmailApi:
         return ApiResponse(204, None)
 
 
+_ATTACHMENT_PATH = re.compile(r"^/gmail/v1/users/([^/]+)/messages/([^/]+)/attachments/([^/]+)$")
+
+
+async def _attachment(api: GmailApi, request: Request, match: re.Match[str]) -> Response:
+    """users.messages.attachments.get: `{"size", "data"}`, the data base64url (padded),
+    streamed as it is encoded so a 50 MB file costs the simulator a chunk at a time."""
+    user, message_id, attachment_id = (unquote(g) for g in match.groups())
+    try:
+        account = api._authenticate(request.headers.get("authorization"), user)
+    except GmailApiError as error:
+        return Response(json.dumps(error.body()), error.code, error.headers, media_type=JSON_TYPE)
+    key = account.counter_key
+    counters = api.sim.core.counters.for_account(key)
+    try:
+        async with api.sim.core.admit(key):
+            api._spend(account, "users.messages.attachments.get", counters)
+            view = account.mailbox.view(message_id.lower())
+            parsed = parse_attachment_id(attachment_id)
+            if view is None or parsed is None or parsed[0] != view.id:
+                raise not_found()
+            spec = find_attachment(view, parsed[1])
+            if spec is None:
+                raise not_found()
+    except Throttled as throttled:
+        limited = rate_limited(throttled.status, throttled.retry_after)
+        return Response(
+            json.dumps(limited.body()), limited.code, limited.headers, media_type=JSON_TYPE
+        )
+    except GmailApiError as refused:
+        return Response(
+            json.dumps(refused.body()), refused.code, refused.headers, media_type=JSON_TYPE
+        )
+
+    def body() -> Iterator[bytes]:
+        yield b'{\n  "size": %d,\n  "data": "' % spec.size
+        pending = b""
+        for chunk in spec.chunks():
+            pending += chunk
+            usable = len(pending) - len(pending) % 3
+            yield base64.urlsafe_b64encode(pending[:usable])
+            pending = pending[usable:]
+        yield base64.urlsafe_b64encode(pending) + b'"\n}\n'
+
+    return StreamingResponse(body(), media_type=JSON_TYPE)
+
+
 def gmail_router(api: GmailApi) -> APIRouter:
     router = APIRouter(tags=["gmail"])
 
     @router.api_route("/gmail/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def gmail(request: Request, path: str) -> Response:
+        match = _ATTACHMENT_PATH.match(request.url.path)
+        if match is not None and request.method == "GET":
+            return await _attachment(api, request, match)
         response = await api.handle(
             ApiRequest(
                 method=request.method,

@@ -21,6 +21,7 @@ from typing import Any
 
 from app.simulator import corpus
 from app.simulator.contacts import PlantedContact, Planting
+from app.simulator.content import ContentSpec, custom_content, seeded_content
 from app.simulator.corpus import GeneratedMessage
 from app.simulator.google.labels import (
     SEEDED_USER_LABELS,
@@ -69,6 +70,8 @@ class MessageView:
     in_reply_to: str | None
     has_attachments: bool
     size_estimate: int
+    content: ContentSpec | None = None
+    from_name: str | None = None
 
     @property
     def date_header(self) -> str:
@@ -95,6 +98,7 @@ class AddedMessage:
     message_id: str
     in_reply_to: str | None
     has_attachments: bool
+    content: ContentSpec | None = None
 
 
 @dataclass(slots=True)
@@ -137,6 +141,15 @@ class HistoryRecord:
         if "labelRemoved" in wanted:
             record["labelsRemoved"] = [{"message": full, "labelIds": list(self.labels_removed)}]
         return record
+
+
+@dataclass(slots=True)
+class LabelCounts:
+    messages_total: int = 0
+    messages_unread: int = 0
+    threads_total: int = 0
+    # Threads with the label and at least one unread message carrying it.
+    threads_unread: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +233,7 @@ class Mailbox:
         self.watch: Watch | None = None
         self._threads_total: int | None = None
         self._estimates: dict[str, tuple[int, int]] = {}
+        self._label_counts: tuple[int, dict[str, LabelCounts]] | None = None
         # Seeded messages a planted correspondent takes part in (app/simulator/contacts.py).
         self.planting = Planting(email)
         self._planted: dict[int, GeneratedMessage] = {}
@@ -349,9 +363,9 @@ class Mailbox:
         to = m.to
         if self._seeded_bits(index) & SENT_BIT:  # the owner wrote it
             from_header, to = self.email, (m.from_address, *m.to[1:])
+        content = seeded_content(self.seed, index, m)
         size = 1800 + 4 * len(m.snippet) + (index * 37) % 3000
-        if m.has_attachments:
-            size += 40_000 + (index * 7919) % 200_000
+        size += sum(a.size * 4 // 3 for a in content.attachments)
         return MessageView(
             id=message_id,
             thread_id=self.seeded_id(root),
@@ -367,6 +381,7 @@ class Mailbox:
             in_reply_to=in_reply_to,
             has_attachments=m.has_attachments,
             size_estimate=size,
+            content=content,
         )
 
     def _added_view(self, added: AddedMessage) -> MessageView:
@@ -384,7 +399,10 @@ class Mailbox:
             message_id=added.message_id,
             in_reply_to=added.in_reply_to,
             has_attachments=added.has_attachments,
-            size_estimate=2000 + 4 * len(added.snippet) + (60_000 if added.has_attachments else 0),
+            size_estimate=2000
+            + 4 * len(added.snippet)
+            + sum(a.size * 4 // 3 for a in (added.content.attachments if added.content else ())),
+            content=added.content,
         )
 
     @property
@@ -428,6 +446,37 @@ class Mailbox:
         for address in addresses:
             found.update(self.planting.keys_between(address, 0, self.total))
         return sorted(found, reverse=True)
+
+    def label_counts(self, label_id: str) -> LabelCounts:
+        """Exact counts of messages and threads with `label_id`, as labels.get reports them.
+
+        Every live message is looked at once per state of the mailbox (the history id moves
+        with every change), so counting costs a scan after a change, never a guess."""
+        cached = self._label_counts
+        if cached is None or cached[0] != self.history_id:
+            counts: dict[str, LabelCounts] = {}
+            threads: dict[str, set[str]] = {}
+            unread_threads: dict[str, set[str]] = {}
+            for message_id, index, _ in self._live((1, self._added_seq + 1)):
+                labels = self.labels(message_id, index)
+                unread = "UNREAD" in labels
+                thread_id = (
+                    self._seeded_thread_id(index)
+                    if index is not None
+                    else self.added[message_id].thread_id
+                )
+                for label in labels:
+                    entry = counts.setdefault(label, LabelCounts())
+                    entry.messages_total += 1
+                    threads.setdefault(label, set()).add(thread_id)
+                    if unread:
+                        entry.messages_unread += 1
+                        unread_threads.setdefault(label, set()).add(thread_id)
+            for label, entry in counts.items():
+                entry.threads_total = len(threads.get(label, ()))
+                entry.threads_unread = len(unread_threads.get(label, ()))
+            cached = self._label_counts = (self.history_id, counts)
+        return cached[1].get(label_id, LabelCounts())
 
     def _live(self, position: tuple[int, int]) -> Iterator[tuple[str, int | None, tuple[int, int]]]:
         """(message id, seeded index or None, position after it), newest first from `position`.
@@ -597,6 +646,7 @@ class Mailbox:
         snippet: str,
         has_attachments: bool,
         reply_to: str | None,
+        content: ContentSpec | None = None,
     ) -> tuple[MessageView, Change]:
         parent = self.view(reply_to) if reply_to else None
         now_ms = int(time.time() * 1000)
@@ -619,7 +669,18 @@ class Mailbox:
             snippet=snippet,
             message_id=f"<{corpus.stable_id(self.email, message_id, 'mid')}@{mid_domain}>",
             in_reply_to=parent.message_id if parent else None,
-            has_attachments=has_attachments,
+            has_attachments=content.has_files if content is not None else has_attachments,
+            content=content
+            or custom_content(
+                self._added_seq,
+                text=snippet,
+                body_html=f"<div>{snippet}</div>",
+                attachments=(
+                    [{"name": "attachment.pdf", "content_type": "application/pdf", "size": 45_000}]
+                    if has_attachments
+                    else []
+                ),
+            ),
         )
         self.added[message_id] = added
         self._added_order.append(message_id)

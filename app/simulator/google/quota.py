@@ -21,6 +21,7 @@ QUOTA_UNITS: dict[str, int] = {
     "users.labels.patch": 5,
     "users.messages.list": 5,
     "users.messages.get": 5,
+    "users.messages.attachments.get": 5,
     "users.history.list": 2,
     "users.watch": 100,
     "users.stop": 50,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
+from app.simulator.content import AttachmentSpec, ContentSpec
 from app.simulator.google.mailbox import MessageView
 
 FORMATS = ("minimal", "metadata", "full", "raw")
@@ -31,59 +33,177 @@ def _headers(m: MessageView, owner: str) -> list[tuple[str, str]]:
     return headers
 
 
+_ROOT_TYPES = {
+    "text-only": "text/plain",
+    "alternative": "multipart/alternative",
+    "mixed-plain": "multipart/mixed",
+    "related": "multipart/related",
+    "mixed": "multipart/mixed",
+    "forward": "multipart/mixed",
+}
+
+
 def _mime_type(m: MessageView) -> str:
-    return "multipart/mixed" if m.has_attachments else "multipart/alternative"
+    content = m.content
+    if content is None:
+        return "multipart/mixed" if m.has_attachments else "multipart/alternative"
+    if content.shape == "custom":
+        if content.has_files:
+            return "multipart/mixed"
+        return "multipart/related" if content.attachments else "multipart/alternative"
+    return _ROOT_TYPES[content.shape]
 
 
 def _body_text(m: MessageView) -> str:
     return f"{m.snippet}\r\n\r\n-- \r\n{m.from_header}\r\n"
 
 
-def _alternative(m: MessageView, prefix: str) -> list[dict[str, Any]]:
-    text = _body_text(m)
-    html = f'<div dir="ltr">{text}</div>'
-    return [
-        {
-            "partId": f"{prefix}0",
+def _header_list(pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
+    return [{"name": k, "value": v} for k, v in pairs]
+
+
+def _text_part(part_id: str, kind: str, text: str, content: ContentSpec) -> dict[str, Any]:
+    # Gmail's `data` is the part's bytes after transfer decoding, in the part's charset.
+    raw = text.encode(content.charset, "replace")
+    return {
+        "partId": part_id,
+        "mimeType": f"text/{kind}",
+        "filename": "",
+        "headers": _header_list(
+            [
+                ("Content-Type", f'text/{kind}; charset="{content.charset}"'),
+                ("Content-Transfer-Encoding", content.transfer_encoding),
+            ]
+        ),
+        "body": {"size": len(raw), "data": base64.urlsafe_b64encode(raw).decode()},
+    }
+
+
+def _attachment_id(m: MessageView, part_id: str) -> str:
+    # Like Gmail's, a different id every time the message is read.
+    token = f"{m.id}:{part_id}:{secrets.token_hex(8)}".encode()
+    return "ANGjdJ" + base64.urlsafe_b64encode(token).decode().rstrip("=")
+
+
+def parse_attachment_id(value: str) -> tuple[str, str] | None:
+    if not value.startswith("ANGjdJ"):
+        return None
+    raw = value[6:]
+    try:
+        decoded = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    parts = decoded.split(":")
+    return (parts[0], parts[1]) if len(parts) == 3 else None
+
+
+def _file_part(m: MessageView, part_id: str, spec: AttachmentSpec) -> dict[str, Any]:
+    if spec.kind == "message":
+        inner = {
+            "partId": f"{part_id}.0",
             "mimeType": "text/plain",
             "filename": "",
-            "headers": [{"name": "Content-Type", "value": 'text/plain; charset="UTF-8"'}],
-            "body": {"size": len(text), "data": _b64url(text)},
-        },
-        {
-            "partId": f"{prefix}1",
-            "mimeType": "text/html",
+            "headers": _header_list(
+                [
+                    ("Subject", spec.name.removesuffix(".eml")),
+                    ("From", "someone@example.com"),
+                    ("Content-Type", 'text/plain; charset="utf-8"'),
+                ]
+            ),
+            "body": {"size": 5, "data": base64.urlsafe_b64encode(b"hello").decode()},
+        }
+        return {
+            "partId": part_id,
+            "mimeType": "message/rfc822",
             "filename": "",
-            "headers": [{"name": "Content-Type", "value": 'text/html; charset="UTF-8"'}],
-            "body": {"size": len(html), "data": _b64url(html)},
-        },
+            "headers": _header_list([("Content-Type", "message/rfc822")]),
+            "body": {"attachmentId": _attachment_id(m, part_id), "size": spec.size},
+            "parts": [inner],
+        }
+    disposition = "inline" if spec.inline else "attachment"
+    headers = [
+        ("Content-Type", f'{spec.content_type}; name="{spec.name}"'),
+        ("Content-Disposition", f'{disposition}; filename="{spec.name}"'),
+        ("Content-Transfer-Encoding", "base64"),
     ]
+    if spec.content_id:
+        headers += [("Content-ID", f"<{spec.content_id}>"), ("X-Attachment-Id", spec.content_id)]
+    return {
+        "partId": part_id,
+        "mimeType": spec.content_type,
+        "filename": spec.name,
+        "headers": _header_list(headers),
+        "body": {"attachmentId": _attachment_id(m, part_id), "size": spec.size},
+    }
 
 
-def _parts(m: MessageView) -> list[dict[str, Any]]:
-    if not m.has_attachments:
-        return _alternative(m, "")
-    size = max(1, m.size_estimate - 2000)
-    return [
-        {
-            "partId": "0",
-            "mimeType": "multipart/alternative",
-            "filename": "",
-            "headers": [{"name": "Content-Type", "value": "multipart/alternative"}],
-            "body": {"size": 0},
-            "parts": _alternative(m, "0."),
-        },
-        {
-            "partId": "1",
-            "mimeType": "application/pdf",
-            "filename": f"document-{m.id[-4:]}.pdf",
-            "headers": [
-                {"name": "Content-Type", "value": "application/pdf"},
-                {"name": "Content-Disposition", "value": "attachment"},
-            ],
-            "body": {"attachmentId": f"ANGjdJ{m.id}", "size": size},
-        },
-    ]
+def _multipart(part_id: str, mime: str, children: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "partId": part_id,
+        "mimeType": mime,
+        "filename": "",
+        "headers": _header_list([("Content-Type", f'{mime}; boundary="b{part_id or "root"}"')]),
+        "body": {"size": 0},
+        "parts": children,
+    }
+
+
+def _alternative(part_id: str, content: ContentSpec) -> dict[str, Any]:
+    prefix = f"{part_id}." if part_id else ""
+    children: list[dict[str, Any]] = []
+    if content.text is not None:
+        children.append(_text_part(f"{prefix}{len(children)}", "plain", content.text, content))
+    if content.html is not None:
+        children.append(_text_part(f"{prefix}{len(children)}", "html", content.html, content))
+    return _multipart(part_id, "multipart/alternative", children)
+
+
+def full_payload(m: MessageView) -> dict[str, Any]:
+    """The MIME tree as Gmail's format=full shows it (root headers added by the caller)."""
+    content = m.content
+    assert content is not None
+    inline = [a for a in content.attachments if a.inline]
+    files = [a for a in content.attachments if not a.inline]
+    if content.shape == "text-only" and not content.attachments:
+        return _text_part("", "plain", content.text or "", content)
+    if content.shape == "mixed-plain":
+        return _multipart("", "multipart/mixed", [_alternative("0", content)])
+    if not content.attachments:
+        return _alternative("", content)
+    if not files:
+        body = _alternative("0", content)
+        images = [_file_part(m, str(n + 1), a) for n, a in enumerate(inline)]
+        return _multipart("", "multipart/related", [body, *images])
+    first: dict[str, Any]
+    if inline:
+        first = _multipart(
+            "0",
+            "multipart/related",
+            [_alternative("0.0", content)]
+            + [_file_part(m, f"0.{n + 1}", a) for n, a in enumerate(inline)],
+        )
+    else:
+        first = _alternative("0", content)
+    rest = [_file_part(m, str(n + 1), a) for n, a in enumerate(files)]
+    return _multipart("", "multipart/mixed", [first, *rest])
+
+
+def find_attachment(m: MessageView, part_id: str) -> AttachmentSpec | None:
+    content = m.content
+    if content is None:
+        return None
+    inline = [a for a in content.attachments if a.inline]
+    files = [a for a in content.attachments if not a.inline]
+    candidates: dict[str, AttachmentSpec] = {}
+    if files:
+        for n, a in enumerate(files):
+            candidates[str(n + 1)] = a
+        for n, a in enumerate(inline):
+            candidates[f"0.{n + 1}"] = a
+    else:
+        for n, a in enumerate(inline):
+            candidates[str(n + 1)] = a
+    return candidates.get(part_id)
 
 
 def message_resource(
@@ -115,9 +235,15 @@ def message_resource(
         "filename": "",
         "headers": [{"name": k, "value": v} for k, v in headers],
     }
-    if fmt == "full":
+    if fmt == "full" and m.content is not None:
+        tree = full_payload(m)
+        # The root part carries the message's headers (its own Content-Type among them).
+        tree["headers"] = [{"name": k, "value": v} for k, v in headers] + [
+            h for h in tree["headers"] if h["name"].lower() != "content-type"
+        ]
+        payload = tree
+    elif fmt == "full":
         payload["body"] = {"size": 0}
-        payload["parts"] = _parts(m)
     resource["payload"] = payload
     return resource
 

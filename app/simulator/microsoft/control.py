@@ -13,10 +13,11 @@ from pydantic import BaseModel, Field
 
 from app.simulator.app import Simulator
 from app.simulator.contacts import PlantedContact
+from app.simulator.content import custom_content
 from app.simulator.microsoft import delta, ids
 from app.simulator.microsoft.mailbox import ChangeEvent, Folder, Mailbox
 from app.simulator.microsoft.resources import MESSAGE_PROPERTIES, SelectError, iso, parse_select
-from app.simulator.microsoft.state import MicrosoftState, get_state
+from app.simulator.microsoft.state import MicrosoftState, Tenant, get_state
 from app.simulator.microsoft.subscriptions import LIFECYCLE_EVENTS, notify_changes, send_lifecycle
 
 # Building the folder index of a big mailbox takes a second or so: do it off the event loop.
@@ -42,12 +43,34 @@ class AccountPatch(BaseModel):
     app_only_granted: bool | None = None
 
 
+class AttachmentBody(BaseModel):
+    name: str = "file.bin"
+    content_type: str = "application/octet-stream"
+    size: int = Field(default=1000, ge=0, le=60 * 1024 * 1024)
+    inline: bool = False
+    content_id: str | None = None
+
+
+class TenantConsent(BaseModel):
+    # Admin consent to the application permission Mail.Read (app-only access).
+    granted: bool
+
+
 class AddMessages(BaseModel):
     folder: str = "inbox"
     count: int = Field(default=1, ge=1, le=10_000)
     subject: str | None = None
     from_address: str | None = None
     is_read: bool = False
+    # Content of its own (tests): bodies and attachments instead of the seeded ones.
+    text: str | None = None
+    html: str | None = None
+    attachments: list[AttachmentBody] | None = None
+    # A draft or an API-created item: no from/sender, recipients without names, an empty
+    # subject, no receivedDateTime.
+    incomplete: bool = False
+    # Any property rendered oddly: {"drop": [names], "set": {name: any JSON value}}.
+    quirks: dict[str, Any] | None = None
 
 
 class Selection(BaseModel):
@@ -260,13 +283,62 @@ def build_control_router(sim: Simulator) -> APIRouter:
     async def expire_access_tokens(user: str) -> dict[str, Any]:
         return {"expired_access_tokens": _expire_access_tokens(state, mailbox_or_404(user))}
 
+    def tenant_or_404(ref: str) -> Tenant:
+        tenant = state.find_tenant(ref)
+        if tenant is None:
+            raise HTTPException(404, f"no tenant {ref!r}")
+        return tenant
+
+    @router.put("/tenants/{tenant}/consent")
+    async def set_consent(tenant: str, body: TenantConsent) -> dict[str, Any]:
+        """Grant or withdraw the admin consent; tokens issued before keep their roles."""
+        found = tenant_or_404(tenant)
+        found.app_consent = body.granted
+        return {"tenant_id": found.tenant_id, "app_consent": found.app_consent}
+
+    @router.post("/tenants/{tenant}/app-tokens/expire")
+    async def expire_app_tokens(tenant: str) -> dict[str, Any]:
+        found = tenant_or_404(tenant)
+        now = time.time()
+        expired = 0
+        for token in state.access_tokens.values():
+            if token.app_only and token.tenant_id == found.tenant_id and token.expires_at > now:
+                token.expires_at = now
+                expired += 1
+        return {"expired_access_tokens": expired}
+
     @router.post("/accounts/{user}/messages", status_code=201)
     async def add_messages(user: str, body: AddMessages) -> dict[str, Any]:
         mailbox = mailbox_or_404(user)
         folder = folder_or_404(mailbox, body.folder)
+        content = None
+        if body.text is not None or body.html is not None or body.attachments is not None:
+            content = custom_content(
+                _seed_for(mailbox.email) + mailbox.next_key,
+                text=body.text,
+                body_html=body.html,
+                attachments=[a.model_dump() for a in body.attachments or ()],
+            )
+        quirks = dict(body.quirks or {})
+        if body.incomplete:
+            quirks.setdefault("drop", ["receivedDateTime"])
+            quirks.setdefault(
+                "set",
+                {
+                    "from": None,
+                    "sender": None,
+                    "subject": "",
+                    "toRecipients": [{"emailAddress": {"address": "someone@example.com"}}],
+                },
+            )
         events: list[ChangeEvent | None] = [
             mailbox.add_message(
-                folder, subject=body.subject, from_address=body.from_address, is_read=body.is_read
+                folder,
+                subject=body.subject,
+                from_address=body.from_address,
+                is_read=body.is_read,
+                content=content,
+                quirks=quirks or None,
             )
             for _ in range(body.count)
         ]

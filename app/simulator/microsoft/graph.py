@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from app.simulator.app import Simulator
 from app.simulator.core import Throttled
-from app.simulator.microsoft import delta, search, subscriptions
+from app.simulator.microsoft import attachments, delta, search, subscriptions
 from app.simulator.microsoft.errors import graph_error, json_response, throttled_response
 from app.simulator.microsoft.mailbox import Folder, Mailbox
 from app.simulator.microsoft.resources import (
@@ -34,7 +34,7 @@ from app.simulator.microsoft.resources import (
     parse_select,
     user_resource,
 )
-from app.simulator.microsoft.state import AccessToken, MicrosoftState, get_state
+from app.simulator.microsoft.state import APP_MAIL_ROLE, AccessToken, MicrosoftState, get_state
 
 _QUOTED_KEY = re.compile(r"\('([^']*)'\)")
 _DELTA_SEGMENTS = frozenset(
@@ -176,7 +176,11 @@ async def _handle(state: MicrosoftState, path: str, request: Request) -> Respons
 
 def _authorize(token: AccessToken, mailbox: Mailbox) -> None:
     if token.app_only:
-        if token.tenant_id != mailbox.tenant_id or not mailbox.app_only_granted:
+        if (
+            token.tenant_id != mailbox.tenant_id
+            or APP_MAIL_ROLE not in token.roles
+            or not mailbox.app_only_granted
+        ):
             raise GraphError(
                 403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
             )
@@ -209,7 +213,45 @@ async def _dispatch(ctx: GraphRequest, rest: list[str]) -> Response:
             )  # fmt: skip
         if len(rest) == 2:
             return _get_message(ctx, rest[1])
+        if lowered[2] == "attachments" and len(rest) in (3, 4, 5):
+            return _attachments(ctx, rest[1], rest[3:])
     raise GraphError(400, "BadRequest", f"Resource not found for the segment '{rest[0]}'.")
+
+
+def _message_key(ctx: GraphRequest, ref: str) -> int:
+    key = ctx.target().resolve_message(ref)
+    if key is None:
+        raise GraphError(
+            404, "ErrorItemNotFound", "The specified object was not found in the store."
+        )
+    return key
+
+
+def _attachments(ctx: GraphRequest, ref: str, rest: list[str]) -> Response:
+    mailbox = ctx.target()
+    key = _message_key(ctx, ref)
+    specs = mailbox.content_spec(key).attachments
+    try:
+        select = attachments.parse_select(ctx.param("select"))
+    except attachments.AttachmentSelectError as exc:
+        raise GraphError(400, "RequestBroker--ParseUri", str(exc)) from exc
+    if not rest:
+        body = {
+            "@odata.context": f"{ctx.state.sim.base_url}/v1.0/$metadata#users('{mailbox.user_id}')/messages('{ref}')/attachments",
+            "value": [attachments.attachment_resource(mailbox, key, a, select) for a in specs],
+        }
+        return json_response(body)
+    parsed = attachments.parse_attachment_id(mailbox, rest[0])
+    if parsed is None or parsed[0] != key or parsed[1] >= len(specs):
+        raise GraphError(
+            404, "ErrorItemNotFound", "The specified object was not found in the store."
+        )
+    spec = specs[parsed[1]]
+    if len(rest) == 1:
+        return json_response(attachments.attachment_resource(mailbox, key, spec, select))
+    if rest[1].lower() == "$value":
+        return attachments.value_response(spec)
+    raise GraphError(400, "BadRequest", f"Resource not found for the segment '{rest[1]}'.")
 
 
 def _folder(ctx: GraphRequest, ref: str) -> Folder:
@@ -404,6 +446,16 @@ def _get_message(ctx: GraphRequest, ref: str, folder: Folder | None = None) -> R
         )
     select = _select(ctx, MESSAGE_PROPERTIES, "microsoft.graph.message")
     encoded = message_json(mailbox, key, state, immutable=ctx.immutable_ids, select=select)
+    if select is None or "body" in select or "uniqueBody" in select:
+        # Bodies come from the message's content, in the form the Prefer header asks for
+        # (HTML unless outlook.body-content-type="text").
+        wanted = ctx.prefer.get("outlook.body-content-type", "html").lower()
+        resource = json.loads(encoded)
+        body = attachments.body_resource(mailbox.content_spec(key), wanted)
+        for name in ("body", "uniqueBody"):
+            if name in resource:
+                resource[name] = body
+        encoded = json.dumps(resource, ensure_ascii=False)
     context = f"{ctx.state.sim.base_url}/v1.0/$metadata#users('{mailbox.user_id}')/messages/$entity"
     content = '{"@odata.context":' + json.dumps(context) + "," + encoded[1:]
     return Response(content.encode(), media_type="application/json")

@@ -21,6 +21,7 @@ from app.simulator.app import Simulator
 from app.simulator.microsoft.errors import aad_error, json_response
 from app.simulator.microsoft.mailbox import Mailbox
 from app.simulator.microsoft.state import (
+    APP_MAIL_ROLE,
     DELEGATED_SCOPES,
     MicrosoftState,
     get_state,
@@ -224,7 +225,11 @@ def _client_credentials_grant(state: MicrosoftState, tenant: str, form: dict[str
         )  # fmt: skip
     lifetime = found.app_token_lifetime
     access_token = state.issue_access_token(
-        tenant_id=found.tenant_id, user_id=None, lifetime=lifetime
+        tenant_id=found.tenant_id,
+        user_id=None,
+        lifetime=lifetime,
+        # The token endpoint still answers after consent is withdrawn, with no role.
+        roles=(APP_MAIL_ROLE,) if found.app_consent else (),
     )
     return json_response(
         {

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from app.simulator.contacts import PlantedContact, Planting
+from app.simulator.content import ContentSpec, seeded_content
 from app.simulator.corpus import GeneratedMessage, generate
 from app.simulator.microsoft import ids
 
@@ -182,6 +183,17 @@ class Mailbox:
         # readers check that first, so no mutation makes an entry stale. Whatever becomes
         # changeable later (a PATCHable display name, say) must clear this.
         self.prerendered: dict[PrerenderKey, list[str]] = {}
+        # Bodies and attachments given through the control API, by key (others are seeded).
+        self.custom_content: dict[int, ContentSpec] = {}
+        # Properties a message renders oddly (absent, null, a wrong type), by key: how
+        # drafts, API-created items and Graph's occasional odd values look.
+        self.quirks: dict[int, dict[str, object]] = {}
+
+    def content_spec(self, key: int) -> ContentSpec:
+        custom = self.custom_content.get(key)
+        if custom is not None:
+            return custom
+        return seeded_content(self.seed, key, self.content(key))
 
     # -- seeding ------------------------------------------------------------------------
 
@@ -350,11 +362,18 @@ class Mailbox:
         subject: str | None = None,
         from_address: str | None = None,
         is_read: bool = False,
+        content: ContentSpec | None = None,
+        quirks: dict[str, object] | None = None,
     ) -> ChangeEvent:
         key = self.next_key
         self.next_key += 1
         self.seq += 1
         generated = generate(self.seed, key, key + 1, self.email)
+        if content is not None:
+            self.custom_content[key] = content
+            generated = generated._replace(has_attachments=content.has_files)
+        if quirks:
+            self.quirks[key] = quirks
         now = max(datetime.now(UTC).replace(microsecond=0), self._last_added_at)
         self._last_added_at = now
         self.added[key] = generated._replace(

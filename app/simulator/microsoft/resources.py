@@ -302,12 +302,29 @@ def message_json(
         people += ',"toRecipients":[' + ",".join(map(_recipient, generated.to)) + "]"
     if plan.cc:
         people += ',"ccRecipients":[' + ",".join(map(_recipient, generated.cc)) + "]"
-    return (
+    rendered = (
         f'{{"@odata.type":"#microsoft.graph.message","@odata.etag":"W/\\"{changed}\\""'
         f',"id":"{message_id}"{dynamic}{dates}{attachments}{internet_id}{subject}{preview}'
         f"{plan.after_preview}{conversation}{plan.after_conversation}{draft}"
         f"{plan.after_draft}{body}{people}{plan.tail}}}"
     )
+    if mailbox.quirks:
+        quirks = mailbox.quirks.get(key)
+        if quirks:
+            rendered = apply_quirks(rendered, quirks)
+    return rendered
+
+
+def apply_quirks(rendered: str, quirks: dict[str, object]) -> str:
+    """`{"drop": [names]}` removes properties, `{"set": {name: value}}` replaces them with
+    any JSON value (null, a string where Graph's schema says boolean...)."""
+    message = json.loads(rendered)
+    for name in quirks.get("drop", ()) or ():  # type: ignore[attr-defined]
+        message.pop(name, None)
+    for name, value in (quirks.get("set") or {}).items():  # type: ignore[attr-defined]
+        if name in message or value is not None:
+            message[name] = value
+    return _dumps(message)
 
 
 def removed_json(message_id: str) -> str:

@@ -20,11 +20,19 @@ DELEGATED_SCOPES = (
 )
 
 
+# The application permission app-only tokens carry while the tenant's admin consent holds.
+APP_MAIL_ROLE = "Mail.Read"
+
+
 @dataclass
 class Tenant:
     tenant_id: str
     domain: str
     app_token_lifetime: int = 3599
+    # Admin consent to the application permission Mail.Read. Entra writes the roles into a
+    # token when it issues it: withdrawing consent leaves tokens already issued working
+    # until they expire; tokens issued after it carry no role and Graph refuses them.
+    app_consent: bool = True
 
 
 @dataclass
@@ -47,6 +55,8 @@ class AccessToken:
     user_id: str | None
     expires_at: float
     grant_id: str | None = None
+    # Application permissions (`roles` claim) of an app-only token, fixed at issue time.
+    roles: tuple[str, ...] = ()
 
     @property
     def app_only(self) -> bool:
@@ -139,13 +149,19 @@ class MicrosoftState:
         return grant.refresh_token
 
     def issue_access_token(
-        self, *, tenant_id: str, user_id: str | None, lifetime: int, grant_id: str | None = None
+        self,
+        *,
+        tenant_id: str,
+        user_id: str | None,
+        lifetime: int,
+        grant_id: str | None = None,
+        roles: tuple[str, ...] = (),
     ) -> str:
         now = time.time()
         if len(self.access_tokens) > 50_000:
             self.access_tokens = {t: a for t, a in self.access_tokens.items() if a.expires_at > now}
         token = "EwB" + secrets.token_urlsafe(48)
-        self.access_tokens[token] = AccessToken(tenant_id, user_id, now + lifetime, grant_id)
+        self.access_tokens[token] = AccessToken(tenant_id, user_id, now + lifetime, grant_id, roles)
         return token
 
     def next_delivery_id(self) -> int:

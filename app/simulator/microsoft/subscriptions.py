@@ -27,7 +27,7 @@ from app.simulator import outbound
 from app.simulator.core import Throttled
 from app.simulator.microsoft.errors import graph_error, json_response, throttled_response
 from app.simulator.microsoft.mailbox import ChangeEvent, Mailbox, change_key
-from app.simulator.microsoft.state import AccessToken, Delivery, MicrosoftState
+from app.simulator.microsoft.state import APP_MAIL_ROLE, AccessToken, Delivery, MicrosoftState
 
 # Outlook message subscriptions without resource data: 10,080 minutes (under 7 days).
 MAX_MESSAGE_SUBSCRIPTION_MINUTES = 10_080
@@ -226,7 +226,11 @@ def _resolve_resource(
     if mailbox is None:
         raise SubscriptionError(404, "ErrorInvalidUser", "The requested user is invalid.")
     denied = (
-        (token.tenant_id != mailbox.tenant_id or not mailbox.app_only_granted)
+        (
+            token.tenant_id != mailbox.tenant_id
+            or APP_MAIL_ROLE not in token.roles
+            or not mailbox.app_only_granted
+        )
         if token.app_only
         else token.user_id != mailbox.user_id
     )

@@ -24,8 +24,8 @@ from app.db.repositories.cases import (
     EntryView,
 )
 from app.db.repositories.mailboxes import MailboxRepository
-from app.db.repositories.messages import ListingKey
 from app.db.repositories.outbox import OutboxRepository
+from app.db.repositories.reading import Key
 from app.events.changes import MESSAGES_CHANGED
 from app.sync.cases import states
 from app.sync.cases.events import announce_complete
@@ -225,7 +225,7 @@ async def view_case(session: AsyncSession, case: CaseRow) -> CaseView:
 
 
 async def case_messages(
-    session: AsyncSession, user_id: str, case_id: str, limit: int, after: ListingKey | None
+    session: AsyncSession, user_id: str, case_id: str, limit: int, after: Key | None
 ) -> list[dict[str, Any]]:
     cases = CaseRepository(session)
     case = await cases.get(user_id, case_id)

@@ -70,7 +70,9 @@ async def test_watch_renew_and_stop(sim: GoogleSim, harness: MakeHarness) -> Non
     h = await harness(messages=5)
     subscription = await h.provider.subscribe(h.ctx)
     assert subscription is not None
-    assert subscription.subscription_id == f"watch:{h.account.email}"
+    # Our bookkeeping is per mailbox; the channel (Google's one watch per address) is shared.
+    assert subscription.subscription_id == f"watch:{h.account.email}:{h.ctx.account.mailbox_id}"
+    assert subscription.channel == f"gmail-watch:{h.account.email}"
     assert subscription.resource == "projects/mailsync-sim/topics/gmail"
     assert subscription.extra["history_id"] == str(h.account.history_id)
     lifetime = subscription.expires_at - datetime.now(UTC)

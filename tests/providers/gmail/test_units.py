@@ -3,8 +3,10 @@ cursor and mapping."""
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -196,24 +198,51 @@ def test_mapping_a_metadata_message() -> None:
     assert normalized.has_attachments is False
 
 
-def test_attachments_from_mime_type_or_parts() -> None:
-    mixed = {"id": "a", "labelIds": ["UNREAD"], "payload": {"mimeType": "multipart/mixed"}}
-    assert to_normalized(mixed, {}).has_attachments is True
-    assert to_normalized(mixed, {}).is_read is False
-    nested = {
-        "id": "b",
-        "payload": {
-            "mimeType": "multipart/related",
-            "parts": [
-                {"mimeType": "text/html", "filename": ""},
-                {"mimeType": "multipart/alternative", "parts": [
-                    {"mimeType": "image/png", "filename": "chart.png", "body": {"attachmentId": "x"}}
-                ]},
-            ],
-        },
-    }  # fmt: skip
-    assert to_normalized(nested, {}).has_attachments is True
-    assert to_normalized({"id": "c"}, {}).received_at is None
+def _part(part_id: str, mime: str, **extra: Any) -> dict[str, Any]:
+    headers = [
+        {"name": k.replace("_", "-"), "value": v} for k, v in extra.pop("headers", {}).items()
+    ]
+    return {"partId": part_id, "mimeType": mime, "filename": "", "headers": headers,
+            "body": {"size": 0}, **extra}  # fmt: skip
+
+
+def _html(part_id: str, html: str) -> dict[str, Any]:
+    data = base64.urlsafe_b64encode(html.encode()).decode().rstrip("=")
+    return _part(part_id, "text/html", body={"size": len(html), "data": data})
+
+
+def test_attachments_come_from_the_mime_tree_not_the_top_level_type() -> None:
+    alternative = lambda prefix, html: _part(  # noqa: E731
+        prefix, "multipart/alternative",
+        parts=[_part(f"{prefix}.0", "text/plain", body={"size": 1, "data": "aGk"}),
+               _html(f"{prefix}.1", html)],
+    )  # fmt: skip
+    # multipart/mixed holding nothing but the text: no attachment.
+    mixed_only = {
+        "id": "a",
+        "labelIds": ["UNREAD"],
+        "payload": _part("", "multipart/mixed", parts=[alternative("0", "<p>hi</p>")]),
+    }
+    assert to_normalized(mixed_only, {}).has_attachments is False
+    assert to_normalized(mixed_only, {}).is_read is False
+    # related: an image the HTML shows through cid: is part of the body.
+    image = _part("1", "image/png", filename="logo.png", body={"attachmentId": "x", "size": 9},
+                  headers={"Content_ID": "<logo@x>", "Content_Disposition": "inline"})  # fmt: skip
+    related = {"id": "b", "payload": _part("", "multipart/related", parts=[alternative("0", '<img src="cid:logo@x">'), image])}  # fmt: skip
+    assert to_normalized(related, {}).has_attachments is False
+    # The same image, not referenced by the HTML: the user would call it an attachment.
+    unreferenced = {"id": "c", "payload": _part("", "multipart/related", parts=[alternative("0", "<p>no image</p>"), image])}  # fmt: skip
+    assert to_normalized(unreferenced, {}).has_attachments is True
+    # alternative inside mixed, with a PDF.
+    pdf = _part("1", "application/pdf", filename="q3.pdf", body={"attachmentId": "y", "size": 99})
+    with_pdf = {"id": "d", "payload": _part("", "multipart/mixed", parts=[alternative("0", "<p>see</p>"), pdf])}  # fmt: skip
+    assert to_normalized(with_pdf, {}).has_attachments is True
+    # A forwarded message is one attachment, whatever it holds.
+    forwarded = _part("1", "message/rfc822", body={"attachmentId": "z", "size": 500},
+                      parts=[_part("1.0", "text/plain", headers={"Subject": "Old news"})])  # fmt: skip
+    with_rfc822 = {"id": "e", "payload": _part("", "multipart/mixed", parts=[alternative("0", "<p>fwd</p>"), forwarded])}  # fmt: skip
+    assert to_normalized(with_rfc822, {}).has_attachments is True
+    assert to_normalized({"id": "f"}, {}).received_at is None
 
 
 @pytest.mark.parametrize(

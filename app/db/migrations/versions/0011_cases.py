@@ -1,7 +1,7 @@
 """cases: contacts, search entries and message links; mailbox scope; a participants index
 
 Revision ID: 0011
-Revises: 0005
+Revises: 0008
 Create Date: 2026-12-01 18:30:00
 
 - `mailboxes.scope`: `full` (a mirror of the whole mailbox) or `cases` (only mail exchanged
@@ -34,7 +34,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0011"
-down_revision: str | None = "0005"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,1 @@
+"""`make run` / `mailsync demo`: the whole service against the simulator, watchable in a minute."""
