@@ -57,6 +57,7 @@ from app.providers.base import (
 )
 from app.sync import activity, states
 from app.sync.cases.mail import CaseMail
+from app.sync.cases.states import MailboxScope
 from app.sync.ratelimit import RedisRateGate
 from app.sync.runtime import Runtime
 from app.sync.states import MailboxStatus, Phase, StreamMode
@@ -106,7 +107,7 @@ class _SliceState:
     status: MailboxStatus = MailboxStatus.SYNCING
     heartbeat: asyncio.Task[None] | None = None
     # A cases-only mailbox keeps only its owner's case mail; every page links what it wrote.
-    case_mail: CaseMail = field(default_factory=lambda: CaseMail("full"))
+    case_mail: CaseMail = field(default_factory=lambda: CaseMail(MailboxScope.FULL))
 
     async def stop_heartbeat(self) -> None:
         """Before the slice releases its lease: a heartbeat that found the lease released

@@ -26,6 +26,7 @@ from sqlmodel import col
 from app.db.models import Mailbox
 from app.db.repositories.outbox import OutboxRepository
 from app.sync import states
+from app.sync.cases.states import MailboxScope
 from app.sync.states import MailboxStatus, Phase
 
 _SYNCABLE = sorted(s.value for s in states.SYNCABLE)
@@ -67,7 +68,7 @@ class MailboxRepository:
         auth_mode: str,
         tenant_id: str | None,
         provider_user_id: str | None,
-        scope: str = "full",
+        scope: str = MailboxScope.FULL,
     ) -> Mailbox:
         """Create the mailbox, or revive the existing one for this account (reconnect).
         An existing mailbox keeps its scope (the caller checks it against `scope`)."""
