@@ -69,6 +69,12 @@ class CursorInvalidError(ProviderError):
     """The stored cursor is dead (Graph 410 syncStateNotFound, Gmail history 404)."""
 
 
+class StreamGoneError(ProviderError):
+    """The stream itself is gone at the provider (a Graph folder deleted while it was being
+    synced: ErrorSyncFolderNotFound, ErrorItemNotFound). Not the mailbox's failure: the
+    engine drops the stream's cursor and rows and carries on with the others."""
+
+
 class PermanentError(ProviderError):
     """A request the provider will never accept; the mailbox goes to `error` with the reason."""
 
@@ -411,6 +417,14 @@ class RateGate(Protocol):
 
     async def pause(self, seconds: float) -> None:
         """Tell every worker to send nothing for this mailbox for `seconds` (Retry-After)."""
+
+    async def tighten(self) -> None:
+        """The provider refused a request for concurrency although our limit allowed it
+        (other clients of the mailbox use its slots too): allow fewer at once for a while."""
+
+    async def refund(self, units: int) -> None:
+        """Give back quota units spent on work the provider refused without charging
+        (Gmail batch parts refused for concurrency)."""
 
 
 @dataclass(slots=True)

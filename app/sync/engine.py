@@ -19,7 +19,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -51,6 +51,7 @@ from app.providers.base import (
     MailProvider,
     Page,
     PermanentError,
+    StreamGoneError,
     StreamInfo,
     SyncContext,
     TransientError,
@@ -364,6 +365,7 @@ class SyncEngine:
         streams = await self._with_token_retry(tokens, partial(provider.list_streams, ctx))
         async with self.rt.sessions() as session, session.begin():
             cursors = CursorRepository(session)
+            labels_before = {s.stream_key: s.labels for s in await cursors.list(mailbox.id)}
             await cursors.sync_streams(mailbox.id, list(streams))
             removed = await MessageRepository(session).delete_streams_except(
                 mailbox.id, [s.key for s in streams]
@@ -374,6 +376,7 @@ class SyncEngine:
                 await OutboxRepository(session).add(
                     mailbox.id, MESSAGES_CHANGED, gone.payload() or {}
                 )
+            await self._relabel_renamed_streams(session, mailbox.id, labels_before, streams)
             streams_now = await cursors.list(mailbox.id)
             # A pass may span slices; a new one begins when the last one completed.
             begin_pass = mailbox.pass_started_at is None
@@ -574,6 +577,17 @@ class SyncEngine:
                 current, upcoming = upcoming or fetch(cursor), None
                 try:
                     page = await current
+                except StreamGoneError as exc:
+                    log.info(
+                        "mailbox %s stream %s: gone at the provider (%s); dropping it",
+                        mailbox.id,
+                        stream.key,
+                        exc,
+                    )
+                    while writing:
+                        await writing.popleft().task
+                    await self._drop_stream(mailbox.id, stream.key, state)
+                    return
                 except CursorInvalidError as exc:
                     if cursor is None:
                         # Refusing a fresh enumeration is not a dead cursor; do not loop on it.
@@ -713,6 +727,50 @@ class SyncEngine:
                 MESSAGES_WRITTEN.labels(provider, change).inc(count)
                 written += count
         self.rt.activity.add(activity.MESSAGES_WRITTEN, written)
+
+    # -- streams that changed shape ---------------------------------------------------
+
+    async def _relabel_renamed_streams(
+        self,
+        session: AsyncSession,
+        mailbox_id: uuid.UUID,
+        labels_before: dict[str, tuple[str, ...]],
+        streams: Sequence[StreamInfo],
+    ) -> None:
+        """A folder renamed or moved since the last slice: the messages it holds (and no
+        page will rewrite until they change) carry its new label from this commit on."""
+        messages = MessageRepository(session)
+        for stream in streams:
+            before = labels_before.get(stream.key)
+            if before is None or before == stream.labels:
+                continue
+            changes = PageChanges(stream.key)
+            changes.relabelled(
+                await messages.replace_stream_labels(mailbox_id, stream.key, before, stream.labels)
+            )
+            payload = changes.payload() if self.settings.events_enabled else None
+            if payload is not None:
+                await OutboxRepository(session).add(mailbox_id, MESSAGES_CHANGED, payload)
+
+    async def _drop_stream(
+        self, mailbox_id: uuid.UUID, stream_key: str, state: _SliceState
+    ) -> None:
+        """The stream is gone at the provider: its rows and cursor go, in one commit."""
+        async with self.rt.sessions() as session, session.begin():
+            swept = await MessageRepository(session).delete_stream(mailbox_id, stream_key)
+            await CursorRepository(session).drop(mailbox_id, stream_key)
+            changes = PageChanges(stream_key)
+            changes.deleted(swept)
+            payload = changes.payload() if self.settings.events_enabled else None
+            if payload is not None:
+                await OutboxRepository(session).add(mailbox_id, MESSAGES_CHANGED, payload)
+            state.totals.pop(stream_key, None)
+            await MailboxRepository(session).fence(
+                state.lease,
+                self.settings.lease_seconds,
+                synced_delta=-len(swept),
+                total_estimate=self._total(state),
+            )
 
     # -- helpers ----------------------------------------------------------------------
 

@@ -69,7 +69,9 @@ def parse_notifications(body: bytes) -> list[GraphNotification]:
                 resource=_optional_str(item, "resource"),
                 resource_id=resource_id,
                 lifecycle_event=lifecycle_event,
-                tenant_id=_optional_str(item, "tenantId"),
+                # Exchange's lifecycle notifications name the tenant organizationId and
+                # carry no tenantId; the documented shape has tenantId. Neither is required.
+                tenant_id=_optional_str(item, "tenantId") or _optional_str(item, "organizationId"),
             )
         )
     return notifications

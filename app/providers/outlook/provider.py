@@ -35,6 +35,7 @@ from app.providers.base import (
     ScopeCount,
     SearchPage,
     SearchWindow,
+    StreamGoneError,
     StreamInfo,
     Subscription,
     SyncContext,
@@ -54,6 +55,9 @@ from app.providers.outlook.mapper import (
     decode_messages,
 )
 
+# A message delta on a deleted folder: with a state token, ErrorSyncFolderNotFound; a
+# fresh round on an id that no longer resolves, ErrorItemNotFound.
+_FOLDER_GONE_CODES = frozenset({"ErrorSyncFolderNotFound", "ErrorItemNotFound"})
 # `contentId` belongs to fileAttachment, not to the attachment base type: selecting it bare
 # is a 400 from Graph; without $select, every file's contentBytes would come along.
 ATTACHMENT_SELECT = "id,name,contentType,size,isInline,microsoft.graph.fileAttachment/contentId"
@@ -90,7 +94,10 @@ class OutlookProvider:
         return ProviderLimits(max_concurrency=self._settings.graph_max_concurrency)
 
     async def aclose(self) -> None:
-        """Close MSAL's HTTP sessions (the shared httpx client belongs to the caller)."""
+        """Close MSAL's HTTP sessions (the shared httpx client belongs to the caller), and
+        let go of requests still finishing in the background: their gate slots stay taken
+        until the requests' timeout, since Graph goes on with them."""
+        await self._graph.abandon()
         await asyncio.to_thread(self._tokens.close)
 
     async def refresh_token(self, account: Account, refresh_token: str | None) -> TokenSet:
@@ -155,9 +162,10 @@ class OutlookProvider:
                 ctx, "GET", link, params=params, headers={"Prefer": _DELTA_PREFER}
             )
         except GraphRequestError as exc:
-            if exc.status == 404 and exc.code == "ErrorItemNotFound":
-                # The folder itself is gone: a complete, empty enumeration removes its rows.
-                return Page(cursor={}, caught_up=True, full_sync_complete=True, total_estimate=0)
+            if exc.status == 404 and exc.code in _FOLDER_GONE_CODES:
+                # The folder was deleted since the folder list was read: the stream is gone,
+                # which is no fault of the mailbox's.
+                raise StreamGoneError(f"folder {stream.name!r} is gone ({exc.code})") from exc
             raise
         try:
             decoded = decode_messages(response.content)

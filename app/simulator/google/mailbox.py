@@ -15,6 +15,7 @@ import time
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from typing import Any
@@ -102,8 +103,9 @@ class AddedMessage:
 
 
 @dataclass(slots=True)
-class HistoryRecord:
-    id: int
+class HistoryEntry:
+    """What one change did to one message."""
+
     message_id: str
     thread_id: str
     # The message's labels right after this change.
@@ -113,34 +115,53 @@ class HistoryRecord:
     labels_added: tuple[str, ...] = ()
     labels_removed: tuple[str, ...] = ()
 
-    def render(self, types: frozenset[str] | None, label_id: str | None) -> dict[str, Any] | None:
-        present = {
-            "messageAdded": self.added,
-            "messageDeleted": self.deleted,
-            "labelAdded": bool(self.labels_added),
-            "labelRemoved": bool(self.labels_removed),
-        }
-        wanted = {t for t, on in present.items() if on and (types is None or t in types)}
-        if not wanted:
-            return None
-        if label_id is not None and not (
+    def touches(self, label_id: str) -> bool:
+        return (
             label_id in self.label_ids
             or label_id in self.labels_added
             or label_id in self.labels_removed
-        ):
+        )
+
+
+@dataclass(slots=True)
+class HistoryRecord:
+    """One history id. Gmail may put several messages and several change types in one
+    record (a delivery a filter labels, a batch modify, a thread deleted): clients must not
+    assume a record holds one change, nor in which order its lists happened."""
+
+    id: int
+    entries: list[HistoryEntry]
+
+    def render(self, types: frozenset[str] | None, label_id: str | None) -> dict[str, Any] | None:
+        lists: dict[str, list[dict[str, Any]]] = {}
+        refs: dict[str, dict[str, str]] = {}
+        for entry in self.entries:
+            if label_id is not None and not entry.touches(label_id):
+                continue
+            ref = {"id": entry.message_id, "threadId": entry.thread_id}
+            full = {**ref, "labelIds": list(entry.label_ids)}
+            wanted = False
+            if entry.added and (types is None or "messageAdded" in types):
+                lists.setdefault("messagesAdded", []).append({"message": full})
+                wanted = True
+            if entry.deleted and (types is None or "messageDeleted" in types):
+                lists.setdefault("messagesDeleted", []).append({"message": full})
+                wanted = True
+            if entry.labels_added and (types is None or "labelAdded" in types):
+                lists.setdefault("labelsAdded", []).append(
+                    {"message": full, "labelIds": list(entry.labels_added)}
+                )
+                wanted = True
+            if entry.labels_removed and (types is None or "labelRemoved" in types):
+                lists.setdefault("labelsRemoved", []).append(
+                    {"message": full, "labelIds": list(entry.labels_removed)}
+                )
+                wanted = True
+            if wanted:
+                refs.setdefault(entry.message_id, ref)
+        if not lists:
             return None
-        ref = {"id": self.message_id, "threadId": self.thread_id}
-        full = {**ref, "labelIds": list(self.label_ids)}
-        record: dict[str, Any] = {"id": str(self.id), "messages": [ref]}
-        if "messageAdded" in wanted:
-            record["messagesAdded"] = [{"message": full}]
-        if "messageDeleted" in wanted:
-            record["messagesDeleted"] = [{"message": full}]
-        if "labelAdded" in wanted:
-            record["labelsAdded"] = [{"message": full, "labelIds": list(self.labels_added)}]
-        if "labelRemoved" in wanted:
-            record["labelsRemoved"] = [{"message": full, "labelIds": list(self.labels_removed)}]
-        return record
+        return {"id": str(self.id), "messages": list(refs.values()), **lists}
 
 
 @dataclass(slots=True)
@@ -230,6 +251,7 @@ class Mailbox:
         self._history: list[HistoryRecord] = []
         self._history_ids: list[int] = []
         self._history_head = 0
+        self._open_record: HistoryRecord | None = None
         self.watch: Watch | None = None
         self._threads_total: int | None = None
         self._estimates: dict[str, tuple[int, int]] = {}
@@ -622,10 +644,35 @@ class Mailbox:
         self.history_id += self._rng.randint(1, 9)
         return self.history_id
 
-    def _record(self, record: HistoryRecord) -> None:
+    @contextmanager
+    def one_record(self) -> Iterator[None]:
+        """Every change made inside goes into a single history record (one history id)."""
+        if self._open_record is not None:
+            yield
+            return
+        self._open_record = HistoryRecord(0, [])
+        try:
+            yield
+        finally:
+            record, self._open_record = self._open_record, None
+            if record.entries:
+                record.id = self._next_history_id()
+                self._append(record)
+
+    def _record(self, entry: HistoryEntry) -> None:
+        if self._open_record is not None:
+            self._open_record.entries.append(entry)
+            return
+        self._append(HistoryRecord(self._next_history_id(), [entry]))
+
+    def _append(self, record: HistoryRecord) -> None:
         self._history.append(record)
         self._history_ids.append(record.id)
-        self.message_history[record.message_id] = record.id
+        for entry in record.entries:
+            if entry.deleted:
+                self.message_history.pop(entry.message_id, None)
+            else:
+                self.message_history[entry.message_id] = record.id
         excess = len(self._history) - self._history_head - self._retention()
         if excess > 0:
             self._history_head += excess
@@ -685,15 +732,7 @@ class Mailbox:
         self.added[message_id] = added
         self._added_order.append(message_id)
         self.label_overrides[message_id] = label_ids
-        self._record(
-            HistoryRecord(
-                self._next_history_id(),
-                message_id,
-                added.thread_id,
-                _ordered(label_ids),
-                added=True,
-            )
-        )
+        self._record(HistoryEntry(message_id, added.thread_id, _ordered(label_ids), added=True))
         return self._added_view(added), Change(message_id, frozenset(), label_ids)
 
     def delete_message(self, message_id: str) -> Change | None:
@@ -709,12 +748,7 @@ class Mailbox:
             assert index is not None
             self.deleted.add(index)
         self.label_overrides.pop(message_id, None)
-        self._record(
-            HistoryRecord(
-                self._next_history_id(), message_id, view.thread_id, view.label_ids, deleted=True
-            )
-        )
-        self.message_history.pop(message_id, None)
+        self._record(HistoryEntry(message_id, view.thread_id, view.label_ids, deleted=True))
         return Change(message_id, labels, frozenset())
 
     def modify_message(
@@ -732,13 +766,8 @@ class Mailbox:
         removed = tuple(label for label in _ordered(before) if label not in after)
         thread_id = self._must_view(message_id).thread_id
         self._record(
-            HistoryRecord(
-                self._next_history_id(),
-                message_id,
-                thread_id,
-                _ordered(after),
-                labels_added=added,
-                labels_removed=removed,
+            HistoryEntry(
+                message_id, thread_id, _ordered(after), labels_added=added, labels_removed=removed
             )
         )
         return Change(message_id, before, after)

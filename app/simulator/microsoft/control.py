@@ -113,12 +113,27 @@ class Lifecycle(BaseModel):
     event: str
 
 
+class NewFolder(BaseModel):
+    display_name: str = Field(min_length=1, max_length=255)
+    # An id or well-known name; the root ("msgfolderroot") makes a top-level folder.
+    parent: str = "msgfolderroot"
+
+
+class FolderChange(BaseModel):
+    """Rename, move under another parent, or both."""
+
+    display_name: str | None = Field(default=None, min_length=1, max_length=255)
+    parent: str | None = None
+
+
 class MicrosoftSettings(BaseModel):
     refresh_token_grace_seconds: float | None = Field(default=None, ge=0)
     validation_timeout_seconds: float | None = Field(default=None, gt=0)
     notification_timeout_seconds: float | None = Field(default=None, gt=0)
     notification_retries: int | None = Field(default=None, ge=0, le=10)
     notification_retry_delay_seconds: float | None = Field(default=None, ge=0)
+    revalidate_on_renew: bool | None = None
+    lifecycle_shape: Literal["exchange", "documented"] | None = None
 
 
 def _seed_for(email: str) -> int:
@@ -156,12 +171,25 @@ def _summary(mailbox: Mailbox) -> dict[str, Any]:
     }
 
 
+def _folder_chain(mailbox: Mailbox, folder: Folder) -> list[dict[str, Any]]:
+    """The folder and its ancestors below the root, top-level first."""
+    chain: list[Folder] = []
+    current: Folder | None = folder
+    while current is not None and current.index != 0:
+        chain.append(current)
+        current = mailbox.folders[current.parent] if current.parent is not None else None
+    return [
+        {"id": f.id, "display_name": f.display_name, "well_known_name": f.well_known_name}
+        for f in reversed(chain)
+    ]
+
+
 def _folder_summary(folder: Folder) -> dict[str, Any]:
     return {
         "id": folder.id,
         "display_name": folder.display_name,
         "well_known_name": folder.well_known_name,
-        "parent_index": folder.spec.parent,
+        "parent_index": folder.parent,
         "total": folder.total,
         "unread": folder.unread,
     }
@@ -242,7 +270,7 @@ def build_control_router(sim: Simulator) -> APIRouter:
     @router.get("/accounts/{user}")
     async def get_account(user: str) -> dict[str, Any]:
         mailbox = mailbox_or_404(user)
-        return _summary(mailbox) | {"folders": [_folder_summary(f) for f in mailbox.folders[1:]]}
+        return _summary(mailbox) | {"folders": [_folder_summary(f) for f in mailbox.live_folders()]}
 
     @router.patch("/accounts/{user}")
     async def patch_account(user: str, body: AccountPatch) -> dict[str, Any]:
@@ -368,6 +396,39 @@ def build_control_router(sim: Simulator) -> APIRouter:
             mailbox, [mailbox.set_categories(k, categories) for k in select(mailbox, body)]
         )
 
+    @router.post("/accounts/{user}/folders", status_code=201)
+    async def create_folder(user: str, body: NewFolder) -> dict[str, Any]:
+        mailbox = mailbox_or_404(user)
+        parent = folder_or_404(mailbox, body.parent)
+        folder = mailbox.create_folder(body.display_name, parent)
+        return _folder_summary(folder) | {"chain": _folder_chain(mailbox, folder)}
+
+    @router.patch("/accounts/{user}/folders/{ref}")
+    async def change_folder(user: str, ref: str, body: FolderChange) -> dict[str, Any]:
+        mailbox = mailbox_or_404(user)
+        folder = folder_or_404(mailbox, ref)
+        if folder.index == 0 or (folder.well_known_name and body.parent is not None):
+            # Exchange: ErrorMoveDistinguishedFolder.
+            raise HTTPException(400, "distinguished folders cannot be moved")
+        if body.parent is not None:
+            try:
+                mailbox.move_folder(folder, folder_or_404(mailbox, body.parent))
+            except ValueError as exc:
+                raise HTTPException(400, str(exc)) from exc
+        if body.display_name is not None:
+            mailbox.rename_folder(folder, body.display_name)
+        return _folder_summary(folder) | {"chain": _folder_chain(mailbox, folder)}
+
+    @router.delete("/accounts/{user}/folders/{ref}")
+    async def delete_folder(user: str, ref: str) -> dict[str, Any]:
+        """Permanently, with its subfolders and messages (not a move to Deleted Items:
+        that is a move, under `deleteditems`)."""
+        mailbox = mailbox_or_404(user)
+        folder = folder_or_404(mailbox, ref)
+        if folder.index == 0 or folder.well_known_name:
+            raise HTTPException(400, "distinguished folders cannot be deleted")
+        return changed(mailbox, list(mailbox.delete_folder(folder)))
+
     @router.post("/accounts/{user}/delta/expire")
     async def expire_delta(user: str, body: ExpireDelta) -> dict[str, Any]:
         mailbox = mailbox_or_404(user)
@@ -491,6 +552,7 @@ def _truth(mailbox: Mailbox, key: int) -> dict[str, Any]:
         "folder_id": folder.id,
         "folder": folder.display_name,
         "well_known_name": folder.well_known_name,
+        "folder_chain": _folder_chain(mailbox, folder),
         "is_read": state.is_read,
         "categories": list(state.categories),
         "subject": generated.subject,

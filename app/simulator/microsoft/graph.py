@@ -32,6 +32,7 @@ from app.simulator.microsoft.resources import (
     folder_resource,
     message_json,
     parse_select,
+    removed_folder,
     user_resource,
 )
 from app.simulator.microsoft.state import APP_MAIL_ROLE, AccessToken, MicrosoftState, get_state
@@ -270,6 +271,16 @@ async def _mail_folders(ctx: GraphRequest, rest: list[str]) -> Response:
         return _folder_collection(ctx, mailbox.folders[0], "mailFolders")
     if lowered[0] in _DELTA_SEGMENTS and len(rest) == 1:
         return _folder_delta(ctx)
+    stale = mailbox.folder(rest[0], deleted=True)
+    if (
+        stale is not None
+        and stale.deleted
+        and lowered[1:2] == ["messages"]
+        and lowered[2:3]
+        and lowered[2] in _DELTA_SEGMENTS
+        and (ctx.param("skiptoken") or ctx.param("deltatoken"))
+    ):
+        return await _message_delta(ctx, stale)
     folder = _folder(ctx, rest[0])
     if len(rest) == 1:
         select = _select(ctx, FOLDER_PROPERTIES, "microsoft.graph.mailFolder")
@@ -328,7 +339,10 @@ def _folder_collection(ctx: GraphRequest, parent: Folder, path: str) -> Response
     top = _int_param(ctx, "top", _DEFAULT_TOP, 1, _MAX_TOP)
     skip = _int_param(ctx, "skip", 0, 0, 1_000_000)
     select = _select(ctx, FOLDER_PROPERTIES, "microsoft.graph.mailFolder")
-    children = sorted((mailbox.folders[i] for i in parent.children), key=lambda f: f.display_name)
+    children = sorted(
+        (mailbox.folders[i] for i in parent.children if not mailbox.folders[i].deleted),
+        key=lambda f: f.display_name,
+    )
     chunk = children[skip : skip + top]
     body: dict[str, Any] = {
         "@odata.context": f"{ctx.state.sim.base_url}/v1.0/$metadata#users('{mailbox.user_id}')/mailFolders",
@@ -352,13 +366,22 @@ def _folder_delta(ctx: GraphRequest) -> Response:
         )
     select = _parse_token_select(token.select, FOLDER_PROPERTIES, "microsoft.graph.mailFolder")
     if token.kind == delta.ENUMERATE:
-        candidates = mailbox.folders[1:]
+        candidates = [f for f in mailbox.folders[1:] if not f.deleted]
     else:
-        candidates = [f for f in mailbox.folders[1:] if f.changed_seq > token.since]
+        # The round's first page pins its upper bound, so later pages see the same set.
+        until = token.until if token.until >= token.since else mailbox.seq
+        token = delta.DeltaToken(token.kind, -1, token.since, until, token.position, token.select)
+        # Newest first: a folder created inside a folder created in the same round comes
+        # before its parent; Exchange does not promise parents first either.
+        candidates = [
+            f for f in reversed(mailbox.folders[1:]) if token.since < f.changed_seq <= until
+        ]
     chunk = candidates[token.position : token.position + page_size]
     body: dict[str, Any] = {
         "@odata.context": f"{ctx.state.sim.base_url}/v1.0/$metadata#Collection(mailFolder)",
-        "value": [folder_resource(mailbox, f, select) for f in chunk],
+        "value": [
+            removed_folder(f) if f.deleted else folder_resource(mailbox, f, select) for f in chunk
+        ],
     }
     link = f"{ctx.base}/mailFolders/delta"
     end = token.position + page_size
@@ -366,7 +389,7 @@ def _folder_delta(ctx: GraphRequest) -> Response:
         nxt = delta.DeltaToken(token.kind, -1, token.since, token.until, end, token.select)
         body["@odata.nextLink"] = _link(link, {"$skiptoken": nxt.encode(mailbox.tag)})
     else:
-        since = mailbox.seq if token.kind == delta.CHANGES else token.since
+        since = token.until if token.kind == delta.CHANGES else token.since
         done = delta.DeltaToken(delta.CHANGES, -1, since, -1, 0, token.select)
         body["@odata.deltaLink"] = _link(link, {"$deltatoken": done.encode(mailbox.tag)})
     return json_response(body, headers=applied)
@@ -396,6 +419,11 @@ def _parse_token_select(
 
 async def _message_delta(ctx: GraphRequest, folder: Folder) -> Response:
     mailbox = ctx.target()
+    if folder.deleted:
+        # A round (or a deltaLink) on a folder deleted since: the sync state has no folder.
+        raise GraphError(
+            404, "ErrorSyncFolderNotFound", "The folder to be synchronized could not be found."
+        )
     page_size, applied = _page_size(ctx, delta.DEFAULT_PAGE_SIZE, delta.MAX_PAGE_SIZE)
     token = _delta_token(ctx, mailbox, folder.index)
     if token is None:
