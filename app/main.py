@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 
 from app.api.errors import install_error_handlers
 from app.api.routes import (
+    cases,
     events,
     health,
     mail,
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None, *, tune_collector: bool = False
     app.include_router(messages.router)
     app.include_router(threads.router)
     app.include_router(mailboxes.router)
+    app.include_router(cases.router)
     app.include_router(webhook_log.router)
     app.include_router(health.router)
     app.include_router(events.router)

@@ -21,6 +21,9 @@ from app.db.repositories.outbox import OutboxRow
 from app.events.changes import MESSAGES_CHANGED, MESSAGES_SNAPSHOT, Columns
 from app.events.subjects import user_token
 
+# app/sync/cases/events.py writes it: {"user_id", "case_id", "messages": [{...}]}.
+CASE_MESSAGE_LINKED = "case.message_linked"
+
 log = logging.getLogger(__name__)
 
 
@@ -139,6 +142,29 @@ def expand(row: OutboxRow, prefix: str) -> list[Outgoing]:
                             "event_id": event_id,
                             **with_version,
                             "provider_message_id": mid,
+                        }
+                    ),
+                )
+            )
+        return out
+    if row.kind == CASE_MESSAGE_LINKED:
+        # One event per linked message (the row holds a transaction's links to one case).
+        case = {**base, "case_id": payload["case_id"]}
+        subject = stem + CASE_MESSAGE_LINKED
+        for i, message in enumerate(payload["messages"]):
+            event_id = f"{id_prefix}{i}"
+            out.append(
+                Outgoing(
+                    CASE_MESSAGE_LINKED,
+                    subject,
+                    event_id,
+                    orjson.dumps(
+                        {
+                            "type": CASE_MESSAGE_LINKED,
+                            "event_id": event_id,
+                            **case,
+                            "provider_message_id": message["provider_message_id"],
+                            "contacts": message["contacts"],
                         }
                     ),
                 )

@@ -47,6 +47,7 @@ from app.providers.base import (
     AuthExpiredError,
     Cursor,
     CursorInvalidError,
+    LiveCursor,
     MailProvider,
     Page,
     PermanentError,
@@ -56,6 +57,8 @@ from app.providers.base import (
     TransientError,
 )
 from app.sync import activity, states
+from app.sync.cases.mail import CaseMail
+from app.sync.cases.states import MailboxScope
 from app.sync.ratelimit import RedisRateGate
 from app.sync.runtime import Runtime
 from app.sync.states import MailboxStatus, Phase, StreamMode
@@ -104,6 +107,8 @@ class _SliceState:
     incomplete: bool = False
     status: MailboxStatus = MailboxStatus.SYNCING
     heartbeat: asyncio.Task[None] | None = None
+    # A cases-only mailbox keeps only its owner's case mail; every page links what it wrote.
+    case_mail: CaseMail = field(default_factory=lambda: CaseMail(MailboxScope.FULL))
 
     async def stop_heartbeat(self) -> None:
         """Before the slice releases its lease: a heartbeat that found the lease released
@@ -223,7 +228,11 @@ class SyncEngine:
             on_pause=partial(self._throttled, mailbox.provider),
         )
         ctx = SyncContext(account=account, access_token=tokens.get, gate=gate)
-        state = _SliceState(lease=lease, provider=mailbox.provider)
+        state = _SliceState(
+            lease=lease,
+            provider=mailbox.provider,
+            case_mail=CaseMail(mailbox.scope, events=settings.events_enabled),
+        )
         lost = asyncio.Event()
         state.heartbeat = asyncio.create_task(self._heartbeat(lease, asyncio.current_task(), lost))
         try:
@@ -388,7 +397,12 @@ class SyncEngine:
                 begin_pass=begin_pass,
             )
 
-        if first_pass and settings.sync_recent_first and all(s.cursor is None for s in streams_now):
+        if (
+            first_pass
+            and settings.sync_recent_first
+            and not state.case_mail.cases_only
+            and all(s.cursor is None for s in streams_now)
+        ):
             await self._show_recent_first(provider, ctx, tokens, mailbox, streams_now, state)
 
         # Largest first: a folder's pages come one after another, so the biggest folder is
@@ -532,6 +546,17 @@ class SyncEngine:
         cursor = stream_state.cursor
         generation = stream_state.generation
         mode = StreamMode(stream_state.mode)
+        # A cases-only mailbox's history comes from its case searches: its first pass follows
+        # the stream from now on, when the provider can, instead of enumerating it.
+        if (
+            cursor is None
+            and generation == 1
+            and state.case_mail.cases_only
+            and isinstance(provider, LiveCursor)
+        ):
+            live = await self._with_token_retry(tokens, partial(provider.live_cursor, ctx, stream))
+            if live is not None:
+                cursor, mode = live, StreamMode.INCREMENTAL
 
         def fetch(after: Cursor | None) -> asyncio.Task[Page]:
             return asyncio.create_task(
@@ -632,7 +657,8 @@ class SyncEngine:
         async with self.rt.sessions() as session, session.begin():
             messages = MessageRepository(session)
             changes = PageChanges(stream.key)
-            upserted = await messages.upsert_page(mailbox_id, stream.key, generation, page.upserts)
+            upserts = await state.case_mail.keep(session, mailbox_id, page.upserts)
+            upserted = await messages.upsert_page(mailbox_id, stream.key, generation, upserts)
             events = self.settings.events_enabled
             came_back: set[str] = set()
             if events and mode is StreamMode.INCREMENTAL and upserted.inserted_ids:
@@ -668,12 +694,20 @@ class SyncEngine:
             if payload is not None:
                 await OutboxRepository(session).add(mailbox_id, MESSAGES_CHANGED, payload)
             # Last, so the lease check and the progress move commit with the page or not at all.
-            await MailboxRepository(session).fence(
+            in_cases = await MailboxRepository(session).fence(
                 state.lease,
                 self.settings.lease_seconds,
                 synced_delta=upserted.inserted - len(deleted) - len(swept),
                 total_estimate=self._total(state),
             )
+            # After the fence, which holds the mailbox row: see app/sync/cases/mail.py.
+            unlinked = await state.case_mail.link(
+                session, mailbox_id, upserted.written, in_cases=in_cases
+            )
+            if unlinked:
+                await MailboxRepository(session).fence(
+                    state.lease, self.settings.lease_seconds, synced_delta=-len(unlinked)
+                )
         state.pages += 1
         PAGES_WRITTEN.labels(state.provider).inc()
         self.rt.activity.add(activity.PAGES_WRITTEN)

@@ -30,6 +30,7 @@ from app.logging import configure_logging
 from app.metrics import QUEUE_DEPTH, serve_process_metrics
 from app.providers import registry
 from app.sync import jobs
+from app.sync.cases import jobs as case_jobs
 from app.sync.runtime import Runtime
 from app.sync.webhook_retention import prune_webhook_log
 
@@ -144,6 +145,13 @@ class WorkerSettings:
             keep_result=0,
             max_tries=3,
         ),
+        func(
+            case_jobs.sync_case_entry,
+            name=case_jobs.CASE_FUNCTION,
+            timeout=_timeout(),
+            keep_result=0,
+            max_tries=3,
+        ),
         # A check is a few requests; a repair by listing fetches only what is missing.
         func(
             jobs.verify_mailbox,
@@ -180,6 +188,14 @@ class WorkerSettings:
             jobs.monitor,
             second={7, 22, 37, 52},
             run_at_startup=False,
+            timeout=30,
+            keep_result=0,
+            unique=True,
+        ),
+        cron(
+            case_jobs.schedule_cases,
+            second=set(range(2, 60, 5)),
+            run_at_startup=True,
             timeout=30,
             keep_result=0,
             unique=True,

@@ -26,6 +26,7 @@ from sqlmodel import col
 from app.db.models import Mailbox
 from app.db.repositories.outbox import OutboxRepository
 from app.sync import states
+from app.sync.cases.states import MailboxScope
 from app.sync.states import MailboxStatus, Phase
 
 _SYNCABLE = sorted(s.value for s in states.SYNCABLE)
@@ -90,8 +91,10 @@ class MailboxRepository:
         auth_mode: str,
         tenant_id: str | None,
         provider_user_id: str | None,
+        scope: str = MailboxScope.FULL,
     ) -> Mailbox:
-        """Create the mailbox, or revive the existing one for this account (reconnect)."""
+        """Create the mailbox, or revive the existing one for this account (reconnect).
+        An existing mailbox keeps its scope (the caller checks it against `scope`)."""
         values = {
             "id": uuid.uuid4(),
             "user_id": user_id,
@@ -101,6 +104,7 @@ class MailboxRepository:
             "auth_mode": auth_mode,
             "tenant_id": tenant_id,
             "provider_user_id": provider_user_id,
+            "scope": scope,
             "status": MailboxStatus.PENDING.value,
             "next_sync_at": func.now(),
             "sync_requested_at": func.now(),
@@ -263,11 +267,13 @@ class MailboxRepository:
         status: MailboxStatus | None = None,
         phase: Phase | None = None,
         begin_pass: bool = False,
-    ) -> None:
+    ) -> bool:
         """Check the lease, renew it and move progress, in one statement; raise LeaseLost.
 
         `status` may only name a status the current one may move to without an event (a
-        slice's own status while it runs); `begin_pass` marks the start of a new pass."""
+        slice's own status while it runs); `begin_pass` marks the start of a new pass.
+        Returns whether the mailbox belongs to a case (read under the row's lock, so a page
+        knows whether to link its mail without a statement of its own: app/sync/cases)."""
         result = await self.session.execute(
             text(
                 """
@@ -284,6 +290,7 @@ class MailboxRepository:
                  WHERE id = :id AND fencing_token = :token AND lease_owner = :owner
                    AND lease_expires_at > now()
                    AND status = ANY(CAST(:sources AS text[]))
+             RETURNING EXISTS (SELECT 1 FROM case_mailboxes WHERE mailbox_id = :id)
                 """
             ),
             {
@@ -299,8 +306,10 @@ class MailboxRepository:
                 "sources": states.allowed_sources(status) if status else _SYNCABLE,
             },
         )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        in_cases = result.scalar_one_or_none()
+        if in_cases is None:
             raise LeaseLost(f"lease on mailbox {lease.mailbox_id} is no longer held")
+        return bool(in_cases)
 
     async def heartbeat(self, lease: Lease, seconds: int) -> bool:
         """Renew the lease without writing anything else; False when it is no longer held."""

@@ -224,11 +224,14 @@ class GmailClient:
         page_token: str | None,
         max_results: int,
         label_ids: Sequence[str] = (),
+        q: str | None = None,
     ) -> JSON:
         # includeSpamTrash: the copy holds every message with its labels, so a message
         # moving to Trash (a label change in history) is an update, not a disappearance.
         params = [("maxResults", str(max_results)), ("includeSpamTrash", "true")]
         params += [("labelIds", label_id) for label_id in label_ids]
+        if q:
+            params.append(("q", q))
         if page_token:
             params.append(("pageToken", page_token))
         return await self._json(ctx, "users.messages.list", "GET", "messages", params)

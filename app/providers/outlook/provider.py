@@ -33,6 +33,8 @@ from app.providers.base import (
     ProviderLimits,
     ProviderName,
     ScopeCount,
+    SearchPage,
+    SearchWindow,
     StreamGoneError,
     StreamInfo,
     Subscription,
@@ -41,7 +43,7 @@ from app.providers.base import (
     TransientError,
 )
 from app.providers.bodies import html_to_text, text_to_html
-from app.providers.outlook import subscriptions
+from app.providers.outlook import search, subscriptions
 from app.providers.outlook.auth import MsalTokens
 from app.providers.outlook.client import GraphClient
 from app.providers.outlook.errors import GraphRequestError
@@ -80,6 +82,7 @@ def user_path(account: Account) -> str:
 
 class OutlookProvider:
     name: ProviderName = "microsoft"
+    search_cap: int | None = search.SEARCH_CAP
 
     def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
         self._settings = settings
@@ -370,6 +373,20 @@ class OutlookProvider:
             raise TransientError(f"Graph returned a message that is {exc}") from exc
         upserts, _ = page.read(stream.labels)
         return upserts
+
+    # -- case mail (app/providers/outlook/search.py) --------------------------------------
+
+    async def search_participant(
+        self,
+        ctx: SyncContext,
+        streams: Sequence[StreamInfo],
+        address: str,
+        window: SearchWindow,
+        cursor: Cursor | None,
+    ) -> SearchPage:
+        return await search.search_page(
+            self._graph, ctx, user_path(ctx.account), streams, address, window, cursor
+        )
 
     # -- push ---------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.simulator.app import Simulator
+from app.simulator.contacts import PlantedContact
 from app.simulator.content import custom_content
 from app.simulator.google.mailbox import MAX_MESSAGES, Change
 from app.simulator.google.push import PushConfig
@@ -26,6 +27,8 @@ class CreateAccount(BaseModel):
     messages: int = Field(default=100, ge=0, le=MAX_MESSAGES)
     access_token_lifetime: int = Field(default=DEFAULT_TOKEN_LIFETIME, ge=0)
     history_id_start: int | None = Field(default=None, ge=1, lt=2**63)
+    # Correspondents placed into seeded messages (app/simulator/contacts.py).
+    contacts: list[PlantedContact] = Field(default_factory=list, max_length=100)
 
 
 class UpdateAccount(BaseModel):
@@ -151,6 +154,10 @@ def control_router(sim: Simulator, state: GoogleState) -> APIRouter:
             access_token_lifetime=body.access_token_lifetime,
             history_id_start=body.history_id_start,
         )
+        try:
+            account.mailbox.plant(body.contacts)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
         issued = state.issue_access_token(account)
         return {
             "email": account.email,
@@ -350,6 +357,12 @@ def control_router(sim: Simulator, state: GoogleState) -> APIRouter:
             "history_id": str(mailbox.history_id),
             "messages": [ground_truth_entry(v) for v in views],
         }
+
+    @router.get("/accounts/{email}/contacts/{address}")
+    async def contact_truth(email: str, address: str) -> dict[str, Any]:
+        """Ids of the existing messages `address` takes part in (from, to, cc), newest first:
+        the truth a case search for it must reproduce."""
+        return {"ids": account_or_404(email).mailbox.involving(address)}
 
     @router.get("/push")
     async def get_push() -> PushConfig:

@@ -21,6 +21,7 @@ from functools import lru_cache, partial
 from typing import Any
 
 from app.simulator import corpus
+from app.simulator.contacts import PlantedContact, Planting
 from app.simulator.content import ContentSpec, custom_content, seeded_content
 from app.simulator.corpus import GeneratedMessage
 from app.simulator.google.labels import (
@@ -255,6 +256,20 @@ class Mailbox:
         self._threads_total: int | None = None
         self._estimates: dict[str, tuple[int, int]] = {}
         self._label_counts: tuple[int, dict[str, LabelCounts]] | None = None
+        # Seeded messages a planted correspondent takes part in (app/simulator/contacts.py).
+        self.planting = Planting(email)
+        self._planted: dict[int, GeneratedMessage] = {}
+
+    def plant(self, contacts: list[PlantedContact]) -> None:
+        self.planting = Planting.plan(self.seed, self.total, self.email, contacts)
+        self._planted = {
+            # A sent message's sender becomes a recipient in `_seeded_view` by itself.
+            index: self.planting.apply(
+                index, corpus.generate(self.seed, index, self.total, self.email), owner_sent=False
+            )
+            for index in self.planting.roles
+        }
+        self._estimates.clear()
 
     # -- ids -------------------------------------------------------------------------
 
@@ -311,6 +326,9 @@ class Mailbox:
         return bits
 
     def _message(self, index: int) -> GeneratedMessage:
+        planted = self._planted.get(index) if self._planted else None
+        if planted is not None:
+            return planted
         return _generated(self.seed, index, self.total, self.email)
 
     def labels(self, message_id: str, index: int | None = None) -> frozenset[str]:
@@ -425,6 +443,32 @@ class Mailbox:
         new_threads = sum(1 for a in self.added.values() if a.thread_id == a.id)
         return self._threads_total + new_threads
 
+    def _live_among(
+        self, position: tuple[int, int], indexes: list[int]
+    ) -> Iterator[tuple[str, int | None, tuple[int, int]]]:
+        """`_live`, but of the seeded messages only `indexes` (sorted, newest first)."""
+        segment, value = position
+        if segment == 1:
+            for item in self._live(position):
+                if item[1] is not None:
+                    break
+                yield item
+            value = self.total - 1
+        for index in indexes:
+            if index <= value and index not in self.deleted:
+                yield self.seeded_id(index), index, (2, index - 1)
+
+    def _planted_only(self, query: Query | None) -> list[int] | None:
+        """Seeded messages that can match `query`, when it asks for an address only planted
+        messages hold (newest first); None when any message could."""
+        addresses = query.addresses() if query is not None else None
+        if not addresses or not all(self.planting.only_planted(a) for a in addresses):
+            return None
+        found: set[int] = set()
+        for address in addresses:
+            found.update(self.planting.keys_between(address, 0, self.total))
+        return sorted(found, reverse=True)
+
     def label_counts(self, label_id: str) -> LabelCounts:
         """Exact counts of messages and threads with `label_id`, as labels.get reports them.
 
@@ -519,7 +563,9 @@ class Mailbox:
 
         budget = max(2000, 10 * max_results)
         scanned = 0
-        for message_id, index, after in self._live(position):
+        among = self._planted_only(query)
+        live = self._live(position) if among is None else self._live_among(position, among)
+        for message_id, index, after in live:
             if scanned >= budget or len(page.messages) == max_results:
                 page.next_page_token = _encode_page_token(position)
                 break
@@ -533,7 +579,14 @@ class Mailbox:
                 else self.added[message_id].thread_id
             )
             page.messages.append((message_id, thread_id))
-        page.result_size_estimate = self._estimate(matches, estimate_key)
+        if among is None:
+            page.result_size_estimate = self._estimate(matches, estimate_key)
+        else:
+            page.result_size_estimate = sum(
+                1
+                for message_id, index, _ in self._live_among((1, self._added_seq + 1), among)
+                if matches(message_id, index)
+            )
         return page
 
     def _estimate(self, matches: Callable[[str, int | None], bool], key: str) -> int:
@@ -557,6 +610,22 @@ class Mailbox:
         view = self.view(message_id)
         assert view is not None
         return view
+
+    def involving(self, address: str) -> list[str]:
+        """Ids of the live messages `address` is the sender or a recipient of, newest first."""
+        wanted = address.lower()
+        among = None
+        if self.planting.only_planted(wanted):
+            among = sorted(self.planting.keys_between(wanted, 0, self.total), reverse=True)
+        start = (1, self._added_seq + 1)
+        live = self._live(start) if among is None else self._live_among(start, among)
+        found = []
+        for message_id, _, _ in live:
+            view = self._must_view(message_id)
+            people = {*view.to, *view.cc, view.from_header}
+            if any(wanted == p.lower() or f"<{wanted}>" in p.lower() for p in people):
+                found.append(message_id)
+        return found
 
     def ground_truth(self, offset: int, limit: int) -> list[MessageView]:
         out: list[MessageView] = []

@@ -12,6 +12,7 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
 from app.simulator.app import Simulator
+from app.simulator.contacts import PlantedContact
 from app.simulator.content import custom_content
 from app.simulator.microsoft import delta, ids
 from app.simulator.microsoft.mailbox import ChangeEvent, Folder, Mailbox
@@ -33,6 +34,8 @@ class CreateAccount(BaseModel):
     display_name: str | None = None
     app_only_granted: bool = True
     app_token_lifetime: int = Field(default=3599, ge=0)
+    # Correspondents placed into seeded messages (app/simulator/contacts.py).
+    contacts: list[PlantedContact] = Field(default_factory=list, max_length=100)
 
 
 class AccountPatch(BaseModel):
@@ -164,6 +167,7 @@ def _summary(mailbox: Mailbox) -> dict[str, Any]:
         "seq": mailbox.seq,
         "token_lifetime": mailbox.token_lifetime,
         "app_only_granted": mailbox.app_only_granted,
+        "planted": {address: len(keys) for address, keys in mailbox.planting.keys.items()},
     }
 
 
@@ -247,6 +251,10 @@ def build_control_router(sim: Simulator) -> APIRouter:
             token_lifetime=body.token_lifetime,
             app_only_granted=body.app_only_granted,
         )
+        try:
+            mailbox.plant(body.contacts)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
         if body.message_count > _BUILD_IN_THREAD_ABOVE:
             await asyncio.to_thread(mailbox.build_index)
         else:
@@ -451,6 +459,23 @@ def build_control_router(sim: Simulator) -> APIRouter:
         stop = None if limit is None else offset + limit
         return {"messages": [_truth(mailbox, k) for k in itertools.islice(keys, offset, stop)]}
 
+    @router.get("/accounts/{user}/contacts/{address}")
+    async def contact_truth(user: str, address: str) -> dict[str, Any]:
+        """Immutable ids of the existing messages `address` takes part in (from, to, cc),
+        newest first: the truth a case search for it must reproduce."""
+        mailbox = mailbox_or_404(user)
+        wanted = address.lower()
+        keys = set(mailbox.planting.keys_between(wanted, 0, mailbox.next_key))
+        if not mailbox.planting.only_planted(wanted):
+            keys.update(range(mailbox.next_key))
+        keys.update(mailbox.added)
+        found = [
+            mailbox.message_id(key, immutable=True)
+            for key in sorted(keys, reverse=True)
+            if mailbox.exists(key) and wanted in _people(mailbox, key)
+        ]
+        return {"ids": found}
+
     @router.get("/subscriptions")
     async def list_subscriptions() -> list[dict[str, Any]]:
         return [
@@ -510,6 +535,11 @@ def _expire_access_tokens(state: MicrosoftState, mailbox: Mailbox) -> int:
             token.expires_at = now
             count += 1
     return count
+
+
+def _people(mailbox: Mailbox, key: int) -> set[str]:
+    generated = mailbox.content(key)
+    return {mailbox.sender(key)[1], *generated.to, *generated.cc}
 
 
 def _truth(mailbox: Mailbox, key: int) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from app.simulator.app import Simulator
 from app.simulator.core import Throttled
-from app.simulator.microsoft import attachments, delta, subscriptions
+from app.simulator.microsoft import attachments, delta, search, subscriptions
 from app.simulator.microsoft.errors import graph_error, json_response, throttled_response
 from app.simulator.microsoft.mailbox import Folder, Mailbox
 from app.simulator.microsoft.resources import (
@@ -586,16 +586,13 @@ def _bounded_desc(keys: Iterator[int], low: int, high: int) -> Iterator[int]:
 
 
 def _list_messages(ctx: GraphRequest, folder: Folder | None) -> Response:
+    if ctx.param("search") is not None:
+        return _search_messages(ctx, folder)
     mailbox = ctx.target()
     top = _int_param(ctx, "top", _DEFAULT_TOP, 1, _MAX_TOP)
     skip = _int_param(ctx, "skip", 0, 0, 10_000_000)
     select = _select(ctx, MESSAGE_PROPERTIES, "microsoft.graph.message")
-    search = (ctx.param("search") or "").strip().strip('"').lower()
     raw_filter, orderby = ctx.param("filter"), (ctx.param("orderby") or "").strip().lower()
-    if search and (raw_filter or orderby):
-        raise GraphError(
-            400, "ErrorInvalidUrlQuery", "$search cannot be combined with $filter or $orderby."
-        )
     if orderby not in ("", "receiveddatetime desc", "receiveddatetime", "receiveddatetime asc"):
         raise GraphError(
             400, "ErrorInvalidUrlQuery", "Only $orderby=receivedDateTime is supported."
@@ -612,8 +609,6 @@ def _list_messages(ctx: GraphRequest, folder: Folder | None) -> Response:
     for key in in_range:
         state = mailbox.state(key)
         if flt.is_read is not None and state.is_read != flt.is_read:
-            continue
-        if search and not _matches(mailbox, key, search):
             continue
         matched += 1
         if matched <= skip:
@@ -632,15 +627,48 @@ def _list_messages(ctx: GraphRequest, folder: Folder | None) -> Response:
     return Response(collection_json(context, items, links), media_type="application/json")
 
 
-def _matches(mailbox: Mailbox, key: int, term: str) -> bool:
-    generated = mailbox.content(key)
-    haystack = " ".join(
-        (
-            generated.subject,
-            generated.from_name,
-            generated.from_address,
-            *generated.to,
-            *generated.cc,
+# Graph refuses these beside $search (app/simulator/microsoft/search.py).
+_NOT_WITH_SEARCH = (("orderby", "$orderBy"), ("filter", "$filter"), ("skip", "$skip"))
+
+
+def _search_messages(ctx: GraphRequest, folder: Folder | None) -> Response:
+    mailbox = ctx.target()
+    for name, spelled in _NOT_WITH_SEARCH:
+        if ctx.param(name) is not None:
+            raise GraphError(
+                400,
+                "BadRequest",
+                f"The query parameter '{spelled}' is not supported with '$search'.",
+            )
+    count = ctx.param("count")
+    if count is not None and count.lower() != "false":
+        raise GraphError(
+            400, "BadRequest", "The query parameter '$count' is not supported with '$search'."
         )
-    ).lower()
-    return term in haystack
+    top = _int_param(ctx, "top", _DEFAULT_TOP, 1, _MAX_TOP)
+    select = _select(ctx, MESSAGE_PROPERTIES, "microsoft.graph.message")
+    raw = ctx.param("search") or ""
+    fingerprint = search.fingerprint(mailbox, folder, raw, ctx.param("select"))
+    offset = 0
+    try:
+        token = ctx.param("skiptoken")
+        if token is not None:
+            decoded = search.SearchToken.decode(token)
+            if decoded.fingerprint != fingerprint:
+                raise search.SearchError("The skip token does not belong to this search.")
+            offset = decoded.offset
+        keys = search.search(mailbox, folder, raw)
+    except search.SearchError as exc:
+        raise GraphError(400, "BadRequest", str(exc)) from None
+    items = [
+        message_json(mailbox, key, mailbox.state(key), immutable=ctx.immutable_ids, select=select)
+        for key in keys[offset : offset + top]
+    ]
+    path = f"mailFolders('{folder.id}')/messages" if folder is not None else "messages"
+    links = {}
+    if offset + top < len(keys):
+        params = {k: v for k, v in ctx.request.query_params.items() if k.lstrip("$") != "skiptoken"}
+        params["$skiptoken"] = search.SearchToken(offset + top, fingerprint).encode()
+        links["@odata.nextLink"] = _link(f"{ctx.base}/{path}", params)
+    context = f"{ctx.state.sim.base_url}/v1.0/$metadata#users('{mailbox.user_id}')/messages"
+    return Response(collection_json(context, items, links), media_type="application/json")

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from app.simulator.contacts import PlantedContact, Planting
 from app.simulator.content import ContentSpec, seeded_content
 from app.simulator.corpus import GeneratedMessage, generate
 from app.simulator.microsoft import ids
@@ -171,6 +172,9 @@ class Mailbox:
         self.next_key = message_count
         self.overlay: dict[int, MessageState] = {}
         self.added: dict[int, GeneratedMessage] = {}
+        # Seeded messages a planted correspondent takes part in (app/simulator/contacts.py).
+        self.planting = Planting(self.email)
+        self.planted: dict[int, GeneratedMessage] = {}
         self.added_origin: dict[int, int] = {}
         self._last_key = -1
         self._last_content = generate(seed, 0, 1, self.email)
@@ -216,6 +220,19 @@ class Mailbox:
             if not self._base_is_read(key, folder_index):
                 self.folders[folder_index].unread += 1
 
+    def plant(self, contacts: list[PlantedContact]) -> None:
+        """Place correspondents into seeded messages. Each such message gets an overlay
+        entry (its state as seeded), so pages render it from `content`, never from the
+        corpus' untouched fields or a pre-rendered copy."""
+        self.planting = Planting.plan(self.seed, self.seeded_count, self.email, contacts)
+        for key in self.planting.roles:
+            folder = self.base_folder(key)
+            generated = generate(self.seed, key, self.seeded_count, self.email)
+            self.planted[key] = self.planting.apply(
+                key, generated, owner_sent=folder in ALWAYS_READ
+            )
+            self.overlay[key] = seeded_state(self.planted[key], folder)
+
     # -- reading ------------------------------------------------------------------------
 
     def folder(self, ref: str, *, deleted: bool = False) -> Folder | None:
@@ -243,7 +260,7 @@ class Mailbox:
         return found
 
     def content(self, key: int) -> GeneratedMessage:
-        added = self.added.get(key)
+        added = self.added.get(key) or self.planted.get(key)
         if added is not None:
             return added
         # Only the last message is remembered (callers often ask for state, then JSON).
