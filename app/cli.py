@@ -1,5 +1,5 @@
 """`mailsync api | worker | publisher | migrate | simulator | openapi | events | run | demo |
-status | dashboard-link`."""
+status | dashboard-link | rotate-keys`."""
 
 from __future__ import annotations
 
@@ -64,6 +64,59 @@ def openapi_document() -> str:
     return json.dumps(create_app(settings).openapi(), indent=2, sort_keys=True) + "\n"
 
 
+def rotate_keys(batch_size: int) -> int:
+    """Re-encrypt every stored secret under the first key of TOKEN_ENCRYPTION_KEYS."""
+    import asyncio
+
+    from app.config import get_settings
+    from app.crypto import TokenCipher
+    from app.db.session import make_engine, make_sessionmaker
+    from app.sync.key_rotation import KeyRotation
+
+    settings = get_settings()
+    if not settings.encryption_keys:
+        print(
+            "TOKEN_ENCRYPTION_KEYS is empty: there is no key to rotate to "
+            "(put the new key first, keep the old ones after it)",
+            file=sys.stderr,
+        )
+        return 2
+
+    async def run() -> int:
+        engine = make_engine(settings.database_url, pool_size=2)
+        try:
+            rotation = KeyRotation(
+                make_sessionmaker(engine),
+                TokenCipher(settings.encryption_keys),
+                batch_size=batch_size,
+                progress=lambda line: print(line, flush=True),
+            )
+            result = await rotation.run()
+        finally:
+            await engine.dispose()
+        for column, key in result.failed:
+            print(f"cannot decrypt {column} of row {key} with any configured key", file=sys.stderr)
+        if result.failed:
+            print(
+                f"{len(result.failed)} value(s) could not be decrypted and were left as they "
+                "are: keep the key that encrypted them, or reconnect those mailboxes",
+                file=sys.stderr,
+            )
+            return 1
+        if result.behind:
+            print(
+                f"{result.behind} value(s) are still under an older key: some process is "
+                "writing with an old first key; restart every API and worker with the new "
+                "TOKEN_ENCRYPTION_KEYS and run rotate-keys again",
+                file=sys.stderr,
+            )
+            return 2
+        print("every stored secret is under the first key: the other keys can be removed")
+        return 0
+
+    return asyncio.run(run())
+
+
 def events_command(args: argparse.Namespace) -> int:
     if args.events_command == "schema":
         from app.events.contract import schema_document
@@ -98,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     spec = sub.add_parser("openapi", help="write openapi.json (or --check it is current)")
     spec.add_argument("--check", action="store_true")
     spec.add_argument("--path", type=Path, default=Path("openapi.json"))
+    rotate = sub.add_parser(
+        "rotate-keys",
+        help="re-encrypt every stored secret under the first key of TOKEN_ENCRYPTION_KEYS",
+    )
+    rotate.add_argument("--batch-size", type=int, default=500)
     from app.simulator.__main__ import add_arguments as simulator_arguments
 
     simulator_arguments(
@@ -159,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         args.path.write_text(current)
         return 0
+    if args.command == "rotate-keys":
+        return rotate_keys(max(1, args.batch_size))
     if args.command == "publisher":
         import asyncio
 

@@ -80,6 +80,14 @@ class Settings(BaseSettings):
     scheduler_batch: int = Field(default=500, alias="SCHEDULER_BATCH")
     worker_max_jobs: int = Field(default=10, alias="WORKER_MAX_JOBS")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
+    # Webhook audit log: refused requests recorded one by one per minute and source (the
+    # rest counted), and how long rows are kept.
+    webhook_log_refusals_per_minute: int = Field(
+        default=20, ge=0, alias="WEBHOOK_LOG_REFUSALS_PER_MINUTE"
+    )
+    webhook_log_retention_hours: float = Field(
+        default=168.0, gt=0, alias="WEBHOOK_LOG_RETENTION_HOURS"
+    )
 
     # Reading the mirror (bodies and attachments come from the provider at request time).
     # Bodies are cached in PostgreSQL this long (0: no cache), if no larger than the cap.

@@ -30,6 +30,7 @@ class TokenCipher:
             fernets = [Fernet(_DEVELOPMENT_KEY)]
         else:
             fernets = [Fernet(k.encode()) for k in keys]
+        self._primary = fernets[0]
         self._fernet = MultiFernet(fernets)
 
     def encrypt(self, plaintext: str) -> bytes:
@@ -51,5 +52,26 @@ class TokenCipher:
         return result
 
     def rotate(self, token: bytes) -> bytes:
-        """Re-encrypt with the current primary key."""
-        return self._fernet.rotate(bytes(token))
+        """Re-encrypt with the current primary key (the first of TOKEN_ENCRYPTION_KEYS)."""
+        try:
+            return self._fernet.rotate(bytes(token))
+        except InvalidToken as exc:
+            raise SecretDecryptionError(
+                "secret cannot be decrypted with the configured keys"
+            ) from exc
+
+    def opens(self, token: bytes) -> bool:
+        """Some configured key decrypts it."""
+        try:
+            self._fernet.decrypt(bytes(token))
+        except InvalidToken:
+            return False
+        return True
+
+    def is_current(self, token: bytes) -> bool:
+        """Encrypted under the primary key (the first key opens it)."""
+        try:
+            self._primary.decrypt(bytes(token))
+        except InvalidToken:
+            return False
+        return True

@@ -41,7 +41,7 @@ JWT_SECRET = "test-secret-" + "x" * 32
 PUSH_AUDIENCE = "https://mailsync.test/webhooks/google"
 TABLES = (
     "outbox_events, message_tombstones, resnapshots, webhook_notifications, subscriptions, "
-    "messages, sync_cursors, credentials, mailboxes, monitor_repairs"
+    "messages, sync_cursors, credentials, mailboxes, monitor_repairs, case_links, cases"
 )
 
 

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
 
+from app.sync.cases.states import MailboxScope
 from app.sync.states import MailboxStatus, Phase, PushState
 
 
@@ -27,6 +28,11 @@ class ConnectRequest(BaseModel):
     )
     user_id: str | None = Field(
         default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9@.\-_]+$"
+    )
+    scope: MailboxScope = Field(
+        default=MailboxScope.FULL,
+        description="`full`: mirror the whole mailbox. `cases`: store only mail exchanged "
+        "with contacts of the owner's cases (history from the provider's search).",
     )
 
     @model_validator(mode="after")
@@ -54,6 +60,7 @@ class ConnectResponse(BaseModel):
     provider: str
     email: str | None
     status: MailboxStatus
+    scope: MailboxScope = MailboxScope.FULL
 
 
 class DisconnectRequest(BaseModel):
@@ -116,6 +123,7 @@ class MailboxStatusView(BaseModel):
         description="Syncing paused by the user (POST /mail/mailboxes/{id}/pause); "
         "status keeps its meaning.",
     )
+    scope: MailboxScope = MailboxScope.FULL
 
 
 class StatusResponse(BaseModel):

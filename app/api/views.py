@@ -25,6 +25,7 @@ from app.providers.base import (
     TransientError,
 )
 from app.sync import mailboxes as service
+from app.sync.cases.states import MailboxScope
 from app.sync.reading import MailboxUnavailable
 from app.sync.states import MailboxStatus, Phase
 
@@ -106,6 +107,7 @@ def mailbox_view(view: service.MailboxView) -> MailboxStatusView:
         streams_behind=view.streams_behind,
         push=view.push,
         paused=m.paused,
+        scope=MailboxScope(m.scope),
     )
 
 

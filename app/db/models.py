@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     LargeBinary,
+    SmallInteger,
     Text,
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, REAL, UUID
 from sqlmodel import Field, SQLModel
 
 
@@ -56,6 +59,10 @@ class Mailbox(SQLModel, table=True):
     auth_mode: str = Field(default="delegated", sa_column=Column(Text, nullable=False))
     tenant_id: str | None = Field(default=None, sa_column=Column(Text))
     provider_user_id: str | None = Field(default=None, sa_column=Column(Text))
+    # MailboxScope (app/sync/cases/states.py): a full mirror, or only mail of case contacts.
+    scope: str = Field(
+        default="full", sa_column=Column(Text, nullable=False, server_default="full")
+    )
 
     # Values and the transitions between them: app/sync/states.py (CHECK constraints too).
     status: str = Field(default="pending", sa_column=Column(Text, nullable=False))
@@ -306,6 +313,9 @@ class PushSubscription(SQLModel, table=True):
 
 
 class WebhookNotification(SQLModel, table=True):
+    """The webhook audit log: every request to a webhook route, with its outcome
+    (app/sync/webhook_log.py; migration 0007 has the indexes)."""
+
     __tablename__ = "webhook_notifications"
 
     id: int | None = Field(
@@ -313,11 +323,19 @@ class WebhookNotification(SQLModel, table=True):
     )
     received_at: datetime | None = _ts(nullable=False, default_now=True)
     provider: str = Field(sa_column=Column(Text, nullable=False))
-    mailbox_id: uuid.UUID | None = Field(
-        default=None, sa_column=Column(UUID(as_uuid=True), index=True)
-    )
+    outcome: str = Field(sa_column=Column(Text, nullable=False))
+    mailbox_id: uuid.UUID | None = Field(default=None, sa_column=Column(UUID(as_uuid=True)))
     kind: str = Field(sa_column=Column(Text, nullable=False))
     subscription_id: str | None = Field(default=None, sa_column=Column(Text))
+    source: str | None = Field(default=None, sa_column=Column(Text))
+    http_status: int | None = Field(default=None, sa_column=Column(SmallInteger))
+    handling_ms: float | None = Field(default=None, sa_column=Column(REAL))
+    # More than 1 on a row that stands for a minute of identical refusals (`aggregated`).
+    count: int = Field(default=1, sa_column=Column(Integer, nullable=False, server_default="1"))
+    aggregated: bool = Field(default=False)
+    # Equal for redeliveries of one notification (a hash; never a secret).
+    dedup_key: str | None = Field(default=None, sa_column=Column(Text))
+    detail: str | None = Field(default=None, sa_column=Column(Text))
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
 
 
@@ -413,3 +431,95 @@ class MonitorRepair(SQLModel, table=True):
     removed: int | None = Field(default=None, sa_column=Column(BigInteger))
     relabelled: int | None = Field(default=None, sa_column=Column(BigInteger))
     detail: str | None = Field(default=None, sa_column=Column(Text))
+
+
+# -- cases (app/sync/cases; migration 0011) -----------------------------------------------
+
+
+class Case(SQLModel, table=True):
+    """A case of a user: contacts whose mail, in the case's mailboxes, is linked to it."""
+
+    __tablename__ = "cases"
+    __table_args__ = (UniqueConstraint("user_id", "case_id", name="uq_cases_user_case"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    user_id: str = Field(sa_column=Column(Text, nullable=False))
+    # The caller's own identifier.
+    case_id: str = Field(sa_column=Column(Text, nullable=False))
+    title: str | None = Field(default=None, sa_column=Column(Text))
+    since: date | None = Field(default=None, sa_column=Column(Date))
+    # When case.sync_complete was written for the current contacts and mailboxes.
+    completed_at: datetime | None = _ts()
+    created_at: datetime | None = _ts(nullable=False, default_now=True)
+    updated_at: datetime | None = _ts(nullable=False, default_now=True)
+
+
+class CaseMailbox(SQLModel, table=True):
+    __tablename__ = "case_mailboxes"
+
+    case_key: int = Field(
+        sa_column=Column(BigInteger, ForeignKey("cases.id", ondelete="CASCADE"), primary_key=True)
+    )
+    mailbox_id: uuid.UUID = Field(
+        sa_column=Column(
+            UUID(as_uuid=True),
+            ForeignKey("mailboxes.id", ondelete="CASCADE"),
+            primary_key=True,
+            index=True,
+        )
+    )
+
+
+class CaseContact(SQLModel, table=True):
+    __tablename__ = "case_contacts"
+
+    case_key: int = Field(
+        sa_column=Column(BigInteger, ForeignKey("cases.id", ondelete="CASCADE"), primary_key=True)
+    )
+    # Lower-cased address.
+    email: str = Field(sa_column=Column(Text, primary_key=True))
+    # The order the caller gave them in.
+    position: int | None = Field(
+        default=None, sa_column=Column(BigInteger, Identity(), nullable=False)
+    )
+    created_at: datetime | None = _ts(nullable=False, default_now=True)
+
+
+class CaseSearch(SQLModel, table=True):
+    """One (case, mailbox, contact): how its mail is found, how far that got, and a lease."""
+
+    __tablename__ = "case_searches"
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    case_key: int = Field(sa_column=Column(BigInteger, nullable=False))
+    mailbox_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), nullable=False))
+    email: str = Field(sa_column=Column(Text, nullable=False))
+    # EntryStatus (app/sync/cases/states.py); the CHECK constraint holds the names.
+    status: str = Field(default="pending", sa_column=Column(Text, nullable=False))
+    found: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    estimate: int | None = Field(default=None, sa_column=Column(BigInteger))
+    requests: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    # Checkpointed search windows (app/sync/cases/plan.py).
+    plan: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    last_error_at: datetime | None = _ts()
+    consecutive_failures: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    next_run_at: datetime | None = _ts()
+    lease_owner: str | None = Field(default=None, sa_column=Column(Text))
+    lease_expires_at: datetime | None = _ts()
+    fencing_token: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    completed_at: datetime | None = _ts()
+    created_at: datetime | None = _ts(nullable=False, default_now=True)
+    updated_at: datetime | None = _ts(nullable=False, default_now=True)
+
+
+class CaseLink(SQLModel, table=True):
+    """A message of a case's mailbox linked to the case through one contact."""
+
+    __tablename__ = "case_links"
+
+    case_key: int = Field(sa_column=Column(BigInteger, primary_key=True))
+    mailbox_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), primary_key=True))
+    email: str = Field(sa_column=Column(Text, primary_key=True))
+    provider_message_id: str = Field(sa_column=Column(Text, primary_key=True))
+    linked_at: datetime | None = _ts(nullable=False, default_now=True)

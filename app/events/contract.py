@@ -127,6 +127,27 @@ class MailboxSnapshotComplete(_Event):
     messages: int
 
 
+class CaseMessageLinked(_Event):
+    """A stored message of the mailbox was linked to a case of its owner (app/sync/cases):
+    found by the case's search or query, or stored as new mail. One event per message."""
+
+    type: Literal["case.message_linked"]
+    case_id: str = Field(description="The case's identifier, as its owner gave it.")
+    provider_message_id: str
+    contacts: list[str] = Field(description="The case contacts the message involves.")
+
+
+class CaseSyncComplete(_Event):
+    """Every contact's mail in every mailbox of the case is stored and linked (once per
+    completion; again only after the case gains a contact, a mailbox or an earlier
+    `since`). `mailbox_id` is the mailbox whose search completed it."""
+
+    type: Literal["case.sync_complete"]
+    case_id: str
+    mailbox_ids: list[uuid.UUID]
+    contacts: list[str]
+
+
 Event = Annotated[
     EmailReceived
     | EmailUpdated
@@ -137,7 +158,9 @@ Event = Annotated[
     | MailboxAuthExpired
     | MailboxRecovered
     | MailboxDisconnected
-    | MailboxSnapshotComplete,
+    | MailboxSnapshotComplete
+    | CaseMessageLinked
+    | CaseSyncComplete,
     Field(discriminator="type"),
 ]
 
@@ -154,6 +177,8 @@ EVENT_TYPES: tuple[str, ...] = (
     "mailbox.recovered",
     "mailbox.disconnected",
     "mailbox.snapshot_complete",
+    "case.message_linked",
+    "case.sync_complete",
 )
 
 

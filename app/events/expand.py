@@ -20,6 +20,9 @@ from app.db.repositories.outbox import OutboxRow
 from app.events.changes import MESSAGES_CHANGED, MESSAGES_SNAPSHOT, Columns
 from app.events.subjects import user_token
 
+# app/sync/cases/events.py writes it: {"user_id", "case_id", "messages": [{...}]}.
+CASE_MESSAGE_LINKED = "case.message_linked"
+
 log = logging.getLogger(__name__)
 
 
@@ -134,6 +137,29 @@ def expand(row: OutboxRow, prefix: str) -> list[Outgoing]:
                 event_id = f"{id_prefix}{i}"
                 body = dumps({"event_id": event_id, "provider_message_id": mid})
                 out.append(Outgoing("email.deleted", subject, event_id, head + body[1:]))
+        return out
+    if row.kind == CASE_MESSAGE_LINKED:
+        # One event per linked message (the row holds a transaction's links to one case).
+        case = {**base, "case_id": payload["case_id"]}
+        subject = stem + CASE_MESSAGE_LINKED
+        for i, message in enumerate(payload["messages"]):
+            event_id = f"{id_prefix}{i}"
+            out.append(
+                Outgoing(
+                    CASE_MESSAGE_LINKED,
+                    subject,
+                    event_id,
+                    orjson.dumps(
+                        {
+                            "type": CASE_MESSAGE_LINKED,
+                            "event_id": event_id,
+                            **case,
+                            "provider_message_id": message["provider_message_id"],
+                            "contacts": message["contacts"],
+                        }
+                    ),
+                )
+            )
         return out
     if row.kind == MESSAGES_SNAPSHOT:
         head = _head(

@@ -69,6 +69,12 @@ class CursorInvalidError(ProviderError):
     """The stored cursor is dead (Graph 410 syncStateNotFound, Gmail history 404)."""
 
 
+class StreamGoneError(ProviderError):
+    """The stream itself is gone at the provider (a Graph folder deleted while it was being
+    synced: ErrorSyncFolderNotFound, ErrorItemNotFound). Not the mailbox's failure: the
+    engine drops the stream's cursor and rows and carries on with the others."""
+
+
 class PermanentError(ProviderError):
     """A request the provider will never accept; the mailbox goes to `error` with the reason."""
 
@@ -295,6 +301,59 @@ class AttachmentContent:
 
 
 @dataclass(frozen=True, slots=True)
+class SearchWindow:
+    """Messages received in [start, end); None is open (before everything, after everything)."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+@dataclass(slots=True)
+class SearchPage:
+    """One page of a provider-side search for a participant, within one window."""
+
+    # By stream key, like `recent`: results in streams the caller did not name are left out.
+    upserts: dict[str, MessageBatch] = field(default_factory=dict)
+    # The next page of the same search; None when the window's results are exhausted (or
+    # the provider's cap stops it).
+    cursor: Cursor | None = None
+    # Results the provider returned on this page, including any left out of `upserts`.
+    results: int = 0
+    # receivedDateTime of every result on this page (to split a window at the cap).
+    received: list[datetime] = field(default_factory=list)
+    # The provider's estimate of the whole window's results, when it gives one.
+    estimate: int | None = None
+
+
+@runtime_checkable
+class ParticipantSearch(Protocol):
+    """A provider that finds, server side, the messages a given address took part in."""
+
+    # Results one search returns at most, whatever the paging (Graph: 1,000); None: no cap.
+    search_cap: int | None
+
+    async def search_participant(
+        self,
+        ctx: SyncContext,
+        streams: Sequence[StreamInfo],
+        address: str,
+        window: SearchWindow,
+        cursor: Cursor | None,
+    ) -> SearchPage:
+        """One page of messages from, to, cc or bcc `address` received in `window`, after
+        `cursor` (None: the first page). Raises CursorInvalidError for a page cursor the
+        provider no longer accepts (the window is then searched again from its start)."""
+
+
+@runtime_checkable
+class LiveCursor(Protocol):
+    """A provider that can follow a stream from now on without enumerating it first."""
+
+    async def live_cursor(self, ctx: SyncContext, stream: StreamInfo) -> Cursor | None:
+        """The stream's cursor as of now; None when the provider cannot give one."""
+
+
+@dataclass(frozen=True, slots=True)
 class Subscription:
     """A push channel at the provider (Graph subscription, Gmail watch)."""
 
@@ -358,6 +417,14 @@ class RateGate(Protocol):
 
     async def pause(self, seconds: float) -> None:
         """Tell every worker to send nothing for this mailbox for `seconds` (Retry-After)."""
+
+    async def tighten(self) -> None:
+        """The provider refused a request for concurrency although our limit allowed it
+        (other clients of the mailbox use its slots too): allow fewer at once for a while."""
+
+    async def refund(self, units: int) -> None:
+        """Give back quota units spent on work the provider refused without charging
+        (Gmail batch parts refused for concurrency)."""
 
 
 @dataclass(slots=True)

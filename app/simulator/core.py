@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -35,8 +35,25 @@ class FaultSettings(BaseModel):
     gmail_quota_units_per_second: float = Field(default=250.0, ge=0)
     # Gmail history retention: a startHistoryId older than this many history records → 404.
     gmail_history_retention: int = Field(default=100_000, ge=1)
+    # Gmail's per-user concurrency limit, off when 0: every request and every batch part
+    # Gmail works on at once counts; the excess is answered 429 "Too many concurrent
+    # requests for user." without Retry-After. The limit a batch meets varies by
+    # ±jitter around this value (large batches fail often, 50-part ones sometimes).
+    gmail_user_concurrency: int = Field(default=0, ge=0)
+    gmail_user_concurrency_jitter: float = Field(default=0.5, ge=0, le=1)
+    # How a per-user quota refusal looks: 429 or 403, reason rateLimitExceeded or
+    # userRateLimitExceeded; the wait is only in the message ("Retry after <RFC 3339>")
+    # unless the header is switched on.
+    gmail_quota_status: Literal[429, 403] = 429
+    gmail_quota_reason: Literal["rateLimitExceeded", "userRateLimitExceeded"] = "rateLimitExceeded"
+    gmail_quota_retry_after_header: bool = False
+    # Batch answers: parts in an order of their own, parts without Content-Length.
+    gmail_batch_shuffle: bool = False
+    gmail_batch_content_length: bool = True
     # Graph concurrent requests per mailbox before a 429.
     graph_max_concurrency: int = Field(default=4, ge=1)
+    # Graph's MailboxConcurrency 429 often comes without a Retry-After header.
+    graph_concurrency_retry_after: bool = False
     seed: int | None = None
 
 
@@ -49,6 +66,8 @@ class AccountCounters:
     retry_after_violations: int = 0
     in_flight: int = 0
     quota_units: int = 0
+    # Gmail requests and batch parts refused for the per-user concurrency limit.
+    concurrency_refused: int = 0
     # Requests answered, per API method (Gmail: users.messages.list, ...; batch parts each).
     methods: dict[str, int] = field(default_factory=dict)
 
@@ -72,6 +91,7 @@ class Counters:
             totals.concurrency_peak = max(totals.concurrency_peak, c.concurrency_peak)
             totals.retry_after_violations += c.retry_after_violations
             totals.quota_units += c.quota_units
+            totals.concurrency_refused += c.concurrency_refused
             for method, count in c.methods.items():
                 totals.methods[method] = totals.methods.get(method, 0) + count
         return {
@@ -84,7 +104,7 @@ class Counters:
 class Throttled(Exception):
     """Raised by `admit` when the request must be answered 429/503 with Retry-After."""
 
-    def __init__(self, status: int, retry_after: float, reason: str) -> None:
+    def __init__(self, status: int, retry_after: float | None, reason: str) -> None:
         super().__init__(reason)
         self.status = status
         self.retry_after = retry_after
@@ -104,6 +124,11 @@ class SimulatorCore:
     def set_faults(self, faults: FaultSettings) -> None:
         self.faults = faults
         self._rng = random.Random(faults.seed)
+
+    @property
+    def rng(self) -> random.Random:
+        """The fault dice, seeded by `FaultSettings.seed` for reproducible runs."""
+        return self._rng
 
     def reset_counters(self) -> None:
         self.counters = Counters()
@@ -144,6 +169,8 @@ class SimulatorCore:
                 del self._retry_after_until[account]
         if max_concurrency is not None and c.in_flight >= max_concurrency:
             c.throttled += 1
+            if not self.faults.graph_concurrency_retry_after:
+                raise Throttled(429, None, "too many concurrent requests")
             wait = max(self.faults.retry_after_seconds, 0.0)
             self.told_to_wait(account, wait)
             raise Throttled(429, wait, "too many concurrent requests")
@@ -158,9 +185,20 @@ class SimulatorCore:
             raise Throttled(503, self.faults.retry_after_seconds, "service unavailable")
         c.in_flight += 1
         c.concurrency_peak = max(c.concurrency_peak, c.in_flight)
+        finish_at = time.monotonic() + self.faults.latency_ms / 1000
         try:
             if self.faults.latency_ms:
                 await asyncio.sleep(self.faults.latency_ms / 1000)
             yield c
         finally:
-            c.in_flight -= 1
+            # A request its client gave up on is still worked on at the provider: it keeps
+            # its place among the mailbox's concurrent requests until it would have ended.
+            remaining = finish_at - time.monotonic()
+            if remaining > 0:
+                asyncio.get_running_loop().call_later(remaining, self._leave, c)
+            else:
+                c.in_flight -= 1
+
+    @staticmethod
+    def _leave(c: AccountCounters) -> None:
+        c.in_flight -= 1

@@ -19,7 +19,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -47,14 +47,18 @@ from app.providers.base import (
     AuthExpiredError,
     Cursor,
     CursorInvalidError,
+    LiveCursor,
     MailProvider,
     Page,
     PermanentError,
+    StreamGoneError,
     StreamInfo,
     SyncContext,
     TransientError,
 )
 from app.sync import activity, states
+from app.sync.cases.mail import CaseMail
+from app.sync.cases.states import MailboxScope
 from app.sync.ratelimit import RedisRateGate
 from app.sync.runtime import Runtime
 from app.sync.states import MailboxStatus, Phase, StreamMode
@@ -103,6 +107,8 @@ class _SliceState:
     incomplete: bool = False
     status: MailboxStatus = MailboxStatus.SYNCING
     heartbeat: asyncio.Task[None] | None = None
+    # A cases-only mailbox keeps only its owner's case mail; every page links what it wrote.
+    case_mail: CaseMail = field(default_factory=lambda: CaseMail(MailboxScope.FULL))
 
     async def stop_heartbeat(self) -> None:
         """Before the slice releases its lease: a heartbeat that found the lease released
@@ -222,7 +228,11 @@ class SyncEngine:
             on_pause=partial(self._throttled, mailbox.provider),
         )
         ctx = SyncContext(account=account, access_token=tokens.get, gate=gate)
-        state = _SliceState(lease=lease, provider=mailbox.provider)
+        state = _SliceState(
+            lease=lease,
+            provider=mailbox.provider,
+            case_mail=CaseMail(mailbox.scope, events=settings.events_enabled),
+        )
         lost = asyncio.Event()
         state.heartbeat = asyncio.create_task(self._heartbeat(lease, asyncio.current_task(), lost))
         try:
@@ -355,6 +365,7 @@ class SyncEngine:
         streams = await self._with_token_retry(tokens, partial(provider.list_streams, ctx))
         async with self.rt.sessions() as session, session.begin():
             cursors = CursorRepository(session)
+            labels_before = {s.stream_key: s.labels for s in await cursors.list(mailbox.id)}
             await cursors.sync_streams(mailbox.id, list(streams))
             removed = await MessageRepository(session).delete_streams_except(
                 mailbox.id, [s.key for s in streams]
@@ -365,6 +376,7 @@ class SyncEngine:
                 await OutboxRepository(session).add(
                     mailbox.id, MESSAGES_CHANGED, gone.payload() or {}
                 )
+            await self._relabel_renamed_streams(session, mailbox.id, labels_before, streams)
             streams_now = await cursors.list(mailbox.id)
             # A pass may span slices; a new one begins when the last one completed.
             begin_pass = mailbox.pass_started_at is None
@@ -385,7 +397,12 @@ class SyncEngine:
                 begin_pass=begin_pass,
             )
 
-        if first_pass and settings.sync_recent_first and all(s.cursor is None for s in streams_now):
+        if (
+            first_pass
+            and settings.sync_recent_first
+            and not state.case_mail.cases_only
+            and all(s.cursor is None for s in streams_now)
+        ):
             await self._show_recent_first(provider, ctx, tokens, mailbox, streams_now, state)
 
         # Largest first: a folder's pages come one after another, so the biggest folder is
@@ -529,6 +546,17 @@ class SyncEngine:
         cursor = stream_state.cursor
         generation = stream_state.generation
         mode = StreamMode(stream_state.mode)
+        # A cases-only mailbox's history comes from its case searches: its first pass follows
+        # the stream from now on, when the provider can, instead of enumerating it.
+        if (
+            cursor is None
+            and generation == 1
+            and state.case_mail.cases_only
+            and isinstance(provider, LiveCursor)
+        ):
+            live = await self._with_token_retry(tokens, partial(provider.live_cursor, ctx, stream))
+            if live is not None:
+                cursor, mode = live, StreamMode.INCREMENTAL
 
         def fetch(after: Cursor | None) -> asyncio.Task[Page]:
             return asyncio.create_task(
@@ -549,6 +577,17 @@ class SyncEngine:
                 current, upcoming = upcoming or fetch(cursor), None
                 try:
                     page = await current
+                except StreamGoneError as exc:
+                    log.info(
+                        "mailbox %s stream %s: gone at the provider (%s); dropping it",
+                        mailbox.id,
+                        stream.key,
+                        exc,
+                    )
+                    while writing:
+                        await writing.popleft().task
+                    await self._drop_stream(mailbox.id, stream.key, state)
+                    return
                 except CursorInvalidError as exc:
                     if cursor is None:
                         # Refusing a fresh enumeration is not a dead cursor; do not loop on it.
@@ -618,7 +657,8 @@ class SyncEngine:
         async with self.rt.sessions() as session, session.begin():
             messages = MessageRepository(session)
             changes = PageChanges(stream.key)
-            upserted = await messages.upsert_page(mailbox_id, stream.key, generation, page.upserts)
+            upserts = await state.case_mail.keep(session, mailbox_id, page.upserts)
+            upserted = await messages.upsert_page(mailbox_id, stream.key, generation, upserts)
             events = self.settings.events_enabled
             came_back: set[str] = set()
             if events and mode is StreamMode.INCREMENTAL and upserted.inserted_ids:
@@ -654,12 +694,20 @@ class SyncEngine:
             if payload is not None:
                 await OutboxRepository(session).add(mailbox_id, MESSAGES_CHANGED, payload)
             # Last, so the lease check and the progress move commit with the page or not at all.
-            await MailboxRepository(session).fence(
+            in_cases = await MailboxRepository(session).fence(
                 state.lease,
                 self.settings.lease_seconds,
                 synced_delta=upserted.inserted - len(deleted) - len(swept),
                 total_estimate=self._total(state),
             )
+            # After the fence, which holds the mailbox row: see app/sync/cases/mail.py.
+            unlinked = await state.case_mail.link(
+                session, mailbox_id, upserted.written, in_cases=in_cases
+            )
+            if unlinked:
+                await MailboxRepository(session).fence(
+                    state.lease, self.settings.lease_seconds, synced_delta=-len(unlinked)
+                )
         state.pages += 1
         PAGES_WRITTEN.labels(state.provider).inc()
         self.rt.activity.add(activity.PAGES_WRITTEN)
@@ -679,6 +727,50 @@ class SyncEngine:
                 MESSAGES_WRITTEN.labels(provider, change).inc(count)
                 written += count
         self.rt.activity.add(activity.MESSAGES_WRITTEN, written)
+
+    # -- streams that changed shape ---------------------------------------------------
+
+    async def _relabel_renamed_streams(
+        self,
+        session: AsyncSession,
+        mailbox_id: uuid.UUID,
+        labels_before: dict[str, tuple[str, ...]],
+        streams: Sequence[StreamInfo],
+    ) -> None:
+        """A folder renamed or moved since the last slice: the messages it holds (and no
+        page will rewrite until they change) carry its new label from this commit on."""
+        messages = MessageRepository(session)
+        for stream in streams:
+            before = labels_before.get(stream.key)
+            if before is None or before == stream.labels:
+                continue
+            changes = PageChanges(stream.key)
+            changes.relabelled(
+                await messages.replace_stream_labels(mailbox_id, stream.key, before, stream.labels)
+            )
+            payload = changes.payload() if self.settings.events_enabled else None
+            if payload is not None:
+                await OutboxRepository(session).add(mailbox_id, MESSAGES_CHANGED, payload)
+
+    async def _drop_stream(
+        self, mailbox_id: uuid.UUID, stream_key: str, state: _SliceState
+    ) -> None:
+        """The stream is gone at the provider: its rows and cursor go, in one commit."""
+        async with self.rt.sessions() as session, session.begin():
+            swept = await MessageRepository(session).delete_stream(mailbox_id, stream_key)
+            await CursorRepository(session).drop(mailbox_id, stream_key)
+            changes = PageChanges(stream_key)
+            changes.deleted(swept)
+            payload = changes.payload() if self.settings.events_enabled else None
+            if payload is not None:
+                await OutboxRepository(session).add(mailbox_id, MESSAGES_CHANGED, payload)
+            state.totals.pop(stream_key, None)
+            await MailboxRepository(session).fence(
+                state.lease,
+                self.settings.lease_seconds,
+                synced_delta=-len(swept),
+                total_estimate=self._total(state),
+            )
 
     # -- helpers ----------------------------------------------------------------------
 

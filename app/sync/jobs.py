@@ -12,6 +12,7 @@ from app.db.repositories.mailboxes import MailboxRepository
 from app.db.repositories.subscriptions import SubscriptionRepository
 from app.events import snapshot
 from app.providers.base import AuthExpiredError, ProviderError
+from app.sync.cases.jobs import wake_after_pass
 from app.sync.engine import Outcome, SyncEngine
 from app.sync.monitor import CompletionMonitor
 from app.sync.queue import enqueue_cleanup, enqueue_subscription, enqueue_sync
@@ -43,6 +44,9 @@ async def sync_mailbox(ctx: dict[str, Any], mailbox_id: str) -> str:
         await enqueue_sync(rt.redis, mid, suffix=f"a{token}")
     elif result.outcome is Outcome.RETRY_LATER:
         await enqueue_sync(rt.redis, mid, suffix=f"r{uuid.uuid4().hex[:8]}", defer_by=result.delay)
+    if result.outcome in (Outcome.DONE, Outcome.DONE_AGAIN):
+        # A full mirror's case entries wait for its first completed pass.
+        await wake_after_pass(rt, mid)
     log.info("sync %s: %s after %d pages", mailbox_id, result.outcome.value, result.pages)
     return result.outcome.value
 

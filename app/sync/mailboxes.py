@@ -22,12 +22,18 @@ from app.db.repositories.outbox import OutboxRepository
 from app.db.repositories.reading import ReadRepository
 from app.events.changes import MESSAGES_CHANGED, PageChanges
 from app.sync import states
+from app.sync.cases.service import resume_mailbox_cases
+from app.sync.cases.states import MailboxScope
 from app.sync.queue import enqueue_cleanup, enqueue_subscription, enqueue_sync
 from app.sync.runtime import Runtime
 
 
 class MailboxNotFound(Exception):
     pass
+
+
+class ScopeConflict(Exception):
+    """The account is connected already, with the other scope."""
 
 
 class Transaction(Protocol):
@@ -51,6 +57,7 @@ class ConnectCommand:
     expires_in: int | None
     tenant_id: str | None = None
     provider_user_id: str | None = None
+    scope: MailboxScope = MailboxScope.FULL
 
 
 def account_key(cmd: ConnectCommand) -> str:
@@ -76,7 +83,13 @@ async def connect(uow: Transaction, cmd: ConnectCommand) -> Mailbox:
         auth_mode=cmd.auth_mode,
         tenant_id=cmd.tenant_id,
         provider_user_id=cmd.provider_user_id,
+        scope=cmd.scope,
     )
+    if mailbox.scope != cmd.scope:
+        raise ScopeConflict(
+            f"this account is connected with scope {mailbox.scope!r}; a mailbox keeps the "
+            "scope it was first connected with"
+        )
     credentials = CredentialRepository(session, uow.rt.cipher)
     if cmd.auth_mode == "application":
         # App-only: the worker obtains tokens with the client credentials; store an expired
@@ -100,6 +113,8 @@ async def connect(uow: Transaction, cmd: ConnectCommand) -> Mailbox:
         lambda: enqueue_sync(redis, mailbox_id, suffix=f"connect{uuid.uuid4().hex[:8]}")
     )
     uow.after_commit(partial(enqueue_subscription, redis, mailbox_id))
+    # Case searches parked by a refused grant resume from their checkpoints.
+    await resume_mailbox_cases(uow, mailbox_id)
     return mailbox
 
 

@@ -5,7 +5,18 @@ given), a concurrent-request slot is free (Graph: 4 per mailbox across all clien
 quota bucket holds enough units (Gmail: 250 units per user per second). Slots are leases
 with an expiry, renewed by their holder while its request is in flight, so a slot outlives
 a worker that died holding it by at most `slot_ttl` (the lease period: a dead worker's
-mailbox is resumed within about that long, and finds its request slots free).
+mailbox is resumed within about that long, and Graph has long finished a request by then).
+
+Two things keep the slot count honest beyond our own requests:
+
+- A request we stop waiting for (a slice ends, a job is cancelled, a worker shuts down) is
+  still being worked on by the provider, which counts it against the mailbox until it ends.
+  Its slot is therefore not given back on cancellation: it stays taken until the request's
+  own timeout would have ended it. (Callers that can let the request finish in the
+  background, as the Graph client does, give the slot back when it really ends.)
+- The provider's limit is shared with every other client of the mailbox (Outlook, phones,
+  other apps), so a concurrency refusal can come while we use fewer slots than allowed:
+  `tighten` lowers this mailbox's limit by one for a while, down to one.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ from redis.asyncio import Redis
 
 from app.providers.base import ProviderLimits, ThrottledError
 
-# KEYS: pause, slots (zset holder -> expiry ms), bucket (hash tokens, ts)
+# KEYS: pause, slots (zset holder -> expiry ms), bucket (hash tokens, ts), cap (tightened limit)
 # ARGV: now_ms, holder, slot_ttl_ms, max_concurrency (0 = none), rate (units/s, 0 = none),
 #       capacity, cost
 # Returns 0 when admitted, else the number of milliseconds to wait before trying again.
@@ -31,6 +42,8 @@ local pause_ttl = redis.call('PTTL', KEYS[1])
 if pause_ttl > 0 then return pause_ttl end
 local max_conc = tonumber(ARGV[4])
 if max_conc > 0 then
+  local cap = tonumber(redis.call('GET', KEYS[4]))
+  if cap and cap < max_conc then max_conc = cap end
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
   if redis.call('ZCARD', KEYS[2]) >= max_conc then
     return -1
@@ -59,6 +72,30 @@ end
 return 0
 """
 
+# KEYS: cap; ARGV: max_concurrency, window_ms. One slot fewer than now (at least one),
+# for `window_ms` after the latest refusal.
+_TIGHTEN = """
+local cap = tonumber(redis.call('GET', KEYS[1])) or tonumber(ARGV[1])
+cap = math.max(1, cap - 1)
+redis.call('SET', KEYS[1], cap, 'PX', tonumber(ARGV[2]))
+return cap
+"""
+
+# KEYS: slots; ARGV: holder, until_ms. An abandoned request's slot lapses then rather than
+# at the admission's crash-safety expiry (only if the slot is still there to keep).
+_HOLD = """
+return redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[2]), ARGV[1])
+"""
+
+
+# KEYS: bucket; ARGV: units, capacity. Units back into the bucket, never above capacity.
+_REFUND = """
+local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens'))
+if not tokens then return 0 end
+redis.call('HSET', KEYS[1], 'tokens', math.min(tonumber(ARGV[2]), tokens + tonumber(ARGV[1])))
+return 1
+"""
+
 
 class RedisRateGate:
     """A `RateGate` (app.providers.base) for one mailbox, shared through Redis."""
@@ -73,6 +110,11 @@ class RedisRateGate:
         # A bucket of one second's worth of units: bursts up to the documented per-second
         # rate, a moving average at the rate.
         burst_seconds: float = 1.0,
+        # How long a request can still be running at the provider after we stopped waiting
+        # for it: the provider HTTP client's timeout (app.sync.runtime).
+        request_timeout_seconds: float = 30.0,
+        # How long a concurrency refusal keeps the mailbox's limit lowered.
+        tighten_seconds: float = 60.0,
         on_pause: Callable[[float], None] | None = None,
         # A person waiting for the answer: refuse (ThrottledError) rather than wait longer.
         max_wait_seconds: float | None = None,
@@ -84,13 +126,19 @@ class RedisRateGate:
             f"gate:{mailbox_key}:pause",
             f"gate:{mailbox_key}:slots",
             f"gate:{mailbox_key}:bucket",
+            f"gate:{mailbox_key}:cap",
         ]
         self._limits = limits
         self._slot_ttl_ms = int(slot_ttl_seconds * 1000)
+        self._request_timeout_ms = int(request_timeout_seconds * 1000)
+        self._tighten_ms = int(tighten_seconds * 1000)
         rate = limits.units_per_second or 0.0
         self._rate = rate
         self._capacity = rate * burst_seconds
         self._script = redis.register_script(_ADMIT)
+        self._tighten_script = redis.register_script(_TIGHTEN)
+        self._hold_script = redis.register_script(_HOLD)
+        self._refund_script = redis.register_script(_REFUND)
         self._max_wait = max_wait_seconds
 
     async def _admit(self, holder: str, cost: int) -> int:
@@ -132,13 +180,30 @@ class RedisRateGate:
         if not self._limits.max_concurrency:
             yield
             return
+        admitted_ms = int(time.time() * 1000)
         renewal = asyncio.create_task(self._renew(holder))
         try:
             yield
-        finally:
-            renewal.cancel()
-            await asyncio.gather(renewal, return_exceptions=True)
+        except asyncio.CancelledError:
+            await self._stop(renewal)
+            # Whoever stopped waiting, the provider has not: the slot stays taken until the
+            # request could still be running, so no extra request slips in.
+            await self._hold_script(
+                keys=[self._keys[1]], args=[holder, admitted_ms + self._request_timeout_ms]
+            )
+            raise
+        except BaseException:
+            await self._stop(renewal)
             await self._redis.zrem(self._keys[1], holder)
+            raise
+        else:
+            await self._stop(renewal)
+            await self._redis.zrem(self._keys[1], holder)
+
+    @staticmethod
+    async def _stop(renewal: asyncio.Task[None]) -> None:
+        renewal.cancel()
+        await asyncio.gather(renewal, return_exceptions=True)
 
     async def _renew(self, holder: str) -> None:
         """Keep a slot whose request is still in flight (a slow page) from expiring."""
@@ -156,3 +221,21 @@ class RedisRateGate:
         current = await self._redis.pttl(self._keys[0])
         if current is None or current < ms:
             await self._redis.set(self._keys[0], b"1", px=ms)
+
+    async def tighten(self) -> None:
+        if self._limits.max_concurrency:
+            await self._tighten_script(
+                keys=[self._keys[3]], args=[self._limits.max_concurrency, self._tighten_ms]
+            )
+
+    async def refund(self, units: int) -> None:
+        if self._rate and units > 0:
+            await self._refund_script(keys=[self._keys[2]], args=[units, self._capacity])
+
+    async def concurrency_limit(self) -> int | None:
+        """The concurrent requests allowed now (tightened or not); None without a limit."""
+        if not self._limits.max_concurrency:
+            return None
+        cap = await self._redis.get(self._keys[3])
+        limit = self._limits.max_concurrency
+        return min(limit, int(cap)) if cap is not None else limit

@@ -30,7 +30,9 @@ from app.logging import configure_logging
 from app.metrics import QUEUE_DEPTH, serve_process_metrics
 from app.providers import registry
 from app.sync import jobs
+from app.sync.cases import jobs as case_jobs
 from app.sync.runtime import Runtime
+from app.sync.webhook_retention import prune_webhook_log
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +145,13 @@ class WorkerSettings:
             keep_result=0,
             max_tries=3,
         ),
+        func(
+            case_jobs.sync_case_entry,
+            name=case_jobs.CASE_FUNCTION,
+            timeout=_timeout(),
+            keep_result=0,
+            max_tries=3,
+        ),
         # A check is a few requests; a repair by listing fetches only what is missing.
         func(
             jobs.verify_mailbox,
@@ -184,10 +193,26 @@ class WorkerSettings:
             unique=True,
         ),
         cron(
+            case_jobs.schedule_cases,
+            second=set(range(2, 60, 5)),
+            run_at_startup=True,
+            timeout=30,
+            keep_result=0,
+            unique=True,
+        ),
+        cron(
             jobs.renew_subscriptions,
             minute=set(range(0, 60, 5)),
             run_at_startup=True,
             timeout=60,
+            keep_result=0,
+            unique=True,
+        ),
+        # The webhook audit log's retention (WEBHOOK_LOG_RETENTION_HOURS).
+        cron(
+            prune_webhook_log,
+            minute=set(range(3, 60, 10)),
+            timeout=120,
             keep_result=0,
             unique=True,
         ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 from typing import Any
@@ -11,6 +12,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.providers.gmail.push import GmailPush, decode_push
 from tests.conftest import bearer
 
 json_scalars = (
@@ -67,7 +69,7 @@ def test_fuzzed_bodies_never_500(fuzz_client: TestClient, body: Any) -> None:
 @given(raw=st.binary(max_size=200))
 def test_fuzzed_bytes_never_500(fuzz_client: TestClient, raw: bytes) -> None:
     headers = bearer("fuzzer")
-    for path in ("/mail/connect", "/mail/disconnect", "/webhooks/microsoft"):
+    for path in ("/mail/connect", "/mail/disconnect", "/webhooks/microsoft", "/webhooks/google"):
         _assert_sane(
             fuzz_client.post(
                 path, content=raw, headers={**headers, "content-type": "application/json"}
@@ -93,6 +95,75 @@ def test_fuzzed_queries_and_headers_never_500(
         _assert_sane(fuzz_client.get("/mail/status", headers=headers))
     except UnicodeEncodeError:
         pass  # not a header any HTTP client can send
+
+
+# Graph's notification fields, each with a value of any JSON type.
+graph_item = st.fixed_dictionaries(
+    {},
+    optional={
+        key: st.text(max_size=20) | json_values
+        for key in (
+            "subscriptionId",
+            "clientState",
+            "changeType",
+            "lifecycleEvent",
+            "resource",
+            "tenantId",
+            "organizationId",
+            "subscriptionExpirationDateTime",
+        )
+    }
+    | {
+        "resourceData": st.fixed_dictionaries(
+            {}, optional={"id": json_values, "@odata.etag": json_values}
+        )
+        | json_values
+    },
+)
+
+
+@FUZZ
+@given(
+    document=st.fixed_dictionaries({"value": st.lists(graph_item, max_size=4)})
+    | st.fixed_dictionaries({"value": json_values})
+    | json_values,
+    validation=st.none() | st.text(max_size=30),
+)
+def test_fuzzed_graph_notifications_never_500(
+    fuzz_client: TestClient, document: Any, validation: str | None
+) -> None:
+    params = {"validationToken": validation} if validation is not None else {}
+    _assert_sane(
+        fuzz_client.post("/webhooks/microsoft", params=params, content=json.dumps(document))
+    )
+
+
+def _b64(data: bytes, urlsafe: bool) -> str:
+    return (base64.urlsafe_b64encode if urlsafe else base64.b64encode)(data).decode()
+
+
+@FUZZ
+@given(
+    payload=st.fixed_dictionaries(
+        {}, optional={"emailAddress": st.emails() | json_values, "historyId": json_values}
+    )
+    | json_values,
+    message=st.fixed_dictionaries(
+        {}, optional={"messageId": json_values | st.text(max_size=20), "attributes": json_values}
+    ),
+    raw_data=st.none() | st.binary(max_size=60),
+    urlsafe=st.booleans(),
+)
+def test_fuzzed_push_envelopes_decode_or_raise_value_error(
+    payload: Any, message: dict[str, Any], raw_data: bytes | None, urlsafe: bool
+) -> None:
+    data = raw_data if raw_data is not None else json.dumps(payload).encode()
+    envelope = {"message": {**message, "data": _b64(data, urlsafe)}, "subscription": "s"}
+    try:
+        push = decode_push(json.dumps(envelope).encode())
+    except ValueError:
+        return
+    assert isinstance(push, GmailPush) and push.history_id > 0 and "@" in push.email_address
 
 
 read_params = st.dictionaries(

@@ -55,11 +55,18 @@ async def _queued(rt: Runtime) -> list[str]:
     return [j.decode() for j in await rt.redis.zrange("arq:queue", 0, -1)]
 
 
-async def _notifications(rt: Runtime, mailbox_id: uuid.UUID) -> list[str]:
+async def _notifications(
+    rt: Runtime,
+    mailbox_id: uuid.UUID,
+    outcomes: tuple[str, ...] = ("accepted", "duplicate", "lifecycle"),
+) -> list[str]:
     async with rt.sessions() as session:
         rows = await session.execute(
-            text("SELECT kind FROM webhook_notifications WHERE mailbox_id = :id ORDER BY id"),
-            {"id": mailbox_id},
+            text(
+                "SELECT kind FROM webhook_notifications WHERE mailbox_id = :id "
+                "AND outcome = ANY(:outcomes) ORDER BY id"
+            ),
+            {"id": mailbox_id, "outcomes": list(outcomes)},
         )
         return [r[0] for r in rows.all()]
 
@@ -95,7 +102,9 @@ async def test_forged_client_state_is_ignored(api: httpx.AsyncClient, rt: Runtim
     response = await api.post("/webhooks/microsoft", content=json.dumps(body))
     assert response.status_code == 202
     assert await _queued(rt) == []
+    # Recorded for the operator, but nothing is owed for them.
     assert await _notifications(rt, mailbox_id) == []
+    assert await _notifications(rt, mailbox_id, ("forged_client_state",)) == ["change:created"]
 
 
 async def test_lifecycle_events(api: httpx.AsyncClient, rt: Runtime) -> None:

@@ -50,8 +50,22 @@ async def truth(sim: Sim, email: str) -> dict[str, dict[str, Any]]:
     return {m["id"]: m for m in body["messages"]}
 
 
+def folder_label(chain: list[dict[str, Any]]) -> str:
+    """The documented rule (docs/microsoft.md): a well-known folder is its system label,
+    any other its parent's label + "/" + its name ("/" and "\\" escaped), a top-level one
+    its name alone."""
+    label = ""
+    for folder in chain:
+        if folder["well_known_name"] in WELL_KNOWN_LABELS:
+            label = WELL_KNOWN_LABELS[folder["well_known_name"]]
+            continue
+        name = folder["display_name"].replace("\\", "\\\\").replace("/", "\\/")
+        label = f"{label}/{name}" if label else name
+    return label
+
+
 def expected_labels(message: dict[str, Any]) -> list[str]:
-    folder = WELL_KNOWN_LABELS.get(message["well_known_name"] or "", message["folder"])
+    folder = folder_label(message["folder_chain"])
     return sorted({folder, *message["categories"], *([] if message["is_read"] else ["UNREAD"])})
 
 

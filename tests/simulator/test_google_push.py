@@ -132,7 +132,12 @@ async def test_label_filter_rate_limit_and_stop(sim: GoogleSim) -> None:
     account = await sim.create_account(messages=30)
     truth = await sim.truth(account.email)
     outside = next(m for m in truth if "INBOX" not in m["labelIds"])
-    inside = next(m for m in truth if "INBOX" in m["labelIds"])
+    # Seeds follow the order accounts are created in: pick a message the edits below change.
+    inside = next(
+        m
+        for m in truth
+        if "INBOX" in m["labelIds"] and not {"STARRED", "IMPORTANT"} & set(m["labelIds"])
+    )
     # No endpoint: publishes are logged (tests can forward them), never sent.
     await sim.set_push(max_notifications_per_second=0)
     await _watch(sim, account, labelIds=["INBOX"], labelFilterBehavior="INCLUDE")

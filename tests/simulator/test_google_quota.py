@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 
@@ -21,7 +21,7 @@ async def sim(simulator: SimulatorServer) -> AsyncIterator[GoogleSim]:
         yield client
 
 
-async def test_over_quota_is_429_user_rate_limit_with_retry_after(sim: GoogleSim) -> None:
+async def test_over_quota_names_the_instant_in_the_message_only(sim: GoogleSim) -> None:
     account = await sim.create_account(messages=20)
     # 10 units/s: a burst of two messages.list (5 units each), then a 0.5 s wait.
     async with sim.faults(gmail_quota_units_per_second=10):
@@ -29,24 +29,52 @@ async def test_over_quota_is_429_user_rate_limit_with_retry_after(sim: GoogleSim
             assert (await sim.http.get(LIST, headers=account.auth)).status_code == 200
         refused = await sim.http.get(LIST, headers=account.auth)
         assert refused.status_code == 429
-        assert int(refused.headers["retry-after"]) >= 1
+        # What Gmail sends: no Retry-After header, the instant only in the message text.
+        assert "retry-after" not in refused.headers
         error = refused.json()["error"]
         assert error["code"] == 429 and error["status"] == "RESOURCE_EXHAUSTED"
-        assert error["errors"][0]["reason"] == "userRateLimitExceeded"
+        assert error["errors"][0]["reason"] == "rateLimitExceeded"
         assert error["errors"][0]["domain"] == "usageLimits"
         match = re.fullmatch(r"User-rate limit exceeded\.  Retry after (\S+)", error["message"])
         assert match is not None
-        assert datetime.fromisoformat(match.group(1).replace("Z", "+00:00")).tzinfo is not None
+        moment = datetime.fromisoformat(match.group(1).replace("Z", "+00:00"))
+        assert moment.tzinfo is not None
+        assert 0 < (moment - datetime.now(UTC)).total_seconds() <= 1.0
         counters = await sim.counters(account.email)
         assert counters["throttled"] == 1
         assert counters["quota_units"] == 10
         assert counters["retry_after_violations"] == 0
-        # Coming back well before the Retry-After is a violation (requests already in flight
-        # when the 429 left, within 100 ms, are not).
+        # Coming back well before the named instant is a violation (requests already in
+        # flight when the 429 left, within 100 ms, are not).
         await asyncio.sleep(0.2)
         again = await sim.http.get(LIST, headers=account.auth)
         assert again.status_code == 429
         assert (await sim.counters(account.email))["retry_after_violations"] == 1
+
+
+@pytest.mark.parametrize("reason", ["userRateLimitExceeded", "rateLimitExceeded"])
+async def test_over_quota_as_403_with_either_reason(sim: GoogleSim, reason: str) -> None:
+    account = await sim.create_account(messages=20)
+    async with sim.faults(
+        gmail_quota_units_per_second=5, gmail_quota_status=403, gmail_quota_reason=reason
+    ):
+        assert (await sim.http.get(LIST, headers=account.auth)).status_code == 200
+        refused = await sim.http.get(LIST, headers=account.auth)
+    assert refused.status_code == 403
+    assert "retry-after" not in refused.headers
+    error = refused.json()["error"]
+    assert error["code"] == 403 and error["status"] == "PERMISSION_DENIED"
+    assert error["errors"][0]["reason"] == reason
+    assert error["message"].startswith("User-rate limit exceeded.  Retry after ")
+
+
+async def test_retry_after_header_can_be_switched_on(sim: GoogleSim) -> None:
+    account = await sim.create_account(messages=20)
+    async with sim.faults(gmail_quota_units_per_second=5, gmail_quota_retry_after_header=True):
+        assert (await sim.http.get(LIST, headers=account.auth)).status_code == 200
+        refused = await sim.http.get(LIST, headers=account.auth)
+    assert refused.status_code == 429
+    assert int(refused.headers["retry-after"]) >= 1
 
 
 async def test_quota_is_per_user_and_costs_follow_the_method(sim: GoogleSim) -> None:

@@ -109,7 +109,15 @@ async def test_revoked_and_expired_grants_are_invalid_grant_with_aadsts_codes(
     expired = await create_account(client, message_count=1)
     await client.post(f"/_sim/microsoft/accounts/{expired['user_id']}/expire-grants")
     response = await _refresh(client, simulator, expired["refresh_token"])
-    assert response.json()["error_codes"] == [70008]
+    error = response.json()
+    assert error["error_codes"] == [700082]
+    # Entra's description: CRLF-separated lines, a timestamp inside the first one too.
+    description = error["error_description"]
+    first, trace, correlation, stamp = description.split("\r\n")
+    assert first.startswith("AADSTS700082: The refresh token has expired due to inactivity.")
+    assert "The token was issued on" in first
+    assert trace.startswith("Trace ID: ") and correlation.startswith("Correlation ID: ")
+    assert stamp.startswith("Timestamp: ")
 
     # A new consent gives a working grant again.
     fresh = (await client.post(f"/_sim/microsoft/accounts/{revoked['user_id']}/grants")).json()

@@ -31,7 +31,9 @@ async def test_fifth_concurrent_request_gets_429_with_retry_after(
     account = await create_account(client, message_count=20)
     hdrs = {"Authorization": f"Bearer {account['access_token']}"}
     # Latency keeps the first four in flight while the fifth arrives.
-    async with faults(client, latency_ms=400, retry_after_seconds=2):
+    async with faults(
+        client, latency_ms=400, retry_after_seconds=2, graph_concurrency_retry_after=True
+    ):
         first_four = [
             asyncio.create_task(client.get("/v1.0/me/mailFolders/inbox", headers=hdrs))
             for _ in range(4)
@@ -88,3 +90,49 @@ async def test_unavailable_is_503_with_retry_after(client: httpx.AsyncClient) ->
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
     assert response.json()["error"]["code"] == "ServiceUnavailable"
+
+
+async def test_mailbox_concurrency_429_comes_without_retry_after_by_default(
+    client: httpx.AsyncClient, simulator: SimulatorServer
+) -> None:
+    account = await create_account(client, message_count=20)
+    hdrs = {"Authorization": f"Bearer {account['access_token']}"}
+    async with faults(client, latency_ms=400):
+        first_four = [
+            asyncio.create_task(client.get("/v1.0/me/mailFolders/inbox", headers=hdrs))
+            for _ in range(4)
+        ]
+        await eventually(
+            lambda: counters(simulator, account["counter_key"]).get("in_flight") == 4,
+            interval=0.005,
+        )
+        fifth = await client.get("/v1.0/me/mailFolders/inbox", headers=hdrs)
+        await asyncio.gather(*first_four)
+    assert fifth.status_code == 429
+    assert "retry-after" not in fifth.headers
+    assert "MailboxConcurrency" in fifth.json()["error"]["message"]
+    # Nothing to violate: no wait was named.
+    assert counters(simulator, account["counter_key"])["retry_after_violations"] == 0
+
+
+async def test_an_abandoned_request_stays_in_flight_until_it_would_have_ended(
+    client: httpx.AsyncClient, simulator: SimulatorServer
+) -> None:
+    account = await create_account(client, message_count=20)
+    hdrs = {"Authorization": f"Bearer {account['access_token']}"}
+    key = account["counter_key"]
+    async with faults(client, latency_ms=600):
+        abandoned = [
+            asyncio.create_task(client.get("/v1.0/me/mailFolders/inbox", headers=hdrs))
+            for _ in range(4)
+        ]
+        await eventually(lambda: counters(simulator, key).get("in_flight") == 4, interval=0.005)
+        # The client gives up on all four (a slice ends, a worker stops) ...
+        for task in abandoned:
+            task.cancel()
+        await asyncio.gather(*abandoned, return_exceptions=True)
+        # ... but Exchange is still working on them: a fifth request is one too many.
+        refused = await client.get("/v1.0/me/mailFolders/inbox", headers=hdrs)
+        assert refused.status_code == 429
+        await eventually(lambda: counters(simulator, key).get("in_flight") == 0, interval=0.02)
+        assert (await client.get("/v1.0/me/mailFolders/inbox", headers=hdrs)).status_code == 200

@@ -16,6 +16,7 @@ from app.api.schemas import (
 )
 from app.api.views import mailbox_view
 from app.sync import mailboxes as service
+from app.sync.cases.states import MailboxScope
 from app.sync.states import MailboxStatus
 
 router = APIRouter(prefix="/mail", tags=["mail"])
@@ -56,14 +57,19 @@ async def connect(
         expires_in=body.expires_in,
         tenant_id=body.tenant_id,
         provider_user_id=body.user_id,
+        scope=body.scope,
     )
-    mailbox = await service.connect(uow, command)
+    try:
+        mailbox = await service.connect(uow, command)
+    except service.ScopeConflict as exc:
+        raise ApiError(409, "scope_conflict", str(exc)) from exc
     await uow.commit()
     return ConnectResponse(
         mailbox_id=mailbox.id,
         provider=mailbox.provider,
         email=mailbox.email,
         status=MailboxStatus(mailbox.status),
+        scope=MailboxScope(mailbox.scope),
     )
 
 

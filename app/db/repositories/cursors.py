@@ -163,6 +163,13 @@ class CursorRepository:
             {"id": mailbox_id},
         )
 
+    async def drop(self, mailbox_id: uuid.UUID, stream_key: str) -> None:
+        """The stream no longer exists at the provider."""
+        await self.session.execute(
+            text("DELETE FROM sync_cursors WHERE mailbox_id = :id AND stream_key = :key"),
+            {"id": mailbox_id, "key": stream_key},
+        )
+
     async def restart(self, mailbox_id: uuid.UUID, stream_key: str) -> int:
         """A dead cursor: start a new full enumeration (new generation) of this stream."""
         result = await self.session.execute(

@@ -14,6 +14,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db.repositories.notifications import NotificationRepository
+
 # Cursor fields that carry no token (Gmail's phase and history id, Graph's round flag).
 _CURSOR_FIELDS_SHOWN = ("phase", "history_id", "initial")
 
@@ -83,8 +85,7 @@ class NotificationRow:
     received_at: datetime
     provider: str
     kind: str
-    # Today the log holds what was accepted and recorded; a webhook audit log with
-    # per-request outcomes (refused, unknown subscription) fills this in when it lands.
+    # The webhook audit log's outcome (accepted, duplicate, forged_client_state, ...).
     outcome: str
 
 
@@ -279,14 +280,7 @@ class DashboardRepository:
     async def recent_notifications(
         self, mailbox_id: uuid.UUID, limit: int = 20
     ) -> list[NotificationRow]:
-        result = await self.session.execute(
-            text(
-                "SELECT id, received_at, provider, kind FROM webhook_notifications "
-                "WHERE mailbox_id = :id ORDER BY id DESC LIMIT :limit"
-            ),
-            {"id": mailbox_id, "limit": limit},
-        )
+        entries = await NotificationRepository(self.session).recent_for_mailbox(mailbox_id, limit)
         return [
-            NotificationRow(int(r.id), r.received_at, r.provider, r.kind, "recorded")
-            for r in result.all()
+            NotificationRow(e.id, e.received_at, e.provider, e.kind, e.outcome) for e in entries
         ]

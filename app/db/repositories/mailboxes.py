@@ -26,6 +26,7 @@ from sqlmodel import col
 from app.db.models import Mailbox
 from app.db.repositories.outbox import OutboxRepository
 from app.sync import states
+from app.sync.cases.states import MailboxScope
 from app.sync.states import MailboxStatus, Phase
 
 _SYNCABLE = sorted(s.value for s in states.SYNCABLE)
@@ -51,6 +52,29 @@ class Finished:
     owed: bool
 
 
+# "A pass is owed" (MailboxRepository.request_sync): the assignments, shared with the webhook
+# log, which makes them in the same statement as its rows
+# (app/db/repositories/notifications.py).
+REQUEST_SYNC_ASSIGNMENTS = """
+    sync_requested_at = now(),
+    pending_since = COALESCE(pending_since, now()),
+    pending_next = CASE WHEN pass_started_at IS NOT NULL
+                        THEN COALESCE(pending_next, now()) END,
+    next_sync_at = CASE WHEN consecutive_failures = 0
+                        THEN LEAST(COALESCE(next_sync_at, now()), now())
+                        ELSE next_sync_at END
+"""
+# True when those assignments would change what is owed: false when a pass is already owed
+# and due (the mailbox is pending, a running pass has already noted a change that came
+# after it began, and the next pass is due now or waits for a backoff). The webhook log
+# skips the update then: a storm does not rewrite the same mailbox row again and again.
+REQUEST_SYNC_CHANGES = """
+    (pending_since IS NULL
+     OR (pass_started_at IS NOT NULL AND pending_next IS NULL)
+     OR (consecutive_failures = 0 AND (next_sync_at IS NULL OR next_sync_at > now())))
+"""
+
+
 class MailboxRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -67,8 +91,10 @@ class MailboxRepository:
         auth_mode: str,
         tenant_id: str | None,
         provider_user_id: str | None,
+        scope: str = MailboxScope.FULL,
     ) -> Mailbox:
-        """Create the mailbox, or revive the existing one for this account (reconnect)."""
+        """Create the mailbox, or revive the existing one for this account (reconnect).
+        An existing mailbox keeps its scope (the caller checks it against `scope`)."""
         values = {
             "id": uuid.uuid4(),
             "user_id": user_id,
@@ -78,6 +104,7 @@ class MailboxRepository:
             "auth_mode": auth_mode,
             "tenant_id": tenant_id,
             "provider_user_id": provider_user_id,
+            "scope": scope,
             "status": MailboxStatus.PENDING.value,
             "next_sync_at": func.now(),
             "sync_requested_at": func.now(),
@@ -199,18 +226,8 @@ class MailboxRepository:
             return
         await self.session.execute(
             text(
-                """
-                UPDATE mailboxes
-                   SET sync_requested_at = now(),
-                       pending_since = COALESCE(pending_since, now()),
-                       pending_next = CASE WHEN pass_started_at IS NOT NULL
-                                           THEN COALESCE(pending_next, now()) END,
-                       next_sync_at = CASE WHEN consecutive_failures = 0
-                                           THEN LEAST(COALESCE(next_sync_at, now()), now())
-                                           ELSE next_sync_at END
-                 WHERE id = ANY(CAST(:ids AS uuid[]))
-                   AND status <> :disconnected
-                """
+                f"UPDATE mailboxes SET {REQUEST_SYNC_ASSIGNMENTS} "  # noqa: S608 - a constant
+                "WHERE id = ANY(CAST(:ids AS uuid[])) AND status <> :disconnected"
             ),
             {"ids": list(mailbox_ids), "disconnected": MailboxStatus.DISCONNECTED.value},
         )
@@ -250,11 +267,13 @@ class MailboxRepository:
         status: MailboxStatus | None = None,
         phase: Phase | None = None,
         begin_pass: bool = False,
-    ) -> None:
+    ) -> bool:
         """Check the lease, renew it and move progress, in one statement; raise LeaseLost.
 
         `status` may only name a status the current one may move to without an event (a
-        slice's own status while it runs); `begin_pass` marks the start of a new pass."""
+        slice's own status while it runs); `begin_pass` marks the start of a new pass.
+        Returns whether the mailbox belongs to a case (read under the row's lock, so a page
+        knows whether to link its mail without a statement of its own: app/sync/cases)."""
         result = await self.session.execute(
             text(
                 """
@@ -271,6 +290,7 @@ class MailboxRepository:
                  WHERE id = :id AND fencing_token = :token AND lease_owner = :owner
                    AND lease_expires_at > now()
                    AND status = ANY(CAST(:sources AS text[]))
+             RETURNING EXISTS (SELECT 1 FROM case_mailboxes WHERE mailbox_id = :id)
                 """
             ),
             {
@@ -286,8 +306,10 @@ class MailboxRepository:
                 "sources": states.allowed_sources(status) if status else _SYNCABLE,
             },
         )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        in_cases = result.scalar_one_or_none()
+        if in_cases is None:
             raise LeaseLost(f"lease on mailbox {lease.mailbox_id} is no longer held")
+        return bool(in_cases)
 
     async def heartbeat(self, lease: Lease, seconds: int) -> bool:
         """Renew the lease without writing anything else; False when it is no longer held."""

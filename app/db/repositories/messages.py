@@ -412,6 +412,51 @@ class MessageRepository:
         )
         return list(result.scalars().all())
 
+    async def delete_stream(self, mailbox_id: uuid.UUID, stream_key: str) -> list[str]:
+        """Every message of a stream (folder) that no longer exists. Returns what went."""
+        result = await self.session.execute(
+            text(
+                "DELETE FROM messages WHERE mailbox_id = :mailbox_id AND stream_key = :stream_key "
+                "RETURNING provider_message_id"
+            ),
+            {"mailbox_id": mailbox_id, "stream_key": stream_key},
+        )
+        return list(result.scalars().all())
+
+    async def replace_stream_labels(
+        self,
+        mailbox_id: uuid.UUID,
+        stream_key: str,
+        old: Sequence[str],
+        new: Sequence[str],
+    ) -> list[dict[str, Any]]:
+        """A renamed or moved folder: its label changes on every message it holds. The
+        stream's labels lead each row's labels (the rest follow in their order). Returns
+        the rows as stored now."""
+        result = await self.session.execute(
+            text(
+                """
+                UPDATE messages
+                   SET labels = CAST(:new AS text[]) || ARRAY(
+                           SELECT label FROM unnest(labels) WITH ORDINALITY AS t(label, n)
+                            WHERE NOT (label = ANY(CAST(:old AS text[])))
+                              AND NOT (label = ANY(CAST(:new AS text[])))
+                            ORDER BY n)
+                 WHERE mailbox_id = :mailbox_id AND stream_key = :stream_key
+             RETURNING provider_message_id, thread_id, internet_message_id, subject,
+                       from_address, to_addresses, cc_addresses, bcc_addresses, snippet,
+                       received_at, labels, is_read, has_attachments
+                """
+            ),
+            {
+                "mailbox_id": mailbox_id,
+                "stream_key": stream_key,
+                "old": list(old),
+                "new": list(new),
+            },
+        )
+        return [dict(row._mapping) for row in result.all()]
+
     async def delete_streams_except(self, mailbox_id: uuid.UUID, keep: Sequence[str]) -> list[str]:
         """Messages of streams (folders) that no longer exist."""
         result = await self.session.execute(

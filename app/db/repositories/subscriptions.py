@@ -1,4 +1,5 @@
-"""Push subscriptions (Graph subscriptions, Gmail watches) and the notifications they bring."""
+"""Push subscriptions (Graph subscriptions, Gmail watches); their notifications are logged in
+app/db/repositories/notifications.py."""
 
 from __future__ import annotations
 
@@ -189,35 +190,3 @@ class SubscriptionRepository:
             text("SELECT * FROM subscriptions WHERE mailbox_id = :id"), {"id": mailbox_id}
         )
         return [self._load(row) for row in result.all()]
-
-
-class NotificationRepository:
-    """The webhook log: every accepted notification, recorded before we answer."""
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
-    async def record(
-        self,
-        *,
-        provider: str,
-        kind: str,
-        mailbox_id: uuid.UUID | None,
-        subscription_id: str | None,
-        payload: dict[str, Any],
-    ) -> None:
-        await self.session.execute(
-            text(
-                """
-                INSERT INTO webhook_notifications (provider, kind, mailbox_id, subscription_id, payload)
-                VALUES (:provider, :kind, :mailbox_id, :sid, CAST(:payload AS jsonb))
-                """
-            ),
-            {
-                "provider": provider,
-                "kind": kind,
-                "mailbox_id": mailbox_id,
-                "sid": subscription_id,
-                "payload": json.dumps(payload),
-            },
-        )

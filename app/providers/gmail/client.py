@@ -26,7 +26,13 @@ from app.config import Settings
 from app.metrics import PROVIDER_REQUESTS
 from app.providers.base import ProviderError, SyncContext, ThrottledError, TransientError
 from app.providers.gmail.batch import decode_batch, encode_batch
-from app.providers.gmail.errors import MessageNotFound, classify, is_retryable
+from app.providers.gmail.errors import (
+    ConcurrencyLimited,
+    MessageNotFound,
+    classify,
+    is_retryable,
+)
+from app.providers.gmail.pacing import BatchPacing, PacingBook
 from app.providers.gmail.quota import QUOTA_UNITS
 
 T = TypeVar("T")
@@ -44,6 +50,10 @@ class RetryPolicy:
     max_attempts: int = 5
     backoff_base: float = 1.0
     backoff_cap: float = 32.0
+    # Parts refused for Gmail's per-user concurrency limit come back sooner: nothing is
+    # exhausted, fewer are sent at once.
+    concurrency_backoff_base: float = 0.1
+    concurrency_backoff_cap: float = 8.0
 
 
 @dataclass(slots=True)
@@ -51,6 +61,8 @@ class _BatchOutcome:
     done: dict[str, JSON | None] = field(default_factory=dict)
     retry: list[str] = field(default_factory=list)
     error: ProviderError | None = None
+    # Parts Gmail refused for its per-user concurrency limit.
+    refused: int = 0
 
 
 async def _all(coroutines: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
@@ -89,6 +101,8 @@ class GmailClient:
         # batch in flight when the first is refused arrives after the Retry-After was
         # issued; one at a time keeps every request honest. Without a quota, overlap.
         self._batch_concurrency = batch_concurrency or (1 if per_second else 3)
+        # Those are ceilings: what a mailbox takes at once is learned per mailbox.
+        self._pacing = PacingBook(self._batch_size, self._batch_concurrency)
         self._get_concurrency = get_concurrency
         self._sleep = sleep
 
@@ -134,8 +148,23 @@ class GmailClient:
         ceiling = min(self._retry.backoff_cap, self._retry.backoff_base * 2**attempt)
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
+    def _concurrency_delay(self, refusals: int) -> float:
+        ceiling = min(
+            self._retry.concurrency_backoff_cap,
+            self._retry.concurrency_backoff_base * 2**refusals,
+        )
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    def pacing(self, ctx: SyncContext) -> BatchPacing:
+        """What this mailbox has been found to take at once (batch size, batches in flight)."""
+        return self._pacing.of(ctx.account.mailbox_id)
+
     async def _back_off(self, ctx: SyncContext, error: ProviderError, attempt: int) -> None:
         assert isinstance(error, TransientError)
+        if isinstance(error, ConcurrencyLimited):
+            # Not a quota matter: the rest of the mailbox's requests need not stop.
+            await self._sleep(self._concurrency_delay(attempt))
+            return
         delay = self._delay(error, attempt)
         if ctx.max_wait is not None and delay > ctx.max_wait:
             # Someone is waiting for this answer: say how long instead of making them wait.
@@ -195,11 +224,14 @@ class GmailClient:
         page_token: str | None,
         max_results: int,
         label_ids: Sequence[str] = (),
+        q: str | None = None,
     ) -> JSON:
         # includeSpamTrash: the copy holds every message with its labels, so a message
         # moving to Trash (a label change in history) is an update, not a disappearance.
         params = [("maxResults", str(max_results)), ("includeSpamTrash", "true")]
         params += [("labelIds", label_id) for label_id in label_ids]
+        if q:
+            params.append(("q", q))
         if page_token:
             params.append(("pageToken", page_token))
         return await self._json(ctx, "users.messages.list", "GET", "messages", params)
@@ -299,46 +331,65 @@ class GmailClient:
     async def _get_batched(
         self, ctx: SyncContext, ids: list[str], params: list[tuple[str, str]]
     ) -> dict[str, JSON | None]:
+        """Every id's answer. Parts Gmail answered are kept whatever happens to the others;
+        only the refused or failed parts are sent again, in batches sized to what this
+        mailbox was found to take at once. A round that fetched nothing counts as a failed
+        attempt; a round that fetched something starts the count again."""
         results: dict[str, JSON | None] = {}
         pending = ids
         query = urlencode(params)
-        attempt = 0
+        pacing = self.pacing(ctx)
+        stalled = 0
+        refusals = 0
         resume_at = 0.0
-        slots = asyncio.Semaphore(self._batch_concurrency)
 
-        async def run(chunk: list[str]) -> _BatchOutcome:
+        async def run(chunk: list[str], slots: asyncio.Semaphore) -> _BatchOutcome:
             nonlocal resume_at
             async with slots:
                 outcome = await self._batch_once(ctx, chunk, query)
-                if isinstance(outcome.error, ThrottledError):
+                if outcome.refused:
+                    pacing.refused(len(chunk), outcome.refused)
+                    # Gmail charges nothing for parts it refused: neither does the gate, so
+                    # the quota is not left unused while they are sent again.
+                    await ctx.gate.refund(QUOTA_UNITS["users.messages.get"] * outcome.refused)
+                elif outcome.error is None:
+                    pacing.accepted(len(chunk))
+                if isinstance(outcome.error, ThrottledError) and not isinstance(
+                    outcome.error, ConcurrencyLimited
+                ):
                     # Before the slot is free: the chunks still queued must wait too.
-                    delay = self._delay(outcome.error, attempt)
+                    delay = self._delay(outcome.error, stalled)
                     resume_at = max(resume_at, time.monotonic() + delay)
                     await ctx.gate.pause(delay)
             return outcome
 
         while pending:
-            size = self._batch_size
+            size = pacing.size
             chunks = [pending[i : i + size] for i in range(0, len(pending), size)]
-            outcomes = await _all(run(chunk) for chunk in chunks)
-            pending, error = [], None
+            slots = asyncio.Semaphore(pacing.concurrency)
+            outcomes = await _all(run(chunk, slots) for chunk in chunks)
+            pending, error, refused = [], None, False
+            progress = False
             for outcome in outcomes:
                 results.update(outcome.done)
+                progress = progress or bool(outcome.done)
+                refused = refused or bool(outcome.refused)
                 pending += outcome.retry
-                if outcome.error is not None and (
-                    error is None or _wait_of(outcome.error) > _wait_of(error)
-                ):
+                if outcome.error is not None and (error is None or _precedes(outcome.error, error)):
                     error = outcome.error
             if not pending:
                 break
             assert error is not None
-            attempt += 1
-            if attempt >= self._retry.max_attempts:
+            stalled = 0 if progress else stalled + 1
+            if stalled >= self._retry.max_attempts:
                 raise error
-            if isinstance(error, ThrottledError):
+            if isinstance(error, ConcurrencyLimited):
+                await self._sleep(self._concurrency_delay(refusals))
+            elif isinstance(error, ThrottledError):
                 await self._sleep(max(0.0, resume_at - time.monotonic()))
             else:
-                await self._back_off(ctx, error, attempt - 1)
+                await self._back_off(ctx, error, max(stalled - 1, 0))
+            refusals = refusals + 1 if refused else 0
         return results
 
     async def _batch_once(self, ctx: SyncContext, chunk: list[str], query: str) -> _BatchOutcome:
@@ -363,8 +414,10 @@ class GmailClient:
                 response.status_code, response.headers, response.content, operation="batch"
             )
             if is_retryable(failure):
-                return _BatchOutcome(retry=list(chunk), error=failure)
+                refused = len(chunk) if isinstance(failure, ConcurrencyLimited) else 0
+                return _BatchOutcome(retry=list(chunk), error=failure, refused=refused)
             raise failure
+        # Parts are matched by Content-ID: Google answers them in any order.
         parts = decode_batch(response.headers.get("content-type", ""), response.content)
         outcome = _BatchOutcome()
         for n, message_id in enumerate(chunk):
@@ -381,11 +434,21 @@ class GmailClient:
                 outcome.done[message_id] = None
             elif is_retryable(failure):
                 outcome.retry.append(message_id)
-                if outcome.error is None or _wait_of(failure) > _wait_of(outcome.error):
+                if isinstance(failure, ConcurrencyLimited):
+                    outcome.refused += 1
+                if outcome.error is None or _precedes(failure, outcome.error):
                     outcome.error = failure
             else:
                 raise failure
         return outcome
+
+
+def _precedes(error: ProviderError, current: ProviderError) -> bool:
+    """Which of a batch's failures decides the wait: a quota refusal (it names a wait)
+    over a concurrency refusal, and the longer wait over the shorter."""
+    if isinstance(current, ConcurrencyLimited) and not isinstance(error, ConcurrencyLimited):
+        return True
+    return _wait_of(error) > _wait_of(current)
 
 
 def _wait_of(error: ProviderError) -> float:

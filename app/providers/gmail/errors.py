@@ -26,12 +26,19 @@ from app.providers.base import (
 )
 
 RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
+_CONCURRENCY_MESSAGE = "too many concurrent requests"
 # "User-rate limit exceeded.  Retry after 2024-05-01T12:00:00.123Z"
 _RETRY_AFTER_IN_MESSAGE = re.compile(r"Retry after (\d{4}-\d\d-\d\dT[0-9:.]+(?:Z|[+-]\d\d:\d\d))")
 
 
 class MessageNotFound(MessageGone):
     """A message id Gmail no longer knows (deleted since it was listed)."""
+
+
+class ConcurrencyLimited(ThrottledError):
+    """Gmail's per-user concurrency limit: "Too many concurrent requests for user" (429,
+    reason rateLimitExceeded, no Retry-After). Nothing is wrong with the quota: fewer
+    requests at once, after a short backoff, is the cure."""
 
 
 def google_error(body: bytes) -> tuple[str, str]:
@@ -88,7 +95,10 @@ def classify(
     detail = f"Gmail {operation}: HTTP {status}" + (f" {reason}" if reason else "")
     if status == 401:
         return AccessTokenRejected(detail)
+    if status in (429, 403) and _CONCURRENCY_MESSAGE in message.lower():
+        return ConcurrencyLimited(f"{detail}: {message}")
     if status == 429 or (status == 403 and reason in RATE_LIMIT_REASONS):
+        # Gmail names the instant to retry only in the message; no Retry-After header.
         return ThrottledError(detail, retry_after=retry_after_seconds(headers, message))
     if status == 404 and operation == "users.history.list":
         return CursorInvalidError(f"{detail}: startHistoryId is no longer available")

@@ -40,6 +40,8 @@ from app.providers.base import (
     ProviderLimits,
     ProviderName,
     ScopeCount,
+    SearchPage,
+    SearchWindow,
     StreamInfo,
     Subscription,
     SyncContext,
@@ -54,6 +56,7 @@ from app.providers.gmail.history import fold_history
 from app.providers.gmail.labels import LabelCache, is_user_label
 from app.providers.gmail.mapper import label_names, to_normalized
 from app.providers.gmail.oauth import refresh_access_token
+from app.providers.gmail.search import search_page
 
 STREAM_KEY = "mailbox"
 LIST_PAGE_SIZE = 500
@@ -65,6 +68,8 @@ LIST_REPAIR_MAX = 200_000
 
 class GmailProvider:
     name: ProviderName = "google"
+    # messages.list pages through every result: no cap.
+    search_cap: int | None = None
 
     def __init__(
         self,
@@ -344,6 +349,27 @@ class GmailProvider:
         self, ctx: SyncContext, stream: StreamInfo, ids: Sequence[str]
     ) -> MessageBatch:
         return await self._fetch(ctx, ids)
+
+    # -- case mail (app/providers/gmail/search.py) ----------------------------------
+
+    async def search_participant(
+        self,
+        ctx: SyncContext,
+        streams: Sequence[StreamInfo],
+        address: str,
+        window: SearchWindow,
+        cursor: Cursor | None,
+    ) -> SearchPage:
+        if not any(stream.key == STREAM_KEY for stream in streams):
+            return SearchPage()
+        return await search_page(
+            self._client, self._fetch, ctx, STREAM_KEY, address, window, cursor
+        )
+
+    async def live_cursor(self, ctx: SyncContext, stream: StreamInfo) -> Cursor | None:
+        """History from the profile's current historyId replays every change made after it."""
+        profile = await self._client.get_profile(ctx)
+        return GmailCursor("history", int(profile["historyId"])).dump()
 
     # -- push ------------------------------------------------------------------------
 

@@ -11,19 +11,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
+import hashlib
 import os
 import ssl
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
+import orjson
 
 from app.config import Settings
 
 GOOGLE_ISSUERS = ("accounts.google.com", "https://accounts.google.com")
 # Clock skew tolerated on exp/iat between Google and us.
 LEEWAY_SECONDS = 30
+# An address is at most 254 characters; Pub/Sub message ids are decimal strings.
+MAX_FIELD = 512
 
 
 class PushAuthError(Exception):
@@ -41,6 +44,20 @@ class GmailPush:
     history_id: int
     # Pub/Sub's id for the delivery (not a Gmail message id); redeliveries repeat it.
     message_id: str
+
+    @property
+    def dedup_key(self) -> str:
+        """Equal for every redelivery of this push."""
+        return "pubsub:" + hashlib.sha256(self.message_id.encode()).hexdigest()[:32]
+
+    def recorded(self) -> dict[str, Any]:
+        """What the audit log keeps of it."""
+        return {"history_id": str(self.history_id), "message_id": self.message_id}
+
+
+def _plausible(value: str) -> bool:
+    # PostgreSQL text cannot hold NUL; nothing Google sends is this long.
+    return len(value) <= MAX_FIELD and "\x00" not in value
 
 
 def _trust() -> ssl.SSLContext | None:
@@ -61,6 +78,11 @@ class PushVerifier:
             timeout=10,
             ssl_context=_trust(),
         )
+
+    @property
+    def configured(self) -> bool:
+        """Both GOOGLE_PUSH_AUDIENCE and GOOGLE_PUSH_SERVICE_ACCOUNT are set."""
+        return bool(self._audience and self._service_account)
 
     async def verify(self, authorization: str | None) -> dict[str, Any]:
         """The token's claims when the push really comes from our subscription."""
@@ -112,8 +134,9 @@ def _b64decode(data: str) -> bytes:
 def decode_push(body: bytes) -> GmailPush:
     """The Gmail notification inside a Pub/Sub push body; ValueError when malformed."""
     try:
-        envelope = json.loads(body)
-    except ValueError:
+        # orjson refuses invalid UTF-8 and nesting deeper than 1024 levels (no RecursionError).
+        envelope = orjson.loads(body)
+    except orjson.JSONDecodeError:
         raise ValueError("push body is not JSON") from None
     message = envelope.get("message") if isinstance(envelope, dict) else None
     if not isinstance(message, dict):
@@ -122,21 +145,22 @@ def decode_push(body: bytes) -> GmailPush:
     message_id = message.get("messageId") or message.get("message_id")
     if not isinstance(data, str) or not data:
         raise ValueError("push message has no data")
-    if not isinstance(message_id, str) or not message_id:
+    if not isinstance(message_id, str) or not message_id or not _plausible(message_id):
         raise ValueError("push message has no messageId")
     try:
-        payload = json.loads(_b64decode(data))
+        payload = orjson.loads(_b64decode(data))
     except (binascii.Error, ValueError):
         raise ValueError("push data is not base64 JSON") from None
     if not isinstance(payload, dict):
         raise ValueError("push data is not a JSON object")
     email = payload.get("emailAddress")
     history = payload.get("historyId")
-    if not isinstance(email, str) or "@" not in email:
+    if not isinstance(email, str) or "@" not in email or not _plausible(email):
         raise ValueError("push data has no emailAddress")
     # A JSON number in what Gmail sends, a string in its documentation: take both.
     if isinstance(history, bool) or not isinstance(history, int | str):
         raise ValueError("push data has no historyId")
-    if not str(history).isdigit() or int(history) <= 0:
+    # Gmail's history ids are unsigned 64-bit; twenty digits is no history id of Gmail's.
+    if not str(history).isdigit() or len(str(history)) > 20 or int(history) <= 0:
         raise ValueError("push data historyId is not a positive integer")
     return GmailPush(email_address=email.lower(), history_id=int(history), message_id=message_id)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import threading
 from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
@@ -29,6 +28,7 @@ from app.providers.base import (
     TokenSet,
     TransientError,
 )
+from app.providers.outlook.aadsts import aadsts_code, explain
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ _REAUTH_ERRORS = frozenset(
     {"invalid_grant", "interaction_required", "consent_required", "login_required"}
 )
 _TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
-_AADSTS = re.compile(r"AADSTS(\d+)")
 _MAX_APPS = 64
 
 
@@ -163,14 +162,15 @@ def _token_set(result: dict[str, Any]) -> TokenSet:
 def _token_error(result: dict[str, Any]) -> ProviderError:
     error = str(result.get("error", "unknown_error"))
     description = str(result.get("error_description", ""))
-    codes = result.get("error_codes") or [int(c) for c in _AADSTS.findall(description)[:1]]
-    aadsts = f"AADSTS{codes[0]}" if codes else error
-    # Entra appends trace and correlation ids; the first sentence is what a user can act on.
-    summary = description.split(" Trace ID:")[0].strip()
-    if summary.startswith(aadsts + ":"):
-        summary = summary[len(aadsts) + 1 :].strip()
-    message = f"Microsoft refused the token request ({aadsts}): {summary}" if summary else aadsts
-    log.warning("microsoft token request failed: %s %s", error, aadsts)
+    message = explain(error, description, result.get("error_codes"))
+    # The ids Microsoft support asks for stay in the log, off the user's status line.
+    log.warning(
+        "microsoft token request failed: %s %s (trace %s, correlation %s)",
+        error,
+        aadsts_code(description, result.get("error_codes")),
+        result.get("trace_id"),
+        result.get("correlation_id"),
+    )
     if error in _REAUTH_ERRORS:
         return AuthExpiredError(message)
     if error in _TRANSIENT_ERRORS:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,7 +15,12 @@ import httpx
 
 from app.metrics import PROVIDER_REQUESTS
 from app.providers.base import SyncContext, ThrottledError, TransientError
-from app.providers.outlook.errors import THROTTLE_STATUSES, error_for_response, parse_retry_after
+from app.providers.outlook.errors import (
+    THROTTLE_STATUSES,
+    error_for_response,
+    is_concurrency_refusal,
+    parse_retry_after,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,19 @@ class GraphClient:
         self._backoff_cap = backoff_cap
         # A longer Retry-After ends the job slice: the engine reschedules instead of waiting.
         self._max_inline_wait = max_inline_wait
+        # Requests whose caller stopped waiting, still running until Graph answers them.
+        self._abandoned: set[asyncio.Future[httpx.Response]] = set()
+
+    async def abandon(self, grace: float = 5.0) -> None:
+        """The process is going away: requests still being seen through get `grace`
+        seconds to end (giving their gate slots back); the rest are cancelled, which keeps
+        their slots until the requests' timeout, since Graph may still be working on them
+        (a closed HTTP client would have given them back)."""
+        if self._abandoned:
+            await asyncio.wait(list(self._abandoned), timeout=grace)
+        for exchange in list(self._abandoned):
+            exchange.cancel()
+        await asyncio.gather(*self._abandoned, return_exceptions=True)
 
     def url(self, path_or_link: str) -> str:
         if path_or_link.startswith(("https://", "http://")):
@@ -69,11 +87,24 @@ class GraphClient:
             # Fetched per attempt and never kept: a token may expire during a long sync.
             token = await ctx.access_token()
             request_headers = {"Authorization": f"Bearer {token}", **(headers or {})}
+            sent = asyncio.Event()
+            exchange = asyncio.ensure_future(
+                self._exchange(ctx, method, url, params, json, request_headers, sent)
+            )
             try:
-                async with ctx.gate.request():
-                    response = await self._http.request(
-                        method, url, params=params, json=json, headers=request_headers
-                    )
+                response = await asyncio.shield(exchange)
+                received_at = time.monotonic()
+            except asyncio.CancelledError:
+                if not sent.is_set():
+                    # Still waiting for a slot: nothing reached Graph, nothing to finish.
+                    exchange.cancel()
+                    raise
+                # Graph goes on working on a request we stop waiting for, and counts it
+                # against the mailbox's four: let it finish, so its slot is given back
+                # when Graph is done with it rather than now.
+                self._abandoned.add(exchange)
+                exchange.add_done_callback(_forget(self._abandoned))
+                raise
             except httpx.HTTPError as exc:
                 PROVIDER_REQUESTS.labels("microsoft", "error").inc()
                 raise TransientError(f"Graph request failed: {type(exc).__name__}") from exc
@@ -88,12 +119,10 @@ class GraphClient:
             if ctx.max_wait is not None:
                 max_wait = min(max_wait, ctx.max_wait)
             if retry_after is not None:
-                # Everyone sharing this mailbox's limit waits, not just this worker.
-                started = time.monotonic()
-                await ctx.gate.pause(retry_after)
+                # The exchange already told everyone sharing this mailbox's limit to wait.
                 if attempt > self._max_retries or retry_after > max_wait:
                     raise error_for_response(response)
-                remaining = retry_after - (time.monotonic() - started)
+                remaining = retry_after - (time.monotonic() - received_at)
                 if remaining > 0:
                     await asyncio.sleep(remaining)
             else:
@@ -107,6 +136,34 @@ class GraphClient:
                 "graph %s throttled (%s), retry %d/%d",
                 method, response.status_code, attempt, self._max_retries,
             )  # fmt: skip
+
+    async def _exchange(
+        self,
+        ctx: SyncContext,
+        method: str,
+        url: str,
+        params: dict[str, str] | None,
+        json: dict[str, Any] | None,
+        headers: dict[str, str],
+        sent: asyncio.Event,
+    ) -> httpx.Response:
+        """One request under the mailbox's gate. What a throttled answer asks of the gate is
+        done here, so it is done even when nobody waits for the answer any more."""
+        async with ctx.gate.request():
+            sent.set()
+            response = await self._http.request(
+                method, url, params=params, json=json, headers=headers
+            )
+        if response.status_code in THROTTLE_STATUSES:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if retry_after is not None:
+                # Everyone sharing this mailbox's limit waits, not just this worker.
+                await ctx.gate.pause(retry_after)
+            elif is_concurrency_refusal(response):
+                # MailboxConcurrency without Retry-After: other clients of the mailbox use
+                # its slots too. Fewer at once from here; the caller backs off and retries.
+                await ctx.gate.tighten()
+        return response
 
     @asynccontextmanager
     async def stream(
@@ -138,3 +195,15 @@ class GraphClient:
     def _backoff(self, attempt: int) -> float:
         # Full jitter: workers throttled together do not come back together.
         return random.uniform(0, min(self._backoff_cap, self._backoff_base * 2**attempt))
+
+
+def _forget(
+    abandoned: set[asyncio.Future[httpx.Response]],
+) -> Callable[[asyncio.Future[httpx.Response]], None]:
+    def done(exchange: asyncio.Future[httpx.Response]) -> None:
+        abandoned.discard(exchange)
+        # Nobody reads its answer any more; an error it ended with is not news.
+        if not exchange.cancelled():
+            exchange.exception()
+
+    return done

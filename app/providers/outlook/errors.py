@@ -74,6 +74,15 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (moment - datetime.now(UTC)).total_seconds())
 
 
+def is_concurrency_refusal(response: httpx.Response) -> bool:
+    """A 429 for the mailbox's concurrent-request limit ("...MailboxConcurrency limit"),
+    which Graph sends with or without Retry-After."""
+    if response.status_code != 429:
+        return False
+    _, message = graph_error_detail(response)
+    return "concurrency" in message.lower()
+
+
 def error_for_response(response: httpx.Response, *, app_only: bool = False) -> ProviderError:
     status = response.status_code
     code, message = graph_error_detail(response)

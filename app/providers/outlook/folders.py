@@ -1,10 +1,19 @@
 """Mail folders through `mailFolders/delta`: after the first listing, one request per slice.
 
 Graph's folder delta returns every folder of the mailbox (nested ones too, with their
-parentFolderId) and then only the folders that changed. The folder set and its deltaLink
-are kept per mailbox in a bounded in-process cache: a worker that has seen a mailbox asks
-Graph for folder changes with a single request; a worker that has not (or whose folder
-deltaLink died) enumerates again, which is always correct, only slower.
+parentFolderId) and then only the folders that changed: created, renamed, moved under
+another parent (a new parentFolderId), or deleted (`@removed`). A round may list a child
+before its parent. The folder set and its deltaLink are kept per mailbox in a bounded
+in-process cache: a worker that has seen a mailbox asks Graph for folder changes with a
+single request; a worker that has not (or whose folder deltaLink died) enumerates again,
+which is always correct, only slower.
+
+A folder's label names its place in the tree, so two folders of the same name are never
+one label: a well-known folder is its system label (INBOX, SENT, ...); any other folder is
+its parent's label, "/", and its display name, with "/" and "\\" inside a name escaped by
+"\\" ("INBOX/Clients/Acme", "Projects/2024", "Projects/a\\/b" for a folder named "a/b");
+a top-level folder is its display name alone. A rename or a move changes the labels of the
+folder and everything below it.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import orjson
 
 from app.providers.base import CursorInvalidError, StreamInfo, SyncContext
 from app.providers.outlook.client import GraphClient
-from app.providers.outlook.mapper import FOLDER_SELECT, folder_labels
+from app.providers.outlook.mapper import FOLDER_SELECT
 
 _FOLDER_PAGE_PREFER = "odata.maxpagesize=100"
 
@@ -68,14 +77,13 @@ class FolderTracker:
         self._known[key] = known
         while len(self._known) > self._capacity:
             self._known.popitem(last=False)
+        labels = folder_labels(known.folders, known.well_known)
         return [
             StreamInfo(
                 key=folder_id,
                 name=str(folder.get("displayName") or ""),
                 total_estimate=folder.get("totalItemCount"),
-                labels=folder_labels(
-                    str(folder.get("displayName") or ""), known.well_known.get(folder_id)
-                ),
+                labels=(labels[folder_id],),
             )
             for folder_id, folder in known.folders.items()
         ]
@@ -106,3 +114,29 @@ class FolderTracker:
             # Only a completed round replaces what we knew.
             known.folders, known.delta_link = folders, delta_link
             return
+
+
+def _escaped(name: str) -> str:
+    return name.replace("\\", "\\\\").replace("/", "\\/")
+
+
+def folder_labels(folders: dict[str, dict[str, Any]], well_known: dict[str, str]) -> dict[str, str]:
+    """Each folder's label: its well-known label, else its parent's label + "/" + its name."""
+    labels: dict[str, str] = {}
+
+    def label(folder_id: str, below: frozenset[str]) -> str:
+        if folder_id in labels:
+            return labels[folder_id]
+        if folder_id in well_known:
+            return well_known[folder_id]
+        folder = folders[folder_id]
+        name = _escaped(str(folder.get("displayName") or ""))
+        parent = folder.get("parentFolderId")
+        # The root is not in the folder list; a cycle (never seen) would end here too.
+        if isinstance(parent, str) and parent in folders and parent not in below:
+            return f"{label(parent, below | {folder_id})}/{name}"
+        return name
+
+    for folder_id in folders:
+        labels[folder_id] = label(folder_id, frozenset())
+    return labels

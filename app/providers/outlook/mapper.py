@@ -41,10 +41,6 @@ WELL_KNOWN_LABELS = {
 }
 
 
-def folder_labels(display_name: str, well_known_label: str | None) -> tuple[str, ...]:
-    return (well_known_label,) if well_known_label else (display_name,)
-
-
 def _people(recipients: Any) -> tuple[list[str], list[str]]:
     """(addresses, display names) of a recipient list; a recipient without an address is
     skipped, one without a name gets ""."""

@@ -4,17 +4,30 @@ Graph posts `{"value": [...]}`; change notifications carry `changeType` and `res
 lifecycle notifications (`reauthorizationRequired`, `subscriptionRemoved`, `missed`) carry
 `lifecycleEvent` instead. Every item carries the clientState we chose at subscription time,
 which is how a notification proves it came from Graph.
+
+Anyone can post to the webhook, so the parser is the first line against hostile bodies:
+orjson refuses invalid UTF-8, lone surrogates and nesting deeper than 1024 levels, every
+string we keep must be a bounded string without NUL (PostgreSQL text cannot hold one), and
+a body with more notifications than Graph batches is refused whole.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 # Graph's validation handshake arrives as POST ...?validationToken=<url-encoded token>.
 VALIDATION_TOKEN_PARAM = "validationToken"  # noqa: S105 - a query parameter name
+# Graph batches notifications per POST, a few dozen at most in practice; a thousand items
+# is no delivery of Graph's.
+MAX_NOTIFICATIONS = 1000
+# Subscription ids are GUIDs, resource paths a few hundred characters, clientState at most
+# 128 characters (Graph's limit); anything far longer is not Graph's.
+MAX_STRING = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +39,40 @@ class GraphNotification:
     resource_id: str | None
     # None for change notifications.
     lifecycle_event: str | None
+    # tenantId; Exchange's lifecycle notifications carry organizationId instead.
     tenant_id: str | None
+    # resourceData's @odata.etag: a message's version, so two updates of one message are
+    # told apart from one update delivered twice.
+    etag: str | None = None
+
+    @property
+    def kind(self) -> str:
+        if self.lifecycle_event:
+            return f"lifecycle:{self.lifecycle_event}"
+        return f"change:{self.change_type}"
+
+    @property
+    def dedup_key(self) -> str | None:
+        """Equal for a redelivery of the same change notification (None for lifecycle)."""
+        if self.lifecycle_event:
+            return None
+        identity = "\x1f".join(
+            (
+                self.subscription_id,
+                self.change_type or "",
+                self.resource_id or self.resource or "",
+                self.etag or "",
+            )
+        )
+        return "graph:" + hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+    def recorded(self) -> dict[str, Any]:
+        """What the audit log keeps of it: never the clientState."""
+        return {
+            "resource": self.resource,
+            "resource_id": self.resource_id,
+            "tenant_id": self.tenant_id,
+        }
 
 
 def _optional_str(item: dict[str, Any], key: str) -> str | None:
@@ -35,17 +81,25 @@ def _optional_str(item: dict[str, Any], key: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise ValueError(f"{key} must be a string")
+    if len(value) > MAX_STRING or "\x00" in value:
+        raise ValueError(f"{key} is not a plausible value")
     return value
+
+
+def _is_str(item: dict[str, Any], key: str) -> bool:
+    return isinstance(item.get(key), str)
 
 
 def parse_notifications(body: bytes) -> list[GraphNotification]:
     """Raises ValueError for anything that is not a Graph notification collection."""
     try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise ValueError("body is not JSON") from exc
     if not isinstance(document, dict) or not isinstance(document.get("value"), list):
         raise ValueError("expected an object with a 'value' array")
+    if len(document["value"]) > MAX_NOTIFICATIONS:
+        raise ValueError(f"more than {MAX_NOTIFICATIONS} notifications in one body")
     notifications = []
     for item in document["value"]:
         if not isinstance(item, dict):
@@ -58,9 +112,15 @@ def parse_notifications(body: bytes) -> list[GraphNotification]:
         if lifecycle_event is None and change_type is None:
             raise ValueError("notification has neither changeType nor lifecycleEvent")
         resource_data = item.get("resourceData")
-        resource_id = None
-        if isinstance(resource_data, dict) and isinstance(resource_data.get("id"), str):
-            resource_id = resource_data["id"]
+        if not isinstance(resource_data, dict):
+            resource_data = {}
+        # Other types in resourceData are tolerated (and ignored), as before.
+        resource_id = _optional_str(resource_data, "id") if _is_str(resource_data, "id") else None
+        etag = (
+            _optional_str(resource_data, "@odata.etag")
+            if _is_str(resource_data, "@odata.etag")
+            else None
+        )
         notifications.append(
             GraphNotification(
                 subscription_id=subscription_id,
@@ -69,7 +129,10 @@ def parse_notifications(body: bytes) -> list[GraphNotification]:
                 resource=_optional_str(item, "resource"),
                 resource_id=resource_id,
                 lifecycle_event=lifecycle_event,
-                tenant_id=_optional_str(item, "tenantId"),
+                # Exchange's lifecycle notifications name the tenant organizationId and
+                # carry no tenantId; the documented shape has tenantId. Neither is required.
+                tenant_id=_optional_str(item, "tenantId") or _optional_str(item, "organizationId"),
+                etag=etag,
             )
         )
     return notifications

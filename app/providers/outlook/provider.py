@@ -33,6 +33,9 @@ from app.providers.base import (
     ProviderLimits,
     ProviderName,
     ScopeCount,
+    SearchPage,
+    SearchWindow,
+    StreamGoneError,
     StreamInfo,
     Subscription,
     SyncContext,
@@ -40,7 +43,7 @@ from app.providers.base import (
     TransientError,
 )
 from app.providers.bodies import html_to_text, text_to_html
-from app.providers.outlook import subscriptions
+from app.providers.outlook import search, subscriptions
 from app.providers.outlook.auth import MsalTokens
 from app.providers.outlook.client import GraphClient
 from app.providers.outlook.errors import GraphRequestError
@@ -52,6 +55,9 @@ from app.providers.outlook.mapper import (
     decode_messages,
 )
 
+# A message delta on a deleted folder: with a state token, ErrorSyncFolderNotFound; a
+# fresh round on an id that no longer resolves, ErrorItemNotFound.
+_FOLDER_GONE_CODES = frozenset({"ErrorSyncFolderNotFound", "ErrorItemNotFound"})
 # `contentId` belongs to fileAttachment, not to the attachment base type: selecting it bare
 # is a 400 from Graph; without $select, every file's contentBytes would come along.
 ATTACHMENT_SELECT = "id,name,contentType,size,isInline,microsoft.graph.fileAttachment/contentId"
@@ -76,6 +82,7 @@ def user_path(account: Account) -> str:
 
 class OutlookProvider:
     name: ProviderName = "microsoft"
+    search_cap: int | None = search.SEARCH_CAP
 
     def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
         self._settings = settings
@@ -87,7 +94,10 @@ class OutlookProvider:
         return ProviderLimits(max_concurrency=self._settings.graph_max_concurrency)
 
     async def aclose(self) -> None:
-        """Close MSAL's HTTP sessions (the shared httpx client belongs to the caller)."""
+        """Close MSAL's HTTP sessions (the shared httpx client belongs to the caller), and
+        let go of requests still finishing in the background: their gate slots stay taken
+        until the requests' timeout, since Graph goes on with them."""
+        await self._graph.abandon()
         await asyncio.to_thread(self._tokens.close)
 
     async def refresh_token(self, account: Account, refresh_token: str | None) -> TokenSet:
@@ -152,9 +162,10 @@ class OutlookProvider:
                 ctx, "GET", link, params=params, headers={"Prefer": _DELTA_PREFER}
             )
         except GraphRequestError as exc:
-            if exc.status == 404 and exc.code == "ErrorItemNotFound":
-                # The folder itself is gone: a complete, empty enumeration removes its rows.
-                return Page(cursor={}, caught_up=True, full_sync_complete=True, total_estimate=0)
+            if exc.status == 404 and exc.code in _FOLDER_GONE_CODES:
+                # The folder was deleted since the folder list was read: the stream is gone,
+                # which is no fault of the mailbox's.
+                raise StreamGoneError(f"folder {stream.name!r} is gone ({exc.code})") from exc
             raise
         try:
             decoded = decode_messages(response.content)
@@ -362,6 +373,20 @@ class OutlookProvider:
             raise TransientError(f"Graph returned a message that is {exc}") from exc
         upserts, _ = page.read(stream.labels)
         return upserts
+
+    # -- case mail (app/providers/outlook/search.py) --------------------------------------
+
+    async def search_participant(
+        self,
+        ctx: SyncContext,
+        streams: Sequence[StreamInfo],
+        address: str,
+        window: SearchWindow,
+        cursor: Cursor | None,
+    ) -> SearchPage:
+        return await search.search_page(
+            self._graph, ctx, user_path(ctx.account), streams, address, window, cursor
+        )
 
     # -- push ---------------------------------------------------------------------------
 

@@ -29,8 +29,12 @@ def _lifetime_rejected(exc: GraphRequestError) -> bool:
 
 
 def _validation_failed(exc: GraphRequestError) -> bool:
+    """Graph's handshake with our webhook did not succeed: 400 ValidationError ("...
+    request failed ...") or 400 InvalidRequest "Subscription validation request timed
+    out." (Graph waits 10 s). Our endpoint may be deploying or cold-starting: try later."""
     return exc.status == 400 and (
-        exc.code == "ValidationError" or "validation request failed" in exc.graph_message.lower()
+        exc.code == "ValidationError"
+        or "subscription validation request" in exc.graph_message.lower()
     )
 
 
@@ -74,7 +78,9 @@ async def create(
         except GraphRequestError as exc:
             if _validation_failed(exc):
                 # Our webhook did not answer Graph's handshake; it may be deploying.
-                raise TransientError(f"Graph could not validate {notification_url}") from exc
+                raise TransientError(
+                    f"Graph could not validate {notification_url}: {exc.graph_message}"
+                ) from exc
             if not _lifetime_rejected(exc):
                 raise
             last_error = exc
@@ -95,6 +101,11 @@ async def renew(graph: GraphClient, ctx: SyncContext, subscription: Subscription
         except GraphRequestError as exc:
             if exc.status == 404:
                 raise SubscriptionGone(f"Graph no longer knows subscription {path}") from exc
+            if _validation_failed(exc):
+                # Renewals are validated again now and then.
+                raise TransientError(
+                    f"Graph could not validate {path}: {exc.graph_message}"
+                ) from exc
             if not _lifetime_rejected(exc):
                 raise
             last_error = exc

@@ -118,9 +118,19 @@ def _response_content_id(content_id: str | None) -> str | None:
     return f"<response-{content_id.strip().removeprefix('<').removesuffix('>')}>"
 
 
-def render_batch(parts: list[BatchPart], responses: list[ApiResponse], boundary: str) -> bytes:
+def render_batch(
+    parts: list[BatchPart],
+    responses: list[ApiResponse],
+    boundary: str,
+    *,
+    order: list[int] | None = None,
+    content_length: bool = True,
+) -> bytes:
+    """The multipart answer; `order` lists part indexes in the order to write them
+    (Google's parts carry Content-IDs and need not follow the request's order)."""
     out: list[bytes] = []
-    for part, response in zip(parts, responses, strict=True):
+    for index in order if order is not None else range(len(parts)):
+        part, response = parts[index], responses[index]
         content = response.content()
         head = [f"--{boundary}", "Content-Type: application/http"]
         content_id = _response_content_id(part.content_id)
@@ -131,11 +141,28 @@ def render_batch(parts: list[BatchPart], responses: list[ApiResponse], boundary:
         if response.body is not None:
             inner.append(f"Content-Type: {JSON_TYPE}")
         inner += [f"{k}: {v}" for k, v in response.headers.items()]
-        inner.append(f"Content-Length: {len(content)}")
+        if content_length:
+            inner.append(f"Content-Length: {len(content)}")
         out.append(("\r\n".join(head) + "\r\n\r\n" + "\r\n".join(inner) + "\r\n\r\n").encode())
         out.append(content + b"\r\n")
     out.append(f"--{boundary}--\r\n".encode())
     return b"".join(out)
+
+
+def _concurrency_scope(sim: Simulator, api: GmailApi, parts: list[BatchPart]) -> BatchScope:
+    """Google splits a batch into requests it runs side by side, so every part counts
+    against its user's concurrency limit at once; which parts lose is up to chance."""
+    scope = BatchScope()
+    by_account: dict[str, list[int]] = {}
+    for n, part in enumerate(parts):
+        key = api.identify(part.request)
+        if key is not None:
+            by_account.setdefault(key, []).append(n)
+    for key, indexes in by_account.items():
+        taken = api.reserve(key, len(indexes))
+        scope.held[key] = taken
+        scope.refused.update(sim.core.rng.sample(indexes, len(indexes) - taken))
+    return scope
 
 
 def batch_router(sim: Simulator, api: GmailApi) -> APIRouter:
@@ -153,15 +180,33 @@ def batch_router(sim: Simulator, api: GmailApi) -> APIRouter:
                 raise bad_request(f"A batch request cannot contain more than {MAX_PARTS} parts")
         except GmailApiError as error:
             return Response(json.dumps(error.body()), status_code=error.code, media_type=JSON_TYPE)
-        scope = BatchScope()
-        if sim.core.faults.latency_ms:
-            # Google runs parts side by side; with latency on, so do we.
-            responses = list(await asyncio.gather(*(api.handle(p.request, scope) for p in parts)))
-        else:
-            responses = [await api.handle(p.request, scope) for p in parts]
+        faults = sim.core.faults
+        scope = _concurrency_scope(sim, api, parts)
+        try:
+            if faults.latency_ms:
+                # Google runs parts side by side; with latency on, so do we.
+                responses = list(
+                    await asyncio.gather(
+                        *(api.handle(p.request, scope, n) for n, p in enumerate(parts))
+                    )
+                )
+            else:
+                responses = [await api.handle(p.request, scope, n) for n, p in enumerate(parts)]
+        finally:
+            for key, held in scope.held.items():
+                api.release(key, held)
+        order = list(range(len(parts)))
+        if faults.gmail_batch_shuffle:
+            sim.core.rng.shuffle(order)
         boundary = "batch_" + secrets.token_urlsafe(12)
         return Response(
-            render_batch(parts, responses, boundary),
+            render_batch(
+                parts,
+                responses,
+                boundary,
+                order=order,
+                content_length=faults.gmail_batch_content_length,
+            ),
             media_type=f"multipart/mixed; boundary={boundary}",
         )
 

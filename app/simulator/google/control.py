@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.simulator.app import Simulator
+from app.simulator.contacts import PlantedContact
 from app.simulator.content import custom_content
 from app.simulator.google.mailbox import MAX_MESSAGES, Change
 from app.simulator.google.push import PushConfig
@@ -26,6 +27,8 @@ class CreateAccount(BaseModel):
     messages: int = Field(default=100, ge=0, le=MAX_MESSAGES)
     access_token_lifetime: int = Field(default=DEFAULT_TOKEN_LIFETIME, ge=0)
     history_id_start: int | None = Field(default=None, ge=1, lt=2**63)
+    # Correspondents placed into seeded messages (app/simulator/contacts.py).
+    contacts: list[PlantedContact] = Field(default_factory=list, max_length=100)
 
 
 class UpdateAccount(BaseModel):
@@ -64,6 +67,27 @@ class MarkMessages(MessageIds):
     read: bool
 
 
+class AddOperation(AddMessages):
+    op: Literal["add"]
+
+
+class ModifyOperation(ModifyMessages):
+    op: Literal["modify"]
+
+
+class DeleteOperation(MessageIds):
+    op: Literal["delete"]
+
+
+class OneRecord(BaseModel):
+    """Changes Gmail writes as a single history record, applied in this order. `ids` may
+    name a message added earlier in the same request as `new:<n>` (0-based)."""
+
+    operations: list[
+        Annotated[AddOperation | ModifyOperation | DeleteOperation, Field(discriminator="op")]
+    ] = Field(min_length=1)
+
+
 class MintPush(BaseModel):
     email: str
     history_id: int
@@ -73,6 +97,8 @@ class MintPush(BaseModel):
     expired: bool = False
     bad_signature: bool = False
     email_verified: bool = True
+    # What a push subscription without authentication sends: no Authorization header.
+    unsigned: bool = False
 
 
 def control_router(sim: Simulator, state: GoogleState) -> APIRouter:
@@ -128,6 +154,10 @@ def control_router(sim: Simulator, state: GoogleState) -> APIRouter:
             access_token_lifetime=body.access_token_lifetime,
             history_id_start=body.history_id_start,
         )
+        try:
+            account.mailbox.plant(body.contacts)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
         issued = state.issue_access_token(account)
         return {
             "email": account.email,
@@ -202,6 +232,65 @@ def control_router(sim: Simulator, state: GoogleState) -> APIRouter:
             changes.append(change)
         return {"messages": added, "history_id": after_change(account, changes)}
 
+    @router.post("/accounts/{email}/history/record", status_code=201)
+    async def one_record(email: str, body: OneRecord) -> dict[str, Any]:
+        account = account_or_404(email)
+        mailbox = account.mailbox
+        added: list[str] = []
+
+        def resolve(ids: list[str]) -> list[str]:
+            resolved = []
+            for ref in ids:
+                if ref.startswith("new:"):
+                    n = int(ref[4:]) if ref[4:].isdigit() else -1
+                    if not 0 <= n < len(added):
+                        raise HTTPException(400, f"{ref} names no message added before it")
+                    ref = added[n]
+                resolved.append(ref)
+            return resolved
+
+        for operation in body.operations:
+            if isinstance(operation, ModifyOperation):
+                check_labels(account, operation.add_label_ids + operation.remove_label_ids)
+            elif isinstance(operation, AddOperation):
+                check_labels(account, operation.label_ids)
+        changes: list[Change] = []
+        with mailbox.one_record():
+            for operation in body.operations:
+                if isinstance(operation, AddOperation):
+                    for n in range(operation.count):
+                        view, change = mailbox.add_message(
+                            label_ids=frozenset(operation.label_ids),
+                            subject=operation.subject
+                            if operation.count == 1
+                            else f"{operation.subject} #{n + 1}",
+                            from_header=operation.from_,
+                            to=tuple(operation.to)
+                            if operation.to is not None
+                            else (account.email,),
+                            cc=tuple(operation.cc),
+                            snippet=operation.snippet,
+                            has_attachments=operation.has_attachments,
+                            reply_to=operation.reply_to,
+                        )
+                        added.append(view.id)
+                        changes.append(change)
+                elif isinstance(operation, ModifyOperation):
+                    for message_id in resolve(operation.ids):
+                        modified = mailbox.modify_message(
+                            message_id,
+                            frozenset(operation.add_label_ids),
+                            frozenset(operation.remove_label_ids),
+                        )
+                        if modified is not None:
+                            changes.append(modified)
+                else:
+                    for message_id in resolve(operation.ids):
+                        deleted = mailbox.delete_message(message_id)
+                        if deleted is not None:
+                            changes.append(deleted)
+        return {"added": added, "history_id": after_change(account, changes)}
+
     @router.post("/accounts/{email}/messages/delete")
     async def delete_messages(email: str, body: MessageIds) -> dict[str, Any]:
         account = account_or_404(email)
@@ -269,6 +358,12 @@ def control_router(sim: Simulator, state: GoogleState) -> APIRouter:
             "messages": [ground_truth_entry(v) for v in views],
         }
 
+    @router.get("/accounts/{email}/contacts/{address}")
+    async def contact_truth(email: str, address: str) -> dict[str, Any]:
+        """Ids of the existing messages `address` takes part in (from, to, cc), newest first:
+        the truth a case search for it must reproduce."""
+        return {"ids": account_or_404(email).mailbox.involving(address)}
+
     @router.get("/push")
     async def get_push() -> PushConfig:
         return state.push.config
@@ -290,6 +385,11 @@ def control_router(sim: Simulator, state: GoogleState) -> APIRouter:
     @router.post("/push/mint")
     async def mint(body: MintPush) -> dict[str, Any]:
         config = state.push.config
+        if body.unsigned:
+            return {
+                "authorization": None,
+                "body": state.push.envelope(body.email.lower(), body.history_id),
+            }
         audience = body.audience or config.audience or config.endpoint or ""
         token = state.push.oidc_token(
             audience=audience,

@@ -91,9 +91,9 @@ def delegation_denied(user_id: str) -> GmailApiError:
     return GmailApiError(403, "forbidden", f"Delegation denied for {user_id}")
 
 
-def rate_limited(status: int, retry_after: float) -> GmailApiError:
+def rate_limited(status: int, retry_after: float | None) -> GmailApiError:
     """The random 429/503 of the shared fault switches."""
-    header = {"Retry-After": _retry_after_header(retry_after)}
+    header = {} if retry_after is None else {"Retry-After": _retry_after_header(retry_after)}
     if status == 503:
         return GmailApiError(503, "backendError", "Backend Error", headers=header)
     return GmailApiError(
@@ -101,12 +101,26 @@ def rate_limited(status: int, retry_after: float) -> GmailApiError:
     )
 
 
-def user_rate_limited(retry_at_rfc3339: str, retry_after: float) -> GmailApiError:
-    # Gmail's own wording, two spaces included; clients parse the timestamp out of it.
+def user_rate_limited(
+    retry_at_rfc3339: str,
+    retry_after: float,
+    *,
+    status: int = 429,
+    reason: str = "rateLimitExceeded",
+    header: bool = False,
+) -> GmailApiError:
+    """The per-user quota refusal. Gmail names the instant to come back only in the
+    message, two spaces included; 429 or 403, rateLimitExceeded or userRateLimitExceeded,
+    depending on the endpoint and the day."""
     return GmailApiError(
-        429,
-        "userRateLimitExceeded",
+        status,
+        reason,
         f"User-rate limit exceeded.  Retry after {retry_at_rfc3339}",
         domain="usageLimits",
-        headers={"Retry-After": _retry_after_header(retry_after)},
+        headers={"Retry-After": _retry_after_header(retry_after)} if header else None,
     )
+
+
+def too_many_concurrent() -> GmailApiError:
+    """The per-user concurrency limit: no Retry-After, no time in the message."""
+    return GmailApiError(429, "rateLimitExceeded", "Too many concurrent requests for user.")

@@ -28,6 +28,7 @@ from app.simulator.google.errors import (
     delegation_denied,
     not_found,
     rate_limited,
+    too_many_concurrent,
     unauthenticated,
     user_rate_limited,
 )
@@ -75,9 +76,12 @@ class ApiResponse:
 
 @dataclass(slots=True)
 class BatchScope:
-    """Parts of one batch request: accounts that already got a 429/503 in it."""
+    """Parts of one batch request: accounts that already got a 429/503 in it, parts the
+    per-user concurrency limit refused, and the concurrency each account holds meanwhile."""
 
     throttled: set[str] = field(default_factory=set)
+    refused: set[int] = field(default_factory=set)
+    held: dict[str, int] = field(default_factory=dict)
 
 
 class _Params:
@@ -142,6 +146,8 @@ class GmailApi:
     def __init__(self, sim: Simulator, state: GoogleState) -> None:
         self.sim = sim
         self.state = state
+        # Requests and batch parts Gmail is working on, per user (counter key).
+        self._in_flight: dict[str, int] = {}
         # (HTTP method, collection, has an id segment) -> (quota method name, handler)
         self._routes: dict[tuple[str, str, bool], tuple[str, Handler]] = {
             ("GET", "profile", False): ("users.getProfile", self._profile),
@@ -159,12 +165,77 @@ class GmailApi:
 
     # -- dispatch --------------------------------------------------------------------
 
-    async def handle(self, request: ApiRequest, batch: BatchScope | None = None) -> ApiResponse:
+    def identify(self, request: ApiRequest) -> str | None:
+        """The counter key of the account a request acts for; None when it would fail."""
+        try:
+            _, _, params = self._route(request)
+            return self._authenticate(request.authorization, params["user"]).counter_key
+        except GmailApiError:
+            return None
+
+    def reserve(self, key: str, wanted: int) -> int:
+        """How many of `wanted` requests Gmail takes on now for this user; the rest are
+        refused for the per-user concurrency limit. The taken ones stay held until
+        `release`."""
+        faults = self.sim.core.faults
+        if not faults.gmail_user_concurrency:
+            return wanted
+        jitter = faults.gmail_user_concurrency_jitter
+        limit = max(
+            1,
+            round(
+                faults.gmail_user_concurrency * self.sim.core.rng.uniform(1 - jitter, 1 + jitter)
+            ),
+        )
+        taken = max(0, min(wanted, limit - self._in_flight.get(key, 0)))
+        self._in_flight[key] = self._in_flight.get(key, 0) + taken
+        return taken
+
+    def release(self, key: str, count: int) -> None:
+        left = self._in_flight.get(key, 0) - count
+        if left > 0:
+            self._in_flight[key] = left
+        else:
+            self._in_flight.pop(key, None)
+
+    def refuse_concurrent(self, key: str) -> ApiResponse:
+        counters = self.sim.core.counters.for_account(key)
+        counters.requests += 1
+        counters.throttled += 1
+        counters.concurrency_refused += 1
+        refused = too_many_concurrent()
+        return ApiResponse(refused.code, refused.body(), refused.headers)
+
+    async def handle(
+        self, request: ApiRequest, batch: BatchScope | None = None, part: int = 0
+    ) -> ApiResponse:
         try:
             method_name, handler, params = self._route(request)
             account = self._authenticate(request.authorization, params["user"])
         except GmailApiError as error:
             return ApiResponse(error.code, error.body(), error.headers)
+        key = account.counter_key
+        if batch is not None and part in batch.refused:
+            return self.refuse_concurrent(key)
+        held = 0
+        if batch is None:
+            held = self.reserve(key, 1)
+            if not held:
+                return self.refuse_concurrent(key)
+        try:
+            return await self._admitted(account, method_name, handler, params, request, batch)
+        finally:
+            self.release(key, held)
+
+    async def _admitted(
+        self,
+        account: GoogleAccount,
+        method_name: str,
+        handler: Handler,
+        params: dict[str, str],
+        request: ApiRequest,
+        batch: BatchScope | None,
+    ) -> ApiResponse:
         key = account.counter_key
         counters = self.sim.core.counters.for_account(key)
         violations = counters.retry_after_violations
@@ -217,7 +288,14 @@ class GmailApi:
             if wait > 0:
                 counters.throttled += 1
                 self.sim.core.told_to_wait(account.counter_key, wait)
-                raise user_rate_limited(_rfc3339(time.time() + wait), wait)
+                faults = self.sim.core.faults
+                raise user_rate_limited(
+                    _rfc3339(time.time() + wait),
+                    wait,
+                    status=faults.gmail_quota_status,
+                    reason=faults.gmail_quota_reason,
+                    header=faults.gmail_quota_retry_after_header,
+                )
         counters.quota_units += cost
         counters.methods[method_name] = counters.methods.get(method_name, 0) + 1
 

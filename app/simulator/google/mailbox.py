@@ -15,11 +15,13 @@ import time
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from typing import Any
 
 from app.simulator import corpus
+from app.simulator.contacts import PlantedContact, Planting
 from app.simulator.content import ContentSpec, custom_content, seeded_content
 from app.simulator.corpus import GeneratedMessage
 from app.simulator.google.labels import (
@@ -101,8 +103,9 @@ class AddedMessage:
 
 
 @dataclass(slots=True)
-class HistoryRecord:
-    id: int
+class HistoryEntry:
+    """What one change did to one message."""
+
     message_id: str
     thread_id: str
     # The message's labels right after this change.
@@ -112,34 +115,53 @@ class HistoryRecord:
     labels_added: tuple[str, ...] = ()
     labels_removed: tuple[str, ...] = ()
 
-    def render(self, types: frozenset[str] | None, label_id: str | None) -> dict[str, Any] | None:
-        present = {
-            "messageAdded": self.added,
-            "messageDeleted": self.deleted,
-            "labelAdded": bool(self.labels_added),
-            "labelRemoved": bool(self.labels_removed),
-        }
-        wanted = {t for t, on in present.items() if on and (types is None or t in types)}
-        if not wanted:
-            return None
-        if label_id is not None and not (
+    def touches(self, label_id: str) -> bool:
+        return (
             label_id in self.label_ids
             or label_id in self.labels_added
             or label_id in self.labels_removed
-        ):
+        )
+
+
+@dataclass(slots=True)
+class HistoryRecord:
+    """One history id. Gmail may put several messages and several change types in one
+    record (a delivery a filter labels, a batch modify, a thread deleted): clients must not
+    assume a record holds one change, nor in which order its lists happened."""
+
+    id: int
+    entries: list[HistoryEntry]
+
+    def render(self, types: frozenset[str] | None, label_id: str | None) -> dict[str, Any] | None:
+        lists: dict[str, list[dict[str, Any]]] = {}
+        refs: dict[str, dict[str, str]] = {}
+        for entry in self.entries:
+            if label_id is not None and not entry.touches(label_id):
+                continue
+            ref = {"id": entry.message_id, "threadId": entry.thread_id}
+            full = {**ref, "labelIds": list(entry.label_ids)}
+            wanted = False
+            if entry.added and (types is None or "messageAdded" in types):
+                lists.setdefault("messagesAdded", []).append({"message": full})
+                wanted = True
+            if entry.deleted and (types is None or "messageDeleted" in types):
+                lists.setdefault("messagesDeleted", []).append({"message": full})
+                wanted = True
+            if entry.labels_added and (types is None or "labelAdded" in types):
+                lists.setdefault("labelsAdded", []).append(
+                    {"message": full, "labelIds": list(entry.labels_added)}
+                )
+                wanted = True
+            if entry.labels_removed and (types is None or "labelRemoved" in types):
+                lists.setdefault("labelsRemoved", []).append(
+                    {"message": full, "labelIds": list(entry.labels_removed)}
+                )
+                wanted = True
+            if wanted:
+                refs.setdefault(entry.message_id, ref)
+        if not lists:
             return None
-        ref = {"id": self.message_id, "threadId": self.thread_id}
-        full = {**ref, "labelIds": list(self.label_ids)}
-        record: dict[str, Any] = {"id": str(self.id), "messages": [ref]}
-        if "messageAdded" in wanted:
-            record["messagesAdded"] = [{"message": full}]
-        if "messageDeleted" in wanted:
-            record["messagesDeleted"] = [{"message": full}]
-        if "labelAdded" in wanted:
-            record["labelsAdded"] = [{"message": full, "labelIds": list(self.labels_added)}]
-        if "labelRemoved" in wanted:
-            record["labelsRemoved"] = [{"message": full, "labelIds": list(self.labels_removed)}]
-        return record
+        return {"id": str(self.id), "messages": list(refs.values()), **lists}
 
 
 @dataclass(slots=True)
@@ -229,10 +251,25 @@ class Mailbox:
         self._history: list[HistoryRecord] = []
         self._history_ids: list[int] = []
         self._history_head = 0
+        self._open_record: HistoryRecord | None = None
         self.watch: Watch | None = None
         self._threads_total: int | None = None
         self._estimates: dict[str, tuple[int, int]] = {}
         self._label_counts: tuple[int, dict[str, LabelCounts]] | None = None
+        # Seeded messages a planted correspondent takes part in (app/simulator/contacts.py).
+        self.planting = Planting(email)
+        self._planted: dict[int, GeneratedMessage] = {}
+
+    def plant(self, contacts: list[PlantedContact]) -> None:
+        self.planting = Planting.plan(self.seed, self.total, self.email, contacts)
+        self._planted = {
+            # A sent message's sender becomes a recipient in `_seeded_view` by itself.
+            index: self.planting.apply(
+                index, corpus.generate(self.seed, index, self.total, self.email), owner_sent=False
+            )
+            for index in self.planting.roles
+        }
+        self._estimates.clear()
 
     # -- ids -------------------------------------------------------------------------
 
@@ -289,6 +326,9 @@ class Mailbox:
         return bits
 
     def _message(self, index: int) -> GeneratedMessage:
+        planted = self._planted.get(index) if self._planted else None
+        if planted is not None:
+            return planted
         return _generated(self.seed, index, self.total, self.email)
 
     def labels(self, message_id: str, index: int | None = None) -> frozenset[str]:
@@ -403,6 +443,32 @@ class Mailbox:
         new_threads = sum(1 for a in self.added.values() if a.thread_id == a.id)
         return self._threads_total + new_threads
 
+    def _live_among(
+        self, position: tuple[int, int], indexes: list[int]
+    ) -> Iterator[tuple[str, int | None, tuple[int, int]]]:
+        """`_live`, but of the seeded messages only `indexes` (sorted, newest first)."""
+        segment, value = position
+        if segment == 1:
+            for item in self._live(position):
+                if item[1] is not None:
+                    break
+                yield item
+            value = self.total - 1
+        for index in indexes:
+            if index <= value and index not in self.deleted:
+                yield self.seeded_id(index), index, (2, index - 1)
+
+    def _planted_only(self, query: Query | None) -> list[int] | None:
+        """Seeded messages that can match `query`, when it asks for an address only planted
+        messages hold (newest first); None when any message could."""
+        addresses = query.addresses() if query is not None else None
+        if not addresses or not all(self.planting.only_planted(a) for a in addresses):
+            return None
+        found: set[int] = set()
+        for address in addresses:
+            found.update(self.planting.keys_between(address, 0, self.total))
+        return sorted(found, reverse=True)
+
     def label_counts(self, label_id: str) -> LabelCounts:
         """Exact counts of messages and threads with `label_id`, as labels.get reports them.
 
@@ -497,7 +563,9 @@ class Mailbox:
 
         budget = max(2000, 10 * max_results)
         scanned = 0
-        for message_id, index, after in self._live(position):
+        among = self._planted_only(query)
+        live = self._live(position) if among is None else self._live_among(position, among)
+        for message_id, index, after in live:
             if scanned >= budget or len(page.messages) == max_results:
                 page.next_page_token = _encode_page_token(position)
                 break
@@ -511,7 +579,14 @@ class Mailbox:
                 else self.added[message_id].thread_id
             )
             page.messages.append((message_id, thread_id))
-        page.result_size_estimate = self._estimate(matches, estimate_key)
+        if among is None:
+            page.result_size_estimate = self._estimate(matches, estimate_key)
+        else:
+            page.result_size_estimate = sum(
+                1
+                for message_id, index, _ in self._live_among((1, self._added_seq + 1), among)
+                if matches(message_id, index)
+            )
         return page
 
     def _estimate(self, matches: Callable[[str, int | None], bool], key: str) -> int:
@@ -536,6 +611,22 @@ class Mailbox:
         assert view is not None
         return view
 
+    def involving(self, address: str) -> list[str]:
+        """Ids of the live messages `address` is the sender or a recipient of, newest first."""
+        wanted = address.lower()
+        among = None
+        if self.planting.only_planted(wanted):
+            among = sorted(self.planting.keys_between(wanted, 0, self.total), reverse=True)
+        start = (1, self._added_seq + 1)
+        live = self._live(start) if among is None else self._live_among(start, among)
+        found = []
+        for message_id, _, _ in live:
+            view = self._must_view(message_id)
+            people = {*view.to, *view.cc, view.from_header}
+            if any(wanted == p.lower() or f"<{wanted}>" in p.lower() for p in people):
+                found.append(message_id)
+        return found
+
     def ground_truth(self, offset: int, limit: int) -> list[MessageView]:
         out: list[MessageView] = []
         for n, (message_id, _, _) in enumerate(self._live((1, self._added_seq + 1))):
@@ -553,10 +644,35 @@ class Mailbox:
         self.history_id += self._rng.randint(1, 9)
         return self.history_id
 
-    def _record(self, record: HistoryRecord) -> None:
+    @contextmanager
+    def one_record(self) -> Iterator[None]:
+        """Every change made inside goes into a single history record (one history id)."""
+        if self._open_record is not None:
+            yield
+            return
+        self._open_record = HistoryRecord(0, [])
+        try:
+            yield
+        finally:
+            record, self._open_record = self._open_record, None
+            if record.entries:
+                record.id = self._next_history_id()
+                self._append(record)
+
+    def _record(self, entry: HistoryEntry) -> None:
+        if self._open_record is not None:
+            self._open_record.entries.append(entry)
+            return
+        self._append(HistoryRecord(self._next_history_id(), [entry]))
+
+    def _append(self, record: HistoryRecord) -> None:
         self._history.append(record)
         self._history_ids.append(record.id)
-        self.message_history[record.message_id] = record.id
+        for entry in record.entries:
+            if entry.deleted:
+                self.message_history.pop(entry.message_id, None)
+            else:
+                self.message_history[entry.message_id] = record.id
         excess = len(self._history) - self._history_head - self._retention()
         if excess > 0:
             self._history_head += excess
@@ -616,15 +732,7 @@ class Mailbox:
         self.added[message_id] = added
         self._added_order.append(message_id)
         self.label_overrides[message_id] = label_ids
-        self._record(
-            HistoryRecord(
-                self._next_history_id(),
-                message_id,
-                added.thread_id,
-                _ordered(label_ids),
-                added=True,
-            )
-        )
+        self._record(HistoryEntry(message_id, added.thread_id, _ordered(label_ids), added=True))
         return self._added_view(added), Change(message_id, frozenset(), label_ids)
 
     def delete_message(self, message_id: str) -> Change | None:
@@ -640,12 +748,7 @@ class Mailbox:
             assert index is not None
             self.deleted.add(index)
         self.label_overrides.pop(message_id, None)
-        self._record(
-            HistoryRecord(
-                self._next_history_id(), message_id, view.thread_id, view.label_ids, deleted=True
-            )
-        )
-        self.message_history.pop(message_id, None)
+        self._record(HistoryEntry(message_id, view.thread_id, view.label_ids, deleted=True))
         return Change(message_id, labels, frozenset())
 
     def modify_message(
@@ -663,13 +766,8 @@ class Mailbox:
         removed = tuple(label for label in _ordered(before) if label not in after)
         thread_id = self._must_view(message_id).thread_id
         self._record(
-            HistoryRecord(
-                self._next_history_id(),
-                message_id,
-                thread_id,
-                _ordered(after),
-                labels_added=added,
-                labels_removed=removed,
+            HistoryEntry(
+                message_id, thread_id, _ordered(after), labels_added=added, labels_removed=removed
             )
         )
         return Change(message_id, before, after)

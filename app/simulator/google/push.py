@@ -44,6 +44,9 @@ class PushConfig(BaseModel):
     # Pub/Sub's default audience is the push endpoint URL.
     audience: str | None = None
     service_account: str = DEFAULT_SERVICE_ACCOUNT
+    # False: a push subscription created without "Enable authentication" (no service
+    # account): Pub/Sub then posts with no Authorization header at all.
+    authenticated: bool = True
     subscription: str = DEFAULT_SUBSCRIPTION
     # Gmail: "a maximum notification rate of 1 event/sec"; 0 lifts the limit.
     max_notifications_per_second: float = Field(default=1.0, ge=0)
@@ -165,7 +168,8 @@ class PushService:
             return delivery
         self._last_sent[email] = now
         audience = config.audience or config.endpoint or ""
-        delivery.authorization = "Bearer " + self.oidc_token(audience=audience)
+        if config.authenticated:
+            delivery.authorization = "Bearer " + self.oidc_token(audience=audience)
         if not config.endpoint:
             delivery.status = "no_endpoint"
             return delivery
@@ -175,20 +179,20 @@ class PushService:
         return delivery
 
     async def _deliver(self, delivery: PushDelivery) -> None:
-        assert delivery.endpoint is not None and delivery.authorization is not None
+        assert delivery.endpoint is not None
         if self._client is None:
             self._client = outbound.client(timeout=10.0)
         config = self.config
+        headers = {
+            "User-Agent": "APIs-Google; (+https://developers.google.com/webmasters/APIs-Google.html)"
+        }
+        if delivery.authorization is not None:
+            headers["Authorization"] = delivery.authorization
         for attempt in range(config.max_attempts):
             delivery.attempts = attempt + 1
             try:
                 response = await self._client.post(
-                    delivery.endpoint,
-                    json=delivery.envelope,
-                    headers={
-                        "Authorization": delivery.authorization,
-                        "User-Agent": "APIs-Google; (+https://developers.google.com/webmasters/APIs-Google.html)",
-                    },
+                    delivery.endpoint, json=delivery.envelope, headers=headers
                 )
             except httpx.HTTPError as exc:
                 delivery.error = f"{type(exc).__name__}: {exc}"

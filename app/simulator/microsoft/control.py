@@ -12,6 +12,7 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
 from app.simulator.app import Simulator
+from app.simulator.contacts import PlantedContact
 from app.simulator.content import custom_content
 from app.simulator.microsoft import delta, ids
 from app.simulator.microsoft.mailbox import ChangeEvent, Folder, Mailbox
@@ -33,6 +34,8 @@ class CreateAccount(BaseModel):
     display_name: str | None = None
     app_only_granted: bool = True
     app_token_lifetime: int = Field(default=3599, ge=0)
+    # Correspondents placed into seeded messages (app/simulator/contacts.py).
+    contacts: list[PlantedContact] = Field(default_factory=list, max_length=100)
 
 
 class AccountPatch(BaseModel):
@@ -110,12 +113,27 @@ class Lifecycle(BaseModel):
     event: str
 
 
+class NewFolder(BaseModel):
+    display_name: str = Field(min_length=1, max_length=255)
+    # An id or well-known name; the root ("msgfolderroot") makes a top-level folder.
+    parent: str = "msgfolderroot"
+
+
+class FolderChange(BaseModel):
+    """Rename, move under another parent, or both."""
+
+    display_name: str | None = Field(default=None, min_length=1, max_length=255)
+    parent: str | None = None
+
+
 class MicrosoftSettings(BaseModel):
     refresh_token_grace_seconds: float | None = Field(default=None, ge=0)
     validation_timeout_seconds: float | None = Field(default=None, gt=0)
     notification_timeout_seconds: float | None = Field(default=None, gt=0)
     notification_retries: int | None = Field(default=None, ge=0, le=10)
     notification_retry_delay_seconds: float | None = Field(default=None, ge=0)
+    revalidate_on_renew: bool | None = None
+    lifecycle_shape: Literal["exchange", "documented"] | None = None
 
 
 def _seed_for(email: str) -> int:
@@ -149,7 +167,21 @@ def _summary(mailbox: Mailbox) -> dict[str, Any]:
         "seq": mailbox.seq,
         "token_lifetime": mailbox.token_lifetime,
         "app_only_granted": mailbox.app_only_granted,
+        "planted": {address: len(keys) for address, keys in mailbox.planting.keys.items()},
     }
+
+
+def _folder_chain(mailbox: Mailbox, folder: Folder) -> list[dict[str, Any]]:
+    """The folder and its ancestors below the root, top-level first."""
+    chain: list[Folder] = []
+    current: Folder | None = folder
+    while current is not None and current.index != 0:
+        chain.append(current)
+        current = mailbox.folders[current.parent] if current.parent is not None else None
+    return [
+        {"id": f.id, "display_name": f.display_name, "well_known_name": f.well_known_name}
+        for f in reversed(chain)
+    ]
 
 
 def _folder_summary(folder: Folder) -> dict[str, Any]:
@@ -157,7 +189,7 @@ def _folder_summary(folder: Folder) -> dict[str, Any]:
         "id": folder.id,
         "display_name": folder.display_name,
         "well_known_name": folder.well_known_name,
-        "parent_index": folder.spec.parent,
+        "parent_index": folder.parent,
         "total": folder.total,
         "unread": folder.unread,
     }
@@ -219,6 +251,10 @@ def build_control_router(sim: Simulator) -> APIRouter:
             token_lifetime=body.token_lifetime,
             app_only_granted=body.app_only_granted,
         )
+        try:
+            mailbox.plant(body.contacts)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
         if body.message_count > _BUILD_IN_THREAD_ABOVE:
             await asyncio.to_thread(mailbox.build_index)
         else:
@@ -234,7 +270,7 @@ def build_control_router(sim: Simulator) -> APIRouter:
     @router.get("/accounts/{user}")
     async def get_account(user: str) -> dict[str, Any]:
         mailbox = mailbox_or_404(user)
-        return _summary(mailbox) | {"folders": [_folder_summary(f) for f in mailbox.folders[1:]]}
+        return _summary(mailbox) | {"folders": [_folder_summary(f) for f in mailbox.live_folders()]}
 
     @router.patch("/accounts/{user}")
     async def patch_account(user: str, body: AccountPatch) -> dict[str, Any]:
@@ -360,6 +396,39 @@ def build_control_router(sim: Simulator) -> APIRouter:
             mailbox, [mailbox.set_categories(k, categories) for k in select(mailbox, body)]
         )
 
+    @router.post("/accounts/{user}/folders", status_code=201)
+    async def create_folder(user: str, body: NewFolder) -> dict[str, Any]:
+        mailbox = mailbox_or_404(user)
+        parent = folder_or_404(mailbox, body.parent)
+        folder = mailbox.create_folder(body.display_name, parent)
+        return _folder_summary(folder) | {"chain": _folder_chain(mailbox, folder)}
+
+    @router.patch("/accounts/{user}/folders/{ref}")
+    async def change_folder(user: str, ref: str, body: FolderChange) -> dict[str, Any]:
+        mailbox = mailbox_or_404(user)
+        folder = folder_or_404(mailbox, ref)
+        if folder.index == 0 or (folder.well_known_name and body.parent is not None):
+            # Exchange: ErrorMoveDistinguishedFolder.
+            raise HTTPException(400, "distinguished folders cannot be moved")
+        if body.parent is not None:
+            try:
+                mailbox.move_folder(folder, folder_or_404(mailbox, body.parent))
+            except ValueError as exc:
+                raise HTTPException(400, str(exc)) from exc
+        if body.display_name is not None:
+            mailbox.rename_folder(folder, body.display_name)
+        return _folder_summary(folder) | {"chain": _folder_chain(mailbox, folder)}
+
+    @router.delete("/accounts/{user}/folders/{ref}")
+    async def delete_folder(user: str, ref: str) -> dict[str, Any]:
+        """Permanently, with its subfolders and messages (not a move to Deleted Items:
+        that is a move, under `deleteditems`)."""
+        mailbox = mailbox_or_404(user)
+        folder = folder_or_404(mailbox, ref)
+        if folder.index == 0 or folder.well_known_name:
+            raise HTTPException(400, "distinguished folders cannot be deleted")
+        return changed(mailbox, list(mailbox.delete_folder(folder)))
+
     @router.post("/accounts/{user}/delta/expire")
     async def expire_delta(user: str, body: ExpireDelta) -> dict[str, Any]:
         mailbox = mailbox_or_404(user)
@@ -389,6 +458,23 @@ def build_control_router(sim: Simulator) -> APIRouter:
         )
         stop = None if limit is None else offset + limit
         return {"messages": [_truth(mailbox, k) for k in itertools.islice(keys, offset, stop)]}
+
+    @router.get("/accounts/{user}/contacts/{address}")
+    async def contact_truth(user: str, address: str) -> dict[str, Any]:
+        """Immutable ids of the existing messages `address` takes part in (from, to, cc),
+        newest first: the truth a case search for it must reproduce."""
+        mailbox = mailbox_or_404(user)
+        wanted = address.lower()
+        keys = set(mailbox.planting.keys_between(wanted, 0, mailbox.next_key))
+        if not mailbox.planting.only_planted(wanted):
+            keys.update(range(mailbox.next_key))
+        keys.update(mailbox.added)
+        found = [
+            mailbox.message_id(key, immutable=True)
+            for key in sorted(keys, reverse=True)
+            if mailbox.exists(key) and wanted in _people(mailbox, key)
+        ]
+        return {"ids": found}
 
     @router.get("/subscriptions")
     async def list_subscriptions() -> list[dict[str, Any]]:
@@ -451,6 +537,11 @@ def _expire_access_tokens(state: MicrosoftState, mailbox: Mailbox) -> int:
     return count
 
 
+def _people(mailbox: Mailbox, key: int) -> set[str]:
+    generated = mailbox.content(key)
+    return {mailbox.sender(key)[1], *generated.to, *generated.cc}
+
+
 def _truth(mailbox: Mailbox, key: int) -> dict[str, Any]:
     state = mailbox.state(key)
     generated = mailbox.content(key)
@@ -461,6 +552,7 @@ def _truth(mailbox: Mailbox, key: int) -> dict[str, Any]:
         "folder_id": folder.id,
         "folder": folder.display_name,
         "well_known_name": folder.well_known_name,
+        "folder_chain": _folder_chain(mailbox, folder),
         "is_read": state.is_read,
         "categories": list(state.categories),
         "subject": generated.subject,

@@ -45,9 +45,10 @@ def aad_error(status: int, error: str, aadsts: int, description: str) -> Respons
     now = datetime.now(UTC)
     body = {
         "error": error,
+        # As Entra writes it: CRLF-separated trace, correlation id and timestamp lines.
         "error_description": (
-            f"AADSTS{aadsts}: {description} Trace ID: {trace_id} "
-            f"Correlation ID: {correlation_id} Timestamp: {now:%Y-%m-%d %H:%M:%SZ}"
+            f"AADSTS{aadsts}: {description}\r\nTrace ID: {trace_id}\r\n"
+            f"Correlation ID: {correlation_id}\r\nTimestamp: {now:%Y-%m-%d %H:%M:%SZ}"
         ),
         "error_codes": [aadsts],
         "timestamp": f"{now:%Y-%m-%d %H:%M:%SZ}",
@@ -59,7 +60,7 @@ def aad_error(status: int, error: str, aadsts: int, description: str) -> Respons
 
 
 def throttled_response(exc: Throttled) -> Response:
-    headers = {"Retry-After": retry_after_value(exc.retry_after)}
+    headers = {} if exc.retry_after is None else {"Retry-After": retry_after_value(exc.retry_after)}
     if exc.status == 503:
         return graph_error(503, "ServiceUnavailable", "Service unavailable, retry later.", headers)
     if exc.reason == "too many concurrent requests":

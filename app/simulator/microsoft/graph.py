@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from app.simulator.app import Simulator
 from app.simulator.core import Throttled
-from app.simulator.microsoft import attachments, delta, subscriptions
+from app.simulator.microsoft import attachments, delta, search, subscriptions
 from app.simulator.microsoft.errors import graph_error, json_response, throttled_response
 from app.simulator.microsoft.mailbox import Folder, Mailbox
 from app.simulator.microsoft.resources import (
@@ -32,6 +32,7 @@ from app.simulator.microsoft.resources import (
     folder_resource,
     message_json,
     parse_select,
+    removed_folder,
     user_resource,
 )
 from app.simulator.microsoft.state import APP_MAIL_ROLE, AccessToken, MicrosoftState, get_state
@@ -270,6 +271,16 @@ async def _mail_folders(ctx: GraphRequest, rest: list[str]) -> Response:
         return _folder_collection(ctx, mailbox.folders[0], "mailFolders")
     if lowered[0] in _DELTA_SEGMENTS and len(rest) == 1:
         return _folder_delta(ctx)
+    stale = mailbox.folder(rest[0], deleted=True)
+    if (
+        stale is not None
+        and stale.deleted
+        and lowered[1:2] == ["messages"]
+        and lowered[2:3]
+        and lowered[2] in _DELTA_SEGMENTS
+        and (ctx.param("skiptoken") or ctx.param("deltatoken"))
+    ):
+        return await _message_delta(ctx, stale)
     folder = _folder(ctx, rest[0])
     if len(rest) == 1:
         select = _select(ctx, FOLDER_PROPERTIES, "microsoft.graph.mailFolder")
@@ -328,7 +339,10 @@ def _folder_collection(ctx: GraphRequest, parent: Folder, path: str) -> Response
     top = _int_param(ctx, "top", _DEFAULT_TOP, 1, _MAX_TOP)
     skip = _int_param(ctx, "skip", 0, 0, 1_000_000)
     select = _select(ctx, FOLDER_PROPERTIES, "microsoft.graph.mailFolder")
-    children = sorted((mailbox.folders[i] for i in parent.children), key=lambda f: f.display_name)
+    children = sorted(
+        (mailbox.folders[i] for i in parent.children if not mailbox.folders[i].deleted),
+        key=lambda f: f.display_name,
+    )
     chunk = children[skip : skip + top]
     body: dict[str, Any] = {
         "@odata.context": f"{ctx.state.sim.base_url}/v1.0/$metadata#users('{mailbox.user_id}')/mailFolders",
@@ -352,13 +366,22 @@ def _folder_delta(ctx: GraphRequest) -> Response:
         )
     select = _parse_token_select(token.select, FOLDER_PROPERTIES, "microsoft.graph.mailFolder")
     if token.kind == delta.ENUMERATE:
-        candidates = mailbox.folders[1:]
+        candidates = [f for f in mailbox.folders[1:] if not f.deleted]
     else:
-        candidates = [f for f in mailbox.folders[1:] if f.changed_seq > token.since]
+        # The round's first page pins its upper bound, so later pages see the same set.
+        until = token.until if token.until >= token.since else mailbox.seq
+        token = delta.DeltaToken(token.kind, -1, token.since, until, token.position, token.select)
+        # Newest first: a folder created inside a folder created in the same round comes
+        # before its parent; Exchange does not promise parents first either.
+        candidates = [
+            f for f in reversed(mailbox.folders[1:]) if token.since < f.changed_seq <= until
+        ]
     chunk = candidates[token.position : token.position + page_size]
     body: dict[str, Any] = {
         "@odata.context": f"{ctx.state.sim.base_url}/v1.0/$metadata#Collection(mailFolder)",
-        "value": [folder_resource(mailbox, f, select) for f in chunk],
+        "value": [
+            removed_folder(f) if f.deleted else folder_resource(mailbox, f, select) for f in chunk
+        ],
     }
     link = f"{ctx.base}/mailFolders/delta"
     end = token.position + page_size
@@ -366,7 +389,7 @@ def _folder_delta(ctx: GraphRequest) -> Response:
         nxt = delta.DeltaToken(token.kind, -1, token.since, token.until, end, token.select)
         body["@odata.nextLink"] = _link(link, {"$skiptoken": nxt.encode(mailbox.tag)})
     else:
-        since = mailbox.seq if token.kind == delta.CHANGES else token.since
+        since = token.until if token.kind == delta.CHANGES else token.since
         done = delta.DeltaToken(delta.CHANGES, -1, since, -1, 0, token.select)
         body["@odata.deltaLink"] = _link(link, {"$deltatoken": done.encode(mailbox.tag)})
     return json_response(body, headers=applied)
@@ -396,6 +419,11 @@ def _parse_token_select(
 
 async def _message_delta(ctx: GraphRequest, folder: Folder) -> Response:
     mailbox = ctx.target()
+    if folder.deleted:
+        # A round (or a deltaLink) on a folder deleted since: the sync state has no folder.
+        raise GraphError(
+            404, "ErrorSyncFolderNotFound", "The folder to be synchronized could not be found."
+        )
     page_size, applied = _page_size(ctx, delta.DEFAULT_PAGE_SIZE, delta.MAX_PAGE_SIZE)
     token = _delta_token(ctx, mailbox, folder.index)
     if token is None:
@@ -558,16 +586,13 @@ def _bounded_desc(keys: Iterator[int], low: int, high: int) -> Iterator[int]:
 
 
 def _list_messages(ctx: GraphRequest, folder: Folder | None) -> Response:
+    if ctx.param("search") is not None:
+        return _search_messages(ctx, folder)
     mailbox = ctx.target()
     top = _int_param(ctx, "top", _DEFAULT_TOP, 1, _MAX_TOP)
     skip = _int_param(ctx, "skip", 0, 0, 10_000_000)
     select = _select(ctx, MESSAGE_PROPERTIES, "microsoft.graph.message")
-    search = (ctx.param("search") or "").strip().strip('"').lower()
     raw_filter, orderby = ctx.param("filter"), (ctx.param("orderby") or "").strip().lower()
-    if search and (raw_filter or orderby):
-        raise GraphError(
-            400, "ErrorInvalidUrlQuery", "$search cannot be combined with $filter or $orderby."
-        )
     if orderby not in ("", "receiveddatetime desc", "receiveddatetime", "receiveddatetime asc"):
         raise GraphError(
             400, "ErrorInvalidUrlQuery", "Only $orderby=receivedDateTime is supported."
@@ -584,8 +609,6 @@ def _list_messages(ctx: GraphRequest, folder: Folder | None) -> Response:
     for key in in_range:
         state = mailbox.state(key)
         if flt.is_read is not None and state.is_read != flt.is_read:
-            continue
-        if search and not _matches(mailbox, key, search):
             continue
         matched += 1
         if matched <= skip:
@@ -604,15 +627,48 @@ def _list_messages(ctx: GraphRequest, folder: Folder | None) -> Response:
     return Response(collection_json(context, items, links), media_type="application/json")
 
 
-def _matches(mailbox: Mailbox, key: int, term: str) -> bool:
-    generated = mailbox.content(key)
-    haystack = " ".join(
-        (
-            generated.subject,
-            generated.from_name,
-            generated.from_address,
-            *generated.to,
-            *generated.cc,
+# Graph refuses these beside $search (app/simulator/microsoft/search.py).
+_NOT_WITH_SEARCH = (("orderby", "$orderBy"), ("filter", "$filter"), ("skip", "$skip"))
+
+
+def _search_messages(ctx: GraphRequest, folder: Folder | None) -> Response:
+    mailbox = ctx.target()
+    for name, spelled in _NOT_WITH_SEARCH:
+        if ctx.param(name) is not None:
+            raise GraphError(
+                400,
+                "BadRequest",
+                f"The query parameter '{spelled}' is not supported with '$search'.",
+            )
+    count = ctx.param("count")
+    if count is not None and count.lower() != "false":
+        raise GraphError(
+            400, "BadRequest", "The query parameter '$count' is not supported with '$search'."
         )
-    ).lower()
-    return term in haystack
+    top = _int_param(ctx, "top", _DEFAULT_TOP, 1, _MAX_TOP)
+    select = _select(ctx, MESSAGE_PROPERTIES, "microsoft.graph.message")
+    raw = ctx.param("search") or ""
+    fingerprint = search.fingerprint(mailbox, folder, raw, ctx.param("select"))
+    offset = 0
+    try:
+        token = ctx.param("skiptoken")
+        if token is not None:
+            decoded = search.SearchToken.decode(token)
+            if decoded.fingerprint != fingerprint:
+                raise search.SearchError("The skip token does not belong to this search.")
+            offset = decoded.offset
+        keys = search.search(mailbox, folder, raw)
+    except search.SearchError as exc:
+        raise GraphError(400, "BadRequest", str(exc)) from None
+    items = [
+        message_json(mailbox, key, mailbox.state(key), immutable=ctx.immutable_ids, select=select)
+        for key in keys[offset : offset + top]
+    ]
+    path = f"mailFolders('{folder.id}')/messages" if folder is not None else "messages"
+    links = {}
+    if offset + top < len(keys):
+        params = {k: v for k, v in ctx.request.query_params.items() if k.lstrip("$") != "skiptoken"}
+        params["$skiptoken"] = search.SearchToken(offset + top, fingerprint).encode()
+        links["@odata.nextLink"] = _link(f"{ctx.base}/{path}", params)
+    context = f"{ctx.state.sim.base_url}/v1.0/$metadata#users('{mailbox.user_id}')/messages"
+    return Response(collection_json(context, items, links), media_type="application/json")

@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import time
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, unquote_plus
 
 from fastapi import APIRouter, Request
@@ -165,10 +166,11 @@ def _refresh(state: MicrosoftState, tenant: str, form: dict[str, str]) -> Respon
             "needed. The user might have changed or reset their password.",
         )  # fmt: skip
     if grant.expired:
+        issued = datetime.fromtimestamp(grant.issued_at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
         return aad_error(
-            400, "invalid_grant", 70008,
-            "The provided authorization code or refresh token has expired due to inactivity. "
-            "Send a new interactive authorization request for this user and resource.",
+            400, "invalid_grant", 700082,
+            f"The refresh token has expired due to inactivity. The token was issued on {issued} "
+            "and was inactive for 90.00:00:00.",
         )  # fmt: skip
     if refresh_token == grant.refresh_token:
         new_refresh_token = state.rotate(grant)

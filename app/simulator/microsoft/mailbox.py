@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from app.simulator.contacts import PlantedContact, Planting
 from app.simulator.content import ContentSpec, seeded_content
 from app.simulator.corpus import GeneratedMessage, generate
 from app.simulator.microsoft import ids
@@ -103,6 +104,11 @@ class Folder:
     index: int
     id: str
     spec: FolderSpec
+    # Renames and moves change these; the spec keeps how the folder was seeded.
+    display_name: str = ""
+    parent: int | None = None
+    # Deleted folders keep their slot (ids are indexes) and answer as gone.
+    deleted: bool = False
     children: list[int] = field(default_factory=list)
     seed: array = field(default_factory=lambda: array("I"))
     arrival_seq: array = field(default_factory=lambda: array("Q"))
@@ -117,9 +123,11 @@ class Folder:
     invalid_code: str = "syncStateNotFound"
     changed_seq: int = 0
 
-    @property
-    def display_name(self) -> str:
-        return self.spec.display_name
+    def __post_init__(self) -> None:
+        if not self.display_name:
+            self.display_name = self.spec.display_name
+        if self.parent is None:
+            self.parent = self.spec.parent
 
     @property
     def well_known_name(self) -> str | None:
@@ -154,8 +162,8 @@ class Mailbox:
             for i, spec in enumerate(FOLDER_LAYOUT)
         ]
         for folder in self.folders:
-            if folder.spec.parent is not None:
-                self.folders[folder.spec.parent].children.append(folder.index)
+            if folder.parent is not None:
+                self.folders[folder.parent].children.append(folder.index)
         self._folder_lookup = {f.id: f.index for f in self.folders}
         self._folder_lookup.update(
             {f.well_known_name: f.index for f in self.folders if f.well_known_name}
@@ -164,6 +172,9 @@ class Mailbox:
         self.next_key = message_count
         self.overlay: dict[int, MessageState] = {}
         self.added: dict[int, GeneratedMessage] = {}
+        # Seeded messages a planted correspondent takes part in (app/simulator/contacts.py).
+        self.planting = Planting(self.email)
+        self.planted: dict[int, GeneratedMessage] = {}
         self.added_origin: dict[int, int] = {}
         self._last_key = -1
         self._last_content = generate(seed, 0, 1, self.email)
@@ -209,9 +220,23 @@ class Mailbox:
             if not self._base_is_read(key, folder_index):
                 self.folders[folder_index].unread += 1
 
+    def plant(self, contacts: list[PlantedContact]) -> None:
+        """Place correspondents into seeded messages. Each such message gets an overlay
+        entry (its state as seeded), so pages render it from `content`, never from the
+        corpus' untouched fields or a pre-rendered copy."""
+        self.planting = Planting.plan(self.seed, self.seeded_count, self.email, contacts)
+        for key in self.planting.roles:
+            folder = self.base_folder(key)
+            generated = generate(self.seed, key, self.seeded_count, self.email)
+            self.planted[key] = self.planting.apply(
+                key, generated, owner_sent=folder in ALWAYS_READ
+            )
+            self.overlay[key] = seeded_state(self.planted[key], folder)
+
     # -- reading ------------------------------------------------------------------------
 
-    def folder(self, ref: str) -> Folder | None:
+    def folder(self, ref: str, *, deleted: bool = False) -> Folder | None:
+        """The folder an id or well-known name means; a deleted one only if asked for."""
         index = self._folder_lookup.get(ref)
         if index is None:
             index = self._folder_lookup.get(ref.lower())
@@ -219,10 +244,23 @@ class Mailbox:
             index = ids.parse_folder_id(self.tag, ref)
             if index is not None and index >= len(self.folders):
                 index = None
-        return self.folders[index] if index is not None else None
+        if index is None:
+            return None
+        folder = self.folders[index]
+        return folder if deleted or not folder.deleted else None
+
+    def live_folders(self) -> list[Folder]:
+        """Every folder below the root that still exists."""
+        return [f for f in self.folders[1:] if not f.deleted]
+
+    def subtree(self, folder: Folder) -> list[Folder]:
+        found = [folder]
+        for child in folder.children:
+            found += self.subtree(self.folders[child])
+        return found
 
     def content(self, key: int) -> GeneratedMessage:
-        added = self.added.get(key)
+        added = self.added.get(key) or self.planted.get(key)
         if added is not None:
             return added
         # Only the last message is remembered (callers often ask for state, then JSON).
@@ -436,6 +474,61 @@ class Mailbox:
         self._log(folder, key, state.generation)
         folder.changed_seq = self.seq
         return ChangeEvent("updated", key, folder.index)
+
+    # -- folders ------------------------------------------------------------------------
+
+    def _touch(self, *folders: Folder | None) -> None:
+        for folder in folders:
+            if folder is not None:
+                folder.changed_seq = self.seq
+
+    def create_folder(self, display_name: str, parent: Folder) -> Folder:
+        self.seq += 1
+        index = len(self.folders)
+        folder = Folder(
+            index=index,
+            id=ids.folder_id(self.tag, index),
+            spec=FolderSpec(display_name, None, parent.index),
+        )
+        self.folders.append(folder)
+        self._folder_lookup[folder.id] = index
+        parent.children.append(index)
+        self._touch(folder, parent)
+        return folder
+
+    def rename_folder(self, folder: Folder, display_name: str) -> None:
+        self.seq += 1
+        folder.display_name = display_name
+        self._touch(folder)
+
+    def move_folder(self, folder: Folder, parent: Folder) -> None:
+        """Exchange keeps a moved folder's id (and its messages' ImmutableIds)."""
+        if parent.index in {f.index for f in self.subtree(folder)}:
+            raise ValueError("a folder cannot move into itself or its own subfolders")
+        if folder.parent == parent.index:
+            return
+        self.seq += 1
+        old = self.folders[folder.parent] if folder.parent is not None else None
+        if old is not None:
+            old.children.remove(folder.index)
+        parent.children.append(folder.index)
+        folder.parent = parent.index
+        self._touch(folder, old, parent)
+
+    def delete_folder(self, folder: Folder) -> list[ChangeEvent]:
+        """Hard delete: the folder, its subfolders and every message in them are gone."""
+        events: list[ChangeEvent] = []
+        doomed = self.subtree(folder)
+        for target in doomed:
+            events += [self.delete(key) for key in list(self.members(target))]
+        self.seq += 1
+        parent = self.folders[folder.parent] if folder.parent is not None else None
+        if parent is not None:
+            parent.children.remove(folder.index)
+        for target in doomed:
+            target.deleted = True
+        self._touch(*doomed, parent)
+        return events
 
     def expire_delta_tokens(self, folder: Folder | None, code: str = "syncStateNotFound") -> None:
         # Bump the sequence so a round started right after this is valid again.

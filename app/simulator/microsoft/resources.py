@@ -346,7 +346,7 @@ def collection_json(context: str, items: list[str], links: dict[str, str] | None
 def folder_resource(
     mailbox: Mailbox, folder: Folder, select: tuple[str, ...] | None = None
 ) -> dict[str, Any]:
-    parent = folder.spec.parent
+    parent = folder.parent
     full: dict[str, Any] = {
         "id": folder.id,
         "displayName": folder.display_name,
@@ -361,6 +361,11 @@ def folder_resource(
     if select is None:
         return full
     return {"id": folder.id, **{name: full[name] for name in select}}
+
+
+def removed_folder(folder: Folder) -> dict[str, Any]:
+    """How folder delta reports a folder that is gone."""
+    return {"id": folder.id, "@removed": {"reason": "deleted"}}
 
 
 def _root_parent(mailbox: Mailbox) -> str:

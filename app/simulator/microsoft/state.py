@@ -46,6 +46,7 @@ class Grant:
     superseded: dict[str, float] = field(default_factory=dict)
     revoked: bool = False
     expired: bool = False
+    issued_at: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -104,6 +105,11 @@ class MicrosoftState:
         # Switches (PUT /_sim/microsoft/settings).
         self.refresh_token_grace_seconds = 5.0
         self.validation_timeout_seconds = 10.0
+        # Graph sometimes validates the endpoint again when a subscription is renewed.
+        self.revalidate_on_renew = False
+        # "exchange": lifecycle notifications as Exchange sends them today (organizationId,
+        # no tenantId); "documented": the shape in Graph's docs (tenantId).
+        self.lifecycle_shape = "exchange"
         self.notification_timeout_seconds = 3.0
         self.notification_retries = 2
         self.notification_retry_delay_seconds = 0.5

@@ -164,13 +164,12 @@ async def _handle(
             return Response(status_code=204)
         if method == "PATCH":
             body = await _json_body(request)
+            url = str(body.get("notificationUrl") or subscription.notification_url)
+            if "notificationUrl" in body or state.revalidate_on_renew:
+                _check(await validate_endpoint(state, subscription.id, url))
             if "expirationDateTime" in body:
                 subscription.expiration = _parse_expiration(body["expirationDateTime"])
-            if "notificationUrl" in body:
-                url = str(body["notificationUrl"])
-                if not await validate_endpoint(state, subscription.id, url):
-                    raise _validation_failed()
-                subscription.notification_url = url
+            subscription.notification_url = url
             return json_response(subscription.resource_json(state.sim.base_url))
     raise SubscriptionError(405, "Request_BadRequest", "Method not allowed.")
 
@@ -197,12 +196,17 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _validation_failed() -> SubscriptionError:
-    return SubscriptionError(
-        400, "ValidationError",
-        "Subscription validation request failed. Notification endpoint must respond with "
-        "200 OK to validation request.",
-    )  # fmt: skip
+def _check(outcome: str) -> None:
+    """Graph's answers when its handshake with the notification URL did not succeed."""
+    if outcome == "timeout":
+        # Not answered within the 10 seconds Graph waits (a cold start, a deployment).
+        raise SubscriptionError(400, "InvalidRequest", "Subscription validation request timed out.")
+    if outcome != "ok":
+        raise SubscriptionError(
+            400, "ValidationError",
+            "Subscription validation request failed. Notification endpoint must respond "
+            "with 200 OK to validation request.",
+        )  # fmt: skip
 
 
 def _resolve_resource(
@@ -281,8 +285,7 @@ async def _create(state: MicrosoftState, request: Request, token: AccessToken) -
         mailbox.counter_key, max_concurrency=state.sim.core.faults.graph_max_concurrency
     ):
         for url in dict.fromkeys(u for u in (notification_url, lifecycle_url) if u):
-            if not await validate_endpoint(state, subscription_id, url):
-                raise _validation_failed()
+            _check(await validate_endpoint(state, subscription_id, url))
         subscription = GraphSubscription(
             id=subscription_id,
             resource=resource,
@@ -318,7 +321,8 @@ def _client() -> httpx.AsyncClient:
     return client
 
 
-async def validate_endpoint(state: MicrosoftState, subscription_id: str, url: str) -> bool:
+async def validate_endpoint(state: MicrosoftState, subscription_id: str, url: str) -> str:
+    """ "ok", "timeout" (no answer in time) or "failed" (a wrong answer, or none at all)."""
     # Graph's tokens contain spaces and colons: receivers must URL-decode before echoing.
     validation_token = (
         "Validation: Testing client application reachability for subscription Request-Id: "
@@ -335,9 +339,12 @@ async def validate_endpoint(state: MicrosoftState, subscription_id: str, url: st
             content=b"",
             timeout=state.validation_timeout_seconds,
         )
+    except httpx.TimeoutException as exc:
+        delivery.error = f"{type(exc).__name__}: {exc}"
+        return "timeout"
     except httpx.HTTPError as exc:
         delivery.error = f"{type(exc).__name__}: {exc}"
-        return False
+        return "failed"
     delivery.status = response.status_code
     content_type = response.headers.get("content-type", "")
     ok = (
@@ -347,9 +354,9 @@ async def validate_endpoint(state: MicrosoftState, subscription_id: str, url: st
     )
     if ok:
         delivery.delivered_at = time.time()
-    else:
-        delivery.error = "the endpoint did not echo the validation token as 200 text/plain"
-    return ok
+        return "ok"
+    delivery.error = "the endpoint did not echo the validation token as 200 text/plain"
+    return "failed"
 
 
 def _notification(
@@ -413,15 +420,18 @@ def notify_changes(state: MicrosoftState, mailbox: Mailbox, events: list[ChangeE
 
 def send_lifecycle(state: MicrosoftState, subscription: GraphSubscription, event: str) -> Delivery:
     url = subscription.lifecycle_notification_url or subscription.notification_url
-    value = [
-        {
-            "subscriptionId": subscription.id,
-            "subscriptionExpirationDateTime": _iso(subscription.expiration),
-            "tenantId": subscription.tenant_id,
-            "clientState": subscription.client_state,
-            "lifecycleEvent": event,
-        }
-    ]
+    item: dict[str, Any] = {
+        "subscriptionId": subscription.id,
+        "subscriptionExpirationDateTime": _iso(subscription.expiration),
+        "clientState": subscription.client_state,
+        "lifecycleEvent": event,
+    }
+    if state.lifecycle_shape == "exchange":
+        # What Exchange sends today: the tenant as organizationId and no tenantId.
+        item["organizationId"] = subscription.tenant_id
+    else:
+        item["tenantId"] = subscription.tenant_id
+    value = [item]
     if event == "subscriptionRemoved":
         state.subscriptions.pop(subscription.id, None)
     return _schedule(state, subscription, url, "lifecycle", value)

@@ -47,6 +47,7 @@ class BucketGate:
         self.requests = 0
         self.units = 0
         self.pauses: list[float] = []
+        self.refunded = 0
 
     async def _admit(self, cost: int) -> None:
         async with self._lock:
@@ -76,6 +77,13 @@ class BucketGate:
     async def pause(self, seconds: float) -> None:
         self.pauses.append(seconds)
         self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+    async def tighten(self) -> None:
+        """Gmail's gate has no concurrency slots to tighten."""
+
+    async def refund(self, units: int) -> None:
+        self.refunded += units
+        self._tokens = min(self.capacity, self._tokens + units)
 
 
 @dataclass

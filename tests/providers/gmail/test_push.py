@@ -136,8 +136,21 @@ def test_decodes_documented_variants() -> None:
         _envelope({"emailAddress": "nobody", "historyId": 5}),
         _envelope(["not", "an", "object"]),
         _envelope({"emailAddress": "user@example.com", "historyId": 5}, message_id=""),
+        # What PostgreSQL cannot store, and what Gmail never sends.
+        _envelope({"emailAddress": "user\x00@example.com", "historyId": 5}),
+        _envelope({"emailAddress": "user@example.com", "historyId": "9" * 40}),
+        _envelope({"emailAddress": "u" * 600 + "@example.com", "historyId": 5}),
+        b'{"message": ' * 3000 + b"1" + b"}" * 3000,
     ],
 )
 def test_refuses_malformed_envelopes(body: bytes) -> None:
     with pytest.raises(ValueError):
         decode_push(body)
+
+
+def test_redeliveries_share_a_dedup_key() -> None:
+    payload = {"emailAddress": "user@example.com", "historyId": 5}
+    first = decode_push(_envelope(payload, message_id="81"))
+    assert first.dedup_key == decode_push(_envelope(payload, message_id="81")).dedup_key
+    assert first.dedup_key != decode_push(_envelope(payload, message_id="82")).dedup_key
+    assert first.recorded() == {"history_id": "5", "message_id": "81"}

@@ -50,7 +50,16 @@ async def ground_truth(
 
 
 def counters(simulator: SimulatorServer, counter_key: str) -> dict[str, Any]:
-    snapshot = simulator.sim.core.counters.snapshot()
+    # The simulator serves from a thread of its own: a snapshot taken while it adds a
+    # counter may see a dict change size, and is simply taken again.
+    for _ in range(100):
+        try:
+            snapshot = simulator.sim.core.counters.snapshot()
+            break
+        except RuntimeError:
+            continue
+    else:
+        snapshot = simulator.sim.core.counters.snapshot()
     account: dict[str, Any] = snapshot["accounts"].get(counter_key, {})
     return account
 
@@ -93,6 +102,8 @@ class NotificationReceiver:
     def __init__(self, *, echo_validation: bool = True, status: int = 202) -> None:
         self.echo_validation = echo_validation
         self.status = status
+        # Seconds to take over the validation answer (a cold start, a slow deployment).
+        self.validation_delay = 0.0
         self.validations: list[str] = []
         self.notifications: list[dict[str, Any]] = []
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -112,6 +123,8 @@ class NotificationReceiver:
         token = request.query_params.get("validationToken")
         if token is not None:
             self.validations.append(token)
+            if self.validation_delay:
+                await asyncio.sleep(self.validation_delay)
             if not self.echo_validation:
                 return Response(status_code=500)
             return PlainTextResponse(token)
@@ -142,6 +155,7 @@ class SemaphoreGate:
         self._paused_until = 0.0
         # (monotonic time, seconds) of every pause asked for.
         self.pauses: list[tuple[float, float]] = []
+        self.tightened = 0
 
     @asynccontextmanager
     async def request(self, cost: int = 1) -> AsyncIterator[None]:
@@ -154,3 +168,9 @@ class SemaphoreGate:
     async def pause(self, seconds: float) -> None:
         self.pauses.append((time.monotonic(), seconds))
         self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+    async def tighten(self) -> None:
+        self.tightened += 1
+
+    async def refund(self, units: int) -> None:
+        """Graph has no quota units to give back."""

@@ -45,8 +45,12 @@ def test_change_and_lifecycle_notifications_parse() -> None:
         resource_id="AAkALgAA",
         lifecycle_event=None,
         tenant_id="84bd8158-6d4d-4958-8b9f-9d6445542f95",
+        etag='W/"CQAAABYAAAA"',
     )
+    assert change.kind == "change:created"
+    assert "secretClientValue" not in str(change.recorded())
     assert lifecycle.lifecycle_event == "reauthorizationRequired"
+    assert lifecycle.kind == "lifecycle:reauthorizationRequired"
     assert lifecycle.change_type is None
     assert lifecycle.resource_id is None
 
@@ -64,6 +68,10 @@ def test_change_and_lifecycle_notifications_parse() -> None:
         b'{"value": [{"subscriptionId": "s"}]}',
         b'{"value": [{"subscriptionId": 5, "changeType": "created"}]}',
         b'{"value": [{"subscriptionId": "s", "changeType": "created", "clientState": 1}]}',
+        b'{"value": [{"subscriptionId": "s\\u0000", "changeType": "created"}]}',
+        b'{"value": [{"subscriptionId": "' + b"s" * 3000 + b'", "changeType": "created"}]}',
+        b'{"value": [' + b",".join([b'{"subscriptionId": "s", "changeType": "x"}'] * 1001) + b"]}",
+        b"[" * 2000 + b"]" * 2000,
     ],
 )
 def test_malformed_bodies_raise_value_error(body: bytes) -> None:
@@ -81,3 +89,26 @@ def test_client_state_comparison() -> None:
     assert not client_state_matches("abc", None)
     assert not client_state_matches("", "")
     assert not client_state_matches("abc", "ab")
+
+
+def test_redeliveries_share_a_dedup_key_and_new_versions_do_not() -> None:
+    def parsed(item: dict) -> GraphNotification:
+        (notification,) = parse_notifications(json.dumps({"value": [item]}).encode())
+        return notification
+
+    same = parsed(CHANGE).dedup_key
+    assert same is not None and same == parsed(dict(CHANGE)).dedup_key
+    # Another update of the same message carries another etag: a change of its own.
+    newer = {**CHANGE, "resourceData": {**CHANGE["resourceData"], "@odata.etag": 'W/"CQB"'}}
+    assert parsed(newer).dedup_key != same
+    assert parsed({**CHANGE, "changeType": "updated"}).dedup_key != same
+    # The key never carries the clientState.
+    assert parsed({**CHANGE, "clientState": "other"}).dedup_key == same
+    assert parsed(LIFECYCLE).dedup_key is None
+
+
+def test_exchange_lifecycle_notifications_name_the_organization() -> None:
+    exchange = {k: v for k, v in LIFECYCLE.items() if k != "tenantId"}
+    exchange["organizationId"] = "org-1"
+    (notification,) = parse_notifications(json.dumps({"value": [exchange]}).encode())
+    assert notification.tenant_id == "org-1"

@@ -15,6 +15,7 @@ from app.providers.base import (
     CursorInvalidError,
     NormalizedMessage,
     Page,
+    StreamGoneError,
     StreamInfo,
     aiter_pages,
 )
@@ -78,9 +79,10 @@ async def test_streams_cover_every_folder_with_labels(
     assert by_name["Deleted Items"].labels == ("TRASH",)
     assert by_name["Junk Email"].labels == ("SPAM",)
     assert by_name["Archive"].labels == ("ARCHIVE",)
-    # Nested user folders are found by recursion and labelled with their names.
-    assert by_name["Team"].labels == ("Team",)
-    assert by_name["Leads"].labels == ("Leads",)
+    # Nested user folders are labelled with their place in the tree.
+    assert by_name["Team"].labels == ("INBOX/Team",)
+    assert by_name["Leads"].labels == ("INBOX/Team/Leads",)
+    assert by_name["Projects"].labels == ("Projects",)
     assert len(streams) == len(by_name) == 12
     assert sum(s.total_estimate or 0 for s in streams) == 300
 
@@ -200,14 +202,13 @@ async def test_expired_delta_state_raises_cursor_invalid_then_restarts(
     )
 
 
-async def test_a_vanished_folder_is_an_empty_complete_enumeration(
+async def test_a_vanished_folder_is_a_stream_gone(
     client: httpx.AsyncClient, connect: Connect
 ) -> None:
     mailbox = connect(await create_account(client, message_count=20))
     gone = StreamInfo(key="AQMkADdeleted-folder", name="Old", labels=("Old",))
-    page = await mailbox.provider.fetch_page(mailbox.ctx, gone, None)
-    assert len(page.upserts) == 0 and page.deletes == []
-    assert page.caught_up and page.full_sync_complete
+    with pytest.raises(StreamGoneError, match="ErrorItemNotFound"):
+        await mailbox.provider.fetch_page(mailbox.ctx, gone, None)
 
 
 async def test_a_cursor_pointing_elsewhere_is_refused(

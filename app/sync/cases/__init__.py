@@ -1,0 +1,1 @@
+"""Case mail: every message exchanged with a case's contacts, found and linked to the case."""
