@@ -102,7 +102,7 @@ class Settings(BaseSettings):
 
     # Events out (docs/events.md): the outbox, published to NATS JetStream.
     nats_url: str = Field(default="nats://localhost:4222", alias="NATS_URL")
-    # Off: pages write no message events (lifecycle rows are still recorded).
+    # Off: nothing is written to the outbox (no message, lifecycle or snapshot events).
     events_enabled: bool = Field(default=True, alias="EVENTS_ENABLED")
     events_subject_prefix: str = Field(
         default="mailsync", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",

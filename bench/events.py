@@ -4,10 +4,13 @@
 
 In one run, on NATS JetStream at NATS_URL (default nats://127.0.0.1:4222), each part with
 a scratch stream deleted afterwards:
-- ceiling: nats-py JetStream async publish of N messages of the events' size, acks awaited
-  with the same window as the publisher;
+- ceilings: nats-py JetStream `publish_async` of N messages of the events' size, acks
+  awaited with the same window as the publisher (the issue's ceiling); and the way the
+  publisher sends them (app/events/acks.py: core publishes, acks on one inbox, the same
+  window), the same N messages and nothing else: no outbox, no JSON to build;
 - the publisher draining a pre-filled outbox of N message events (pages of 1000, as a
-  backfill writes them): events/s and the ratio to the ceiling;
+  backfill writes them): events/s, the ratios to both ceilings, and the CPU per 1000 events
+  of the publisher (this process), NATS and PostgreSQL (this benchmark's database);
 - a single change committed while the publisher idles on LISTEN: commit -> delivery to a
   subscriber, p50/p95/max over 50 changes.
 The commit -> ack lag of a real backfill is printed by `bench.provider_sync --events`.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import secrets
 import statistics
@@ -30,12 +34,14 @@ from app.config import Settings
 from app.db.repositories.messages import UpsertResult, stored_labels
 from app.db.repositories.outbox import OutboxRepository
 from app.db.session import make_engine, make_sessionmaker
+from app.events.acks import AckedPublisher
 from app.events.changes import MESSAGES_CHANGED, PageChanges
 from app.events.expand import expand
 from app.events.publisher import Publisher
 from app.providers.base import MessageBatch
 from app.providers.memory import make_message
 from bench.common import scratch_database
+from bench.cpu import CpuSample, foreign_backends
 
 NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
 
@@ -63,7 +69,8 @@ def _page(start: int, size: int) -> dict:
     return payload
 
 
-async def _ceiling(settings: Settings, size: int, count: int) -> float:
+async def _ceilings(settings: Settings, size: int, count: int) -> tuple[float, float]:
+    """Events/s: nats-py publish_async, then core publishes with acks on one inbox."""
     nc = await nats.connect(settings.nats_url)
     js = nc.jetstream(publish_async_max_pending=settings.events_publish_window)
     stream = settings.events_stream + "_RAW"
@@ -77,7 +84,19 @@ async def _ceiling(settings: Settings, size: int, count: int) -> float:
             for i in range(count)
         ]
         await asyncio.gather(*futures)
-        return count / (time.perf_counter() - started)
+        publish_async = count / (time.perf_counter() - started)
+
+        acks = AckedPublisher(nc, settings.events_publish_window, timeout=30)
+        await acks.start()
+        started = time.perf_counter()
+        batch = acks.batch()
+        for i in range(count):
+            await acks.publish(batch, subject, payload, f"inbox-{i}")
+        await acks.settle(batch)
+        inbox = count / (time.perf_counter() - started)
+        assert batch.stored(0, count)
+        await acks.stop()
+        return publish_async, inbox
     finally:
         await js.delete_stream(stream)
         await nc.close()
@@ -107,9 +126,14 @@ async def main(total: int) -> None:
             [row] = await OutboxRepository(session).claim(1)
         size = round(statistics.mean(len(e.data) for e in expand(row, "x")[:100]))
 
-        ceiling = await _ceiling(settings, size, total)
+        publish_async, inbox = await _ceilings(settings, size, total)
         publisher = Publisher(settings)
         await publisher.connect_nats()
+        # As `mailsync publisher` runs (app/events/service.py).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(10_000, 10, 100)
+        before = CpuSample.take({"publisher": os.getpid()})
         started = time.perf_counter()
         published = 0
         while True:
@@ -118,10 +142,19 @@ async def main(total: int) -> None:
             if not result.claimed:
                 break
         drained = published / (time.perf_counter() - started)
+        cpu = CpuSample.take({"publisher": os.getpid()}).since(before, await foreign_backends(url))
+        per = 1000 * 1000 / published
         print(f"event size                  {size} bytes")
-        print(f"raw JetStream ceiling       {ceiling:>10,.0f} events/s (async publish, acks)")
+        print(f"ceiling, publish_async      {publish_async:>10,.0f} events/s (nats-py, acks)")
+        print(f"ceiling, acks on one inbox  {inbox:>10,.0f} events/s (the publisher's way)")
         print(f"publisher, pre-filled outbox{drained:>10,.0f} events/s ({published:,} events)")
-        print(f"ratio to ceiling            {drained / ceiling:.3f}")
+        print(f"ratio to publish_async      {drained / publish_async:.3f}")
+        print(f"ratio to acks on one inbox  {drained / inbox:.3f}")
+        print(
+            f"CPU per 1000 events         publisher {cpu['publisher'] * per:.1f} ms, "
+            f"NATS {cpu['nats'] * per:.1f} ms, PostgreSQL {cpu['postgres'] * per:.1f} ms "
+            f"(machine {100 * cpu['utilization']:.0f}% busy, {os.cpu_count()} cores)"
+        )
 
         # One change at a time, the publisher idle on LISTEN.
         nc = await nats.connect(settings.nats_url)

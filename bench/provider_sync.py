@@ -3,6 +3,8 @@
     python -m bench.provider_sync --provider microsoft --messages 100000 [--latency-ms 100]
         [--no-prerender]
     python -m bench.provider_sync --provider google --messages 20000 [--quota 250 | --quota 0]
+    python -m bench.provider_sync --provider microsoft --messages 100000 --events on
+        [--publisher beside | niced | after]
 
 The simulator and one worker (`arq app.sync.worker.WorkerSettings`) run as separate
 processes, as in production; this script connects the mailbox through the same service
@@ -14,6 +16,14 @@ The simulator shares this machine's cores with what is measured, while Microsoft
 servers do not: before the clock starts, a Microsoft mailbox is pre-rendered (the
 simulator keeps every seeded message's JSON for our `$select`, as Exchange keeps messages
 in storage). `--no-prerender` makes it generate each message while the clock runs.
+
+`--events on`: pages write their events, and a `mailsync publisher` process publishes them
+to NATS JetStream; it prints the commit → ack lag of every outbox row and how long the
+outbox took to empty after `connected`. Where the publisher runs: `beside` the worker from
+the start (production on one machine; the plain figure), `niced` (the same at nice 19: it
+takes only CPU nothing else wants, as if it had a core of its own, and lags meanwhile), or
+`after` (started once the mailbox is connected: the backfill pays only for writing its
+events).
 """
 
 from __future__ import annotations
@@ -26,7 +36,6 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,64 +49,9 @@ from app.sync import mailboxes as service
 from app.sync.queue import enqueue_subscription, enqueue_sync
 from app.sync.runtime import Runtime
 from bench.common import scratch_database, start_simulator
+from bench.cpu import CpuSample, foreign_backends
 
 REDIS_DB_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of one process so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:  # a PostgreSQL backend that has just exited
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def _postgres_pids() -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == "postgres":
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
-@dataclass
-class _CpuSample:
-    """Who used the machine's CPU: the worker, PostgreSQL (all its processes), the simulator."""
-
-    worker: float
-    postgres: dict[int, float]
-    simulator: float
-    busy: float
-    total: float
-
-    @classmethod
-    def take(cls, worker: int, simulator: int) -> _CpuSample:
-        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = ticks[3] + ticks[4]  # idle + iowait
-        return cls(
-            worker=_cpu_seconds(worker),
-            postgres={pid: _cpu_seconds(pid) for pid in _postgres_pids()},
-            simulator=_cpu_seconds(simulator),
-            busy=(sum(ticks) - idle) / _TICK,
-            total=sum(ticks) / _TICK,
-        )
-
-    def since(self, before: _CpuSample) -> dict[str, float]:
-        postgres = sum(t - before.postgres.get(pid, 0.0) for pid, t in self.postgres.items())
-        return {
-            "worker": self.worker - before.worker,
-            "postgres": postgres,
-            "simulator": self.simulator - before.simulator,
-            "utilization": (self.busy - before.busy) / max(self.total - before.total, 1e-9),
-        }
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -196,12 +150,8 @@ async def run(args: argparse.Namespace) -> None:
                 env=env,
                 stdout=asyncio.subprocess.DEVNULL,
             )
-            if args.events == "on":
-                # The publisher runs beside the worker, as in production.
-                publisher = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "app.cli", "publisher", env=env
-                )
-                await asyncio.sleep(2.0)
+            if args.events == "on" and args.publisher != "after":
+                publisher = await _start_publisher(env, niced=args.publisher == "niced")
             # A production worker is running before anyone connects: start the clock when
             # this one is ready (ARQ writes its health-check key once it polls the queue).
             while not await rt.redis.exists("arq:queue:health-check"):
@@ -218,7 +168,12 @@ async def run(args: argparse.Namespace) -> None:
                         self.jobs.append(action)
 
                 tx = _Tx()
-                cpu_before = _CpuSample.take(worker.pid, sim_process.pid)
+                processes = {
+                    "worker": worker.pid,
+                    "simulator": sim_process.pid,
+                    "publisher": publisher.pid if publisher else None,
+                }
+                cpu_before = CpuSample.take(processes)
                 started = time.perf_counter()
                 mailbox = await service.connect(
                     tx,
@@ -256,7 +211,8 @@ async def run(args: argparse.Namespace) -> None:
                 if worker.returncode is not None:
                     raise RuntimeError("worker exited")
             elapsed = time.perf_counter() - started
-            cpu = _CpuSample.take(worker.pid, sim_process.pid).since(cpu_before)
+            cpu_after = CpuSample.take(processes)
+            cpu = cpu_after.since(cpu_before, await foreign_backends(url))
             rss = _peak_rss_mib(worker.pid)
             counters = (await sim.get("/_sim/counters")).json()["totals"]
             synced = int(row[1])
@@ -283,10 +239,17 @@ async def run(args: argparse.Namespace) -> None:
             print(f"peak concurrency         {counters['concurrency_peak']}")
             print(f"worker peak RSS          {rss:.0f} MiB")
             per_thousand = 1000 * 1000 / max(synced, 1)
+            events_cpu = (
+                f"publisher {cpu['publisher'] * per_thousand:.0f} ms, "
+                f"NATS {cpu['nats'] * per_thousand:.0f} ms, "
+                if publisher is not None
+                else ""
+            )
             print(
                 "CPU per 1000 messages    "
                 f"worker {cpu['worker'] * per_thousand:.0f} ms, "
                 f"PostgreSQL {cpu['postgres'] * per_thousand:.0f} ms, "
+                f"{events_cpu}"
                 f"simulator {cpu['simulator'] * per_thousand:.0f} ms "
                 f"(machine {100 * cpu['utilization']:.0f}% busy, {os.cpu_count()} cores)"
             )
@@ -300,7 +263,17 @@ async def run(args: argparse.Namespace) -> None:
                 copy_rate = await _copy_ceiling(url, mailbox.id)
                 print(f"COPY ceiling             {copy_rate:,.0f} messages/s")
                 print(f"ratio to COPY            {rate / copy_rate:.3f}")
-            if publisher is not None:
+            if args.events == "on":
+                if publisher is None:
+                    publisher = await _start_publisher(env, niced=False)
+                    print(f"publisher                started after connected ({args.publisher})")
+                else:
+                    where = "beside the worker" + (
+                        " at nice 19" if args.publisher == "niced" else ""
+                    )
+                    print(f"publisher                {where}, from the start")
+                drain_started = time.perf_counter()
+                drained_before = CpuSample.take({"publisher": publisher.pid})
                 async with rt.sessions() as session:
                     while (
                         await session.execute(
@@ -308,7 +281,11 @@ async def run(args: argparse.Namespace) -> None:
                         )
                     ).scalar_one():
                         await session.rollback()
-                        await asyncio.sleep(0.2)
+                        await asyncio.sleep(0.05)
+                    drained = time.perf_counter() - drain_started
+                    drain_cpu = CpuSample.take({"publisher": publisher.pid}).since(
+                        drained_before, await foreign_backends(url)
+                    )
                     lags = sorted(
                         (
                             await session.execute(
@@ -320,10 +297,26 @@ async def run(args: argparse.Namespace) -> None:
                             )
                         ).scalars()
                     )
+                    events = (
+                        await session.execute(
+                            text("SELECT count(*) FROM outbox_events WHERE mailbox_id = :id"),
+                            {"id": mailbox.id},
+                        )
+                    ).scalar_one()
+                print(f"outbox empty             {drained:.2f} s after connected")
+                if args.publisher == "after":
+                    per = 1000 * 1000 / max(synced, 1)
+                    print(
+                        "CPU per 1000 events      "
+                        f"publisher {drain_cpu['publisher'] * per:.0f} ms, "
+                        f"NATS {drain_cpu['nats'] * per:.0f} ms, "
+                        f"PostgreSQL {drain_cpu['postgres'] * per:.0f} ms (draining alone; "
+                        f"{synced / max(drained, 1e-9):,.0f} events/s)"
+                    )
                 print(
                     f"commit -> ack lag        p50 {1000 * lags[len(lags) // 2]:.0f} ms, "
                     f"p95 {1000 * lags[int(len(lags) * 0.95)]:.0f} ms, "
-                    f"max {1000 * lags[-1]:.0f} ms ({len(lags)} outbox rows)"
+                    f"max {1000 * lags[-1]:.0f} ms ({events} outbox rows)"
                 )
                 publisher.send_signal(signal.SIGTERM)
                 await publisher.wait()
@@ -335,13 +328,10 @@ async def run(args: argparse.Namespace) -> None:
                 await nc.close()
             await sim.aclose()
             await rt.close()
+            # Before its database is dropped, or its scheduler logs the missing database.
+            await _stop(worker)
     finally:
-        if worker is not None and worker.returncode is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(worker.wait(), timeout=30)
-            except TimeoutError:
-                worker.kill()
+        await _stop(worker)
         if publisher is not None and publisher.returncode is None:
             publisher.kill()
         sim_process.terminate()
@@ -349,6 +339,39 @@ async def run(args: argparse.Namespace) -> None:
 
 
 _ALIASES = {f.alias for f in Settings.model_fields.values() if f.alias}
+
+
+async def _stop(worker: asyncio.subprocess.Process | None) -> None:
+    if worker is not None and worker.returncode is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(worker.wait(), timeout=30)
+        except TimeoutError:
+            worker.kill()
+
+
+async def _start_publisher(env: dict[str, str], *, niced: bool) -> asyncio.subprocess.Process:
+    """A `mailsync publisher` process, once it has created the stream and is listening."""
+    command = [sys.executable, "-m", "app.cli", "publisher"]
+    process = await asyncio.create_subprocess_exec(
+        *(["nice", "-n", "19", *command] if niced else command), env=env
+    )
+    import nats
+    from nats.js.errors import NotFoundError
+
+    nc = await nats.connect(env["NATS_URL"])
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    await nc.jetstream().stream_info(env["EVENTS_STREAM"])
+                    break
+                except NotFoundError:
+                    await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
+    await asyncio.sleep(0.5)  # LISTEN set up after the stream
+    return process
 
 
 if __name__ == "__main__":
@@ -362,7 +385,13 @@ if __name__ == "__main__":
         "--events",
         choices=["on", "off"],
         default="off",
-        help="on: pages write their events and a publisher process publishes them meanwhile",
+        help="on: pages write their events and a publisher process publishes them",
+    )
+    parser.add_argument(
+        "--publisher",
+        choices=["beside", "niced", "after"],
+        default="beside",
+        help="with --events on: beside the worker (plain), at nice 19, or started after connected",
     )
     parser.add_argument(
         "--quota", type=float, default=250.0, help="Gmail units per user per second (0 = off)"

@@ -18,6 +18,9 @@ from sqlalchemy.ext.asyncio import (
 # ends in an error the job retries instead of a hang.
 LOCK_TIMEOUT_MS = "30000"
 
+# Session.info key: whether transactions in this session write the outbox (EVENTS_ENABLED).
+WRITES_EVENTS = "mailsync.writes_events"
+
 
 def make_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(
@@ -30,8 +33,14 @@ def make_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
-def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+def make_sessionmaker(
+    engine: AsyncEngine, *, events: bool = True
+) -> async_sessionmaker[AsyncSession]:
+    """`events=False` (EVENTS_ENABLED=false): the outbox repository writes nothing in these
+    sessions, whichever change would raise an event (app/db/repositories/outbox.py)."""
+    return async_sessionmaker(
+        engine, expire_on_commit=False, autoflush=False, info={WRITES_EVENTS: events}
+    )
 
 
 async def open_connections(engine: AsyncEngine, count: int) -> None:

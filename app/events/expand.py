@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -27,16 +26,21 @@ CASE_MESSAGE_LINKED = "case.message_linked"
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
+class Outgoing(NamedTuple):
     type: str
     subject: str
     event_id: str
     data: bytes
 
 
+def _head(fields: dict[str, Any]) -> bytes:
+    """The fields every event of a section shares, as the start of a JSON object: each
+    event's own fields are spliced after it (one small dict per event, not a merged copy)."""
+    return orjson.dumps(fields)[:-1] + b","
+
+
 def _message_events(
-    columns: Columns, event_type: str, base: dict[str, Any], subject: str, id_prefix: str, at: int
+    columns: Columns, event_type: str, head: bytes, subject: str, id_prefix: str, at: int
 ) -> Iterator[Outgoing]:
     dumps = orjson.dumps
     for i, (
@@ -73,31 +77,25 @@ def _message_events(
         start=at,
     ):
         event_id = f"{id_prefix}{i}"
-        yield Outgoing(
-            event_type,
-            subject,
-            event_id,
-            dumps(
-                {
-                    "type": event_type,
-                    "event_id": event_id,
-                    **base,
-                    "provider_message_id": mid,
-                    "provider_thread_id": thread,
-                    "internet_message_id": imid,
-                    "subject": subj,
-                    "sender": sender,
-                    "to_addrs": to,
-                    "cc_addrs": cc,
-                    "bcc_addrs": bcc,
-                    "snippet": snip,
-                    "labels": labels,
-                    "msg_date": date,
-                    "is_read": read,
-                    "has_attachments": att,
-                }
-            ),
+        body = dumps(
+            {
+                "event_id": event_id,
+                "provider_message_id": mid,
+                "provider_thread_id": thread,
+                "internet_message_id": imid,
+                "subject": subj,
+                "sender": sender,
+                "to_addrs": to,
+                "cc_addrs": cc,
+                "bcc_addrs": bcc,
+                "snippet": snip,
+                "labels": labels,
+                "msg_date": date,
+                "is_read": read,
+                "has_attachments": att,
+            }
         )
+        yield Outgoing(event_type, subject, event_id, head + body[1:])
 
 
 def expand(row: OutboxRow, prefix: str) -> list[Outgoing]:
@@ -124,28 +122,21 @@ def expand(row: OutboxRow, prefix: str) -> list[Outgoing]:
         for section, event_type in (("received", "email.received"), ("updated", "email.updated")):
             columns = payload.get(section)
             if columns:
-                subject = stem + event_type
+                head = _head({"type": event_type, **with_version})
                 out.extend(
-                    _message_events(columns, event_type, with_version, subject, id_prefix, len(out))
+                    _message_events(
+                        columns, event_type, head, stem + event_type, id_prefix, len(out)
+                    )
                 )
-        deleted_subject = stem + "email.deleted"
-        for mid in payload.get("deleted", ()):
-            event_id = f"{id_prefix}{len(out)}"
-            out.append(
-                Outgoing(
-                    "email.deleted",
-                    deleted_subject,
-                    event_id,
-                    orjson.dumps(
-                        {
-                            "type": "email.deleted",
-                            "event_id": event_id,
-                            **with_version,
-                            "provider_message_id": mid,
-                        }
-                    ),
-                )
-            )
+        deleted = payload.get("deleted")
+        if deleted:
+            head = _head({"type": "email.deleted", **with_version})
+            subject = stem + "email.deleted"
+            dumps = orjson.dumps
+            for i, mid in enumerate(deleted, start=len(out)):
+                event_id = f"{id_prefix}{i}"
+                body = dumps({"event_id": event_id, "provider_message_id": mid})
+                out.append(Outgoing("email.deleted", subject, event_id, head + body[1:]))
         return out
     if row.kind == CASE_MESSAGE_LINKED:
         # One event per linked message (the row holds a transaction's links to one case).
@@ -171,10 +162,17 @@ def expand(row: OutboxRow, prefix: str) -> list[Outgoing]:
             )
         return out
     if row.kind == MESSAGES_SNAPSHOT:
-        snap = {**base, "version": row.position, "snapshot_id": payload["snapshot_id"]}
+        head = _head(
+            {
+                "type": "email.snapshot",
+                **base,
+                "version": row.position,
+                "snapshot_id": payload["snapshot_id"],
+            }
+        )
         return list(
             _message_events(
-                payload["snapshot"], "email.snapshot", snap, stem + "email.snapshot", id_prefix, 0
+                payload["snapshot"], "email.snapshot", head, stem + "email.snapshot", id_prefix, 0
             )
         )
     # One event per row: lifecycle (mailbox.*) and the like, payload fields at the top.

@@ -1,8 +1,9 @@
 """`mailsync publisher`: the outbox, published to NATS JetStream.
 
     wake (NOTIFY at commit, or the slow poll) -> claim rows (FOR UPDATE SKIP LOCKED, in one
-    transaction) -> expand each into events -> JetStream async publish, a bounded window of
-    outstanding acks, `Nats-Msg-Id` = event_id -> mark the acknowledged rows -> commit
+    transaction) -> expand each into events -> publish each with a reply subject on our ack
+    inbox, a bounded window of outstanding acks, `Nats-Msg-Id` = event_id (acks.py) -> mark
+    the rows whose every event JetStream acknowledged -> commit
 
 A row is marked only after JetStream acknowledged every event in it, in the transaction
 that holds its lock: a publisher that dies between the ack and the mark leaves the row
@@ -11,10 +12,12 @@ duplicate window keeps one copy. Any number of publishers may run: each skips th
 another holds, and publishes a row only when every earlier unpublished row of its mailbox
 is in its own claim (outbox.py), so a mailbox's events leave in commit order.
 
-NATS down, the stream refusing messages, PostgreSQL unreachable: nothing is marked that
-was not acknowledged, the round's rows wait, and the publisher retries with exponential
-backoff, saying so in its log and in `mailsync_events_publish_failures_total` /
-`mailsync_events_publisher_backoff_seconds`.
+NATS down, the stream refusing messages (an error ack), an ack that does not come, PostgreSQL
+unreachable: nothing is marked that was not acknowledged, the round's rows wait, and the
+publisher retries with exponential backoff, saying so in its log and in
+`mailsync_events_publish_failures_total` / `mailsync_events_publisher_backoff_seconds`. The
+first refusal ends a round's publishing (the rest of its rows wait for the next round); a
+stream that has gone (no responders) is created again before the next round.
 """
 
 from __future__ import annotations
@@ -31,8 +34,6 @@ from dataclasses import dataclass, field
 import asyncpg
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
-from nats.js.errors import APIError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -41,14 +42,15 @@ from app.db.repositories.messages import MessageRepository
 from app.db.repositories.outbox import NOTIFY_CHANNEL, OutboxLag, OutboxRepository, OutboxRow
 from app.db.session import make_engine, make_sessionmaker
 from app.events import metrics
-from app.events.expand import Outgoing, expand
+from app.events.acks import AckedPublisher, AckTimeout, Batch
+from app.events.expand import expand
 from app.events.stream import ensure_stream
 
 log = logging.getLogger(__name__)
 
 # Rows per round: a page's row holds up to ~1000 events, so a round is up to ~20k events.
 CLAIM_ROWS = 20
-# Every ack of a round must arrive within this long, or the round fails and is retried.
+# A round waiting for acks fails (and is retried) when none arrives for this long.
 ACK_TIMEOUT_SECONDS = 5.0
 CONNECT_TIMEOUT_SECONDS = 5.0
 PRUNE_EVERY_SECONDS = 60.0
@@ -81,15 +83,6 @@ class RoundResult:
         return self.claimed >= CLAIM_ROWS or self.blocked
 
 
-def _first_error(futures: list[asyncio.Future[PubAck]]) -> BaseException | None:
-    for future in futures:
-        if not future.done() or future.cancelled():
-            return TimeoutError("no ack from JetStream")
-        if future.exception() is not None:
-            return future.exception()
-    return None
-
-
 def backoff_seconds(failures: int) -> float:
     return random.uniform(0.5, min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** max(failures, 1)))
 
@@ -105,6 +98,8 @@ class Publisher:
         self.sessions = make_sessionmaker(self.engine)
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
+        self.acks: AckedPublisher | None = None
+        self.ack_timeout = ACK_TIMEOUT_SECONDS
         self.stream_ready = False
         self.database_ok = False
         self.lag: OutboxLag | None = None
@@ -124,12 +119,13 @@ class Publisher:
     def ready(self) -> bool:
         return self.database_ok and self.nats_connected and self.stream_ready
 
-    async def connect_nats(self) -> JetStreamContext:
-        if self.js is not None and self.nc is not None and not self.nc.is_closed:
+    async def connect_nats(self) -> AckedPublisher:
+        nc, js, acks = self.nc, self.js, self.acks
+        if nc is not None and js is not None and acks is not None and not nc.is_closed:
             if not self.stream_ready:
-                await ensure_stream(self.js, self.settings)
+                await ensure_stream(js, self.settings)
                 self.stream_ready = True
-            return self.js
+            return acks
 
         async def disconnected() -> None:
             if not self.stopping.is_set():
@@ -165,7 +161,9 @@ class Publisher:
                 raise ConnectionError(f"cannot reach NATS at {self.settings.nats_url}") from exc
             raise
         self.nc = nc
-        self.js = self.nc.jetstream(publish_async_max_pending=self.settings.events_publish_window)
+        self.js = nc.jetstream()
+        self.acks = AckedPublisher(nc, self.settings.events_publish_window, self.ack_timeout)
+        await self.acks.start()
         await ensure_stream(self.js, self.settings)
         self.stream_ready = True
         log.info(
@@ -174,7 +172,7 @@ class Publisher:
             self.settings.nats_url,
             self.settings.events_subject_prefix,
         )
-        return self.js
+        return self.acks
 
     async def close(self) -> None:
         if self.nc is not None and not self.nc.is_closed:
@@ -190,9 +188,11 @@ class Publisher:
     async def publish_round(self) -> RoundResult:
         """Claim, publish and mark one batch of rows. Raises RoundFailed (after marking
         what was acknowledged) when some rows must wait."""
-        js = await self.connect_nats()
+        acks = await self.connect_nats()
+        if not self.nats_connected:
+            # Publishing now would only fill the client's buffer until the acks time out.
+            raise RoundFailed("nats_unavailable", "NATS is disconnected (reconnecting)")
         result = RoundResult()
-        failure: RoundFailed | None = None
         async with self.sessions() as session, session.begin():
             repo = OutboxRepository(session)
             rows = await repo.claim(CLAIM_ROWS)
@@ -202,7 +202,7 @@ class Publisher:
                 return result
             sendable = [row for row in rows if not row.blocked]
             result.blocked = len(sendable) < len(rows)
-            acked, failure = await self._publish(js, sendable, result)
+            acked, failure = await self._publish(acks, sendable, result)
             await repo.mark_published([row.id for row in acked])
         now = time.time()
         for row in acked:
@@ -216,15 +216,20 @@ class Publisher:
         return result
 
     async def _publish(
-        self, js: JetStreamContext, rows: list[OutboxRow], result: RoundResult
+        self, acks: AckedPublisher, rows: list[OutboxRow], result: RoundResult
     ) -> tuple[list[OutboxRow], RoundFailed | None]:
         """Publish every event of `rows`; return the rows to mark: per mailbox, the rows up to
-        the first one with an event JetStream did not acknowledge."""
+        the first one with an event JetStream did not store."""
         prefix = self.settings.events_subject_prefix
-        sent: list[tuple[OutboxRow, list[Outgoing], list[asyncio.Future[PubAck]]]] = []
+        batch = acks.batch()
+        # (row, first and end message number in the batch, events by type)
+        sent: list[tuple[OutboxRow, int, int, Counter[str]]] = []
         failure: RoundFailed | None = None
+        publish = acks.publish
         try:
             for row in rows:
+                if batch.refusal is not None:
+                    break  # JetStream refuses: the rest waits for the next round
                 try:
                     events = expand(row, prefix)
                 except Exception:
@@ -232,45 +237,41 @@ class Publisher:
                     log.exception("outbox row %s (%s) is unreadable; skipped", row.id, row.kind)
                     metrics.ROWS_SKIPPED.inc()
                     events = []
-                futures = [
-                    await js.publish_async(
-                        event.subject, event.data, headers={"Nats-Msg-Id": event.event_id}
-                    )
-                    for event in events
-                ]
-                sent.append((row, events, futures))
+                start = batch.sent
+                for event in events:
+                    await publish(batch, event.subject, event.data, event.event_id)
+                sent.append((row, start, batch.sent, Counter(e.type for e in events)))
+            await acks.settle(batch)
+        except AckTimeout as exc:
+            failure = RoundFailed("ack_timeout", str(exc))
         except Exception as exc:  # the connection refused more (closed, buffer full)
             failure = RoundFailed("nats_unavailable", f"publish refused: {exc!r}")
-        pending = [f for _, _, futures in sent for f in futures]
-        if pending:
-            _, not_done = await asyncio.wait(pending, timeout=ACK_TIMEOUT_SECONDS)
-            if not_done:
-                failure = failure or RoundFailed(
-                    "ack_timeout", f"{len(not_done)} of {len(pending)} acks missing after "
-                    f"{ACK_TIMEOUT_SECONDS:.0f} s",
-                )  # fmt: skip
-                for future in not_done:
-                    future.cancel()
+        if batch.refusal is not None:
+            if batch.no_stream:
+                self.stream_ready = False  # deleted under us: create it again first
+            failure = RoundFailed("stream_error", f"JetStream refused an event: {batch.refusal}")
+        return self._acknowledged(batch, sent, result), failure
+
+    @staticmethod
+    def _acknowledged(
+        batch: Batch, sent: list[tuple[OutboxRow, int, int, Counter[str]]], result: RoundResult
+    ) -> list[OutboxRow]:
         acked: list[OutboxRow] = []
         stopped: set[object] = set()
-        for row, events, futures in sent:
+        for row, start, end, types in sent:
             if row.mailbox_id in stopped:
                 continue
-            error = _first_error(futures)
-            if error is not None:
+            if not batch.stored(start, end):
                 # Later rows of this mailbox wait too: marks stay a prefix of commit order.
                 stopped.add(row.mailbox_id)
-                if failure is None:
-                    reason = "stream_error" if isinstance(error, APIError) else "nats_unavailable"
-                    failure = RoundFailed(reason, f"JetStream refused an event: {error!r}")
                 continue
             acked.append(row)
-            result.events += len(events)
-            result.types.update(event.type for event in events)
-            duplicates = sum(1 for f in futures if f.result().duplicate)
+            result.events += end - start
+            result.types.update(types)
+            duplicates = batch.duplicates(start, end)
             if duplicates:
                 metrics.EVENTS_DUPLICATES.inc(duplicates)
-        return acked, failure
+        return acked
 
     # -- the loop ---------------------------------------------------------------------
 

@@ -43,6 +43,10 @@ class MailboxNotFound(Exception):
     pass
 
 
+class EventsDisabled(Exception):
+    """EVENTS_ENABLED=false: a walk would emit nothing."""
+
+
 def job_id(snapshot_id: uuid.UUID | str, batch: int) -> str:
     return f"resnapshot:{snapshot_id}:{batch}"
 
@@ -59,6 +63,8 @@ async def request(
 ) -> tuple[Resnapshot, bool]:
     """Start a walk in the caller's transaction (enqueue its first batch after commit);
     a walk already running for the mailbox is returned instead (False)."""
+    if not OutboxRepository(session).writes:
+        raise EventsDisabled("events are disabled (EVENTS_ENABLED=false)")
     mailbox = await MailboxRepository(session).get(mailbox_id)
     if mailbox is None:
         raise MailboxNotFound(str(mailbox_id))
@@ -130,6 +136,9 @@ async def resnapshot_from_cli(settings: Settings, mailbox_id: uuid.UUID, *, wait
                 walk, created = await request(session, mailbox_id, "cli")
             except MailboxNotFound:
                 print(f"no mailbox {mailbox_id}", file=sys.stderr)
+                return 1
+            except EventsDisabled as exc:
+                print(f"{exc}: nothing to re-emit", file=sys.stderr)
                 return 1
         await enqueue_batch(rt.redis, walk.id, walk.batch)
         print(

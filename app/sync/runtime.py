@@ -64,7 +64,7 @@ class Runtime:
         return cls(
             settings=settings,
             engine=engine,
-            sessions=make_sessionmaker(engine),
+            sessions=make_sessionmaker(engine, events=settings.events_enabled),
             http=make_http_client(settings),
             redis=redis,
             cipher=TokenCipher(settings.encryption_keys),

@@ -78,10 +78,13 @@ async def message_count(rt: Runtime, mailbox_id: str) -> int:
         )
 
 
-async def wait_for_notifications(rt: Runtime, mailbox_id: str, kind: str) -> int:
-    """Wait (up to 15 s) until a provider's push for the mailbox was recorded, then until the
-    webhook's sync job is queued (it is enqueued just after the record commits)."""
-    async with asyncio.timeout(15):
+async def wait_for_notifications(
+    rt: Runtime, mailbox_id: str, kind: str, *, within: float = 15.0
+) -> int:
+    """Wait (up to `within` seconds) until a provider's push for the mailbox was recorded,
+    then until the webhook's sync job is queued (it is enqueued just after the record
+    commits)."""
+    async with asyncio.timeout(within):
         received = await _recorded(rt, mailbox_id, kind)
         await _queued(rt, f"arq:job:sync:{mailbox_id}")
         return received

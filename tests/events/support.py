@@ -61,14 +61,23 @@ class Consumer:
         )
         return c
 
-    async def drain(self, *, idle: float = 0.3) -> int:
-        """Fetch until nothing arrives for `idle` seconds; apply each event."""
+    async def drain(self, *, within: float = 60.0) -> int:
+        """Fetch and apply events until JetStream has nothing left for this consumer: none
+        pending delivery and none delivered but unacknowledged (a fetch that ends empty is
+        not enough on a loaded machine: the server may not have sent them yet)."""
         got = 0
+        deadline = time.monotonic() + within
         while True:
             try:
-                msgs = await self.sub.fetch(500, timeout=idle)
+                msgs = await self.sub.fetch(500, timeout=0.3)
             except TimeoutError:
-                return got
+                info = await self.sub.consumer_info()
+                if info.num_pending == 0 and info.num_ack_pending == 0:
+                    return got
+                assert time.monotonic() < deadline, (
+                    f"{info.num_pending} events still pending, {info.num_ack_pending} unacked"
+                )
+                continue
             for msg in msgs:
                 await msg.ack()
                 event = orjson.loads(msg.data)
@@ -128,7 +137,7 @@ class Consumer:
             await self.sub.unsubscribe()
 
 
-async def published(rt: Runtime, *, within: float = 30.0) -> None:
+async def published(rt: Runtime, *, within: float = 60.0) -> None:
     """Until the outbox holds no unpublished row."""
     deadline = time.monotonic() + within
     while True:

@@ -85,7 +85,7 @@ async def test_a_consumer_subscribed_before_connect_mirrors_the_mailbox(
     }
     async with publisher_running():
         mailbox_id = await connect_via_api(live_api, "ella", body)
-        await run_worker(worker_rt)
+        await run_worker(worker_rt, max_seconds=120)
         await _settle(consumer, worker_rt)
         assert consumer.messages(mailbox_id) == await _truth(sim, email)
         # The newest-first view and the enumeration that confirms it: one email.received
@@ -105,8 +105,9 @@ async def test_a_consumer_subscribed_before_connect_mirrors_the_mailbox(
         ]
         for path, args in calls:
             await sim.call("POST", f"/_sim/microsoft/accounts/{email}/{path}", json=args)
-        await wait_for_notifications(worker_rt, mailbox_id, "change:%")
-        await run_worker(worker_rt)
+        # Bounds for a loaded machine; every wait is for a condition.
+        await wait_for_notifications(worker_rt, mailbox_id, "change:%", within=60)
+        await run_worker(worker_rt, max_seconds=120)
         await _settle(consumer, worker_rt)
         assert consumer.messages(mailbox_id) == await _truth(sim, email)
 

@@ -26,6 +26,10 @@ async def resnapshot(
         walk, created = await snapshot.request(uow.session, mailbox_id, operator.user_id)
     except snapshot.MailboxNotFound as exc:
         raise ApiError(404, "not_found", "mailbox not found") from exc
+    except snapshot.EventsDisabled as exc:
+        raise ApiError(
+            409, "events_disabled", "events are disabled (EVENTS_ENABLED=false): nothing to emit"
+        ) from exc
     redis, walk_id, batch = uow.rt.redis, walk.id, walk.batch
     uow.after_commit(lambda: snapshot.enqueue_batch(redis, walk_id, batch))
     await uow.commit()

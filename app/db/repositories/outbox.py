@@ -8,6 +8,10 @@ the next `position` of its mailbox while holding the mailbox row's lock, which t
 transaction keeps until it commits: a mailbox's positions, and its ids, follow commit
 order. A publisher publishes a row only when every unpublished row of the same mailbox
 before it is in its own claim, so two publishers never interleave one mailbox's events.
+
+EVENTS_ENABLED=false: sessions made for it (app/db/session.py) write no row at all, page,
+lifecycle or snapshot alike, since no publisher runs to publish or prune them. The one
+switch is here, where every row is written, so no kind of row can be forgotten.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from typing import Any
 import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.session import WRITES_EVENTS
 
 # Listened to by publishers; the insert trigger notifies it (delivered at commit).
 NOTIFY_CHANNEL = "mailsync_outbox"
@@ -82,7 +88,14 @@ class OutboxRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
+    @property
+    def writes(self) -> bool:
+        """False when events are off (EVENTS_ENABLED=false): `add` writes nothing."""
+        return bool(self.session.info.get(WRITES_EVENTS, True))
+
     async def add(self, mailbox_id: uuid.UUID, kind: str, payload: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         await self.session.execute(
             text("INSERT INTO outbox_events (mailbox_id, kind, payload) VALUES (:id, :kind, :p)"),
             {"id": mailbox_id, "kind": kind, "p": encode(payload)},
