@@ -18,7 +18,13 @@ from app.providers.base import AuthExpiredError, ProviderError
 from app.sync.cases.jobs import wake_after_pass
 from app.sync.engine import Outcome, SyncEngine
 from app.sync.monitor import CompletionMonitor
-from app.sync.queue import enqueue_cleanup, enqueue_subscription, enqueue_sync
+from app.sync.queue import (
+    enqueue_cleanup,
+    enqueue_subscription,
+    enqueue_sync,
+    is_connect_job,
+    subscription_slot,
+)
 from app.sync.runtime import Runtime
 from app.sync.states import MailboxStatus
 from app.sync.subscriptions import SubscriptionService
@@ -43,6 +49,12 @@ async def sync_mailbox(ctx: dict[str, Any], mailbox_id: str) -> str:
     """One bounded slice of sync for one mailbox, then schedule what follows."""
     rt = _rt(ctx)
     mid = uuid.UUID(mailbox_id)
+    if is_connect_job(str(ctx.get("job_id", ""))):
+        # The push channel of a mailbox just connected: created by a worker, at the
+        # service's pace, so connect answers without it and a burst of connects is not
+        # throttled; beside the first slice, so changes during the backfill are notified.
+        delay = await subscription_slot(rt.redis, rt.settings.subscriptions_per_second)
+        await enqueue_subscription(rt.redis, mid, defer_by=delay or None)
     result = await SyncEngine(rt, owner=ctx.get("worker_id", "worker")).run_slice(mid)
     token = result.fencing_token
     if result.outcome is Outcome.CONTINUE:
