@@ -112,8 +112,10 @@ async def connect(uow: Transaction, cmd: ConnectCommand) -> Mailbox:
     uow.after_commit(lambda: enqueue_sync(redis, mailbox_id, suffix=connect_job_suffix()))
     # The push channel is created (or renewed) by the worker that takes this job, at the
     # service's pace (app/sync/jobs.py): connect waits for nothing more.
-    # Case searches parked by a refused grant resume from their checkpoints.
-    await resume_mailbox_cases(uow, mailbox_id)
+    if mailbox.created_at != mailbox.updated_at:
+        # A reconnect (a new row has both times from this transaction): case searches
+        # parked by a refused grant resume from their checkpoints.
+        await resume_mailbox_cases(uow, mailbox_id)
     return mailbox
 
 
