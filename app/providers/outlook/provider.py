@@ -147,7 +147,12 @@ class OutlookProvider:
             folder = orjson.loads(response.content).get("parentFolderId")
             return message_id, str(folder) if isinstance(folder, str) else None
 
-        return dict(await asyncio.gather(*(one(i) for i in message_ids)))
+        found = await asyncio.gather(*(one(i) for i in message_ids), return_exceptions=True)
+        for outcome in found:
+            # Every lookup has finished here, so none is left running unobserved.
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return dict(pair for pair in found if isinstance(pair, tuple))
 
     async def _well_known_folder_ids(self, ctx: SyncContext, base: str) -> dict[str, str]:
         async def resolve(name: str) -> tuple[str, str] | None:
