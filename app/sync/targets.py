@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from functools import partial
 
 from app.db.models import Mailbox
-from app.db.repositories.pending_streams import PendingStreamRepository
-from app.providers.base import ChangeHint, MailProvider, MessageLocator, SyncContext
+from app.db.repositories.pending_streams import PendingHint, PendingStreamRepository
+from app.providers.base import MailProvider, MessageLocator, SyncContext
 from app.sync.runtime import Runtime
 from app.sync.tokens import TokenSource, with_token_retry
 
@@ -43,8 +43,8 @@ class PassPlan:
     full: bool
     # A targeted pass's streams.
     streams: set[str] = field(default_factory=set)
-    # The hints the pass covers (taken when it begins).
-    taken: list[ChangeHint] = field(default_factory=list)
+    # The hints the pass covers, as it read them (taken when it begins).
+    taken: list[PendingHint] = field(default_factory=list)
     # A hinted stream the store does not know: refresh the stream list first.
     discover: bool = False
 
@@ -81,4 +81,5 @@ async def plan_pass(
             # Neither the provider nor the store can place it: look everywhere.
             return PassPlan(full=True)
         streams.update(key for key in located.values() if key)
-    return PassPlan(full=False, streams=streams, taken=hints, discover=not streams <= known_streams)
+    taken = list({p.hint: p for p in pending}.values())
+    return PassPlan(full=False, streams=streams, taken=taken, discover=not streams <= known_streams)

@@ -185,14 +185,16 @@ owed AS (
     RETURNING id
 ),
 hinted AS (
-    -- What the owed pass follows; a hint already waiting adds nothing.
+    -- What the owed pass follows. A hint already waiting is noted again: a pass that read
+    -- it before this statement leaves it for the next pass (PendingStreamRepository.take).
     INSERT INTO pending_streams (mailbox_id, stream_key, message_id, locate)
     SELECT DISTINCT target, hint_stream, hint_message, hint_locate FROM decided
      WHERE wants_sync AND decided IN ('{_ACCEPTED}', '{_LIFECYCLE}')
        AND target IS NOT NULL AND mailbox_status <> '{_DISCONNECTED}'
      -- In key order, like the mailbox locks: writers of overlapping groups never deadlock.
      ORDER BY 1, 2, 3, 4
-    ON CONFLICT DO NOTHING
+    ON CONFLICT (mailbox_id, stream_key, message_id, locate)
+       DO UPDATE SET noted_at = EXCLUDED.noted_at
     RETURNING 1
 ),
 logged AS (

@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +21,8 @@ class PendingHint:
     hint: ChangeHint
     # The stream our store holds the notified message in; None when it holds none.
     stored_stream: str | None
+    # When a notification last pointed to it: a pass takes the hint only as it read it.
+    noted_at: datetime
 
 
 class PendingStreamRepository:
@@ -31,8 +34,8 @@ class PendingStreamRepository:
         result = await self.session.execute(
             text(
                 """
-                SELECT p.stream_key, p.message_id, p.locate, m.stream_key AS stored
-                  FROM (SELECT stream_key, message_id, locate FROM pending_streams
+                SELECT p.stream_key, p.message_id, p.locate, m.stream_key AS stored, p.noted_at
+                  FROM (SELECT stream_key, message_id, locate, noted_at FROM pending_streams
                          WHERE mailbox_id = :id ORDER BY noted_at LIMIT :limit) AS p
                   LEFT JOIN messages m
                     ON p.message_id <> '' AND m.mailbox_id = :id
@@ -42,11 +45,13 @@ class PendingStreamRepository:
             {"id": mailbox_id, "limit": limit},
         )
         return [
-            PendingHint(ChangeHint(row[0], row[1], bool(row[2])), row[3]) for row in result.all()
+            PendingHint(ChangeHint(row[0], row[1], bool(row[2])), row[3], row[4])
+            for row in result.all()
         ]
 
-    async def take(self, mailbox_id: uuid.UUID, hints: Sequence[ChangeHint]) -> None:
-        """Remove the hints a beginning pass covers (those noted since stay for the next)."""
+    async def take(self, mailbox_id: uuid.UUID, hints: Sequence[PendingHint]) -> None:
+        """Remove the hints a beginning pass covers, as it read them: one noted again since
+        (the message changed again, perhaps moved) stays for the next pass."""
         if not hints:
             return
         await self.session.execute(
@@ -54,16 +59,19 @@ class PendingStreamRepository:
                 """
                 DELETE FROM pending_streams p
                  USING unnest(CAST(:streams AS text[]), CAST(:messages AS text[]),
-                              CAST(:locates AS boolean[])) AS t(stream_key, message_id, locate)
+                              CAST(:locates AS boolean[]), CAST(:noted AS timestamptz[]))
+                       AS t(stream_key, message_id, locate, noted_at)
                  WHERE p.mailbox_id = :id AND p.stream_key = t.stream_key
                    AND p.message_id = t.message_id AND p.locate = t.locate
+                   AND p.noted_at = t.noted_at
                 """
             ),
             {
                 "id": mailbox_id,
-                "streams": [h.stream for h in hints],
-                "messages": [h.message for h in hints],
-                "locates": [h.locate for h in hints],
+                "streams": [h.hint.stream for h in hints],
+                "messages": [h.hint.message for h in hints],
+                "locates": [h.hint.locate for h in hints],
+                "noted": [h.noted_at for h in hints],
             },
         )
 
