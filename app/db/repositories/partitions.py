@@ -118,8 +118,9 @@ class PartitionRepository:
         )
         return sorted(int(r) for r in result.scalars().all())
 
-    async def streams(self, mailbox_id: uuid.UUID) -> list[StreamBackfill]:
-        """The mailbox's streams being partitioned, with how many windows are still open."""
+    async def active(self, mailbox_id: uuid.UUID) -> dict[str, StreamBackfill]:
+        """The mailbox's streams being partitioned at their current generation (a plan left
+        by a generation restarted since does not count), with their open windows."""
         result = await self.session.execute(
             text(
                 """
@@ -127,12 +128,16 @@ class PartitionRepository:
                        (SELECT count(*) FROM backfill_partitions p
                          WHERE p.mailbox_id = s.mailbox_id AND p.stream_key = s.stream_key
                            AND NOT p.done)
-                  FROM backfill_streams s WHERE s.mailbox_id = :id ORDER BY s.stream_key
+                  FROM backfill_streams s
+                  JOIN sync_cursors c
+                    ON c.mailbox_id = s.mailbox_id AND c.stream_key = s.stream_key
+                   AND c.generation = s.generation
+                 WHERE s.mailbox_id = :id
                 """
             ),
             {"id": mailbox_id},
         )
-        return [StreamBackfill(r[0], int(r[1]), r[2], int(r[3])) for r in result.all()]
+        return {r[0]: StreamBackfill(r[0], int(r[1]), r[2], int(r[3])) for r in result.all()}
 
     # -- leases -----------------------------------------------------------------------
 
@@ -336,20 +341,41 @@ class PartitionRepository:
         )
 
     async def mailboxes_with_claimable(self, limit: int) -> list[tuple[uuid.UUID, int]]:
-        """Mailboxes with an open window nobody holds (a dead worker's, or one whose jobs
-        were lost with Redis), with a number that changes with each claim (for job ids)."""
+        """Mailboxes with a window whose lease lapsed (a dead worker's), or with open windows
+        and none held (their jobs lost with Redis), with a number that changes with each
+        claim (for job ids)."""
         result = await self.session.execute(
             text(
                 """
                 SELECT p.mailbox_id, max(p.fencing_token) + max(p.id)
                   FROM backfill_partitions p JOIN mailboxes m ON m.id = p.mailbox_id
                  WHERE NOT p.done
-                   AND (p.lease_owner IS NULL OR p.lease_expires_at < now())
                    AND m.status = ANY(CAST(:syncable AS text[])) AND NOT m.paused
                  GROUP BY p.mailbox_id
+                -- A lapsed lease, or open windows and no live lease at all (no job running).
+                HAVING bool_or(p.lease_owner IS NOT NULL AND p.lease_expires_at < now())
+                    OR NOT bool_or(p.lease_owner IS NOT NULL AND p.lease_expires_at >= now())
                  LIMIT :limit
                 """
             ),
             {"limit": limit, "syncable": _SYNCABLE},
         )
         return [(r[0], int(r[1])) for r in result.all()]
+
+    async def count_synced(self, mailbox_id: uuid.UUID, delta: int) -> bool:
+        """A window's page moves its mailbox's progress (without the mailbox's lease, which
+        the windows do not hold: their own fences guard them). Returns whether the mailbox
+        belongs to a case, read under the row's lock like MailboxRepository.fence."""
+        result = await self.session.execute(
+            text(
+                """
+                UPDATE mailboxes
+                   SET messages_synced = GREATEST(messages_synced + :delta, 0),
+                       updated_at = now()
+                 WHERE id = :id
+             RETURNING EXISTS (SELECT 1 FROM case_mailboxes WHERE mailbox_id = :id)
+                """
+            ),
+            {"id": mailbox_id, "delta": delta},
+        )
+        return bool(result.scalar_one_or_none())

@@ -16,6 +16,7 @@ Create Date: 2026-11-30 21:40:00
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -27,7 +28,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _ts(name: str, *, now: bool = False) -> sa.Column:  # type: ignore[type-arg]
+def _ts(name: str, *, now: bool = False) -> sa.Column[datetime]:
     return sa.Column(
         name,
         sa.DateTime(timezone=True),
