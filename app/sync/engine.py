@@ -60,7 +60,7 @@ from app.providers.base import (
 from app.sync import activity, states
 from app.sync.cases.mail import CaseMail
 from app.sync.cases.states import MailboxScope
-from app.sync.partitions import plan_backfills
+from app.sync.partitions import backfilling, plan_backfills
 from app.sync.ratelimit import RedisRateGate
 from app.sync.runtime import Runtime
 from app.sync.states import MailboxStatus, Phase, StreamMode
@@ -411,6 +411,9 @@ class SyncEngine:
             and settings.sync_recent_first
             and not state.case_mail.cases_only
             and all(s.cursor is None for s in streams_now)
+            # Windows write at the stream's generation: provisional rows one below it would
+            # undo them (and the last window's sweep would take them).
+            and not await backfilling(self.rt, mailbox.id)
         ):
             await self._show_recent_first(provider, ctx, tokens, mailbox, streams_now, state)
 

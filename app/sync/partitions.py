@@ -136,6 +136,12 @@ def partitionable(
     )
 
 
+async def backfilling(rt: Runtime, mailbox_id: uuid.UUID) -> bool:
+    """Whether windows of one of the mailbox's streams are planned and not yet finished."""
+    async with rt.sessions() as session:
+        return bool(await PartitionRepository(session).active(mailbox_id))
+
+
 async def plan_backfills(
     rt: Runtime,
     provider: MailProvider,
@@ -150,8 +156,11 @@ async def plan_backfills(
     which streams the windows own (the slice leaves them alone)."""
     settings = rt.settings
     mailbox_id = lease.mailbox_id
-    async with rt.sessions() as session:
-        active = await PartitionRepository(session).active(mailbox_id)
+    async with rt.sessions() as session, session.begin():
+        partitions = PartitionRepository(session)
+        # Plans of streams gone or restarted since: their windows never run again.
+        await partitions.forget_stale(mailbox_id)
+        active = await partitions.active(mailbox_id)
     planned: dict[str, int] = {}
     for stream_state in streams:
         if stream_state.stream_key in active or not partitionable(

@@ -3,8 +3,12 @@ leased windows, with the mailbox changing while the windows run, and Graph's lim
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +22,7 @@ from tests.conftest import LiveApi, bearer, run_worker
 from tests.e2e import test_gmail as gmail
 from tests.e2e import test_outlook as outlook
 from tests.e2e.support import Sim, connect_via_api, status_of
+from tests.e2e.test_processes import Workers, _pid_of
 
 PARTITIONING = {
     "backfill_partition_threshold": 300,
@@ -206,8 +211,6 @@ async def test_graph_limits_hold_across_window_jobs_with_random_429s(
     await sim.call("POST", "/_sim/counters/reset")
     mailbox_id = await connect_via_api(live_api, "lena", outlook.connect_body(account))
     # Several workers' worth of window jobs at once: ten jobs per worker, three workers.
-    import asyncio
-
     await asyncio.gather(*(run_worker(part_rt, max_seconds=240) for _ in range(3)))
     counters = await sim.counters(account["counter_key"])
     await sim.call("PUT", "/_sim/faults", json={})
@@ -217,3 +220,70 @@ async def test_graph_limits_hold_across_window_jobs_with_random_429s(
     assert (await status_of(live_api, "lena"))["status"] == "connected"
     assert await windows_of(part_rt, uuid.UUID(mailbox_id)) == []
     await outlook.assert_converged(sim, part_rt, account["email"], mailbox_id)
+
+
+@pytest.fixture
+def pool(live_api: LiveApi, tmp_path: Path) -> Iterator[Workers]:
+    processes = Workers(
+        live_api.settings,
+        tmp_path,
+        SYNC_SLICE_SECONDS="30",
+        BACKFILL_PARTITION_THRESHOLD="5000",
+        BACKFILL_PARTITION_SIZE="5000",
+    )
+    try:
+        yield processes
+    finally:
+        processes.stop_all()
+
+
+async def test_two_worker_processes_share_windows_and_resume_a_killed_ones(
+    sim: Sim, live_api: LiveApi, sim_rt: Runtime, pool: Workers
+) -> None:
+    """Two real `mailsync worker` processes; one is SIGKILLed while it is in the middle of
+    a window; the other takes the window over from its checkpoint; the result is exact."""
+    account = await outlook.new_account(sim, 30_000)
+    await sim.call("PUT", "/_sim/faults", json={"latency_ms": 250})
+    first, second = pool.start(), pool.start()
+    mailbox_id = uuid.UUID(await connect_via_api(live_api, "kai", outlook.connect_body(account)))
+
+    async def in_the_middle() -> dict[str, Any]:
+        async with asyncio.timeout(90):
+            while True:
+                for row in await windows_of(sim_rt, mailbox_id):
+                    if row["lease_owner"] and row["listed"] > 0 and not row["done"]:
+                        return row
+                await asyncio.sleep(0.02)
+
+    window = await in_the_middle()
+    victim = _pid_of(window["lease_owner"])
+    assert victim in (first.pid, second.pid)
+    os.kill(victim, signal.SIGKILL)
+    listed_at_kill = window["listed"]
+    owners = {_pid_of(window["lease_owner"])}
+
+    # The survivor claims the lapsed window (a new fencing token) and goes on from there.
+    async with asyncio.timeout(120):
+        while True:
+            rows = {r["id"]: r for r in await windows_of(sim_rt, mailbox_id)}
+            row = rows.get(window["id"])
+            if row is None or row["done"]:
+                break
+            if row["lease_owner"]:
+                owners.add(_pid_of(row["lease_owner"]))
+            await asyncio.sleep(0.05)
+    assert row is None or row["fencing_token"] > window["fencing_token"]
+    if row is not None:
+        # Taken from its checkpoint: what it had listed before the kill still counts.
+        assert row["listed"] >= listed_at_kill
+    survivor = second.pid if victim == first.pid else first.pid
+    assert survivor in owners or row is None
+
+    await sim.call("PUT", "/_sim/faults", json={})
+    async with asyncio.timeout(180):
+        while True:
+            if (await _mailbox(sim_rt, mailbox_id))["status"] == "connected":
+                break
+            await asyncio.sleep(0.1)
+    assert await windows_of(sim_rt, mailbox_id) == []
+    await outlook.assert_converged(sim, sim_rt, account["email"], str(mailbox_id))

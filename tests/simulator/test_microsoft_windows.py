@@ -126,3 +126,27 @@ async def test_latest_delta_token_returns_nothing_and_follows_later_changes(
     assert removed == [inbox[0]["id"]]
     assert len(present) == 1
     assert set(present[0]) >= {"id", "subject"}
+
+
+async def test_a_prerendered_folder_lists_its_windows_as_before(client: httpx.AsyncClient) -> None:
+    account = await create_account(client, message_count=300)
+    select = "subject,receivedDateTime,isRead,categories"
+    params = {
+        "$filter": "receivedDateTime ge 1900-01-01T00:00:00Z",
+        "$orderby": "receivedDateTime",
+        "$top": 1000,
+        "$select": select,
+    }
+    before = await client.get(
+        "/v1.0/me/mailFolders/inbox/messages", params=params, headers=auth(account)
+    )
+    rendered = await client.post(
+        f"/_sim/microsoft/accounts/{account['user_id']}/prerender",
+        json={"select": select, "immutable": True},
+    )
+    assert rendered.status_code == 200, rendered.text
+    after = await client.get(
+        "/v1.0/me/mailFolders/inbox/messages", params=params, headers=auth(account)
+    )
+    assert after.json()["value"] == before.json()["value"]
+    assert len(after.json()["value"]) > 100

@@ -139,6 +139,22 @@ class PartitionRepository:
         )
         return {r[0]: StreamBackfill(r[0], int(r[1]), r[2], int(r[3])) for r in result.all()}
 
+    async def forget_stale(self, mailbox_id: uuid.UUID) -> None:
+        """Drop plans whose stream is gone or has been restarted (a new generation)."""
+        await self.session.execute(
+            text(
+                """
+                DELETE FROM backfill_streams s
+                 WHERE s.mailbox_id = :id
+                   AND NOT EXISTS (SELECT 1 FROM sync_cursors c
+                                    WHERE c.mailbox_id = s.mailbox_id
+                                      AND c.stream_key = s.stream_key
+                                      AND c.generation = s.generation)
+                """
+            ),
+            {"id": mailbox_id},
+        )
+
     # -- leases -----------------------------------------------------------------------
 
     async def claim(self, mailbox_id: uuid.UUID, owner: str, seconds: int) -> PartitionLease | None:
@@ -348,7 +364,14 @@ class PartitionRepository:
             text(
                 """
                 SELECT p.mailbox_id, max(p.fencing_token) + max(p.id)
-                  FROM backfill_partitions p JOIN mailboxes m ON m.id = p.mailbox_id
+                  FROM backfill_partitions p
+                  JOIN backfill_streams s
+                    ON s.mailbox_id = p.mailbox_id AND s.stream_key = p.stream_key
+                   AND s.generation = p.generation
+                  JOIN sync_cursors c
+                    ON c.mailbox_id = s.mailbox_id AND c.stream_key = s.stream_key
+                   AND c.generation = s.generation
+                  JOIN mailboxes m ON m.id = p.mailbox_id
                  WHERE NOT p.done
                    AND m.status = ANY(CAST(:syncable AS text[])) AND NOT m.paused
                  GROUP BY p.mailbox_id

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -639,7 +640,32 @@ def _list_messages(ctx: GraphRequest, folder: Folder | None) -> Response:
     items: list[str] = []
     matched = 0
     more = False
+    # Seeded messages never changed are served as pre-rendered, when the mailbox was
+    # pre-rendered for this $select (as the delta enumeration serves them).
+    stored = (
+        mailbox.prerendered.get((folder.index, ctx.immutable_ids, select))
+        if folder is not None and flt.is_read is None
+        else None
+    )
     for key in in_range:
+        if stored is not None and key not in mailbox.overlay:
+            assert folder is not None
+            matched += 1
+            if matched <= skip:
+                continue
+            if len(items) == top:
+                more = True
+                break
+            slot = bisect_left(folder.seed, key)
+            if slot < len(folder.seed) and folder.seed[slot] == key:
+                items.append(stored[slot])
+                continue
+            items.append(
+                message_json(
+                    mailbox, key, mailbox.state(key), immutable=ctx.immutable_ids, select=select
+                )
+            )
+            continue
         state = mailbox.state(key)
         if flt.is_read is not None and state.is_read != flt.is_read:
             continue
