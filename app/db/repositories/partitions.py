@@ -234,21 +234,27 @@ class PartitionRepository:
         done: bool,
     ) -> None:
         """A page's position in its window, in the page's transaction; renews the lease.
-        Raises PartitionLost when the lease is no longer held (the page must roll back)."""
+        Raises PartitionLost when the lease is no longer held, or the mailbox was paused or
+        disconnected meanwhile (the page must roll back)."""
         result = await self.session.execute(
             text(
                 """
-                UPDATE backfill_partitions
+                UPDATE backfill_partitions AS p
                    SET checkpoint = CAST(:checkpoint AS jsonb), listed = listed + :listed,
                        done = :done,
                        lease_expires_at = now() + make_interval(secs => :seconds),
                        updated_at = now()
                  WHERE id = :id AND fencing_token = :token AND lease_owner = :owner
                    AND lease_expires_at > now() AND NOT done
+                   -- Paused or disconnected since the claim: nothing more is written.
+                   AND EXISTS (SELECT 1 FROM mailboxes m
+                                WHERE m.id = p.mailbox_id AND NOT m.paused
+                                  AND m.status = ANY(CAST(:syncable AS text[])))
                 """
             ),
             self._fence_params(lease)
             | {
+                "syncable": _SYNCABLE,
                 "checkpoint": None if checkpoint is None else json.dumps(checkpoint),
                 "listed": listed,
                 "done": done,
