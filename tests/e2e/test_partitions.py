@@ -291,3 +291,55 @@ async def test_two_worker_processes_share_windows_and_resume_a_killed_ones(
             await asyncio.sleep(0.1)
     assert await windows_of(sim_rt, mailbox_id) == []
     await outlook.assert_converged(sim, sim_rt, account["email"], str(mailbox_id))
+
+
+async def test_a_window_that_turns_out_large_splits_and_the_result_stays_exact(
+    sim: Sim, live_api: LiveApi, part_rt: Runtime
+) -> None:
+    account = await outlook.new_account(sim, 4000)
+    mailbox_id = uuid.UUID(await connect_via_api(live_api, "sven", outlook.connect_body(account)))
+    engine = SyncEngine(part_rt, owner="slice")
+    for _ in range(200):
+        result = await engine.run_slice(mailbox_id)
+        if result.outcome is not Outcome.CONTINUE:
+            break
+    assert result.outcome is Outcome.WAITING
+    planned = await windows_of(part_rt, mailbox_id)
+    keys = [w["stream_key"] for w in planned]
+    largest = max(set(keys), key=keys.count)
+    # As if all its mail had arrived at once: before any window runs, the stream's windows
+    # become one, from the start of time to now, far larger than a window should be.
+    async with part_rt.sessions() as session, session.begin():
+        await session.execute(
+            text(
+                "DELETE FROM backfill_partitions WHERE mailbox_id = :id AND stream_key = :key "
+                "AND window_start IS NOT NULL"
+            ),
+            {"id": mailbox_id, "key": largest},
+        )
+        await session.execute(
+            text(
+                "UPDATE backfill_partitions SET window_end = NULL "
+                "WHERE mailbox_id = :id AND stream_key = :key"
+            ),
+            {"id": mailbox_id, "key": largest},
+        )
+    [whole] = [w for w in await windows_of(part_rt, mailbox_id) if w["stream_key"] == largest]
+    runner = WindowRunner(part_rt, owner="splitter")
+    split: list[dict[str, Any]] = []
+    for _ in range(20):  # a page a run; other streams' windows may come first
+        await runner.run(mailbox_id)
+        now = [w for w in await windows_of(part_rt, mailbox_id) if w["stream_key"] == largest]
+        split = [w for w in now if w["id"] != whole["id"]]
+        if split:
+            break
+    assert split, "the large window split itself"
+    [shrunk] = [w for w in now if w["id"] == whole["id"]]
+    assert shrunk["window_end"] is not None
+    assert [w["window_start"] for w in split] == [shrunk["window_end"]]
+    assert split[0]["window_end"] is None
+
+    await run_worker(part_rt, max_seconds=180)
+    assert (await status_of(live_api, "sven"))["status"] == "connected"
+    assert await windows_of(part_rt, mailbox_id) == []
+    await outlook.assert_converged(sim, part_rt, account["email"], str(mailbox_id))
