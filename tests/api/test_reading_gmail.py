@@ -15,18 +15,13 @@ from sqlalchemy import text
 from app.simulator.server import SimulatorServer
 from app.sync.runtime import Runtime
 from tests.conftest import LiveApi, bearer, run_worker
-from tests.e2e.support import Sim, connect_via_api, unique_email
+from tests.e2e.support import Sim, connect_via_api, sim_session, unique_email
 
 
 @pytest.fixture
 async def sim(simulator: SimulatorServer) -> AsyncIterator[Sim]:
-    client = Sim(simulator)
-    await client.call("PUT", "/_sim/faults", json={"gmail_quota_units_per_second": 0})
-    try:
+    async with sim_session(simulator, faults={"gmail_quota_units_per_second": 0}) as client:
         yield client
-    finally:
-        await client.call("PUT", "/_sim/faults", json={})
-        await client.close()
 
 
 async def test_gmail_bodies_attachments_and_has_attachments(

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from app.simulator.server import SimulatorServer
 from app.sync.runtime import Runtime
 from tests.conftest import LiveApi, bearer, run_worker
-from tests.e2e.support import Sim, connect_via_api, unique_email
+from tests.e2e.support import Sim, connect_via_api, sim_session, unique_email
 
 HOSTILE = (
     "<html><head><script>steal()</script><style>p{}</style></head>"
@@ -34,13 +34,8 @@ NAMES = ["../../etc/passwd", 'quote"d\r\nX-Evil: 1.txt', "Grüße, résumé.pdf"
 
 @pytest.fixture
 async def sim(simulator: SimulatorServer) -> AsyncIterator[Sim]:
-    client = Sim(simulator)
-    await client.call("PUT", "/_sim/faults", json={})
-    try:
+    async with sim_session(simulator) as client:
         yield client
-    finally:
-        await client.call("PUT", "/_sim/faults", json={})
-        await client.close()
 
 
 @pytest.fixture

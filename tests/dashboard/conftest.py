@@ -15,7 +15,7 @@ from app.dashboard.auth import mint_login_token
 from app.simulator.server import SimulatorServer
 from app.sync.runtime import Runtime
 from tests.conftest import LiveApi
-from tests.e2e.support import Sim
+from tests.e2e.support import Sim, sim_session
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("ARTIFACTS_DIR", Path(__file__).resolve().parents[2] / "artifacts"))
@@ -66,13 +66,8 @@ async def worker_rt(dashboard_api: LiveApi) -> AsyncIterator[Runtime]:
 
 @pytest.fixture
 async def sim(simulator: SimulatorServer) -> AsyncIterator[Sim]:
-    client = Sim(simulator)
-    await client.call("PUT", "/_sim/faults", json={})
-    try:
+    async with sim_session(simulator) as client:
         yield client
-    finally:
-        await client.call("PUT", "/_sim/faults", json={})
-        await client.close()
 
 
 class Console:

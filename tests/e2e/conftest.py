@@ -7,15 +7,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from app.simulator.server import SimulatorServer
-from tests.e2e.support import Sim
+from tests.e2e.support import Sim, sim_session
 
 
 @pytest.fixture
 async def sim(simulator: SimulatorServer) -> AsyncIterator[Sim]:
-    client = Sim(simulator)
-    await client.call("PUT", "/_sim/faults", json={})
-    try:
+    async with sim_session(simulator) as client:
         yield client
-    finally:
-        await client.call("PUT", "/_sim/faults", json={})
-        await client.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import httpx
@@ -11,7 +13,7 @@ from sqlalchemy import text
 
 from app.simulator.server import SimulatorServer
 from app.sync.runtime import Runtime
-from tests.conftest import LiveApi, bearer
+from tests.conftest import PUSH_AUDIENCE, LiveApi, bearer
 
 
 def unique_email(prefix: str, domain: str = "contoso.com") -> str:
@@ -37,6 +39,41 @@ class Sim:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+@asynccontextmanager
+async def sim_session(
+    server: SimulatorServer,
+    faults: dict[str, Any] | None = None,
+    push: dict[str, Any] | None = None,
+) -> AsyncIterator[Sim]:
+    """The simulator's control client with `faults` (and Gmail's push endpoint) set for one
+    test, and cleared after it whatever the test did."""
+    client = Sim(server)
+    await client.call("PUT", "/_sim/faults", json=faults or {})
+    if push is not None:
+        await client.call("PUT", "/_sim/google/push", json=push)
+    try:
+        yield client
+    finally:
+        await client.call("PUT", "/_sim/faults", json={})
+        await client.call("PUT", "/_sim/google/push", json={})
+        await client.close()
+
+
+def gmail_sim_session(
+    server: SimulatorServer, live_api: LiveApi
+) -> AbstractAsyncContextManager[Sim]:
+    """Gmail with its quota off (bench/ measures it) and its pushes sent to the live API."""
+    return sim_session(
+        server,
+        faults={"gmail_quota_units_per_second": 0},
+        push={
+            "endpoint": f"{live_api.base_url}/webhooks/google",
+            "audience": PUSH_AUDIENCE,
+            "max_notifications_per_second": 0,
+        },
+    )
 
 
 async def connect_via_api(live_api: LiveApi, user: str, body: dict[str, Any], **claims: Any) -> str:

@@ -28,7 +28,7 @@ from tests.e2e.cases_support import (
     put_case,
     stored_ids,
 )
-from tests.e2e.support import Sim, connect_via_api, status_of, unique_email
+from tests.e2e.support import Sim, connect_via_api, sim_session, status_of, unique_email
 
 # Fast enough for a test, but a real quota: every unit the search spends is counted.
 QUOTA = 5000
@@ -36,13 +36,8 @@ QUOTA = 5000
 
 @pytest.fixture
 async def sim(simulator: SimulatorServer) -> AsyncIterator[Sim]:
-    client = Sim(simulator)
-    await client.call("PUT", "/_sim/faults", json={"gmail_quota_units_per_second": QUOTA})
-    try:
+    async with sim_session(simulator, faults={"gmail_quota_units_per_second": QUOTA}) as client:
         yield client
-    finally:
-        await client.call("PUT", "/_sim/faults", json={})
-        await client.close()
 
 
 @pytest.fixture

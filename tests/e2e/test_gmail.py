@@ -13,10 +13,11 @@ import pytest
 from app.simulator.server import SimulatorServer
 from app.sync.engine import Outcome, SyncEngine
 from app.sync.runtime import Runtime
-from tests.conftest import PUSH_AUDIENCE, LiveApi, run_worker
+from tests.conftest import LiveApi, run_worker
 from tests.e2e.support import (
     Sim,
     connect_via_api,
+    gmail_sim_session,
     message_count,
     status_of,
     stored_messages,
@@ -27,24 +28,8 @@ from tests.e2e.support import (
 
 @pytest.fixture
 async def sim(simulator: SimulatorServer, live_api: LiveApi) -> AsyncIterator[Sim]:
-    client = Sim(simulator)
-    # Quota off for functional tests (bench/ measures it); pushes go to the live API.
-    await client.call("PUT", "/_sim/faults", json={"gmail_quota_units_per_second": 0})
-    await client.call(
-        "PUT",
-        "/_sim/google/push",
-        json={
-            "endpoint": f"{live_api.base_url}/webhooks/google",
-            "audience": PUSH_AUDIENCE,
-            "max_notifications_per_second": 0,
-        },
-    )
-    try:
+    async with gmail_sim_session(simulator, live_api) as client:
         yield client
-    finally:
-        await client.call("PUT", "/_sim/faults", json={})
-        await client.call("PUT", "/_sim/google/push", json={})
-        await client.close()
 
 
 @pytest.fixture

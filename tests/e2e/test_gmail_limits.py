@@ -11,7 +11,7 @@ from app.simulator.server import SimulatorServer
 from app.sync.queue import enqueue_sync
 from app.sync.runtime import Runtime
 from tests.conftest import LiveApi, run_worker
-from tests.e2e.support import Sim, connect_via_api, status_of
+from tests.e2e.support import Sim, connect_via_api, sim_session, status_of
 from tests.e2e.test_gmail import assert_converged, connect_body, new_account
 
 # Ten times Gmail's real quota on both sides, so the suite stays fast; the concurrency
@@ -27,13 +27,8 @@ LIMITS = {
 
 @pytest.fixture
 async def sim(simulator: SimulatorServer) -> AsyncIterator[Sim]:
-    client = Sim(simulator)
-    await client.call("PUT", "/_sim/faults", json=LIMITS)
-    try:
+    async with sim_session(simulator, faults=LIMITS) as client:
         yield client
-    finally:
-        await client.call("PUT", "/_sim/faults", json={})
-        await client.close()
 
 
 async def test_full_sync_and_mixed_history_converge_under_both_limits(

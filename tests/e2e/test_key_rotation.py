@@ -21,7 +21,7 @@ from app.simulator.server import SimulatorServer
 from app.sync.runtime import Runtime
 from tests.api.webhook_support import log_rows
 from tests.conftest import LiveApi, run_worker
-from tests.e2e.support import Sim, connect_via_api, message_count, unique_email
+from tests.e2e.support import Sim, connect_via_api, message_count, sim_session, unique_email
 
 OLD = Fernet.generate_key().decode()
 NEW = Fernet.generate_key().decode()
@@ -29,13 +29,8 @@ NEW = Fernet.generate_key().decode()
 
 @pytest.fixture
 async def sim(simulator: SimulatorServer) -> AsyncIterator[Sim]:
-    client = Sim(simulator)
-    await client.call("PUT", "/_sim/faults", json={"gmail_quota_units_per_second": 0})
-    try:
+    async with sim_session(simulator, faults={"gmail_quota_units_per_second": 0}) as client:
         yield client
-    finally:
-        await client.call("PUT", "/_sim/faults", json={})
-        await client.close()
 
 
 def _with_keys(settings: Settings, keys: str) -> Settings:

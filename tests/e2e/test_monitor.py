@@ -20,32 +20,22 @@ from app.sync.monitor import CompletionMonitor
 from app.sync.monitor import Outcome as Check
 from app.sync.queue import enqueue_sync
 from app.sync.runtime import Runtime
-from tests.conftest import PUSH_AUDIENCE, LiveApi, bearer, run_worker
+from tests.conftest import LiveApi, bearer, run_worker
 from tests.e2e import test_gmail as gmail
 from tests.e2e import test_outlook as outlook
-from tests.e2e.support import Sim, connect_via_api, status_of, wait_for_notifications
+from tests.e2e.support import (
+    Sim,
+    connect_via_api,
+    gmail_sim_session,
+    status_of,
+    wait_for_notifications,
+)
 
 
 @pytest.fixture
 async def sim(simulator: SimulatorServer, live_api: LiveApi) -> AsyncIterator[Sim]:
-    client = Sim(simulator)
-    # Quota off for functional tests; Gmail pushes go to the live API.
-    await client.call("PUT", "/_sim/faults", json={"gmail_quota_units_per_second": 0})
-    await client.call(
-        "PUT",
-        "/_sim/google/push",
-        json={
-            "endpoint": f"{live_api.base_url}/webhooks/google",
-            "audience": PUSH_AUDIENCE,
-            "max_notifications_per_second": 0,
-        },
-    )
-    try:
+    async with gmail_sim_session(simulator, live_api) as client:
         yield client
-    finally:
-        await client.call("PUT", "/_sim/faults", json={})
-        await client.call("PUT", "/_sim/google/push", json={})
-        await client.close()
 
 
 @pytest.fixture

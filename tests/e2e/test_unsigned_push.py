@@ -14,19 +14,13 @@ from sqlalchemy import text
 from app.simulator.server import SimulatorServer
 from app.sync.runtime import Runtime
 from tests.conftest import PUSH_AUDIENCE, LiveApi, run_worker
-from tests.e2e.support import Sim, connect_via_api, unique_email
+from tests.e2e.support import Sim, connect_via_api, sim_session, unique_email
 
 
 @pytest.fixture
 async def sim(simulator: SimulatorServer, live_api: LiveApi) -> AsyncIterator[Sim]:
-    client = Sim(simulator)
-    await client.call("PUT", "/_sim/faults", json={"gmail_quota_units_per_second": 0})
-    try:
+    async with sim_session(simulator, faults={"gmail_quota_units_per_second": 0}) as client:
         yield client
-    finally:
-        await client.call("PUT", "/_sim/faults", json={})
-        await client.call("PUT", "/_sim/google/push", json={})
-        await client.close()
 
 
 async def _refused(rt: Runtime) -> list[tuple[str, int]]:

@@ -13,7 +13,13 @@ from app.config import Settings
 from app.simulator.server import SimulatorServer
 from app.sync.runtime import Runtime
 from tests.conftest import LiveApi, run_worker
-from tests.e2e.support import Sim, connect_via_api, unique_email, wait_for_notifications
+from tests.e2e.support import (
+    Sim,
+    connect_via_api,
+    sim_session,
+    unique_email,
+    wait_for_notifications,
+)
 from tests.e2e.test_outlook import expected_labels
 from tests.events.support import Consumer, published, stored
 
@@ -28,13 +34,8 @@ _EVENT_SETTINGS = (
 
 @pytest.fixture
 async def sim(simulator: SimulatorServer) -> AsyncIterator[Sim]:
-    client = Sim(simulator)
-    await client.call("PUT", "/_sim/faults", json={})
-    try:
+    async with sim_session(simulator) as client:
         yield client
-    finally:
-        await client.call("PUT", "/_sim/faults", json={})
-        await client.close()
 
 
 @pytest.fixture

@@ -30,9 +30,10 @@ async def test_fifth_concurrent_request_gets_429_with_retry_after(
 ) -> None:
     account = await create_account(client, message_count=20)
     hdrs = {"Authorization": f"Bearer {account['access_token']}"}
-    # Latency keeps the first four in flight while the fifth arrives.
+    # Latency keeps the first four in flight while the fifth arrives, even on a machine
+    # so busy that the fifth takes a second to be sent.
     async with faults(
-        client, latency_ms=400, retry_after_seconds=2, graph_concurrency_retry_after=True
+        client, latency_ms=2000, retry_after_seconds=2, graph_concurrency_retry_after=True
     ):
         first_four = [
             asyncio.create_task(client.get("/v1.0/me/mailFolders/inbox", headers=hdrs))
