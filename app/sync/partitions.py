@@ -169,9 +169,19 @@ async def plan_backfills(
             continue
         assert isinstance(provider, WindowedListing)
         stream = stream_state.as_stream()
-        # The live cursor first: whatever changes from here on is replayed after the windows.
-        live = await call(partial(provider.backfill_cursor, ctx, stream))
-        span = await call(partial(provider.received_range, ctx, stream))
+        # The live cursor before any window is listed: whatever changes from here on is
+        # replayed after the windows. The range is no listing of content: asked meanwhile.
+        asked = await asyncio.gather(
+            call(partial(provider.backfill_cursor, ctx, stream)),
+            call(partial(provider.received_range, ctx, stream)),
+            return_exceptions=True,
+        )
+        for outcome in asked:
+            # Both have finished here, so neither is left running unobserved.
+            if isinstance(outcome, BaseException):
+                raise outcome
+        live: dict[str, Any] = asked[0]  # type: ignore[assignment]
+        span: tuple[datetime, datetime] | None = asked[1]  # type: ignore[assignment]
         if span is None:
             continue
         oldest, newest = span

@@ -14,6 +14,7 @@ window included.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,9 +83,12 @@ async def received_range(
         raw = items[0].get("receivedDateTime") if items else None
         return datetime.fromisoformat(raw.replace("Z", "+00:00")) if raw else None
 
-    oldest = await edge("asc")
-    newest = await edge("desc")
-    if oldest is None or newest is None:
+    edges = await asyncio.gather(edge("asc"), edge("desc"), return_exceptions=True)
+    for outcome in edges:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    oldest, newest = edges
+    if not isinstance(oldest, datetime) or not isinstance(newest, datetime):
         return None
     return oldest, newest
 
