@@ -248,8 +248,6 @@ async def finish_stream(rt: Runtime, mailbox_id: uuid.UUID, stream_key: str) -> 
         # Always, swept or not: the mailbox row's lock orders this commit with a slice
         # releasing the mailbox (app/sync/engine.py, waiting for windows).
         await partitions.count_synced(mailbox_id, -len(swept))
-    if swept:
-        MESSAGES_WRITTEN.labels("partitioned", "swept").inc(len(swept))
     log.info(
         "mailbox %s stream %s: every window done; following the live cursor", mailbox_id, stream_key
     )
@@ -317,6 +315,8 @@ class WindowRunner:
             pages_left -= pages
             if done:
                 await finish_stream(self.rt, mailbox_id, lease.stream_key)
+            elif not pages:
+                break
         # A stream whose last window was done by a worker that died before finishing it.
         async with self.rt.sessions() as session:
             active = await PartitionRepository(session).active(mailbox_id)
