@@ -102,6 +102,11 @@ async def test_outlook_partitioned_backfill_reflects_adds_deletes_moves_and_read
     mailbox_id = uuid.UUID(await connect_via_api(live_api, "petra", outlook.connect_body(account)))
     planned = await start_partitioned(part_rt, mailbox_id)
     assert {w["stream_key"] for w in planned} >= {inbox[0]["folder_id"]}
+    # Status aggregates the windows: syncing, backfill, what the pages so far wrote.
+    during = await status_of(live_api, "petra")
+    assert during["status"] == "syncing" and during["phase"] == "backfill"
+    assert 0 < during["progress"]["messages_synced"] < 3000
+    assert 0 < during["progress"]["percent"] < 100
 
     written = await stored_streams(part_rt, mailbox_id)
     listed_inbox = [m for m in inbox if written.get(m["id"]) == m["folder_id"]]
