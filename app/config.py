@@ -92,6 +92,14 @@ class Settings(BaseSettings):
         default=168.0, gt=0, alias="WEBHOOK_LOG_RETENTION_HOURS"
     )
 
+    # A stream's first enumeration above this many messages runs as received-time windows
+    # on every worker (docs/partitions.md); 0 never partitions.
+    backfill_partition_threshold: int = Field(
+        default=20_000, ge=0, alias="BACKFILL_PARTITION_THRESHOLD"
+    )
+    # Messages per window when a partitioned enumeration is planned from the stream's count.
+    backfill_partition_size: int = Field(default=5_000, ge=100, alias="BACKFILL_PARTITION_SIZE")
+
     # Reading the mirror (bodies and attachments come from the provider at request time).
     # Bodies are cached in PostgreSQL this long (0: no cache), if no larger than the cap.
     body_cache_seconds: int = Field(default=3600, ge=0, alias="BODY_CACHE_SECONDS")

@@ -214,7 +214,10 @@ class MessageBatch:
         last = {message_id: i for i, message_id in enumerate(ids)}
         if len(last) == len(ids):
             return self
-        keep = sorted(last.values())
+        return self.pick(sorted(last.values()))
+
+    def pick(self, keep: Sequence[int]) -> MessageBatch:
+        """The rows at these indices, in this order."""
         batch = MessageBatch()
         for name in _BATCH_COLUMNS:
             column = getattr(self, name)
@@ -351,6 +354,43 @@ class LiveCursor(Protocol):
 
     async def live_cursor(self, ctx: SyncContext, stream: StreamInfo) -> Cursor | None:
         """The stream's cursor as of now; None when the provider cannot give one."""
+
+
+@dataclass(slots=True)
+class WindowPage:
+    """One page of a stream's messages received within one window (a partition)."""
+
+    upserts: MessageBatch = field(default_factory=MessageBatch)
+    # Where the next page of the same window starts; None when the window is exhausted.
+    # It never holds the window's bounds: the window comes with every call and may shrink.
+    cursor: Cursor | None = None
+    # Every message of the window received before this moment has been listed (a provider
+    # that lists oldest first), so the rest of the window may be split; None: cannot say.
+    listed_before: datetime | None = None
+
+
+@runtime_checkable
+class WindowedListing(Protocol):
+    """A provider that can list a stream's messages by received-time windows, so a large
+    stream's first enumeration runs as partitions on many workers at once."""
+
+    async def backfill_cursor(self, ctx: SyncContext, stream: StreamInfo) -> Cursor:
+        """The stream's cursor as of now: following it (fetch_page) replays every change
+        made after this call, so windows listed later lose nothing that changed meanwhile."""
+
+    async def received_range(
+        self, ctx: SyncContext, stream: StreamInfo
+    ) -> tuple[datetime, datetime] | None:
+        """The oldest and newest received time in the stream; None when it is empty."""
+
+    async def list_window(
+        self,
+        ctx: SyncContext,
+        stream: StreamInfo,
+        window: SearchWindow,
+        cursor: Cursor | None,
+    ) -> WindowPage:
+        """One page of the messages received in `window`, after `cursor` (None: the first)."""
 
 
 @dataclass(frozen=True, slots=True)

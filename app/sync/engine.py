@@ -30,6 +30,7 @@ from app.db.repositories.cursors import CursorRepository, StreamState
 from app.db.repositories.mailboxes import Lease, LeaseLost, MailboxRepository
 from app.db.repositories.messages import MessageRepository
 from app.db.repositories.outbox import OutboxRepository
+from app.db.repositories.partitions import PartitionRepository
 from app.db.repositories.pending_streams import PendingStreamRepository
 from app.db.repositories.stream_catalogs import StreamCatalogRepository
 from app.db.session import AsyncSession
@@ -62,6 +63,7 @@ from app.providers.base import (
 from app.sync import activity, states
 from app.sync.cases.mail import CaseMail
 from app.sync.cases.states import MailboxScope
+from app.sync.partitions import backfilling, plan_backfills
 from app.sync.ratelimit import RedisRateGate
 from app.sync.runtime import Runtime
 from app.sync.spread import next_periodic_pass
@@ -83,6 +85,9 @@ class Outcome(enum.StrEnum):
     AUTH_EXPIRED = "auth_expired"
     ERROR = "error"
     LEASE_LOST = "lease_lost"
+    # Every stream this slice may follow is caught up; windows of a partitioned backfill
+    # still run on other jobs, and the one that finishes the last wakes the mailbox.
+    WAITING = "waiting"
 
 
 @dataclass(slots=True)
@@ -159,6 +164,10 @@ async def _phase_now(session: AsyncSession, mailbox_id: uuid.UUID, *, running: b
     streams = await CursorRepository(session).list(mailbox_id)
     return states.phase_of((s.progress() for s in streams), running=running)
 
+
+# A mailbox waiting for its windows is looked at again after this long even if the job
+# that finishes the last window never enqueues its pass (Redis lost it).
+WINDOWS_SAFETY_NET_SECONDS = 60
 
 # A stream's pages arrive one after another (each carries the link to the next), so the
 # largest folder is a backfill's critical path. Up to this many of its pages write at once,
@@ -436,13 +445,27 @@ class SyncEngine:
             and settings.sync_recent_first
             and not state.case_mail.cases_only
             and all(s.cursor is None for s in streams_now)
+            # Windows write at the stream's generation: provisional rows one below it would
+            # undo them (and the last window's sweep would take them).
+            and not await backfilling(self.rt, mailbox.id)
         ):
             await self._show_recent_first(provider, ctx, tokens, mailbox, streams_now, state)
 
+        # Large streams never enumerated run as windows on every worker (app/sync/partitions.py);
+        # this slice leaves them alone until their live cursor is theirs to follow.
+        partitioned = await plan_backfills(
+            self.rt,
+            provider,
+            ctx,
+            partial(self._with_token_retry, tokens),
+            lease,
+            streams_now,
+            cases_only=state.case_mail.cases_only,
+        )
         # Largest first: a folder's pages come one after another, so the biggest folder is
         # the critical path of a backfill and must not start behind the small ones.
         pending = sorted(
-            (s for s in streams_now if not s.caught_up),
+            (s for s in streams_now if not s.caught_up and s.stream_key not in partitioned),
             key=lambda s: s.total_estimate or 0,
             reverse=True,
         )
@@ -475,6 +498,8 @@ class SyncEngine:
             state.incomplete = True
 
         await state.stop_heartbeat()
+        if partitioned and not state.incomplete:
+            return await self._wait_for_windows(mailbox, state)
         if state.incomplete:
             async with self.rt.sessions() as session, session.begin():
                 await MailboxRepository(session).finish(
@@ -532,6 +557,26 @@ class SyncEngine:
             return _Listing(found.streams, found.state)
         streams = await self._with_token_retry(tokens, partial(provider.list_streams, ctx))
         return _Listing(streams, None)
+
+    async def _wait_for_windows(self, mailbox: Mailbox, state: _SliceState) -> SliceResult:
+        """Release the mailbox while windows run elsewhere: still syncing, never connected.
+
+        The windows are read again after the release, in its transaction: a stream whose
+        last window finished meanwhile (its commit orders with ours on the mailbox row)
+        has a live cursor to follow now, and the slice continues instead of waiting."""
+        async with self.rt.sessions() as session, session.begin():
+            await MailboxRepository(session).finish(
+                state.lease,
+                status=state.status,
+                phase=await _phase_now(session, mailbox.id, running=True),
+                # A safety net: the job that finishes the last window enqueues the pass.
+                next_sync_at=datetime.now(UTC) + timedelta(seconds=WINDOWS_SAFETY_NET_SECONDS),
+            )
+            still = await PartitionRepository(session).active(mailbox.id)
+        token = state.lease.fencing_token
+        if not still:
+            return SliceResult(Outcome.CONTINUE, pages=state.pages, fencing_token=token)
+        return SliceResult(Outcome.WAITING, pages=state.pages, fencing_token=token)
 
     async def _show_recent_first(
         self,

@@ -29,7 +29,7 @@ from app.events import snapshot
 from app.logging import configure_logging
 from app.metrics import QUEUE_DEPTH, serve_process_metrics
 from app.providers import registry
-from app.sync import jobs
+from app.sync import jobs, partitions
 from app.sync.cases import jobs as case_jobs
 from app.sync.runtime import Runtime
 from app.sync.webhook_retention import prune_webhook_log
@@ -160,6 +160,15 @@ class WorkerSettings:
             keep_result=0,
             max_tries=1,
         ),
+        # One job of a partitioned backfill: claims free windows of the mailbox until its
+        # slice budget is spent (app/sync/partitions.py).
+        func(
+            partitions.run_windows,
+            name=partitions.PARTITION_FUNCTION,
+            timeout=_timeout(),
+            keep_result=0,
+            max_tries=3,
+        ),
         # One batch of a resnapshot walk; each enqueues the next (app/events/snapshot.py).
         func(
             snapshot.resnapshot_batch,
@@ -205,6 +214,16 @@ class WorkerSettings:
             minute=set(range(0, 60, 5)),
             run_at_startup=True,
             timeout=60,
+            keep_result=0,
+            unique=True,
+        ),
+        # Windows of a partitioned backfill that nobody holds (a dead worker's lease lapsed,
+        # their jobs lost with Redis) get a job again.
+        cron(
+            partitions.recover_windows,
+            second=set(range(4, 60, 5)),
+            run_at_startup=True,
+            timeout=30,
             keep_result=0,
             unique=True,
         ),

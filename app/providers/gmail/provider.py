@@ -46,9 +46,10 @@ from app.providers.base import (
     Subscription,
     SyncContext,
     TokenSet,
+    WindowPage,
 )
 from app.providers.bodies import html_to_text, text_to_html
-from app.providers.gmail import mime
+from app.providers.gmail import mime, windows
 from app.providers.gmail.attachment_stream import decoded_chunks
 from app.providers.gmail.client import JSON, FetchStrategy, GmailClient, RetryPolicy
 from app.providers.gmail.cursor import GmailCursor
@@ -370,6 +371,23 @@ class GmailProvider:
         """History from the profile's current historyId replays every change made after it."""
         profile = await self._client.get_profile(ctx)
         return GmailCursor("history", int(profile["historyId"])).dump()
+
+    # -- partitioned backfill (app/providers/gmail/windows.py) --------------------------
+
+    async def backfill_cursor(self, ctx: SyncContext, stream: StreamInfo) -> Cursor:
+        cursor = await self.live_cursor(ctx, stream)
+        assert cursor is not None
+        return cursor
+
+    async def received_range(
+        self, ctx: SyncContext, stream: StreamInfo
+    ) -> tuple[datetime, datetime] | None:
+        return await windows.received_range(self._client, ctx, self._fetch)
+
+    async def list_window(
+        self, ctx: SyncContext, stream: StreamInfo, window: SearchWindow, cursor: Cursor | None
+    ) -> WindowPage:
+        return await windows.list_window(self._client, ctx, self._fetch, window, cursor)
 
     # -- push ------------------------------------------------------------------------
 

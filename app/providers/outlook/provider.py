@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -42,9 +43,10 @@ from app.providers.base import (
     SyncContext,
     TokenSet,
     TransientError,
+    WindowPage,
 )
 from app.providers.bodies import html_to_text, text_to_html
-from app.providers.outlook import search, subscriptions
+from app.providers.outlook import search, subscriptions, windows
 from app.providers.outlook.auth import MsalTokens
 from app.providers.outlook.client import GraphClient
 from app.providers.outlook.errors import GraphRequestError
@@ -421,6 +423,23 @@ class OutlookProvider:
     ) -> SearchPage:
         return await search.search_page(
             self._graph, ctx, user_path(ctx.account), streams, address, window, cursor
+        )
+
+    # -- partitioned backfill (app/providers/outlook/windows.py) ---------------------------
+
+    async def backfill_cursor(self, ctx: SyncContext, stream: StreamInfo) -> Cursor:
+        return await windows.backfill_cursor(self._graph, ctx, user_path(ctx.account), stream)
+
+    async def received_range(
+        self, ctx: SyncContext, stream: StreamInfo
+    ) -> tuple[datetime, datetime] | None:
+        return await windows.received_range(self._graph, ctx, user_path(ctx.account), stream)
+
+    async def list_window(
+        self, ctx: SyncContext, stream: StreamInfo, window: SearchWindow, cursor: Cursor | None
+    ) -> WindowPage:
+        return await windows.list_window(
+            self._graph, ctx, user_path(ctx.account), stream, window, cursor
         )
 
     # -- push ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,6 +44,8 @@ _DELTA_SEGMENTS = frozenset(
 )
 _DEFAULT_TOP = 10
 _MAX_TOP = 1000
+# The first clause of a $filter that may come with $orderby=receivedDateTime.
+_FILTER_CLAUSE_FIRST = re.compile(r"^\s*\(?\s*receivedDateTime\s", re.IGNORECASE)
 _FILTER_CLAUSE = re.compile(
     r"^\s*(receivedDateTime|isRead)\s+(ge|gt|le|lt|eq)\s+'?([^'\s]+)'?\s*$", re.IGNORECASE
 )
@@ -452,6 +455,15 @@ async def _message_delta(ctx: GraphRequest, folder: Folder) -> Response:
             404, "ErrorSyncFolderNotFound", "The folder to be synchronized could not be found."
         )
     page_size, applied = _page_size(ctx, delta.DEFAULT_PAGE_SIZE, delta.MAX_PAGE_SIZE)
+    link = f"{ctx.base}/mailFolders('{folder.id}')/messages/delta"
+    context = f"{ctx.state.sim.base_url}/v1.0/$metadata#Collection(message)"
+    if (ctx.param("deltatoken") or "").lower() == "latest" and ctx.param("skiptoken") is None:
+        # No items, only a deltaLink from this moment: later rounds carry what changes after.
+        select_raw = ctx.param("select") or ""
+        _parse_token_select(select_raw, MESSAGE_PROPERTIES, "microsoft.graph.message")
+        latest = delta.DeltaToken(delta.CHANGES, folder.index, mailbox.seq, -1, 0, select_raw)
+        links = {"@odata.deltaLink": _link(link, {"$deltatoken": latest.encode(mailbox.tag)})}
+        return Response(collection_json(context, [], links), media_type="application/json")
     token = _delta_token(ctx, mailbox, folder.index)
     if token is None:
         # Query options of the first request are carried inside every later token.
@@ -469,7 +481,6 @@ async def _message_delta(ctx: GraphRequest, folder: Folder) -> Response:
             "The sync state for this delta token was not found or has expired; start a new "
             "synchronization round without a token.",
         ) from exc  # fmt: skip
-    link = f"{ctx.base}/mailFolders('{folder.id}')/messages/delta"
     links = {}
     if result.next_token is not None:
         links["@odata.nextLink"] = _link(
@@ -479,7 +490,6 @@ async def _message_delta(ctx: GraphRequest, folder: Folder) -> Response:
         links["@odata.deltaLink"] = _link(
             link, {"$deltatoken": result.delta_token.encode(mailbox.tag)}
         )
-    context = f"{ctx.state.sim.base_url}/v1.0/$metadata#Collection(message)"
     return Response(
         collection_json(context, result.items, links),
         media_type="application/json",
@@ -612,6 +622,17 @@ def _bounded_desc(keys: Iterator[int], low: int, high: int) -> Iterator[int]:
         yield key
 
 
+def _folder_keys_between(
+    mailbox: Mailbox, folder: Folder, low: int, high: int, *, ascending: bool
+) -> Iterator[int]:
+    """The folder's current messages among keys [low, high), in key (received) order."""
+    keys = range(low, high) if ascending else range(high - 1, low - 1, -1)
+    index = folder.index
+    for key in keys:
+        if mailbox.placement(key)[0] == index:
+            yield key
+
+
 def _list_messages(ctx: GraphRequest, folder: Folder | None) -> Response:
     if ctx.param("search") is not None:
         return _search_messages(ctx, folder)
@@ -624,16 +645,54 @@ def _list_messages(ctx: GraphRequest, folder: Folder | None) -> Response:
         raise GraphError(
             400, "ErrorInvalidUrlQuery", "Only $orderby=receivedDateTime is supported."
         )
+    if orderby and raw_filter and not _FILTER_CLAUSE_FIRST.match(raw_filter):
+        # Graph: a property in $orderby must also be in $filter, and first there.
+        raise GraphError(
+            400,
+            "InefficientFilter",
+            "The restriction or sort order is too complex for this operation.",
+        )
     flt = _parse_filter(raw_filter)
     low, high = _key_bounds(mailbox, flt)
-    keys: Iterator[int] = mailbox.members(folder) if folder is not None else mailbox.all_keys_desc()
-    in_range = _bounded_desc(keys, low, high)
-    if orderby in ("receiveddatetime", "receiveddatetime asc"):
-        in_range = iter(sorted(in_range))
+    ascending = orderby in ("receiveddatetime", "receiveddatetime asc")
+    in_range: Iterator[int]
+    if folder is not None and (low > 0 or high < mailbox.next_key):
+        # A received-time window of a folder: walk the window's keys, not the whole folder.
+        in_range = _folder_keys_between(mailbox, folder, low, high, ascending=ascending)
+    else:
+        keys = mailbox.members(folder) if folder is not None else mailbox.all_keys_desc()
+        in_range = _bounded_desc(keys, low, high)
+        if ascending:
+            in_range = iter(sorted(in_range))
     items: list[str] = []
     matched = 0
     more = False
+    # Seeded messages never changed are served as pre-rendered, when the mailbox was
+    # pre-rendered for this $select (as the delta enumeration serves them).
+    stored = (
+        mailbox.prerendered.get((folder.index, ctx.immutable_ids, select))
+        if folder is not None and flt.is_read is None
+        else None
+    )
     for key in in_range:
+        if stored is not None and key not in mailbox.overlay:
+            assert folder is not None
+            matched += 1
+            if matched <= skip:
+                continue
+            if len(items) == top:
+                more = True
+                break
+            slot = bisect_left(folder.seed, key)
+            if slot < len(folder.seed) and folder.seed[slot] == key:
+                items.append(stored[slot])
+                continue
+            items.append(
+                message_json(
+                    mailbox, key, mailbox.state(key), immutable=ctx.immutable_ids, select=select
+                )
+            )
+            continue
         state = mailbox.state(key)
         if flt.is_read is not None and state.is_read != flt.is_read:
             continue

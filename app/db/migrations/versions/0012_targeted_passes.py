@@ -1,7 +1,7 @@
 """targeted passes: pending streams, the stream catalog, the periodic pass's own due time
 
 Revision ID: 0012
-Revises: 0011
+Revises: 0013 (which landed first)
 Create Date: 2026-11-30 21:45:00
 
 - `pending_streams`: what change notifications pointed to since a pass last began, one row
@@ -26,7 +26,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0012"
-down_revision: str | None = "0011"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

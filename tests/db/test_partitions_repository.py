@@ -1,0 +1,169 @@
+"""Backfill windows as leases: SKIP LOCKED claims, fencing, lapsed leases, splits."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import text
+
+from app.db.repositories.cursors import CursorRepository
+from app.db.repositories.partitions import PartitionLost, PartitionRepository, PlannedWindow
+from app.providers.base import StreamInfo
+from app.sync.partitions import windows_for
+from app.sync.runtime import Runtime
+
+LIVE = {"delta_link": "https://graph.example/delta?$deltatoken=x"}
+
+
+async def _planned(rt: Runtime, windows: int = 3) -> uuid.UUID:
+    mailbox_id = uuid.uuid4()
+    async with rt.sessions() as session, session.begin():
+        await session.execute(
+            text(
+                "INSERT INTO mailboxes (id, user_id, provider, account_key, auth_mode, status) "
+                "VALUES (:id, 'u', 'microsoft', :key, 'delegated', 'syncing')"
+            ),
+            {"id": mailbox_id, "key": mailbox_id.hex},
+        )
+        await CursorRepository(session).sync_streams(
+            mailbox_id, [StreamInfo("inbox", "Inbox", 50_000)]
+        )
+        cuts = [datetime(2020 + i, 1, 1, tzinfo=UTC) for i in range(windows - 1)]
+        bounds: list[datetime | None] = [None, *cuts, None]
+        await PartitionRepository(session).plan(
+            mailbox_id,
+            "inbox",
+            1,
+            LIVE,
+            [PlannedWindow(bounds[i], bounds[i + 1]) for i in range(windows)],
+        )
+    return mailbox_id
+
+
+async def test_concurrent_claims_take_different_windows_until_none_is_free(rt: Runtime) -> None:
+    mailbox_id = await _planned(rt, windows=3)
+
+    async def claim(owner: str) -> int | None:
+        async with rt.sessions() as session, session.begin():
+            lease = await PartitionRepository(session).claim(mailbox_id, owner, 30)
+            # Held open a moment: the others must skip this row, not wait for it.
+            await asyncio.sleep(0.2)
+            return None if lease is None else lease.partition_id
+
+    taken = await asyncio.gather(*(claim(f"w{i}") for i in range(5)))
+    ids = [t for t in taken if t is not None]
+    assert len(ids) == 3 and len(set(ids)) == 3
+    async with rt.sessions() as session, session.begin():
+        assert await PartitionRepository(session).claim(mailbox_id, "late", 30) is None
+
+
+async def test_a_lapsed_window_is_taken_over_and_the_old_owner_is_fenced_out(
+    rt: Runtime,
+) -> None:
+    mailbox_id = await _planned(rt, windows=1)
+    async with rt.sessions() as session, session.begin():
+        zombie = await PartitionRepository(session).claim(mailbox_id, "zombie", 30)
+    assert zombie is not None
+    async with rt.sessions() as session, session.begin():
+        await PartitionRepository(session).checkpoint(
+            zombie, 30, checkpoint={"from": "2021-01-01T00:00:00+00:00"}, listed=10, done=False
+        )
+        # Its lease lapses (the worker died).
+        await session.execute(
+            text("UPDATE backfill_partitions SET lease_expires_at = now() - interval '1 s'")
+        )
+    async with rt.sessions() as session, session.begin():
+        heir = await PartitionRepository(session).claim(mailbox_id, "heir", 30)
+    assert heir is not None
+    assert heir.fencing_token == zombie.fencing_token + 1
+    # The heir resumes from the zombie's last committed page.
+    assert heir.checkpoint == {"from": "2021-01-01T00:00:00+00:00"} and heir.listed == 10
+    with pytest.raises(PartitionLost):
+        async with rt.sessions() as session, session.begin():
+            await PartitionRepository(session).checkpoint(
+                zombie, 30, checkpoint=None, listed=5, done=True
+            )
+    async with rt.sessions() as session, session.begin():
+        assert not await PartitionRepository(session).heartbeat(zombie, 30)
+        assert await PartitionRepository(session).heartbeat(heir, 30)
+
+
+async def test_pausing_the_mailbox_stops_a_window_mid_way(rt: Runtime) -> None:
+    mailbox_id = await _planned(rt, windows=1)
+    async with rt.sessions() as session, session.begin():
+        lease = await PartitionRepository(session).claim(mailbox_id, "w", 30)
+    assert lease is not None
+    async with rt.sessions() as session, session.begin():
+        await session.execute(
+            text("UPDATE mailboxes SET paused = true WHERE id = :id"), {"id": mailbox_id}
+        )
+    with pytest.raises(PartitionLost):
+        async with rt.sessions() as session, session.begin():
+            await PartitionRepository(session).checkpoint(
+                lease, 30, checkpoint=None, listed=1, done=False
+            )
+    async with rt.sessions() as session, session.begin():
+        await session.execute(
+            text("UPDATE backfill_partitions SET lease_owner = NULL, lease_expires_at = NULL")
+        )
+        assert await PartitionRepository(session).claim(mailbox_id, "w2", 30) is None
+
+
+async def test_a_split_window_hands_its_second_half_to_a_new_window(rt: Runtime) -> None:
+    mailbox_id = await _planned(rt, windows=1)
+    async with rt.sessions() as session, session.begin():
+        lease = await PartitionRepository(session).claim(mailbox_id, "w", 30)
+    assert lease is not None
+    at = datetime(2022, 6, 1, tzinfo=UTC)
+    async with rt.sessions() as session, session.begin():
+        new_id = await PartitionRepository(session).split(lease, at)
+    async with rt.sessions() as session:
+        rows = {
+            r[0]: (r[1], r[2])
+            for r in await session.execute(
+                text("SELECT id, window_start, window_end FROM backfill_partitions")
+            )
+        }
+    assert rows == {lease.partition_id: (None, at), new_id: (at, None)}
+    async with rt.sessions() as session, session.begin():
+        other = await PartitionRepository(session).claim(mailbox_id, "w2", 30)
+    assert other is not None and other.partition_id == new_id
+
+
+async def test_the_finished_stream_is_only_finished_once_every_window_is_done(
+    rt: Runtime,
+) -> None:
+    mailbox_id = await _planned(rt, windows=2)
+    leases = []
+    for owner in ("a", "b"):
+        async with rt.sessions() as session, session.begin():
+            leases.append(await PartitionRepository(session).claim(mailbox_id, owner, 30))
+    async with rt.sessions() as session, session.begin():
+        assert leases[0] is not None
+        await PartitionRepository(session).checkpoint(
+            leases[0], 30, checkpoint=None, listed=1, done=True
+        )
+        assert await PartitionRepository(session).lock_finished_stream(mailbox_id, "inbox") is None
+    async with rt.sessions() as session, session.begin():
+        assert leases[1] is not None
+        await PartitionRepository(session).checkpoint(
+            leases[1], 30, checkpoint=None, listed=1, done=True
+        )
+        finished = await PartitionRepository(session).lock_finished_stream(mailbox_id, "inbox")
+    assert finished is not None and finished.live_cursor == LIVE
+
+
+def test_windows_cover_the_range_with_open_ends() -> None:
+    oldest = datetime(2020, 1, 1, tzinfo=UTC)
+    newest = datetime(2024, 1, 1, tzinfo=UTC)
+    windows = windows_for(100_000, 5_000, oldest, newest)
+    assert len(windows) == 20
+    assert windows[0].start is None and windows[-1].end is None
+    for before, after in itertools.pairwise(windows):
+        assert before.end == after.start
+    one = windows_for(10, 5_000, oldest, newest)
+    assert len(one) == 1 and one[0].start is None and one[0].end is None
