@@ -617,7 +617,7 @@ class MailboxRepository:
     async def disconnected_with_credentials(self, limit: int) -> list[uuid.UUID]:
         """Disconnected mailboxes whose cleanup job was lost: credentials must not linger."""
         # The status as a literal: a generic plan of `status = $1` could not use the
-        # partial index of disconnected mailboxes (migration 0012).
+        # partial index of disconnected mailboxes (migration 0013).
         result = await self.session.execute(
             text(
                 "SELECT m.id FROM mailboxes m JOIN credentials c ON c.mailbox_id = m.id "  # noqa: S608 - a constant

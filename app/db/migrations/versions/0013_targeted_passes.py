@@ -1,7 +1,7 @@
 """targeted passes: pending streams, the stream catalog, the periodic pass's own due time
 
-Revision ID: 0012
-Revises: 0013 (which landed first)
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-11-30 21:45:00
 
 - `pending_streams`: what change notifications pointed to since a pass last began, one row
@@ -25,8 +25,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0012"
-down_revision: str | None = "0013"
+revision: str = "0013"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
