@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-# Seconds of slack around a Retry-After window (in-flight requests, timer granularity).
+# Seconds of slack around a Retry-After window unless a test sets its own.
 RETRY_AFTER_GRACE = 0.1
 
 
@@ -54,6 +54,10 @@ class FaultSettings(BaseModel):
     graph_max_concurrency: int = Field(default=4, ge=1)
     # Graph's MailboxConcurrency 429 often comes without a Retry-After header.
     graph_concurrency_retry_after: bool = False
+    # Slack around a Retry-After window before a request counts as a violation: requests
+    # the client sent before it could read the 429 (in flight, or queued behind the 429's
+    # read on a busy machine) and timer granularity.
+    retry_after_grace_ms: float = Field(default=RETRY_AFTER_GRACE * 1000, ge=0)
     seed: int | None = None
 
 
@@ -163,7 +167,8 @@ class SimulatorCore:
             # A request that was already on its way when the 429 left is not a violation:
             # only one sent after the client could have read the Retry-After counts.
             # (Small tolerances absorb scheduling jitter on both sides.)
-            if told_at + RETRY_AFTER_GRACE <= now < until - RETRY_AFTER_GRACE:
+            grace = self.faults.retry_after_grace_ms / 1000
+            if told_at + grace <= now < until - grace:
                 c.retry_after_violations += 1
             elif now >= until:
                 del self._retry_after_until[account]

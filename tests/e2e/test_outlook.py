@@ -280,7 +280,14 @@ async def test_throttling_is_honoured(sim: Sim, live_api: LiveApi, sim_rt: Runti
     await sim.call(
         "PUT",
         "/_sim/faults",
-        json={"throttle_rate": 0.2, "retry_after_seconds": 0.5, "latency_ms": 20, "seed": 7},
+        json={
+            "throttle_rate": 0.2,
+            "retry_after_seconds": 1.0,
+            # Requests the worker sent before it read a 429 may arrive late on a busy machine.
+            "retry_after_grace_ms": 300,
+            "latency_ms": 20,
+            "seed": 7,
+        },
     )
     await sim.call("POST", "/_sim/counters/reset")
     mailbox_id = await connect_via_api(live_api, "theo", connect_body(account))

@@ -211,7 +211,14 @@ async def test_graph_limits_hold_across_window_jobs_with_random_429s(
     await sim.call(
         "PUT",
         "/_sim/faults",
-        json={"throttle_rate": 0.1, "retry_after_seconds": 0.5, "latency_ms": 20, "seed": 5},
+        json={
+            "throttle_rate": 0.1,
+            "retry_after_seconds": 1.0,
+            # Requests a worker sent before it read a 429 may arrive late on a busy machine.
+            "retry_after_grace_ms": 300,
+            "latency_ms": 20,
+            "seed": 5,
+        },
     )
     await sim.call("POST", "/_sim/counters/reset")
     mailbox_id = await connect_via_api(live_api, "lena", outlook.connect_body(account))

@@ -228,7 +228,8 @@ async def test_random_throttling_and_outages_are_retried(
         gmail_quota_units_per_second=0,
         throttle_rate=0.05,
         unavailable_rate=0.05,
-        retry_after_seconds=0.2,
+        # Long enough that the simulator's violation window ([grace, 1 s - grace]) exists.
+        retry_after_seconds=1.0,
         seed=7,
     ):
         pages = await _sync(h, store)
