@@ -63,6 +63,7 @@ from app.providers.base import (
 from app.sync import activity, states
 from app.sync.cases.mail import CaseMail
 from app.sync.cases.states import MailboxScope
+from app.sync.heartbeat import renew_while_running
 from app.sync.partitions import backfilling, plan_backfills
 from app.sync.ratelimit import RedisRateGate
 from app.sync.runtime import Runtime
@@ -256,7 +257,17 @@ class SyncEngine:
             case_mail=CaseMail(mailbox.scope, events=settings.events_enabled),
         )
         lost = asyncio.Event()
-        state.heartbeat = asyncio.create_task(self._heartbeat(lease, asyncio.current_task(), lost))
+        state.heartbeat = asyncio.create_task(
+            renew_while_running(
+                self.rt,
+                lambda session: MailboxRepository(session).heartbeat(
+                    lease, self.settings.lease_seconds
+                ),
+                what=f"mailbox {lease.mailbox_id}",
+                lost=lost,
+                task=asyncio.current_task(),
+            )
+        )
         try:
             return await self._settle(mailbox, provider, ctx, tokens, state)
         except asyncio.CancelledError:
@@ -271,30 +282,6 @@ class SyncEngine:
             return SliceResult(Outcome.LEASE_LOST, pages=state.pages)
         finally:
             await state.stop_heartbeat()
-
-    async def _heartbeat(
-        self, lease: Lease, slice_task: asyncio.Task[Any] | None, lost: asyncio.Event
-    ) -> None:
-        """Renew the lease while the slice runs, whatever it waits on (a slow fetch, a
-        Retry-After pause): a live worker never loses its mailbox, so the lease can be short
-        and a dead worker's mailbox is taken over within about one lease period."""
-        interval = max(0.5, self.settings.lease_seconds / 3)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                async with self.rt.sessions() as session, session.begin():
-                    held = await MailboxRepository(session).heartbeat(
-                        lease, self.settings.lease_seconds
-                    )
-            except Exception as exc:
-                # PostgreSQL unreachable: the page fences will tell; the lease may lapse.
-                log.warning("mailbox %s: lease heartbeat failed: %s", lease.mailbox_id, exc)
-                continue
-            if not held:
-                lost.set()
-                if slice_task is not None:
-                    slice_task.cancel()
-                return
 
     async def _settle(
         self,

@@ -55,6 +55,7 @@ from app.sync.cases.mail import involving, take
 from app.sync.cases.plan import SearchPlan
 from app.sync.cases.states import EntryStatus, MailboxScope
 from app.sync.engine import account_of, backoff_seconds
+from app.sync.heartbeat import renew_while_running
 from app.sync.ratelimit import RedisRateGate
 from app.sync.runtime import Runtime
 from app.sync.states import MailboxStatus
@@ -136,7 +137,17 @@ class CaseSearchRunner:
             return EntrySliceResult(Outcome.LEASE_LOST)  # removed meanwhile
         work = _Slice(lease, entry, case, mailbox)
         lost = asyncio.Event()
-        heartbeat = asyncio.create_task(self._heartbeat(lease, asyncio.current_task(), lost))
+        heartbeat = asyncio.create_task(
+            renew_while_running(
+                self.rt,
+                lambda session: CaseEntryRepository(session).heartbeat(
+                    lease, self.settings.lease_seconds
+                ),
+                what=f"case entry {lease.entry_id}",
+                lost=lost,
+                task=asyncio.current_task(),
+            )
+        )
         try:
             result = await self._settle(work)
         except asyncio.CancelledError:
@@ -154,26 +165,6 @@ class CaseSearchRunner:
         if result.outcome is Outcome.COMPLETE:
             await self._announce_if_case_complete(work)
         return result
-
-    async def _heartbeat(
-        self, lease: EntryLease, task: asyncio.Task[Any] | None, lost: asyncio.Event
-    ) -> None:
-        interval = max(0.5, self.settings.lease_seconds / 3)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                async with self.rt.sessions() as session, session.begin():
-                    held = await CaseEntryRepository(session).heartbeat(
-                        lease, self.settings.lease_seconds
-                    )
-            except Exception as exc:
-                log.warning("case entry %s: heartbeat failed: %s", lease.entry_id, exc)
-                continue
-            if not held:
-                lost.set()
-                if task is not None:
-                    task.cancel()
-                return
 
     async def _settle(self, work: _Slice) -> EntrySliceResult:
         try:
