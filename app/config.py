@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     token_refresh_margin_seconds: int = Field(default=300, alias="TOKEN_REFRESH_MARGIN_SECONDS")
     max_transient_retries: int = Field(default=8, alias="MAX_TRANSIENT_RETRIES")
     scheduler_batch: int = Field(default=500, alias="SCHEDULER_BATCH")
+    # Push channels created per second across the service at most: a burst of connects
+    # creates its subscriptions at this pace (their first passes do not wait for them).
+    subscriptions_per_second: float = Field(default=20.0, gt=0, alias="SUBSCRIPTIONS_PER_SECOND")
     worker_max_jobs: int = Field(default=10, alias="WORKER_MAX_JOBS")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
     # Webhook audit log: refused requests recorded one by one per minute and source (the

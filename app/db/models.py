@@ -46,6 +46,7 @@ class Mailbox(SQLModel, table=True):
         Index("ix_mailboxes_email", "provider", "email"),
         Index("ix_mailboxes_lease_expires_at", "lease_expires_at"),
         Index("ix_mailboxes_next_verify_at", "next_verify_at"),
+        Index("ix_mailboxes_disconnected", "id", postgresql_where=text("status = 'disconnected'")),
     )
 
     id: uuid.UUID = Field(
@@ -89,6 +90,9 @@ class Mailbox(SQLModel, table=True):
     # after the running pass began (it becomes pending_since when that pass completes).
     pending_since: datetime | None = _ts()
     pending_next: datetime | None = _ts()
+    # When the next pass over every stream is due (NULL: at the next pass); passes before
+    # it follow only what notifications pointed to (app/sync/targets.py).
+    full_pass_at: datetime | None = _ts()
     # First completed pass (mailbox.connected); entered error/auth_expired without a pass
     # completed since (mailbox.recovered when one does); the monitor's last good check.
     connected_at: datetime | None = _ts()
@@ -174,6 +178,38 @@ class SyncCursor(SQLModel, table=True):
         default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
     )
     updated_at: datetime | None = _ts(nullable=False, default_now=True)
+
+
+class PendingStream(SQLModel, table=True):
+    """What a change notification pointed to, until a pass takes it (app/sync/targets.py).
+    Empty `stream_key` and `message_id`: every stream."""
+
+    __tablename__ = "pending_streams"
+
+    mailbox_id: uuid.UUID = Field(
+        sa_column=Column(
+            UUID(as_uuid=True), ForeignKey("mailboxes.id", ondelete="CASCADE"), primary_key=True
+        )
+    )
+    stream_key: str = Field(default="", sa_column=Column(Text, primary_key=True))
+    message_id: str = Field(default="", sa_column=Column(Text, primary_key=True))
+    locate: bool = Field(default=False, sa_column=Column(Boolean, primary_key=True))
+    noted_at: datetime | None = _ts(nullable=False, default_now=True)
+
+
+class StreamCatalog(SQLModel, table=True):
+    """A provider's stream discovery as it left it (Graph: folders, folder deltaLink,
+    well-known folder ids), so no worker discovers a mailbox twice."""
+
+    __tablename__ = "stream_catalogs"
+
+    mailbox_id: uuid.UUID = Field(
+        sa_column=Column(
+            UUID(as_uuid=True), ForeignKey("mailboxes.id", ondelete="CASCADE"), primary_key=True
+        )
+    )
+    state: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
+    refreshed_at: datetime | None = _ts(nullable=False, default_now=True)
 
 
 class Message(SQLModel, table=True):

@@ -401,6 +401,56 @@ class WindowedListing(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class ChangeHint:
+    """What one change notification points to, so the pass it owes follows only that.
+
+    `stream`: the stream's key when the notification names it (Gmail's history). Otherwise
+    `message`: a provider message id, whose stream the store knows if the message was
+    synced; with `locate`, the provider is also asked where the message is now (it may be
+    new, or have moved). Both empty: every stream.
+    """
+
+    stream: str = ""
+    message: str = ""
+    locate: bool = False
+
+    @property
+    def everything(self) -> bool:
+        return not (self.stream or self.message)
+
+
+EVERY_STREAM = ChangeHint()
+
+
+@dataclass(slots=True)
+class StreamListing:
+    """The streams, and what the provider wants back the next time it lists them (opaque,
+    JSON; the engine keeps it in PostgreSQL so any worker continues from it)."""
+
+    streams: Sequence[StreamInfo]
+    state: dict[str, Any]
+
+
+@runtime_checkable
+class CatalogedStreams(Protocol):
+    """A provider whose stream discovery is worth keeping between passes and workers
+    (Graph: a folder enumeration and the well-known folder lookups, then folder delta)."""
+
+    async def list_streams_after(
+        self, ctx: SyncContext, state: Mapping[str, Any] | None
+    ) -> StreamListing:
+        """The streams as of now, continuing from `state` (None: discover from scratch)."""
+
+
+@runtime_checkable
+class MessageLocator(Protocol):
+    """A provider that can say in which stream a message is now (one request each)."""
+
+    async def locate(self, ctx: SyncContext, message_ids: Sequence[str]) -> dict[str, str | None]:
+        """Each message's stream key; None for a message the provider no longer has."""
+
+
+@dataclass(frozen=True, slots=True)
 class Subscription:
     """A push channel at the provider (Graph subscription, Gmail watch)."""
 

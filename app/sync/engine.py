@@ -31,6 +31,8 @@ from app.db.repositories.mailboxes import Lease, LeaseLost, MailboxRepository
 from app.db.repositories.messages import MessageRepository
 from app.db.repositories.outbox import OutboxRepository
 from app.db.repositories.partitions import PartitionRepository
+from app.db.repositories.pending_streams import PendingStreamRepository
+from app.db.repositories.stream_catalogs import StreamCatalogRepository
 from app.db.session import AsyncSession
 from app.events.changes import MESSAGES_CHANGED, PageChanges
 from app.metrics import (
@@ -46,6 +48,7 @@ from app.metrics import (
 from app.providers.base import (
     Account,
     AuthExpiredError,
+    CatalogedStreams,
     Cursor,
     CursorInvalidError,
     LiveCursor,
@@ -63,7 +66,9 @@ from app.sync.cases.states import MailboxScope
 from app.sync.partitions import backfilling, plan_backfills
 from app.sync.ratelimit import RedisRateGate
 from app.sync.runtime import Runtime
+from app.sync.spread import next_periodic_pass
 from app.sync.states import MailboxStatus, Phase, StreamMode
+from app.sync.targets import plan_pass
 from app.sync.tokens import TokenSource, with_token_retry
 
 log = logging.getLogger(__name__)
@@ -98,9 +103,16 @@ class SliceResult:
 class _Budget:
     deadline: float
     pages_left: int
+    pages: int = 0
+
+    def __post_init__(self) -> None:
+        self.pages = self.pages_left
 
     def spent(self) -> bool:
-        return self.pages_left <= 0 or time.monotonic() >= self.deadline
+        # However long the set-up took (slow requests), a slice that holds the lease
+        # fetches at least one page: every slice moves its mailbox forward.
+        started = self.pages_left < self.pages
+        return self.pages_left <= 0 or (started and time.monotonic() >= self.deadline)
 
 
 @dataclass(slots=True)
@@ -124,6 +136,13 @@ class _SliceState:
             self.heartbeat = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    streams: Sequence[StreamInfo]
+    # What to keep for the provider's next listing (CatalogedStreams); None: nothing.
+    state: dict[str, Any] | None
+
+
 def account_of(mailbox: Mailbox) -> Account:
     return Account(
         provider="google" if mailbox.provider == "google" else "microsoft",
@@ -138,12 +157,6 @@ def account_of(mailbox: Mailbox) -> Account:
 def backoff_seconds(failures: int, *, base: float = 2.0, cap: float = 900.0) -> float:
     """Exponential backoff with full jitter."""
     return random.uniform(base / 2, min(cap, base * (2 ** max(failures, 0))))
-
-
-def next_pass_in(interval: float) -> float:
-    """The periodic pass after a completed one: the interval, ±10%, so mailboxes connected
-    together (or re-enqueued together after a restart) do not come due together."""
-    return interval * random.uniform(0.9, 1.1)
 
 
 async def _phase_now(session: AsyncSession, mailbox_id: uuid.UUID, *, running: bool) -> Phase:
@@ -371,29 +384,49 @@ class SyncEngine:
                     await MailboxRepository(session).learn_email(mailbox.id, address)
                 mailbox.email = address
                 ctx.account = dataclasses.replace(ctx.account, email=address)
-        streams = await self._with_token_retry(tokens, partial(provider.list_streams, ctx))
+        async with self.rt.sessions() as session:
+            stored = await CursorRepository(session).list(mailbox.id)
+        # A pass may span slices: a slice that continues one follows the streams as the
+        # pass found them (a stream deleted since is dropped when its fetch says so).
+        resuming = mailbox.pass_started_at is not None and not all(s.caught_up for s in stored)
+        plan = None
+        if not resuming:
+            plan = await plan_pass(
+                self.rt, mailbox, provider, ctx, tokens, {s.stream_key for s in stored}
+            )
+        listing = None
+        if plan is not None and (plan.full or plan.discover):
+            listing = await self._list_streams(provider, ctx, tokens, mailbox)
         async with self.rt.sessions() as session, session.begin():
             cursors = CursorRepository(session)
-            labels_before = {s.stream_key: s.labels for s in await cursors.list(mailbox.id)}
-            await cursors.sync_streams(mailbox.id, list(streams))
-            removed = await MessageRepository(session).delete_streams_except(
-                mailbox.id, [s.key for s in streams]
-            )
-            if removed and settings.events_enabled:
-                gone = PageChanges(None)
-                gone.deleted(removed)
-                await OutboxRepository(session).add(
-                    mailbox.id, MESSAGES_CHANGED, gone.payload() or {}
+            removed: list[str] = []
+            if listing is not None:
+                streams = listing.streams
+                labels_before = {s.stream_key: s.labels for s in stored}
+                await cursors.sync_streams(mailbox.id, list(streams))
+                removed = await MessageRepository(session).delete_streams_except(
+                    mailbox.id, [s.key for s in streams]
                 )
-            await self._relabel_renamed_streams(session, mailbox.id, labels_before, streams)
+                if removed and settings.events_enabled:
+                    gone = PageChanges(None)
+                    gone.deleted(removed)
+                    await OutboxRepository(session).add(
+                        mailbox.id, MESSAGES_CHANGED, gone.payload() or {}
+                    )
+                await self._relabel_renamed_streams(session, mailbox.id, labels_before, streams)
+                if listing.state is not None:
+                    await StreamCatalogRepository(session).save(mailbox.id, listing.state)
+            begin_pass = plan is not None
+            if plan is not None:
+                hints = PendingStreamRepository(session)
+                if plan.full:
+                    # Every stream is polled once from its cursor: every hint is covered.
+                    await cursors.start_pass(mailbox.id)
+                    await hints.take_all(mailbox.id)
+                else:
+                    await cursors.start_pass(mailbox.id, only=sorted(plan.streams))
+                    await hints.take(mailbox.id, plan.taken)
             streams_now = await cursors.list(mailbox.id)
-            # A pass may span slices; a new one begins when the last one completed.
-            begin_pass = mailbox.pass_started_at is None
-            if all(s.caught_up for s in streams_now):
-                # A new pass: every stream is polled once from its cursor.
-                await cursors.start_pass(mailbox.id)
-                streams_now = await cursors.list(mailbox.id)
-                begin_pass = True
             state.totals = {s.stream_key: s.total_estimate for s in streams_now}
             state.status = states.during_slice(mailbox.status)
             await MailboxRepository(session).fence(
@@ -404,6 +437,7 @@ class SyncEngine:
                 status=state.status if state.status != mailbox.status else None,
                 phase=states.phase_of((s.progress() for s in streams_now), running=True),
                 begin_pass=begin_pass,
+                full_pass=plan is not None and plan.full,
             )
 
         if (
@@ -485,12 +519,15 @@ class SyncEngine:
             interval=settings.sync_interval_seconds,
             without_push=settings.sync_poll_without_push_seconds,
         )
-        next_at = datetime.now(UTC) + timedelta(seconds=next_pass_in(interval))
+        # At the mailbox's own phase of the interval: passes of mailboxes connected
+        # together do not come due together (app/sync/spread.py).
+        next_at = next_periodic_pass(mailbox.id, interval)
         async with self.rt.sessions() as session, session.begin():
             # Pages keep the counter exact; after an enumeration, recount as a safety net.
             recount = first_pass or any(s.mode == StreamMode.FULL for s in streams_now)
             count = await MessageRepository(session).count(mailbox.id) if recount else None
-            finished = await MailboxRepository(session).finish(
+            mailboxes = MailboxRepository(session)
+            finished = await mailboxes.finish(
                 lease,
                 status=MailboxStatus.CONNECTED,
                 phase=Phase.IDLE,
@@ -498,8 +535,28 @@ class SyncEngine:
                 pass_completed=True,
                 messages_synced=count,
             )
-        outcome = Outcome.DONE_AGAIN if finished.owed else Outcome.DONE
+            # Hints noted after this pass took its own point to streams it may not have
+            # followed: they owe the next pass (the status is not told otherwise).
+            hinted = await PendingStreamRepository(session).any(mailbox.id)
+            if hinted:
+                await mailboxes.request_sync([mailbox.id], full=False)
+        outcome = Outcome.DONE_AGAIN if finished.owed or hinted else Outcome.DONE
         return SliceResult(outcome, pages=state.pages, fencing_token=lease.fencing_token)
+
+    async def _list_streams(
+        self, provider: MailProvider, ctx: SyncContext, tokens: TokenSource, mailbox: Mailbox
+    ) -> _Listing:
+        """The mailbox's streams; a provider whose discovery is worth keeping continues
+        from what the store kept of it (whichever worker made it)."""
+        if isinstance(provider, CatalogedStreams):
+            async with self.rt.sessions() as session:
+                known = await StreamCatalogRepository(session).get(mailbox.id)
+            found = await self._with_token_retry(
+                tokens, partial(provider.list_streams_after, ctx, known)
+            )
+            return _Listing(found.streams, found.state)
+        streams = await self._with_token_retry(tokens, partial(provider.list_streams, ctx))
+        return _Listing(streams, None)
 
     async def _wait_for_windows(self, mailbox: Mailbox, state: _SliceState) -> SliceResult:
         """Release the mailbox while windows run elsewhere: still syncing, never connected.

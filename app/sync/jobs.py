@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from app.db.repositories.credentials import CredentialRepository
@@ -15,7 +18,13 @@ from app.providers.base import AuthExpiredError, ProviderError
 from app.sync.cases.jobs import wake_after_pass
 from app.sync.engine import Outcome, SyncEngine
 from app.sync.monitor import CompletionMonitor
-from app.sync.queue import enqueue_cleanup, enqueue_subscription, enqueue_sync
+from app.sync.queue import (
+    enqueue_cleanup,
+    enqueue_subscription,
+    enqueue_sync,
+    is_connect_job,
+    subscription_slot,
+)
 from app.sync.runtime import Runtime
 from app.sync.states import MailboxStatus
 from app.sync.subscriptions import SubscriptionService
@@ -24,6 +33,11 @@ log = logging.getLogger(__name__)
 
 # How often a healthy push channel is renewed (Gmail asks for daily watch renewal).
 RENEW_EVERY_SECONDS = 24 * 3600
+# A periodic pass overdue by more than this goes to its mailbox's next slot of the interval
+# (app/sync/spread.py) instead of running with every other overdue one.
+LATE_PERIODIC_SECONDS = 60.0
+# Enqueues the scheduler sends to Redis at once.
+ENQUEUE_AT_ONCE = 50
 
 
 def _rt(ctx: dict[str, Any]) -> Runtime:
@@ -35,6 +49,12 @@ async def sync_mailbox(ctx: dict[str, Any], mailbox_id: str) -> str:
     """One bounded slice of sync for one mailbox, then schedule what follows."""
     rt = _rt(ctx)
     mid = uuid.UUID(mailbox_id)
+    if is_connect_job(str(ctx.get("job_id", ""))):
+        # The push channel of a mailbox just connected: created by a worker, at the
+        # service's pace, so connect answers without it and a burst of connects is not
+        # throttled; beside the first slice, so changes during the backfill are notified.
+        delay = await subscription_slot(rt.redis, rt.settings.subscriptions_per_second)
+        await enqueue_subscription(rt.redis, mid, defer_by=delay or None)
     result = await SyncEngine(rt, owner=ctx.get("worker_id", "worker")).run_slice(mid)
     token = result.fencing_token
     if result.outcome is Outcome.CONTINUE:
@@ -91,27 +111,55 @@ async def cleanup_disconnected(ctx: dict[str, Any], mailbox_id: str) -> str:
 async def schedule(ctx: dict[str, Any]) -> dict[str, int]:
     """Rebuild the queue from PostgreSQL: due mailboxes, owed passes, lapsed leases."""
     rt = _rt(ctx)
-    limit = rt.settings.scheduler_batch
+    settings = rt.settings
+    limit = settings.scheduler_batch
+    async with rt.sessions() as session, session.begin():
+        repo = MailboxRepository(session)
+        # Periodic passes that all came due at once (workers down or behind) are spread
+        # over the interval again, rather than run together.
+        reslotted = await repo.reslot_late(
+            interval=settings.sync_interval_seconds,
+            without_push=settings.sync_poll_without_push_seconds,
+            late_seconds=LATE_PERIODIC_SECONDS,
+            limit=limit,
+        )
     async with rt.sessions() as session:
         repo = MailboxRepository(session)
         due = await repo.due_for_sync(limit)
         lapsed = await repo.with_lapsed_lease(limit)
         leftovers = await repo.disconnected_with_credentials(limit)
-    enqueued = 0
-    for mid in due:
-        enqueued += await enqueue_sync(rt.redis, mid)
-    for mid, token in lapsed:
-        # A dead worker's job id may still be held for the in-progress timeout; use a new one.
-        enqueued += await enqueue_sync(rt.redis, mid, suffix=f"recover{token}")
+    enqueued = sum(await _in_batches([partial(enqueue_sync, rt.redis, mid) for mid in due]))
+    # A dead worker's job id may still be held for the in-progress timeout; use a new one.
+    enqueued += sum(
+        await _in_batches(
+            [
+                partial(enqueue_sync, rt.redis, mid, suffix=f"recover{token}")
+                for mid, token in lapsed
+            ]
+        )
+    )
     for mid in leftovers:
         await enqueue_cleanup(rt.redis, mid)
     # Resnapshot walks whose batch job was lost continue from their row.
     await snapshot.recover_stalled(rt, limit)
-    if due or lapsed:
+    if due or lapsed or reslotted:
         log.info(
-            "scheduler: %d due, %d lapsed leases, %d enqueued", len(due), len(lapsed), enqueued
+            "scheduler: %d due, %d lapsed leases, %d enqueued, %d late passes spread",
+            len(due),
+            len(lapsed),
+            enqueued,
+            reslotted,
         )
-    return {"due": len(due), "lapsed": len(lapsed), "enqueued": enqueued}
+    return {"due": len(due), "lapsed": len(lapsed), "enqueued": enqueued, "spread": reslotted}
+
+
+async def _in_batches(actions: list[Callable[[], Awaitable[bool]]]) -> list[bool]:
+    """Enqueue side by side, ENQUEUE_AT_ONCE at a time: a tick that finds hundreds of
+    mailboxes due pays a few Redis round trips' time, not hundreds in a row."""
+    done: list[bool] = []
+    for start in range(0, len(actions), ENQUEUE_AT_ONCE):
+        done += await asyncio.gather(*(a() for a in actions[start : start + ENQUEUE_AT_ONCE]))
+    return done
 
 
 async def renew_subscriptions(ctx: dict[str, Any]) -> dict[str, int]:

@@ -24,7 +24,7 @@ from app.events.changes import MESSAGES_CHANGED, PageChanges
 from app.sync import states
 from app.sync.cases.service import resume_mailbox_cases
 from app.sync.cases.states import MailboxScope
-from app.sync.queue import enqueue_cleanup, enqueue_subscription, enqueue_sync
+from app.sync.queue import connect_job_suffix, enqueue_cleanup, enqueue_sync
 from app.sync.runtime import Runtime
 
 
@@ -109,12 +109,13 @@ async def connect(uow: Transaction, cmd: ConnectCommand) -> Mailbox:
     mailbox_id = mailbox.id
     # A reconnect while a sync job is queued must not be swallowed by job-id coalescing:
     # the new credentials deserve a pass of their own.
-    uow.after_commit(
-        lambda: enqueue_sync(redis, mailbox_id, suffix=f"connect{uuid.uuid4().hex[:8]}")
-    )
-    uow.after_commit(partial(enqueue_subscription, redis, mailbox_id))
-    # Case searches parked by a refused grant resume from their checkpoints.
-    await resume_mailbox_cases(uow, mailbox_id)
+    uow.after_commit(lambda: enqueue_sync(redis, mailbox_id, suffix=connect_job_suffix()))
+    # The push channel is created (or renewed) by the worker that takes this job, at the
+    # service's pace (app/sync/jobs.py): connect waits for nothing more.
+    if mailbox.created_at != mailbox.updated_at:
+        # A reconnect (a new row has both times from this transaction): case searches
+        # parked by a refused grant resume from their checkpoints.
+        await resume_mailbox_cases(uow, mailbox_id)
     return mailbox
 
 

@@ -50,6 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.db.repositories.monitor import MonitorRepository
 from app.db.repositories.notifications import LogRow, NotificationRepository, StoreError
 from app.metrics import WEBHOOK_NOTIFICATIONS
+from app.providers.base import EVERY_STREAM, ChangeHint
 from app.sync.queue import enqueue_subscription, enqueue_sync
 from app.sync.runtime import Runtime
 from app.sync.states import PushState
@@ -101,6 +102,8 @@ class Notice:
     wants_resubscribe: bool = False
     # A lifecycle event saying push no longer delivers: the mailbox is polled meanwhile.
     push_failing: bool = False
+    # What the pass it owes must follow (app/sync/targets.py).
+    hint: ChangeHint = EVERY_STREAM
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,6 +440,7 @@ class WebhookIntake:
             address=notice.address if notice.subscription_id is None else None,
             lifecycle=notice.lifecycle,
             wants_sync=notice.wants_sync,
+            hint=notice.hint,
         )
         if notice.subscription_id is None:
             return row, None

@@ -152,3 +152,36 @@ async def test_malformed_bodies_are_4xx(api: httpx.AsyncClient) -> None:
     for body in (b"", b"[]", b"{}", b'{"value": 3}', b'{"value": [{"nope": 1}]}', b"\xff\xfe"):
         response = await api.post("/webhooks/microsoft", content=body)
         assert 400 <= response.status_code < 500, body
+
+
+async def _pending_streams(rt: Runtime, mailbox_id: uuid.UUID) -> list[tuple[str, str, bool]]:
+    async with rt.sessions() as session:
+        rows = await session.execute(
+            text(
+                "SELECT stream_key, message_id, locate FROM pending_streams "
+                "WHERE mailbox_id = :id ORDER BY 1, 2, 3"
+            ),
+            {"id": mailbox_id},
+        )
+        return [(r[0], r[1], bool(r[2])) for r in rows.all()]
+
+
+async def test_notifications_record_what_they_point_to_once(
+    api: httpx.AsyncClient, rt: Runtime
+) -> None:
+    mailbox_id, sub = await _subscribed(rt)
+    created = _notification(sub)
+    updated = {
+        **created,
+        "changeType": "updated",
+        "resourceData": {**created["resourceData"], "@odata.etag": 'W/"2"'},
+    }
+    deleted = {**created, "changeType": "deleted", "resourceData": {"id": "gone"}}
+    for body in ({"value": [created, updated]}, {"value": [created]}, {"value": [deleted]}):
+        assert (await api.post("/webhooks/microsoft", content=json.dumps(body))).status_code == 202
+    # The message to locate (new or changed: recorded once), the deleted one from the store.
+    assert await _pending_streams(rt, mailbox_id) == [("", "AAMk", True), ("", "gone", False)]
+    missed = {"value": [_notification(sub, lifecycle="missed")]}
+    assert (await api.post("/webhooks/microsoft", content=json.dumps(missed))).status_code == 202
+    # A notification that names nothing: every stream.
+    assert ("", "", False) in await _pending_streams(rt, mailbox_id)

@@ -243,3 +243,35 @@ async def test_connect_without_email_learns_the_address(
     assert [j.decode() for j in await gmail_rt.redis.zrange("arq:queue", 0, -1)] == [
         f"sync:{mailbox_id}"
     ]
+
+
+async def test_a_pushed_pass_reads_history_from_the_stored_id_with_one_request(
+    sim: Sim, live_api: LiveApi, gmail_rt: Runtime
+) -> None:
+    account = await new_account(sim, 40)
+    email = account["email"]
+    mailbox_id = await connect_via_api(live_api, "hugo", connect_body(account))
+    await run_worker(gmail_rt)
+    await sim.call("POST", f"/_sim/google/accounts/{email}/messages", json={"count": 1})
+    history_id = (await sim.call("GET", f"/_sim/google/accounts/{email}"))["history_id"]
+    await wait_for_notifications(gmail_rt, mailbox_id, "push")
+    await run_worker(gmail_rt)
+    await assert_converged(sim, gmail_rt, account, mailbox_id)
+    await sim.call("POST", "/_sim/counters/reset")
+
+    minted = await sim.call(
+        "POST", "/_sim/google/push/mint", json={"email": email, "history_id": int(history_id)}
+    )
+    async with httpx.AsyncClient(base_url=live_api.base_url) as client:
+        response = await client.post(
+            "/webhooks/google",
+            json=minted["body"],
+            headers={"Authorization": minted["authorization"]},
+        )
+    assert response.status_code == 204
+    await run_worker(gmail_rt)
+    # Nothing else changed: the history from the stored id, and no profile or label reads.
+    counters = await sim.counters(f"google:{email}")
+    assert counters["methods"] == {"users.history.list": 1}, counters
+    status = await status_of(live_api, "hugo")
+    assert status["status"] == "connected" and status["in_sync"], status

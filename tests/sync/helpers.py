@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -10,6 +11,7 @@ from sqlalchemy import text
 from app.providers.memory import MemoryProvider, make_message
 from app.sync import mailboxes as service
 from app.sync.runtime import Runtime
+from app.sync.spread import phase_of
 
 
 class _Tx:
@@ -122,3 +124,12 @@ async def make_due(rt: Runtime, mailbox_id: uuid.UUID) -> None:
             text("UPDATE mailboxes SET next_sync_at = now() - interval '1 second' WHERE id = :id"),
             {"id": mailbox_id},
         )
+
+
+def assert_periodic_slot(next_at: datetime, mailbox_id: uuid.UUID, interval: float) -> None:
+    """A periodic pass falls at the mailbox's own phase of the interval, between half an
+    interval and one and a half after the pass that scheduled it (app/sync/spread.py)."""
+    left = (next_at - datetime.now(UTC)).total_seconds()
+    assert 0.5 * interval - 5 <= left <= 1.5 * interval, (left, interval)
+    off = abs(next_at.timestamp() % interval - phase_of(mailbox_id, interval))
+    assert min(off, interval - off) < 0.01, (next_at, phase_of(mailbox_id, interval))

@@ -26,7 +26,14 @@ from app.sync.queue import sync_job_id
 from app.sync.runtime import Runtime
 from app.sync.subscriptions import SubscriptionService
 from tests.conftest import run_worker
-from tests.sync.helpers import connect, mailbox_row, seeded, stored_state, truth_state
+from tests.sync.helpers import (
+    assert_periodic_slot,
+    connect,
+    mailbox_row,
+    seeded,
+    stored_state,
+    truth_state,
+)
 
 
 async def _sync_until_done(rt: Runtime, mailbox_id: uuid.UUID) -> None:
@@ -418,6 +425,10 @@ async def _seconds_to_next_pass(rt: Runtime, mailbox_id: uuid.UUID) -> float:
     return float((row["next_sync_at"] - datetime.now(UTC)).total_seconds())
 
 
+async def _assert_next_pass_slot(rt: Runtime, mailbox_id: uuid.UUID, interval: float) -> None:
+    assert_periodic_slot((await mailbox_row(rt, mailbox_id))["next_sync_at"], mailbox_id, interval)
+
+
 async def test_without_working_push_a_mailbox_is_polled(quick: Runtime) -> None:
     rt = quick
     provider = seeded(20, streams=1)
@@ -428,7 +439,7 @@ async def test_without_working_push_a_mailbox_is_polled(quick: Runtime) -> None:
     await subscriptions.ensure(mailbox_id)
     await _sync_until_done(rt, mailbox_id)
     assert (await mailbox_row(rt, mailbox_id))["push_state"] == "active"
-    assert await _seconds_to_next_pass(rt, mailbox_id) > 0.85 * rt.settings.sync_interval_seconds
+    await _assert_next_pass_slot(rt, mailbox_id, rt.settings.sync_interval_seconds)
 
     # The channel lapses without renewal: the monitor notices, and polling starts now.
     await _sql(
@@ -441,7 +452,7 @@ async def test_without_working_push_a_mailbox_is_polled(quick: Runtime) -> None:
     assert await _seconds_to_next_pass(rt, mailbox_id) <= 60
     await _sync_until_done(rt, mailbox_id)
     poll = rt.settings.sync_poll_without_push_seconds
-    assert 0.85 * poll <= await _seconds_to_next_pass(rt, mailbox_id) <= 1.1 * poll
+    await _assert_next_pass_slot(rt, mailbox_id, poll)
 
     # Renewal fails: still failing. Push not configured: none, still polled.
     await _sql(rt, "DELETE FROM subscriptions WHERE mailbox_id = :id", id=mailbox_id)
@@ -453,7 +464,7 @@ async def test_without_working_push_a_mailbox_is_polled(quick: Runtime) -> None:
     await subscriptions.ensure(mailbox_id)
     assert (await mailbox_row(rt, mailbox_id))["push_state"] == "none"
     await _sync_until_done(rt, mailbox_id)
-    assert await _seconds_to_next_pass(rt, mailbox_id) <= 1.1 * poll
+    await _assert_next_pass_slot(rt, mailbox_id, poll)
     async with rt.sessions() as session:
         [view] = await service.status_of(session, "alice")
     assert view.push == "none"
@@ -463,7 +474,7 @@ async def test_without_working_push_a_mailbox_is_polled(quick: Runtime) -> None:
     await subscriptions.ensure(mailbox_id)
     await _sync_until_done(rt, mailbox_id)
     assert (await mailbox_row(rt, mailbox_id))["push_state"] == "active"
-    assert await _seconds_to_next_pass(rt, mailbox_id) > 0.85 * rt.settings.sync_interval_seconds
+    await _assert_next_pass_slot(rt, mailbox_id, rt.settings.sync_interval_seconds)
 
 
 async def test_a_check_waits_while_a_sync_holds_the_lease(quick: Runtime) -> None:

@@ -230,6 +230,7 @@ async def microsoft(request: Request) -> Response:
             # Push is not delivering (or lost changes): poll until the channel is recreated
             # or, after `missed`, renewed by the renewal cron.
             push_failing=n.lifecycle_event in ("subscriptionRemoved", "missed"),
+            hint=n.hint,
         )
         for n in notifications
     ]
@@ -288,6 +289,7 @@ async def google(request: Request) -> Response:
         payload=push.recorded(),
         address=push.email_address,
         dedup_key=push.dedup_key,
+        hint=push.hint,
     )
     # A push for an address with no mailbox is acknowledged too: Pub/Sub would otherwise
     # redeliver a push nobody can use (the log says `unknown_subscription`).

@@ -156,11 +156,21 @@ class CursorRepository:
             },
         )
 
-    async def start_pass(self, mailbox_id: uuid.UUID) -> None:
-        """Begin a pass: every stream owes one fetch from its cursor before the pass ends."""
+    async def start_pass(self, mailbox_id: uuid.UUID, only: Sequence[str] | None = None) -> None:
+        """Begin a pass: every stream (or only those named) owes one fetch from its cursor
+        before the pass ends; the others keep their cursors where they are."""
+        if only is None:
+            await self.session.execute(
+                text("UPDATE sync_cursors SET caught_up = false WHERE mailbox_id = :id"),
+                {"id": mailbox_id},
+            )
+            return
         await self.session.execute(
-            text("UPDATE sync_cursors SET caught_up = false WHERE mailbox_id = :id"),
-            {"id": mailbox_id},
+            text(
+                "UPDATE sync_cursors SET caught_up = false "
+                "WHERE mailbox_id = :id AND stream_key = ANY(CAST(:keys AS text[]))"
+            ),
+            {"id": mailbox_id, "keys": list(only)},
         )
 
     async def drop(self, mailbox_id: uuid.UUID, stream_key: str) -> None:

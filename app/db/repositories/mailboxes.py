@@ -30,6 +30,7 @@ from app.sync.cases.states import MailboxScope
 from app.sync.states import MailboxStatus, Phase
 
 _SYNCABLE = sorted(s.value for s in states.SYNCABLE)
+_DISCONNECTED = MailboxStatus.DISCONNECTED.value
 
 
 class LeaseLost(Exception):
@@ -154,6 +155,8 @@ class MailboxRepository:
                 next_sync_at=func.now(),
                 sync_requested_at=func.now(),
                 pending_since=func.coalesce(col(Mailbox.pending_since), func.now()),
+                # New credentials: the next pass looks at everything.
+                full_pass_at=func.now(),
                 updated_at=func.now(),
             )
             .returning(Mailbox)
@@ -216,17 +219,20 @@ class MailboxRepository:
             change = states.transition(row["old_status"], MailboxStatus.DISCONNECTED)
             await self._announce(mailbox_id, row["user_id"], change, {})
 
-    async def request_sync(self, mailbox_ids: Sequence[uuid.UUID]) -> None:
+    async def request_sync(self, mailbox_ids: Sequence[uuid.UUID], *, full: bool = True) -> None:
         """Note that something changed at the provider: a pass is owed.
 
         A change that arrives while a pass runs may already be behind a stream the pass has
         read, so it is kept apart (`pending_next`) and earns the next pass. A mailbox that is
-        backing off after failures keeps its backoff (the change waits for the retry)."""
+        backing off after failures keeps its backoff (the change waits for the retry).
+        `full`: nothing says where the change is, so the pass follows every stream; else
+        the hints in `pending_streams` say (app/sync/targets.py)."""
         if not mailbox_ids:
             return
+        full_pass = ", full_pass_at = now()" if full else ""
         await self.session.execute(
             text(
-                f"UPDATE mailboxes SET {REQUEST_SYNC_ASSIGNMENTS} "  # noqa: S608 - a constant
+                f"UPDATE mailboxes SET {REQUEST_SYNC_ASSIGNMENTS}{full_pass} "  # noqa: S608 - constants
                 "WHERE id = ANY(CAST(:ids AS uuid[])) AND status <> :disconnected"
             ),
             {"ids": list(mailbox_ids), "disconnected": MailboxStatus.DISCONNECTED.value},
@@ -267,11 +273,14 @@ class MailboxRepository:
         status: MailboxStatus | None = None,
         phase: Phase | None = None,
         begin_pass: bool = False,
+        full_pass: bool = False,
     ) -> bool:
         """Check the lease, renew it and move progress, in one statement; raise LeaseLost.
 
         `status` may only name a status the current one may move to without an event (a
-        slice's own status while it runs); `begin_pass` marks the start of a new pass.
+        slice's own status while it runs); `begin_pass` marks the start of a new pass, and
+        `full_pass` one over every stream (`full_pass_at` is NULL while it runs: `finish`
+        schedules the next one when it completes).
         Returns whether the mailbox belongs to a case (read under the row's lock, so a page
         knows whether to link its mail without a statement of its own: app/sync/cases)."""
         result = await self.session.execute(
@@ -286,6 +295,7 @@ class MailboxRepository:
                        pass_started_at = CASE WHEN :begin_pass THEN now()
                                               ELSE pass_started_at END,
                        pending_next = CASE WHEN :begin_pass THEN NULL ELSE pending_next END,
+                       full_pass_at = CASE WHEN :full_pass THEN NULL ELSE full_pass_at END,
                        updated_at = now()
                  WHERE id = :id AND fencing_token = :token AND lease_owner = :owner
                    AND lease_expires_at > now()
@@ -303,6 +313,7 @@ class MailboxRepository:
                 "status": status.value if status else None,
                 "phase": phase.value if phase else None,
                 "begin_pass": begin_pass,
+                "full_pass": full_pass,
                 "sources": states.allowed_sources(status) if status else _SYNCABLE,
             },
         )
@@ -368,7 +379,10 @@ class MailboxRepository:
         error_class: str | None = None,
     ) -> Finished:
         """Release the lease with a status. When the pass completed, the changes that arrived
-        during it become the pending ones and `owed` says another pass is due."""
+        during it become the pending ones and `owed` says another pass is due.
+
+        A completed pass over every stream schedules the next one at `next_sync_at`; a
+        completed targeted pass leaves that schedule as it was (app/sync/targets.py)."""
         enters_failing = states.enters_failing(status)
         row = await self._guarded_update(
             lease.mailbox_id,
@@ -377,7 +391,10 @@ class MailboxRepository:
             lease_owner = NULL,
             lease_expires_at = NULL,
             phase = :phase,
-            next_sync_at = :next_sync_at,
+            next_sync_at = CASE WHEN :completed AND m.full_pass_at IS NOT NULL
+                                THEN m.full_pass_at ELSE :next_sync_at END,
+            full_pass_at = CASE WHEN :completed AND m.full_pass_at IS NULL
+                                THEN :next_sync_at ELSE m.full_pass_at END,
             last_synced_at = CASE WHEN :completed THEN now() ELSE m.last_synced_at END,
             connected_at = CASE WHEN :completed THEN COALESCE(m.connected_at, now())
                                 ELSE m.connected_at END,
@@ -527,6 +544,61 @@ class MailboxRepository:
         )
         return [row[0] for row in result.all()]
 
+    async def reslot_late(
+        self, *, interval: float, without_push: float, late_seconds: float, limit: int
+    ) -> int:
+        """Periodic passes overdue by more than `late_seconds` (the workers were down, or
+        behind) move to their mailbox's next slot of the interval instead of all running
+        now (app/sync/spread.py computes the same slots). A pass owed by a change, a retry
+        and a first pass are never moved. Returns how many moved."""
+        result = await self.session.execute(
+            text(
+                """
+                WITH late AS (
+                    SELECT id,
+                           CASE WHEN push_state = ANY(CAST(:polled AS text[]))
+                                THEN LEAST(CAST(:interval AS numeric),
+                                           CAST(:without_push AS numeric))
+                                ELSE CAST(:interval AS numeric)
+                           END AS period
+                      FROM mailboxes
+                     WHERE next_sync_at < now() - make_interval(secs => CAST(:late AS double precision))
+                       AND status = ANY(CAST(:syncable AS text[]))
+                       AND pending_since IS NULL AND consecutive_failures = 0
+                       AND pass_started_at IS NULL AND connected_at IS NOT NULL
+                       AND lease_owner IS NULL
+                     ORDER BY next_sync_at
+                     LIMIT :limit
+                       FOR UPDATE SKIP LOCKED
+                ),
+                slot AS (
+                    SELECT id, period,
+                           extract(epoch FROM now())::numeric AS base,
+                           mod(('x' || left(replace(id::text, '-', ''), 8))::bit(32)::bigint,
+                               GREATEST(floor(period * 1000)::bigint, 1)) / 1000.0 AS phase
+                      FROM late
+                )
+                UPDATE mailboxes m
+                   SET next_sync_at = to_timestamp(
+                           CASE WHEN s.base - mod(s.base, s.period) + s.phase >= s.base
+                                THEN s.base - mod(s.base, s.period) + s.phase
+                                ELSE s.base - mod(s.base, s.period) + s.phase + s.period END),
+                       updated_at = now()
+                  FROM slot s
+                 WHERE m.id = s.id
+                """
+            ),
+            {
+                "interval": float(interval),
+                "without_push": float(without_push),
+                "late": float(late_seconds),
+                "limit": limit,
+                "syncable": _SYNCABLE,
+                "polled": sorted(p.value for p in states.POLLED),
+            },
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
     async def with_lapsed_lease(self, limit: int) -> list[tuple[uuid.UUID, int]]:
         """Mailboxes whose worker died mid-sync: (id, fencing token of the dead lease)."""
         result = await self.session.execute(
@@ -544,11 +616,13 @@ class MailboxRepository:
 
     async def disconnected_with_credentials(self, limit: int) -> list[uuid.UUID]:
         """Disconnected mailboxes whose cleanup job was lost: credentials must not linger."""
+        # The status as a literal: a generic plan of `status = $1` could not use the
+        # partial index of disconnected mailboxes (migration 0013).
         result = await self.session.execute(
             text(
-                "SELECT m.id FROM mailboxes m JOIN credentials c ON c.mailbox_id = m.id "
-                "WHERE m.status = :disconnected LIMIT :limit"
+                "SELECT m.id FROM mailboxes m JOIN credentials c ON c.mailbox_id = m.id "  # noqa: S608 - a constant
+                f"WHERE m.status = '{_DISCONNECTED}' LIMIT :limit"
             ),
-            {"limit": limit, "disconnected": MailboxStatus.DISCONNECTED.value},
+            {"limit": limit},
         )
         return [row[0] for row in result.all()]

@@ -423,6 +423,12 @@ class MonitorRepository:
                        next_sync_at = CASE
                            WHEN CAST(:poll_within AS double precision) IS NULL THEN next_sync_at
                            ELSE LEAST(next_sync_at,
+                                      now() + make_interval(secs => :poll_within)) END,
+                       -- The poll is a pass over every stream (NULL: one is due or running).
+                       full_pass_at = CASE
+                           WHEN CAST(:poll_within AS double precision) IS NULL
+                                OR full_pass_at IS NULL THEN full_pass_at
+                           ELSE LEAST(full_pass_at,
                                       now() + make_interval(secs => :poll_within)) END
                  WHERE id = ANY(CAST(:ids AS uuid[])) AND push_state <> :state
              RETURNING id

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.db.repositories.mailboxes import REQUEST_SYNC_ASSIGNMENTS, REQUEST_SYNC_CHANGES
 from app.db.repositories.subscriptions import REPLACED_GRACE_SECONDS
+from app.providers.base import EVERY_STREAM, ChangeHint
 from app.sync.states import MailboxStatus
 from app.sync.webhook_log import WebhookOutcome
 
@@ -47,6 +48,8 @@ class LogRow:
     lifecycle: bool = False
     # A pass is owed to its mailbox when it is accepted (or a lifecycle event).
     wants_sync: bool = False
+    # What that pass must follow (pending_streams).
+    hint: ChangeHint = EVERY_STREAM
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,10 +126,12 @@ WITH input AS (
         CAST(:http_status AS smallint[]), CAST(:handling_ms AS real[]),
         CAST(:dedup_key AS text[]), CAST(:detail AS text[]), CAST(:payload AS text[]),
         CAST(:count AS integer[]), CAST(:aggregated AS boolean[]), CAST(:outcome AS text[]),
-        CAST(:lifecycle AS boolean[]), CAST(:wants_sync AS boolean[])
+        CAST(:lifecycle AS boolean[]), CAST(:wants_sync AS boolean[]),
+        CAST(:hint_stream AS text[]), CAST(:hint_message AS text[]),
+        CAST(:hint_locate AS boolean[])
     ) AS i(position, received_at, provider, kind, mailbox_id, address, subscription_id,
            source, http_status, handling_ms, dedup_key, detail, payload, count, aggregated,
-           outcome, lifecycle, wants_sync)
+           outcome, lifecycle, wants_sync, hint_stream, hint_message, hint_locate)
 ),
 targets AS (
     SELECT i.*, COALESCE(i.mailbox_id, a.id) AS target
@@ -178,6 +183,19 @@ owed AS (
     UPDATE mailboxes SET {REQUEST_SYNC_ASSIGNMENTS}
      WHERE id IN (SELECT id FROM to_owe)
     RETURNING id
+),
+hinted AS (
+    -- What the owed pass follows. A hint already waiting is noted again: a pass that read
+    -- it before this statement leaves it for the next pass (PendingStreamRepository.take).
+    INSERT INTO pending_streams (mailbox_id, stream_key, message_id, locate)
+    SELECT DISTINCT target, hint_stream, hint_message, hint_locate FROM decided
+     WHERE wants_sync AND decided IN ('{_ACCEPTED}', '{_LIFECYCLE}')
+       AND target IS NOT NULL AND mailbox_status <> '{_DISCONNECTED}'
+     -- In key order, like the mailbox locks: writers of overlapping groups never deadlock.
+     ORDER BY 1, 2, 3, 4
+    ON CONFLICT (mailbox_id, stream_key, message_id, locate)
+       DO UPDATE SET noted_at = EXCLUDED.noted_at
+    RETURNING 1
 ),
 logged AS (
     INSERT INTO webhook_notifications
@@ -240,6 +258,9 @@ def _group_params(rows: Sequence[LogRow]) -> dict[str, Any]:
         "outcome": [r.outcome.value if r.outcome else None for r in rows],
         "lifecycle": [r.lifecycle for r in rows],
         "wants_sync": [r.wants_sync for r in rows],
+        "hint_stream": [r.hint.stream for r in rows],
+        "hint_message": [r.hint.message for r in rows],
+        "hint_locate": [r.hint.locate for r in rows],
     }
 
 

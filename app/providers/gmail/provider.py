@@ -58,8 +58,8 @@ from app.providers.gmail.labels import LabelCache, is_user_label
 from app.providers.gmail.mapper import label_names, to_normalized
 from app.providers.gmail.oauth import refresh_access_token
 from app.providers.gmail.search import search_page
+from app.providers.gmail.streams import STREAM_KEY
 
-STREAM_KEY = "mailbox"
 LIST_PAGE_SIZE = 500
 HISTORY_PAGE_SIZE = 500
 # A repair by listing holds every id of the scope in memory on both sides of the diff;

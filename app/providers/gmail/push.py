@@ -21,6 +21,8 @@ import jwt
 import orjson
 
 from app.config import Settings
+from app.providers.base import ChangeHint
+from app.providers.gmail.streams import STREAM_KEY
 
 GOOGLE_ISSUERS = ("accounts.google.com", "https://accounts.google.com")
 # Clock skew tolerated on exp/iat between Google and us.
@@ -49,6 +51,11 @@ class GmailPush:
     def dedup_key(self) -> str:
         """Equal for every redelivery of this push."""
         return "pubsub:" + hashlib.sha256(self.message_id.encode()).hexdigest()[:32]
+
+    @property
+    def hint(self) -> ChangeHint:
+        """A push says the mailbox's history moved: the one history stream, from its cursor."""
+        return ChangeHint(stream=STREAM_KEY)
 
     def recorded(self) -> dict[str, Any]:
         """What the audit log keeps of it."""

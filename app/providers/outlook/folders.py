@@ -3,10 +3,11 @@
 Graph's folder delta returns every folder of the mailbox (nested ones too, with their
 parentFolderId) and then only the folders that changed: created, renamed, moved under
 another parent (a new parentFolderId), or deleted (`@removed`). A round may list a child
-before its parent. The folder set and its deltaLink are kept per mailbox in a bounded
-in-process cache: a worker that has seen a mailbox asks Graph for folder changes with a
-single request; a worker that has not (or whose folder deltaLink died) enumerates again,
-which is always correct, only slower.
+before its parent. The folder set, its deltaLink and the well-known folder ids are state
+the engine keeps in PostgreSQL (`StreamListing.state`, `list_streams_after`): any worker
+asks Graph for folder changes with a single request, and only a mailbox seen for the first
+time (or whose folder deltaLink died) is enumerated again. `streams` keeps the same state
+in a bounded in-process cache, for callers without a store (tests, the monitor's counts).
 
 A folder's label names its place in the tree, so two folders of the same name are never
 one label: a well-known folder is its system label (INBOX, SENT, ...); any other folder is
@@ -20,13 +21,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from app.providers.base import CursorInvalidError, StreamInfo, SyncContext
+from app.providers.base import CursorInvalidError, StreamInfo, StreamListing, SyncContext
 from app.providers.outlook.client import GraphClient
 from app.providers.outlook.mapper import FOLDER_SELECT
 
@@ -39,6 +40,25 @@ class _KnownFolders:
     folders: dict[str, dict[str, Any]] = field(default_factory=dict)
     # folder id -> system label (INBOX, SENT, ...), resolved once per mailbox
     well_known: dict[str, str] = field(default_factory=dict)
+
+    def dump(self) -> dict[str, Any]:
+        # Only what labels and progress need: the state is stored for every mailbox.
+        kept = ("displayName", "parentFolderId", "totalItemCount")
+        return {
+            "delta_link": self.delta_link,
+            "folders": {fid: {k: f[k] for k in kept if k in f} for fid, f in self.folders.items()},
+            "well_known": self.well_known,
+        }
+
+    @classmethod
+    def load(cls, state: Mapping[str, Any] | None) -> _KnownFolders | None:
+        if not state or not isinstance(state.get("delta_link"), str):
+            return None
+        folders = state.get("folders")
+        well_known = state.get("well_known")
+        if not isinstance(folders, dict) or not isinstance(well_known, dict):
+            return None
+        return cls(str(state["delta_link"]), dict(folders), dict(well_known))
 
 
 class FolderTracker:
@@ -54,7 +74,31 @@ class FolderTracker:
         resolve_well_known: Callable[[], Awaitable[dict[str, str]]],
     ) -> list[StreamInfo]:
         key = ctx.account.mailbox_id
-        known = self._known.pop(key, None)
+        known = await self._refreshed(ctx, base, self._known.pop(key, None), resolve_well_known)
+        self._known[key] = known
+        while len(self._known) > self._capacity:
+            self._known.popitem(last=False)
+        return _streams_of(known)
+
+    async def listing(
+        self,
+        ctx: SyncContext,
+        base: str,
+        state: Mapping[str, Any] | None,
+        resolve_well_known: Callable[[], Awaitable[dict[str, str]]],
+    ) -> StreamListing:
+        """The streams from the stored `state` (one folder-delta request when it is
+        usable), and the state to store."""
+        known = await self._refreshed(ctx, base, _KnownFolders.load(state), resolve_well_known)
+        return StreamListing(_streams_of(known), known.dump())
+
+    async def _refreshed(
+        self,
+        ctx: SyncContext,
+        base: str,
+        known: _KnownFolders | None,
+        resolve_well_known: Callable[[], Awaitable[dict[str, str]]],
+    ) -> _KnownFolders:
         if known is not None:
             try:
                 await self._follow(ctx, known, known.delta_link, None)
@@ -74,19 +118,7 @@ class FolderTracker:
                     raise outcome
             assert isinstance(well_known, dict)
             known.well_known = well_known
-        self._known[key] = known
-        while len(self._known) > self._capacity:
-            self._known.popitem(last=False)
-        labels = folder_labels(known.folders, known.well_known)
-        return [
-            StreamInfo(
-                key=folder_id,
-                name=str(folder.get("displayName") or ""),
-                total_estimate=folder.get("totalItemCount"),
-                labels=(labels[folder_id],),
-            )
-            for folder_id, folder in known.folders.items()
-        ]
+        return known
 
     async def _follow(
         self, ctx: SyncContext, known: _KnownFolders, link: str, params: dict[str, str] | None
@@ -114,6 +146,19 @@ class FolderTracker:
             # Only a completed round replaces what we knew.
             known.folders, known.delta_link = folders, delta_link
             return
+
+
+def _streams_of(known: _KnownFolders) -> list[StreamInfo]:
+    labels = folder_labels(known.folders, known.well_known)
+    return [
+        StreamInfo(
+            key=folder_id,
+            name=str(folder.get("displayName") or ""),
+            total_estimate=folder.get("totalItemCount"),
+            labels=(labels[folder_id],),
+        )
+        for folder_id, folder in known.folders.items()
+    ]
 
 
 def _escaped(name: str) -> str:

@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from app.providers.base import EVERY_STREAM, ChangeHint
+
 # Graph's validation handshake arrives as POST ...?validationToken=<url-encoded token>.
 VALIDATION_TOKEN_PARAM = "validationToken"  # noqa: S105 - a query parameter name
 # Graph batches notifications per POST, a few dozen at most in practice; a thousand items
@@ -65,6 +67,16 @@ class GraphNotification:
             )
         )
         return "graph:" + hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+    @property
+    def hint(self) -> ChangeHint:
+        """The notified message; its folder is found at pass time (our store knows where a
+        synced message was; Graph, where a new or moved one is now). A lifecycle event, or
+        a change without a message id, owes a pass over every folder."""
+        if self.lifecycle_event or not self.resource_id:
+            return EVERY_STREAM
+        # A deleted message is gone from Graph: only the store can say where it was.
+        return ChangeHint(message=self.resource_id, locate=self.change_type != "deleted")
 
     def recorded(self) -> dict[str, Any]:
         """What the audit log keeps of it: never the clientState."""

@@ -8,7 +8,7 @@ its deltaLink can tell the engine the folder was enumerated completely.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -38,6 +38,7 @@ from app.providers.base import (
     SearchWindow,
     StreamGoneError,
     StreamInfo,
+    StreamListing,
     Subscription,
     SyncContext,
     TokenSet,
@@ -120,6 +121,40 @@ class OutlookProvider:
         return await self._folders.streams(
             ctx, base, lambda: self._well_known_folder_ids(ctx, base)
         )
+
+    async def list_streams_after(
+        self, ctx: SyncContext, state: Mapping[str, Any] | None
+    ) -> StreamListing:
+        base = user_path(ctx.account)
+        return await self._folders.listing(
+            ctx, base, state, lambda: self._well_known_folder_ids(ctx, base)
+        )
+
+    async def locate(self, ctx: SyncContext, message_ids: Sequence[str]) -> dict[str, str | None]:
+        """Each message's folder now: a notification names the message, not its folder."""
+
+        async def one(message_id: str) -> tuple[str, str | None]:
+            try:
+                response = await self._graph.request(
+                    ctx,
+                    "GET",
+                    self._message_path(ctx, message_id),
+                    params={"$select": "parentFolderId"},
+                    headers={"Prefer": _IMMUTABLE},
+                )
+            except GraphRequestError as exc:
+                if exc.status == 404:
+                    return message_id, None
+                raise
+            folder = orjson.loads(response.content).get("parentFolderId")
+            return message_id, str(folder) if isinstance(folder, str) else None
+
+        found = await asyncio.gather(*(one(i) for i in message_ids), return_exceptions=True)
+        for outcome in found:
+            # Every lookup has finished here, so none is left running unobserved.
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return dict(pair for pair in found if isinstance(pair, tuple))
 
     async def _well_known_folder_ids(self, ctx: SyncContext, base: str) -> dict[str, str]:
         async def resolve(name: str) -> tuple[str, str] | None:

@@ -137,6 +137,7 @@ class MicrosoftSettings(BaseModel):
     notification_retry_delay_seconds: float | None = Field(default=None, ge=0)
     revalidate_on_renew: bool | None = None
     lifecycle_shape: Literal["exchange", "documented"] | None = None
+    drop_change_notifications: bool | None = None
 
 
 def _seed_for(email: str) -> int:

@@ -172,10 +172,37 @@ async def _handle(state: MicrosoftState, path: str, request: Request) -> Respons
     try:
         async with sim.core.admit(
             mailbox.counter_key, max_concurrency=sim.core.faults.graph_max_concurrency
-        ):
+        ) as counters:
+            kind = _request_kind(rest)
+            counters.methods[kind] = counters.methods.get(kind, 0) + 1
             return await _dispatch(ctx, rest)
     except Throttled as exc:
         return throttled_response(exc)
+
+
+def _request_kind(rest: list[str]) -> str:
+    """What a request asked for, for the counters (tests and benchmarks count by kind):
+    `folders.delta`, `folders.get`, `messages.delta`, `messages.list`, `messages.get`, ..."""
+    lowered = [s.lower() for s in rest]
+    if not lowered:
+        return "user.get"
+    if lowered[0] == "mailfolders":
+        if len(lowered) == 1:
+            return "folders.list"
+        if lowered[1] in _DELTA_SEGMENTS:
+            return "folders.delta"
+        if len(lowered) == 2:
+            return "folders.get"
+        if lowered[2] == "messages":
+            if len(lowered) == 3:
+                return "messages.list"
+            return "messages.delta" if lowered[3] in _DELTA_SEGMENTS else "messages.get"
+        return "folders.children"
+    if lowered[0] == "messages":
+        if len(lowered) == 1:
+            return "messages.list"
+        return "attachments" if len(lowered) > 2 else "messages.get"
+    return lowered[0]
 
 
 def _authorize(token: AccessToken, mailbox: Mailbox) -> None:

@@ -110,6 +110,9 @@ class MicrosoftState:
         # "exchange": lifecycle notifications as Exchange sends them today (organizationId,
         # no tenantId); "documented": the shape in Graph's docs (tenantId).
         self.lifecycle_shape = "exchange"
+        # Graph does not promise to deliver every change notification: while this is set,
+        # changes happen without any (the periodic pass must still find them).
+        self.drop_change_notifications = False
         self.notification_timeout_seconds = 3.0
         self.notification_retries = 2
         self.notification_retry_delay_seconds = 0.5

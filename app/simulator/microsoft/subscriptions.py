@@ -400,7 +400,7 @@ def _change_type_for(subscription: GraphSubscription, event: ChangeEvent) -> str
 
 def notify_changes(state: MicrosoftState, mailbox: Mailbox, events: list[ChangeEvent]) -> None:
     """Queue change notifications for `events`; returns at once, delivery runs in the background."""
-    if not events:
+    if not events or state.drop_change_notifications:
         return
     for subscription in _live(state):
         if subscription.user_id != mailbox.user_id:

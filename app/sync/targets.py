@@ -1,0 +1,85 @@
+"""Which streams a pass follows: every stream, or only those its notifications point to.
+
+A change notification names what changed (app/providers/base.py ChangeHint); the webhook
+log keeps it in `pending_streams` beside the pass it owes. When a pass begins it reads the
+hints waiting for its mailbox, and:
+
+- the periodic pass (its time has come: `mailboxes.full_pass_at`), a pass nobody notified
+  (sync now, a retry, the first sync) and a pass owed by a notification that names nothing
+  (Graph's `missed`) follow every stream, and take every hint;
+- any other pass follows the union of the hinted streams and leaves the other cursors where
+  they are: a named stream (Gmail's history), the stream the store holds a notified message
+  in, and, for a new or changed message, the stream the provider says it is in now (one
+  request per message, a moved message being in both). Too many messages to locate, a
+  provider that cannot locate one, or a message neither the provider nor the store can
+  place, make it a pass over everything.
+
+A stream the store does not know yet (a folder created since the last discovery) makes the
+pass refresh the stream list first. What a pass reads when it begins is what it takes: a
+hint noted later stays for the next pass (app/sync/engine.py owes it one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+
+from app.db.models import Mailbox
+from app.db.repositories.pending_streams import PendingHint, PendingStreamRepository
+from app.providers.base import MailProvider, MessageLocator, SyncContext
+from app.sync.runtime import Runtime
+from app.sync.tokens import TokenSource, with_token_retry
+
+# Notified messages located at the provider for one pass, at most; beyond that a pass over
+# every stream costs less than a request per message.
+LOCATE_AT_MOST = 8
+# Hints read for one pass, at most; beyond that the pass follows every stream.
+HINTS_AT_MOST = 200
+
+
+@dataclass(slots=True)
+class PassPlan:
+    full: bool
+    # A targeted pass's streams.
+    streams: set[str] = field(default_factory=set)
+    # The hints the pass covers, as it read them (taken when it begins).
+    taken: list[PendingHint] = field(default_factory=list)
+    # A hinted stream the store does not know: refresh the stream list first.
+    discover: bool = False
+
+
+def periodic_pass_due(mailbox: Mailbox, now: datetime | None = None) -> bool:
+    due = mailbox.full_pass_at
+    return due is None or due <= (now or datetime.now(UTC))
+
+
+async def plan_pass(
+    rt: Runtime,
+    mailbox: Mailbox,
+    provider: MailProvider,
+    ctx: SyncContext,
+    tokens: TokenSource,
+    known_streams: set[str],
+) -> PassPlan:
+    if not known_streams or periodic_pass_due(mailbox):
+        return PassPlan(full=True)
+    async with rt.sessions() as session:
+        pending = await PendingStreamRepository(session).read(mailbox.id, HINTS_AT_MOST)
+    hints = list(dict.fromkeys(p.hint for p in pending))
+    if not hints or len(hints) >= HINTS_AT_MOST or any(h.everything for h in hints):
+        return PassPlan(full=True)
+    streams = {h.stream for h in hints if h.stream}
+    streams.update(p.stored_stream for p in pending if p.stored_stream)
+    to_locate = sorted({h.message for h in hints if h.locate and h.message})
+    if to_locate:
+        if len(to_locate) > LOCATE_AT_MOST or not isinstance(provider, MessageLocator):
+            return PassPlan(full=True)
+        located = await with_token_retry(tokens, partial(provider.locate, ctx, to_locate))
+        stored = {p.hint.message for p in pending if p.stored_stream}
+        if any(key is None and message not in stored for message, key in located.items()):
+            # Neither the provider nor the store can place it: look everywhere.
+            return PassPlan(full=True)
+        streams.update(key for key in located.values() if key)
+    taken = list({p.hint: p for p in pending}.values())
+    return PassPlan(full=False, streams=streams, taken=taken, discover=not streams <= known_streams)
