@@ -1,22 +1,29 @@
 """Partitioned backfills: one large mailbox over several worker processes.
 
     python -m bench.partitions [--messages 100000] [--latency-ms 100] [--workers 2]
-        [--gmail-messages 20000] [--rss 50000,200000] [--only outlook,gmail,rss]
+        [--layout inbox_only | default] [--gmail-messages 20000] [--rss 100000,1000000]
+        [--only outlook,gmail,rss]
 
 Everything runs as in production: the simulator, and `--workers` ARQ worker processes
 (`arq app.sync.worker.WorkerSettings`), with the mailbox connected through the service
 call the API uses; the clock runs from connect to `connected`. Each figure is printed
 against a ceiling measured in the same run:
 
-- outlook: the mailbox with `--latency-ms` per request, against the lower of (a) four
-  concurrent requests' worth of 1000-message pages (Graph's per-mailbox limit) and (b) the
-  same processes with no latency (the machine's CPU bound); then the no-latency run
-  against asyncpg COPY of the same rows into an index-free table (PostgreSQL alone), and
-  the same no-latency run with partitioning off (one delta chain per folder, as before).
+- outlook: `--messages` in ONE folder (the simulator's `inbox_only` layout; `--layout
+  default` spreads them over the folders, Inbox 64%) with `--latency-ms` per request,
+  against the lower of (a) four concurrent requests' worth of 1000-message pages (Graph's
+  per-mailbox limit) and (b) the same processes with no latency (the machine's CPU bound);
+  then the no-latency run against asyncpg COPY of the same rows into an index-free table
+  (PostgreSQL alone), and the same no-latency run with partitioning off (one delta chain
+  per folder, as before), each against its own COPY.
 - gmail: `--gmail-messages` under the simulator's 250 units/s per-user quota, against the
   quota ceiling (messages.get costs 5 units), partitioned.
 - rss: each worker's peak RSS for mailboxes of the sizes in `--rss` (flat means a worker's
   memory does not grow with the mailbox).
+
+Every run prints the machine's load when it starts, how busy the machine was while it ran,
+and the CPU each process spent per 1000 messages (workers, PostgreSQL, simulator): the
+machine is shared, and the no-latency figures are CPU-bound.
 
 The simulator shares the machine's cores with what is measured: a Microsoft mailbox is
 pre-rendered before the clock starts (as bench.provider_sync does).
@@ -42,6 +49,7 @@ from app.sync import mailboxes as service
 from app.sync.queue import enqueue_sync
 from app.sync.runtime import Runtime
 from bench.common import scratch_database, start_simulator
+from bench.cpu import CpuSample, foreign_backends
 from bench.provider_sync import _ALIASES, _copy_ceiling, _create_account, _peak_rss_mib, _stop
 
 REDIS_DB_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
@@ -66,6 +74,7 @@ async def sync_once(
     overrides: dict[str, str],
     quota: float = 250.0,
     copy: bool = False,
+    layout: str = "default",
 ) -> dict[str, Any]:
     """Connect one mailbox and wait for `connected`; what it took."""
     workdir = Path(tempfile.mkdtemp(prefix="mailsync-bench-partitions-"))
@@ -96,7 +105,7 @@ async def sync_once(
             )
             faults = {"latency_ms": latency_ms, "gmail_quota_units_per_second": quota}
             (await sim.put("/_sim/faults", json=faults)).raise_for_status()
-            account = await _create_account(sim, provider, messages)
+            account = await _create_account(sim, provider, messages, layout)
             if provider == "microsoft":
                 response = await sim.post(
                     f"/_sim/microsoft/accounts/{account['email']}/prerender",
@@ -113,6 +122,8 @@ async def sync_once(
                         "app.sync.worker.WorkerSettings",
                         env=env,
                         stdout=asyncio.subprocess.DEVNULL,
+                        # ARQ logs every job: kept beside the run's simulator state.
+                        stderr=(workdir / f"worker{len(procs)}.log").open("wb"),
                     )
                 )
             while True:
@@ -120,8 +131,12 @@ async def sync_once(
                     break
                 await asyncio.sleep(0.05)
             await asyncio.sleep(1.0)  # every worker polling
+            processes: dict[str, int | None] = {f"worker{i}": p.pid for i, p in enumerate(procs)}
+            processes["simulator"] = sim_process.pid
+            load = os.getloadavg()[0]
             async with rt.sessions() as session:
                 tx = _Tx(session, rt)
+                cpu_before = CpuSample.take(processes)
                 started = time.perf_counter()
                 mailbox = await service.connect(
                     tx,
@@ -156,6 +171,7 @@ async def sync_once(
                 if any(p.returncode is not None for p in procs):
                     raise RuntimeError("a worker exited")
             elapsed = time.perf_counter() - started
+            cpu = CpuSample.take(processes).since(cpu_before, await foreign_backends(url))
             rss = [_peak_rss_mib(p.pid) for p in procs]
             counters = (await sim.get("/_sim/counters")).json()["totals"]
             async with rt.sessions() as session:
@@ -175,6 +191,8 @@ async def sync_once(
                 "rss": rss,
                 "counters": counters,
                 "largest_stream": int(largest or 0),
+                "load": load,
+                "cpu": cpu,
             }
             if copy:
                 result["copy"] = await _copy_ceiling(url, mailbox.id)
@@ -191,7 +209,18 @@ async def sync_once(
 
 
 def _line(label: str, value: str) -> None:
-    print(f"{label:<34}{value}", flush=True)
+    print(f"{label:<38}{value}", flush=True)
+
+
+def _machine(result: dict[str, Any]) -> str:
+    """Load at the start, how busy the machine was, CPU per 1000 messages per process."""
+    cpu, per = result["cpu"], 1000 * 1000 / max(result["synced"], 1)
+    workers = [cpu[k] * per for k in sorted(cpu) if k.startswith("worker")]
+    return (
+        f"load {result['load']:.2f} at start, machine {100 * cpu['utilization']:.0f}% busy; "
+        f"CPU/1000 msg: workers {' + '.join(f'{w:.0f}' for w in workers)} ms, "
+        f"PostgreSQL {cpu['postgres'] * per:.0f} ms, simulator {cpu['simulator'] * per:.0f} ms"
+    )
 
 
 def _counters(result: dict[str, Any]) -> str:
@@ -208,43 +237,58 @@ async def outlook(args: argparse.Namespace) -> None:
         "BACKFILL_PARTITION_THRESHOLD": str(args.threshold),
         "BACKFILL_PARTITION_SIZE": str(args.size),
     }
-    print(f"-- outlook: {args.messages:,} messages, {args.workers} worker processes", flush=True)
-    slow = await sync_once(
-        "microsoft",
-        args.messages,
-        latency_ms=args.latency_ms,
-        workers=args.workers,
-        overrides=partitioned,
+    print(
+        f"-- outlook: {args.messages:,} messages, layout {args.layout}, "
+        f"{args.workers} worker processes",
+        flush=True,
     )
-    fast = await sync_once(
-        "microsoft", args.messages, latency_ms=0, workers=args.workers, overrides=partitioned,
-        copy=True,
-    )  # fmt: skip
-    chain = await sync_once(
-        "microsoft",
-        args.messages,
-        latency_ms=0,
-        workers=args.workers,
-        overrides={"BACKFILL_PARTITION_THRESHOLD": "0"},
+    same = {"workers": args.workers, "layout": args.layout}
+    slow = await sync_once(
+        "microsoft", args.messages, latency_ms=args.latency_ms, overrides=partitioned, **same
     )
     _line("largest folder", f"{slow['largest_stream']:,} messages")
-    requests_bound = GRAPH_CONCURRENCY * GRAPH_PAGE / (args.latency_ms / 1000)
     _line(
         f"with {args.latency_ms:.0f} ms/request",
         f"{slow['rate']:,.0f} msg/s ({slow['elapsed']:.1f} s; {_counters(slow)})",
     )
+    _line("", _machine(slow))
+    fast = await sync_once(
+        "microsoft", args.messages, latency_ms=0, overrides=partitioned, copy=True, **same
+    )
+    off = {"BACKFILL_PARTITION_THRESHOLD": "0"}
+    chain = await sync_once(
+        "microsoft", args.messages, latency_ms=0, overrides=off, copy=True, **same
+    )
+    requests_bound = GRAPH_CONCURRENCY * GRAPH_PAGE / (args.latency_ms / 1000)
     _line("(a) 4 concurrent requests' pages", f"{requests_bound:,.0f} msg/s")
-    _line("(b) same processes, no latency", f"{fast['rate']:,.0f} msg/s ({fast['elapsed']:.1f} s)")
+    # Not only message pages take the four slots: folders, counts, the live cursor, the
+    # received range, the other folders' delta rounds.
+    kinds = slow["counters"].get("methods") or {}
     _line(
-        "ratio to the lower bound",
+        "requests by kind, 100 ms run",
+        ", ".join(f"{k} {v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])),
+    )
+    floor = slow["counters"]["requests"] * args.latency_ms / 1000 / GRAPH_CONCURRENCY
+    _line(
+        "its requests, 4 at a time, at least",
+        f"{floor:.2f} s ({slow['synced'] / floor:,.0f} msg/s at most)",
+    )
+    _line("(b) same processes, no latency", f"{fast['rate']:,.0f} msg/s ({fast['elapsed']:.1f} s)")
+    _line("", _machine(fast))
+    _line(
+        f"{args.latency_ms:.0f} ms/request / min(a, b)",
         f"{slow['rate'] / min(requests_bound, fast['rate']):.3f}",
     )
-    _line("COPY ceiling", f"{fast['copy']:,.0f} msg/s")
-    _line("no latency, partitioned / COPY", f"{fast['rate'] / fast['copy']:.3f}")
     _line(
-        "no latency, delta chains / COPY",
-        f"{chain['rate'] / fast['copy']:.3f} ({chain['rate']:,.0f} msg/s, partitioning off)",
+        "no latency, partitioned / COPY",
+        f"{fast['rate'] / fast['copy']:.3f} ({fast['rate']:,.0f} / {fast['copy']:,.0f} msg/s)",
     )
+    _line(
+        "no latency, partitioning off / COPY",
+        f"{chain['rate'] / chain['copy']:.3f} ({chain['rate']:,.0f} / {chain['copy']:,.0f} msg/s; "
+        f"{chain['elapsed']:.1f} s)",
+    )
+    _line("", _machine(chain))
     _line(
         "worker peak RSS",
         ", ".join(f"{r:.0f} MiB" for r in slow["rss"] + fast["rss"]),
@@ -267,16 +311,21 @@ async def gmail(args: argparse.Namespace) -> None:
     _line("throughput", f"{result['rate']:,.1f} msg/s ({result['elapsed']:.1f} s)")
     _line("quota ceiling", f"{ceiling:.1f} msg/s (250 units/s / 5 units)")
     _line("fraction of ceiling", f"{result['rate'] / ceiling:.3f} ({_counters(result)})")
+    _line("", _machine(result))
 
 
 async def rss(args: argparse.Namespace) -> None:
-    print(f"-- rss: worker peak RSS by mailbox size, {args.workers} workers", flush=True)
+    print(
+        f"-- rss: worker peak RSS by mailbox size, layout {args.layout}, {args.workers} workers",
+        flush=True,
+    )
     for size in (int(s) for s in args.rss.split(",")):
         result = await sync_once(
             "microsoft",
             size,
             latency_ms=0,
             workers=args.workers,
+            layout=args.layout,
             overrides={
                 "BACKFILL_PARTITION_THRESHOLD": str(args.threshold),
                 "BACKFILL_PARTITION_SIZE": str(args.size),
@@ -284,8 +333,10 @@ async def rss(args: argparse.Namespace) -> None:
         )
         _line(
             f"{size:,} messages",
-            ", ".join(f"{r:.0f} MiB" for r in result["rss"]) + f" ({result['rate']:,.0f} msg/s)",
+            ", ".join(f"{r:.0f} MiB" for r in result["rss"])
+            + f" ({result['rate']:,.0f} msg/s, largest folder {result['largest_stream']:,})",
         )
+        _line("", _machine(result))
 
 
 if __name__ == "__main__":
@@ -298,13 +349,20 @@ if __name__ == "__main__":
     parser.add_argument("--threshold", type=int, default=20_000)
     parser.add_argument("--size", type=int, default=5_000)
     parser.add_argument("--gmail-messages", type=int, default=20_000)
-    parser.add_argument("--rss", default="50000,200000")
+    parser.add_argument("--rss", default="100000,1000000")
+    parser.add_argument(
+        "--layout",
+        choices=["inbox_only", "default"],
+        default="inbox_only",
+        help="Outlook mailboxes: every message in the Inbox, or spread over the folders",
+    )
     parser.add_argument("--only", default="outlook,gmail,rss")
     parsed = parser.parse_args()
 
     async def main() -> None:
         wanted = set(parsed.only.split(","))
-        print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}", flush=True)
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"machine: {os.cpu_count()} cores, load {load} (1, 5, 15 min)", flush=True)
         for name, part in (("outlook", outlook), ("gmail", gmail), ("rss", rss)):
             if name in wanted:
                 await part(parsed)

@@ -61,15 +61,18 @@ def _peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-async def _create_account(sim: httpx.AsyncClient, provider: str, messages: int) -> dict[str, Any]:
+async def _create_account(
+    sim: httpx.AsyncClient, provider: str, messages: int, layout: str = "default"
+) -> dict[str, Any]:
+    """A seeded account; `layout` (Microsoft): "default" or "inbox_only" (one folder)."""
     email = (
         f"bench-{uuid.uuid4().hex[:6]}@{'example.com' if provider == 'google' else 'contoso.com'}"
     )
     if provider == "google":
-        body = {"email": email, "messages": messages, "seed": 3}
+        body: dict[str, Any] = {"email": email, "messages": messages, "seed": 3}
         response = await sim.post("/_sim/google/accounts", json=body, timeout=600)
     else:
-        body = {"email": email, "message_count": messages, "seed": 3}
+        body = {"email": email, "message_count": messages, "seed": 3, "layout": layout}
         response = await sim.post("/_sim/microsoft/accounts", json=body, timeout=600)
     response.raise_for_status()
     return dict(response.json())

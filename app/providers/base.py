@@ -216,6 +216,13 @@ class MessageBatch:
             return self
         return self.pick(sorted(last.values()))
 
+    def remove(self, drop: Iterable[int]) -> None:
+        """Drop the rows at these indices, in place. A few rows out of a page cost a few
+        list deletions per column instead of a copy of every column (`pick`)."""
+        for index in sorted(set(drop), reverse=True):
+            for name in _BATCH_COLUMNS:
+                del getattr(self, name)[index]
+
     def pick(self, keep: Sequence[int]) -> MessageBatch:
         """The rows at these indices, in this order."""
         batch = MessageBatch()

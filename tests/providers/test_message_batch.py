@@ -27,3 +27,13 @@ def test_latest_keeps_the_last_version_of_a_repeated_message() -> None:
     # Nothing repeated: the same batch, no copy.
     unique = MessageBatch.of([first, second])
     assert unique.latest() is unique
+
+
+def test_remove_drops_rows_in_place_and_keeps_the_order() -> None:
+    messages = [make_message(i) for i in range(6)]
+    batch = MessageBatch.of(messages)
+    batch.remove([4, 0, 4])
+    assert list(batch) == [messages[1], messages[2], messages[3], messages[5]]
+    assert all(len(getattr(batch, f.name)) == 4 for f in dataclasses.fields(batch))
+    batch.remove([])
+    assert len(batch) == 4

@@ -127,9 +127,9 @@ async def list_window(
         raise TransientError(f"Graph returned a message listing that is {exc}") from exc
     upserts, _ = decoded.read(stream.labels)
     if seen:
-        keep = [i for i, mid in enumerate(upserts.provider_message_id) if mid not in seen]
-        if len(keep) < len(upserts):
-            upserts = upserts.pick(keep)
+        # The page starts at the checkpoint's instant: those of it already written (a few
+        # rows of a thousand, usually one) go; the page itself is not copied.
+        upserts.remove(i for i, mid in enumerate(upserts.provider_message_id) if mid in seen)
     next_link = decoded.next_link if isinstance(decoded.next_link, str) else None
     if next_link is None:
         return WindowPage(upserts=upserts, cursor=None)

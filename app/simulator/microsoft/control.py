@@ -36,6 +36,9 @@ class CreateAccount(BaseModel):
     app_token_lifetime: int = Field(default=3599, ge=0)
     # Correspondents placed into seeded messages (app/simulator/contacts.py).
     contacts: list[PlantedContact] = Field(default_factory=list, max_length=100)
+    # Where seeded messages go: "default" spreads them over the folders (Inbox 64%, Sent
+    # Items 12%, ...); "inbox_only" puts every one in the Inbox, the other folders empty.
+    layout: Literal["default", "inbox_only"] = "default"
 
 
 class AccountPatch(BaseModel):
@@ -164,6 +167,7 @@ def _summary(mailbox: Mailbox) -> dict[str, Any]:
         "tenant_id": mailbox.tenant_id,
         "counter_key": mailbox.counter_key,
         "seeded_count": mailbox.seeded_count,
+        "layout": mailbox.layout,
         "message_count": sum(f.total for f in mailbox.folders),
         "seq": mailbox.seq,
         "token_lifetime": mailbox.token_lifetime,
@@ -251,6 +255,7 @@ def build_control_router(sim: Simulator) -> APIRouter:
             display_name=body.display_name,
             token_lifetime=body.token_lifetime,
             app_only_granted=body.app_only_granted,
+            layout=body.layout,
         )
         try:
             mailbox.plant(body.contacts)

@@ -48,9 +48,7 @@ FOLDER_LAYOUT: tuple[FolderSpec, ...] = (
     FolderSpec("Outbox", "outbox", 0),
     FolderSpec("Conversation History", "conversationhistory", 0),
 )
-_BUCKET_FOLDER = bytes(
-    next(i for i, spec in enumerate(FOLDER_LAYOUT) if b in spec.buckets) for b in range(100)
-)
+INBOX = 1
 SENT_ITEMS = 4
 DRAFTS = 9
 # Exchange shows sent mail and drafts as read.
@@ -58,6 +56,15 @@ ALWAYS_READ = frozenset({SENT_ITEMS, DRAFTS})
 _MASK64 = (1 << 64) - 1
 # (folder index, immutable ids, parsed $select): one kind of seeded enumeration output.
 PrerenderKey = tuple[int, bool, tuple[str, ...] | None]
+# Where seeded messages go, per mailbox: bucket (0..99, `initial_bucket`) -> folder index.
+# "default" spreads them over the folders by FOLDER_LAYOUT's shares; "inbox_only" puts every
+# one in the Inbox (the other folders exist, empty): a mailbox whose backfill is one folder.
+LAYOUTS: dict[str, bytes] = {
+    "default": bytes(
+        next(i for i, spec in enumerate(FOLDER_LAYOUT) if b in spec.buckets) for b in range(100)
+    ),
+    "inbox_only": bytes([INBOX]) * 100,
+}
 
 
 def initial_bucket(seed: int, key: int) -> int:
@@ -146,6 +153,7 @@ class Mailbox:
         display_name: str | None = None,
         token_lifetime: int = 3600,
         app_only_granted: bool = True,
+        layout: str = "default",
     ) -> None:
         self.email = email.lower()
         self.user_id = user_id or ids.user_guid(self.email)
@@ -153,6 +161,8 @@ class Mailbox:
         self.tenant_id = tenant_id
         self.seed = seed
         self.seeded_count = message_count
+        self.layout = layout
+        self.bucket_folder = LAYOUTS[layout]
         self.token_lifetime = token_lifetime
         self.app_only_granted = app_only_granted
         self.counter_key = f"microsoft:{self.email}"
@@ -208,7 +218,7 @@ class Mailbox:
         """Place every seeded message and count folders; O(messages), no generation."""
         seed, total = self.seed, self.seeded_count
         arrays = [f.seed for f in self.folders]
-        placement = _BUCKET_FOLDER
+        placement = self.bucket_folder
         for key in range(total):
             arrays[placement[initial_bucket(seed, key)]].append(key)
         for folder in self.folders:
@@ -273,7 +283,7 @@ class Mailbox:
         return generated
 
     def base_folder(self, key: int) -> int:
-        return _BUCKET_FOLDER[initial_bucket(self.seed, key)]
+        return self.bucket_folder[initial_bucket(self.seed, key)]
 
     def origin_folder(self, key: int) -> int:
         """Where the message was first placed; a draft moved elsewhere is still a draft."""
