@@ -58,6 +58,7 @@ from app.providers.base import (
 )
 from app.sync import activity
 from app.sync.cases.mail import CaseMail
+from app.sync.heartbeat import renew_while_running
 from app.sync.queue import enqueue_sync
 from app.sync.ratelimit import RedisRateGate
 from app.sync.runtime import Runtime
@@ -377,7 +378,18 @@ class WindowRunner:
             await self._release(lease)
             return 0, False
         lost = asyncio.Event()
-        heartbeat = asyncio.create_task(self._heartbeat(lease, lost))
+        # A lease found gone stops the window at its next page: the fence refuses the write
+        # anyway, so stopping early saves requests.
+        heartbeat = asyncio.create_task(
+            renew_while_running(
+                self.rt,
+                lambda session: PartitionRepository(session).heartbeat(
+                    lease, self.settings.lease_seconds
+                ),
+                what=f"window {lease.partition_id}",
+                lost=lost,
+            )
+        )
 
         def fetch(window: SearchWindow, after: dict[str, Any] | None) -> asyncio.Task[WindowPage]:
             return asyncio.create_task(
@@ -494,24 +506,6 @@ class WindowRunner:
         if upserted.written:
             MESSAGES_WRITTEN.labels(context.provider_name, "upserted").inc(len(upserted.written))
             self.rt.activity.add(activity.MESSAGES_WRITTEN, len(upserted.written))
-
-    async def _heartbeat(self, lease: PartitionLease, lost: asyncio.Event) -> None:
-        """Renew the window's lease whatever the job waits on; a lease found gone stops it."""
-        interval = max(0.5, self.settings.lease_seconds / 3)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                async with self.rt.sessions() as session, session.begin():
-                    held = await PartitionRepository(session).heartbeat(
-                        lease, self.settings.lease_seconds
-                    )
-            except Exception as exc:
-                log.warning("window %d: lease heartbeat failed: %s", lease.partition_id, exc)
-                continue
-            if not held:
-                # The page fence refuses the next write anyway; stopping early saves requests.
-                lost.set()
-                return
 
 
 @dataclasses.dataclass(slots=True)
