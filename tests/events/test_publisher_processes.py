@@ -281,7 +281,7 @@ async def test_health_reports_lag_and_readiness(ev_rt: Runtime, events_settings:
     process = await _start_publisher(dead, EVENTS_PUBLISHER_PORT=str(port))
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            async with asyncio.timeout(20):
+            async with asyncio.timeout(60):
                 while True:
                     try:
                         ready = await client.get("/readyz")
