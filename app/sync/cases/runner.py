@@ -18,11 +18,10 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from app.db.models import Mailbox
 from app.db.repositories.case_links import CaseLinkRepository
@@ -40,7 +39,6 @@ from app.db.repositories.messages import MessageRepository
 from app.db.repositories.outbox import OutboxRepository
 from app.events.changes import MESSAGES_CHANGED, PageChanges
 from app.providers.base import (
-    AccessTokenRejected,
     AuthExpiredError,
     CursorInvalidError,
     ParticipantSearch,
@@ -59,11 +57,10 @@ from app.sync.heartbeat import renew_while_running
 from app.sync.ratelimit import RedisRateGate
 from app.sync.runtime import Runtime
 from app.sync.states import MailboxStatus
-from app.sync.tokens import TokenSource
+from app.sync.tokens import TokenSource, with_token_retry
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 # A full mirror's entry waits for the mailbox's first completed pass; the pass's job wakes
 # it, and the scheduler checks again this often should that wake-up be lost.
@@ -264,7 +261,7 @@ class CaseSearchRunner:
                 window.as_search(),
                 window.cursor,
             )
-            return asyncio.create_task(self._with_token_retry(tokens, call))
+            return asyncio.create_task(with_token_retry(tokens, call))
 
         # What to ask next is known as soon as a page is read (the plan decides it, not the
         # commit), so the next request is on its way while the page commits.
@@ -400,19 +397,6 @@ class CaseSearchRunner:
                 await cases.mailbox_ids(case.key),
                 await cases.contacts(case.key),
             )
-
-    async def _with_token_retry(self, tokens: TokenSource, call: Callable[[], Awaitable[T]]) -> T:
-        """One 401 earns one refresh and one retry; a second means the grant is unusable."""
-        try:
-            return await call()
-        except AccessTokenRejected:
-            await tokens.after_rejection()
-            try:
-                return await call()
-            except AccessTokenRejected as exc:
-                raise AuthExpiredError(
-                    "the provider rejected a freshly refreshed access token"
-                ) from exc
 
     async def _after_failure(self, work: _Slice, exc: BaseException) -> EntrySliceResult:
         entry, lease = work.entry, work.lease
