@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from app.db.models import Mailbox
 from app.db.repositories.cursors import CursorRepository, StreamState
@@ -73,8 +73,6 @@ from app.sync.targets import plan_pass
 from app.sync.tokens import TokenSource, with_token_retry
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 class Outcome(enum.StrEnum):
@@ -365,7 +363,7 @@ class SyncEngine:
         first_pass = mailbox.last_synced_at is None
 
         if mailbox.email is None:
-            address = await self._with_token_retry(tokens, partial(provider.account_address, ctx))
+            address = await with_token_retry(tokens, partial(provider.account_address, ctx))
             if address:
                 async with self.rt.sessions() as session, session.begin():
                     await MailboxRepository(session).learn_email(mailbox.id, address)
@@ -444,7 +442,7 @@ class SyncEngine:
             self.rt,
             provider,
             ctx,
-            partial(self._with_token_retry, tokens),
+            partial(with_token_retry, tokens),
             lease,
             streams_now,
             cases_only=state.case_mail.cases_only,
@@ -538,11 +536,9 @@ class SyncEngine:
         if isinstance(provider, CatalogedStreams):
             async with self.rt.sessions() as session:
                 known = await StreamCatalogRepository(session).get(mailbox.id)
-            found = await self._with_token_retry(
-                tokens, partial(provider.list_streams_after, ctx, known)
-            )
+            found = await with_token_retry(tokens, partial(provider.list_streams_after, ctx, known))
             return _Listing(found.streams, found.state)
-        streams = await self._with_token_retry(tokens, partial(provider.list_streams, ctx))
+        streams = await with_token_retry(tokens, partial(provider.list_streams, ctx))
         return _Listing(streams, None)
 
     async def _wait_for_windows(self, mailbox: Mailbox, state: _SliceState) -> SliceResult:
@@ -582,7 +578,7 @@ class SyncEngine:
         a message deleted meanwhile does not outlive the backfill and none is counted twice.
         """
         try:
-            recent = await self._with_token_retry(
+            recent = await with_token_retry(
                 tokens,
                 partial(
                     provider.recent,
@@ -643,13 +639,13 @@ class SyncEngine:
             and state.case_mail.cases_only
             and isinstance(provider, LiveCursor)
         ):
-            live = await self._with_token_retry(tokens, partial(provider.live_cursor, ctx, stream))
+            live = await with_token_retry(tokens, partial(provider.live_cursor, ctx, stream))
             if live is not None:
                 cursor, mode = live, StreamMode.INCREMENTAL
 
         def fetch(after: Cursor | None) -> asyncio.Task[Page]:
             return asyncio.create_task(
-                self._with_token_retry(tokens, partial(provider.fetch_page, ctx, stream, after))
+                with_token_retry(tokens, partial(provider.fetch_page, ctx, stream, after))
             )
 
         # While pages are written, the next one is already on its way: a provider hands out
@@ -867,9 +863,6 @@ class SyncEngine:
     def _total(state: _SliceState) -> int | None:
         known = [t for t in state.totals.values() if t is not None]
         return sum(known) if known else None
-
-    async def _with_token_retry(self, tokens: TokenSource, call: Callable[[], Awaitable[T]]) -> T:
-        return await with_token_retry(tokens, call)
 
     async def _guarded(self, action: Callable[[MailboxRepository], Awaitable[object]]) -> None:
         try:
