@@ -98,7 +98,7 @@ class Settings(BaseSettings):
         default=20_000, ge=0, alias="BACKFILL_PARTITION_THRESHOLD"
     )
     # Messages per window when a partitioned enumeration is planned from the stream's count.
-    backfill_partition_size: int = Field(default=5_000, ge=100, alias="BACKFILL_PARTITION_SIZE")
+    backfill_partition_size: int = Field(default=20_000, ge=100, alias="BACKFILL_PARTITION_SIZE")
 
     # Reading the mirror (bodies and attachments come from the provider at request time).
     # Bodies are cached in PostgreSQL this long (0: no cache), if no larger than the cap.

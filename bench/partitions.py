@@ -347,7 +347,7 @@ if __name__ == "__main__":
     parser.add_argument("--latency-ms", type=float, default=100.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threshold", type=int, default=20_000)
-    parser.add_argument("--size", type=int, default=5_000)
+    parser.add_argument("--size", type=int, default=20_000)
     parser.add_argument("--gmail-messages", type=int, default=20_000)
     parser.add_argument("--rss", default="100000,1000000")
     parser.add_argument(

@@ -504,6 +504,8 @@ class ProviderLimits:
 
     max_concurrency: int | None = None
     units_per_second: float | None = None
+    # The most messages one listing page returns (Graph `$top` 1000; Gmail maxResults 500).
+    page_size: int | None = None
 
 
 class RateGate(Protocol):

@@ -425,6 +425,7 @@ class SyncEngine:
                 full_pass=plan is not None and plan.full,
             )
 
+        recent: asyncio.Task[None] | None = None
         if (
             first_pass
             and settings.sync_recent_first
@@ -434,19 +435,33 @@ class SyncEngine:
             # undo them (and the last window's sweep would take them).
             and not await backfilling(self.rt, mailbox.id)
         ):
-            await self._show_recent_first(provider, ctx, tokens, mailbox, streams_now, state)
+            # Beside the windows' planning (their requests are independent); its rows are
+            # committed before any window job is enqueued.
+            recent = asyncio.create_task(
+                self._show_recent_first(provider, ctx, tokens, mailbox, streams_now, state)
+            )
 
         # Large streams never enumerated run as windows on every worker (app/sync/partitions.py);
         # this slice leaves them alone until their live cursor is theirs to follow.
-        partitioned = await plan_backfills(
-            self.rt,
-            provider,
-            ctx,
-            partial(with_token_retry, tokens),
-            lease,
-            streams_now,
-            cases_only=state.case_mail.cases_only,
-        )
+        try:
+            partitioned = await plan_backfills(
+                self.rt,
+                provider,
+                ctx,
+                partial(with_token_retry, tokens),
+                lease,
+                streams_now,
+                cases_only=state.case_mail.cases_only,
+                before_windows=recent,
+            )
+        finally:
+            if recent is not None and not recent.done():
+                # Planning failed before it waited for the newest messages: so do they.
+                recent.cancel()
+                await asyncio.gather(recent, return_exceptions=True)
+        if recent is not None:
+            # Planned nothing (no large stream): the newest messages are still owed first.
+            await recent
         # Largest first: a folder's pages come one after another, so the biggest folder is
         # the critical path of a backfill and must not start behind the small ones.
         pending = sorted(

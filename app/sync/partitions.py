@@ -25,6 +25,7 @@ import logging
 import math
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -37,10 +38,12 @@ from app.db.repositories.mailboxes import Lease, MailboxRepository
 from app.db.repositories.messages import MessageRepository
 from app.db.repositories.outbox import OutboxRepository
 from app.db.repositories.partitions import (
+    HeldWindow,
     PartitionLease,
     PartitionLost,
     PartitionRepository,
     PlannedWindow,
+    WindowEnd,
 )
 from app.events.changes import MESSAGES_CHANGED, PageChanges
 from app.metrics import MESSAGES_WRITTEN, PAGES_WRITTEN, RETRY_AFTER_SECONDS, THROTTLED
@@ -59,6 +62,7 @@ from app.providers.base import (
 from app.sync import activity
 from app.sync.cases.mail import CaseMail
 from app.sync.heartbeat import renew_while_running
+from app.sync.presence import live_workers
 from app.sync.queue import enqueue_sync
 from app.sync.ratelimit import RedisRateGate
 from app.sync.runtime import Runtime
@@ -77,13 +81,23 @@ _EXTRA_JOBS = 2
 _JOBS_WITHOUT_CONCURRENCY = 4
 # A window whose provider refused it waits this long at least before it is tried again.
 _RETRY_SECONDS = 10.0
+# A window job handed to another worker process (this one runs its share of the mailbox's
+# window jobs already) is handed on at most this many times, then runs where it lands.
+_MAX_HANDOFFS = 4
+# More windows than any provider's jobs (jobs_for's cap).
+_MANY = 1 << 30
+# Window jobs running in this process, per mailbox.
+_RUNNING: Counter[uuid.UUID] = Counter()
 
 
-def windows_for(total: int, size: int, oldest: datetime, newest: datetime) -> list[PlannedWindow]:
+def windows_for(
+    total: int, size: int, oldest: datetime, newest: datetime, *, at_least: int = 1
+) -> list[PlannedWindow]:
     """Windows of about `size` messages each if mail were spread evenly over time (it is
-    not: large windows split themselves as they run). The first and last are open, so a
-    message received outside [oldest, newest] still falls in one."""
-    count = max(1, math.ceil(total / size))
+    not: large windows split themselves as they run, idle jobs take half of the busiest),
+    and at least `at_least` of them (one for each job, so none starts idle). The first and
+    last are open, so a message received outside [oldest, newest] still falls in one."""
+    count = max(1, at_least, math.ceil(total / size))
     span = newest - oldest
     cuts: list[datetime] = []
     for i in range(1, count):
@@ -92,6 +106,39 @@ def windows_for(total: int, size: int, oldest: datetime, newest: datetime) -> li
             cuts.append(cut)
     bounds: list[datetime | None] = [None, *cuts, None]
     return [PlannedWindow(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
+
+
+# An idle job takes half of a held window that has at least this many pages left.
+_PAGES_WORTH_SHARING = 3
+# A provider that does not say how large its pages are: as if a thousand.
+_NO_PAGE_SIZE = 1000
+# A held window is shared only if each half would still span this long (Graph's filters
+# have whole seconds; a split of a few seconds saves nothing).
+_MIN_SHARED_SPAN = timedelta(seconds=4)
+
+
+def steal_point(held: list[HeldWindow], min_messages: float) -> tuple[HeldWindow, datetime] | None:
+    """The held window with the most messages left after its position, and the middle of
+    what it has left; None when none has `min_messages` left (by the density its stream's
+    windows have shown so far: messages listed per second of received time covered)."""
+    listed: dict[str, float] = {}
+    covered: dict[str, float] = {}
+    for w in held:
+        if w.listed_before > w.listed_from:
+            listed[w.stream_key] = listed.get(w.stream_key, 0.0) + w.listed
+            seconds = (w.listed_before - w.listed_from).total_seconds()
+            covered[w.stream_key] = covered.get(w.stream_key, 0.0) + seconds
+    best: tuple[float, HeldWindow, datetime] | None = None
+    for w in held:
+        if not covered.get(w.stream_key):
+            continue
+        left = (w.window_end or w.now) - w.listed_before
+        if left < 2 * _MIN_SHARED_SPAN:
+            continue
+        expected = listed[w.stream_key] / covered[w.stream_key] * left.total_seconds()
+        if expected >= min_messages and (best is None or expected > best[0]):
+            best = (expected, w, (w.listed_before + left / 2).replace(microsecond=0))
+    return None if best is None else (best[1], best[2])
 
 
 def jobs_for(limits: ProviderLimits, windows: int) -> int:
@@ -110,13 +157,16 @@ async def enqueue_windows(
     tag: str,
     *,
     defer_by: float | None = None,
+    handoffs: int = 0,
 ) -> int:
-    """Window jobs carry the mailbox id only: each claims whichever window is free."""
+    """Window jobs carry the mailbox id only (and how often the job was handed on): each
+    claims whichever window is free."""
     enqueued = 0
     for slot in range(jobs):
         job = await redis.enqueue_job(
             PARTITION_FUNCTION,
             str(mailbox_id),
+            handoffs,
             _job_id=f"partition:{mailbox_id}:{tag}:{slot}",
             _defer_by=defer_by,
         )
@@ -152,9 +202,14 @@ async def plan_backfills(
     streams: list[StreamState],
     *,
     cases_only: bool,
+    before_windows: Awaitable[Any] | None = None,
 ) -> set[str]:
     """The mailbox slice's part: plan windows for large streams never enumerated, and say
-    which streams the windows own (the slice leaves them alone)."""
+    which streams the windows own (the slice leaves them alone).
+
+    `before_windows` (the newest messages' provisional rows, asked for meanwhile) is awaited
+    before any window job is enqueued: a window's row must never be overwritten by a
+    provisional one."""
     settings = rt.settings
     mailbox_id = lease.mailbox_id
     async with rt.sessions() as session, session.begin():
@@ -191,6 +246,7 @@ async def plan_backfills(
             settings.backfill_partition_size,
             oldest,
             newest,
+            at_least=jobs_for(provider.limits(), _MANY),
         )
         async with rt.sessions() as session, session.begin():
             ids = await PartitionRepository(session).plan(
@@ -205,6 +261,8 @@ async def plan_backfills(
             stream_state.total_estimate,
             len(ids),
         )
+    if before_windows is not None:
+        await before_windows
     if planned:
         jobs = jobs_for(provider.limits(), sum(planned.values()))
         await enqueue_windows(rt.redis, mailbox_id, jobs, f"plan{lease.fencing_token}")
@@ -266,6 +324,8 @@ class WindowRun:
     claimed: int = 0
     more: bool = False
     delay: float = 0.0
+    # This process runs its share of the mailbox's window jobs: another process should.
+    handed_off: bool = False
 
 
 class WindowRunner:
@@ -276,7 +336,29 @@ class WindowRunner:
         self.owner = owner
         self.settings = rt.settings
 
-    async def run(self, mailbox_id: uuid.UUID) -> WindowRun:
+    async def run(self, mailbox_id: uuid.UUID, *, handoffs: int = 0) -> WindowRun:
+        _RUNNING[mailbox_id] += 1
+        try:
+            if handoffs < _MAX_HANDOFFS and _RUNNING[mailbox_id] > await self._share(mailbox_id):
+                return WindowRun(handed_off=True)
+            return await self._run(mailbox_id)
+        finally:
+            _RUNNING[mailbox_id] -= 1
+            if _RUNNING[mailbox_id] <= 0:
+                del _RUNNING[mailbox_id]
+
+    async def _share(self, mailbox_id: uuid.UUID) -> int:
+        """How many of the mailbox's window jobs one process should run: its jobs spread
+        over the live worker processes, so each process's CPU (parsing pages, encoding
+        rows) carries part of the backfill."""
+        async with self.rt.sessions() as session:
+            mailbox = await MailboxRepository(session).get(mailbox_id)
+        if mailbox is None:
+            return 1
+        wanted = jobs_for(self.rt.provider(mailbox.provider).limits(), _MANY)
+        return math.ceil(wanted / await live_workers(self.rt.redis))
+
+    async def _run(self, mailbox_id: uuid.UUID) -> WindowRun:
         settings = self.settings
         run = WindowRun()
         deadline = time.monotonic() + settings.sync_slice_seconds
@@ -289,7 +371,9 @@ class WindowRunner:
                     mailbox_id, self.owner, settings.lease_seconds
                 )
             if lease is None:
-                # Nothing free: the open windows, if any, are other jobs' now.
+                lease = await self._steal(mailbox_id)
+            if lease is None:
+                # Nothing free, nothing worth sharing: the open windows are other jobs'.
                 nothing_free = True
                 break
             run.claimed += 1
@@ -327,6 +411,33 @@ class WindowRunner:
         # The budget is spent with windows still open: a continuation goes on with them.
         run.more = not nothing_free and any(b.open_partitions for b in active.values())
         return run
+
+    async def _steal(self, mailbox_id: uuid.UUID) -> PartitionLease | None:
+        """The second half of what the busiest held window has left, as a window of our
+        own: near the end of a backfill, the last windows would otherwise each run their
+        pages one after another while request slots and workers idle."""
+        async with self.rt.sessions() as session:
+            held = await PartitionRepository(session).shared_candidates(mailbox_id)
+        limits = self.rt.provider(held[0].provider).limits() if held else ProviderLimits()
+        # Worth a request of our own when the holder has a few pages left, not just the
+        # one it is already fetching.
+        chosen = steal_point(held, _PAGES_WORTH_SHARING * (limits.page_size or _NO_PAGE_SIZE))
+        if chosen is None:
+            return None
+        victim, at = chosen
+        async with self.rt.sessions() as session, session.begin():
+            lease = await PartitionRepository(session).steal(
+                victim, at, self.owner, self.settings.lease_seconds
+            )
+        if lease is not None:
+            log.info(
+                "mailbox %s window %d: took over from %s (window %d)",
+                mailbox_id,
+                victim.partition_id,
+                at.isoformat(),
+                lease.partition_id,
+            )
+        return lease
 
     async def _release(self, lease: PartitionLease) -> None:
         async with self.rt.sessions() as session, session.begin():
@@ -424,22 +535,31 @@ class WindowRunner:
                 split_at = self._split_point(lease, listed + len(page.upserts), page)
                 if not done and not out_of_budget and split_at is None:
                     upcoming = fetch(window, page.cursor)
-                await self._commit(context, lease, page, done=done)
+                end = await self._commit(context, lease, page, done=done)
+                if end.at != lease.window_end:
+                    # Another worker took the rest from `end` on: stop there. A page
+                    # already on its way may list a few of its messages too (written
+                    # twice, stored once).
+                    lease = dataclasses.replace(lease, window_end=end.at)
                 listed += len(page.upserts)
                 cursor = page.cursor
                 if split_at is not None and not done:
                     async with self.rt.sessions() as session, session.begin():
                         new_id = await PartitionRepository(session).split(lease, split_at)
-                    log.info(
-                        "mailbox %s window %d: large; split at %s (window %d)",
-                        context.mailbox_id,
-                        lease.partition_id,
-                        split_at.isoformat(),
-                        new_id,
-                    )
-                    lease = dataclasses.replace(lease, window_end=split_at)
-                    # Whoever is free takes the new half.
-                    await enqueue_windows(self.rt.redis, context.mailbox_id, 1, f"split{new_id}")
+                    # None: the window already ends there (another worker took its rest).
+                    if new_id is not None:
+                        log.info(
+                            "mailbox %s window %d: large; split at %s (window %d)",
+                            context.mailbox_id,
+                            lease.partition_id,
+                            split_at.isoformat(),
+                            new_id,
+                        )
+                        lease = dataclasses.replace(lease, window_end=split_at)
+                        # Whoever is free takes the new half.
+                        await enqueue_windows(
+                            self.rt.redis, context.mailbox_id, 1, f"split{new_id}"
+                        )
                 if done:
                     return pages, True
                 if out_of_budget:
@@ -468,19 +588,21 @@ class WindowRunner:
 
     async def _commit(
         self, context: _Context, lease: PartitionLease, page: WindowPage, *, done: bool
-    ) -> None:
+    ) -> WindowEnd:
         mailbox_id, stream_key = context.mailbox_id, lease.stream_key
         events = self.settings.events_enabled
         async with self.rt.sessions() as session, session.begin():
             partitions = PartitionRepository(session)
             # First: a window whose lease is gone writes nothing (the row lock also keeps a
             # second claimant out until this page commits or rolls back).
-            await partitions.checkpoint(
+            end = await partitions.checkpoint(
                 lease,
                 self.settings.lease_seconds,
                 checkpoint=page.cursor,
                 listed=len(page.upserts),
                 done=done,
+                listed_from=min(filter(None, page.upserts.received_at), default=None),
+                listed_before=page.listed_before,
             )
             upserts = await context.case_mail.keep(session, mailbox_id, page.upserts)
             upserted = await MessageRepository(session).upsert_page(
@@ -506,6 +628,7 @@ class WindowRunner:
         if upserted.written:
             MESSAGES_WRITTEN.labels(context.provider_name, "upserted").inc(len(upserted.written))
             self.rt.activity.add(activity.MESSAGES_WRITTEN, len(upserted.written))
+        return end
 
 
 @dataclasses.dataclass(slots=True)
@@ -522,11 +645,15 @@ class _Context:
 # -- ARQ functions (registered in app/sync/worker.py) ---------------------------------------
 
 
-async def run_windows(ctx: dict[str, Any], mailbox_id: str) -> str:
+async def run_windows(ctx: dict[str, Any], mailbox_id: str, handoffs: int = 0) -> str:
     """Window job: claim the mailbox's free windows until the slice budget is spent."""
     rt: Runtime = ctx["rt"]
     mid = uuid.UUID(mailbox_id)
-    run = await WindowRunner(rt, owner=ctx.get("worker_id", "worker")).run(mid)
+    run = await WindowRunner(rt, owner=ctx.get("worker_id", "worker")).run(mid, handoffs=handoffs)
+    if run.handed_off:
+        # Whichever process polls first takes it: an idle one, usually, not this busy one.
+        await enqueue_windows(rt.redis, mid, 1, f"h{uuid.uuid4().hex[:8]}", handoffs=handoffs + 1)
+        return "handed off"
     if run.more:
         await enqueue_windows(
             rt.redis, mid, 1, f"c{uuid.uuid4().hex[:8]}", defer_by=run.delay or None

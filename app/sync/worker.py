@@ -29,7 +29,7 @@ from app.events import snapshot
 from app.logging import configure_logging
 from app.metrics import QUEUE_DEPTH, serve_process_metrics
 from app.providers import registry
-from app.sync import jobs, partitions
+from app.sync import jobs, partitions, presence
 from app.sync.cases import jobs as case_jobs
 from app.sync.runtime import Runtime
 from app.sync.webhook_retention import prune_webhook_log
@@ -103,6 +103,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     serve_process_metrics(settings.worker_metrics_port, settings.metrics_host, "worker")
     rt.activity.start()
     ctx["sampler"] = asyncio.create_task(_sample_forever(ctx["redis"]), name="queue-depth")
+    ctx["presence"] = asyncio.create_task(
+        presence.announce_forever(ctx["redis"], ctx["worker_id"]), name="presence"
+    )
     registry.import_providers()
     await _open_database_connections(rt)
     _tune_the_collector()
@@ -110,11 +113,15 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    sampler: asyncio.Task[None] | None = ctx.get("sampler")
-    if sampler is not None:
-        sampler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sampler
+    for name in ("sampler", "presence"):
+        task: asyncio.Task[None] | None = ctx.get(name)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if "worker_id" in ctx:
+        with contextlib.suppress(OSError, RedisError):
+            await presence.withdraw(ctx["redis"], ctx["worker_id"])
     rt: Runtime | None = ctx.get("rt")
     if rt is not None:
         # arq closes the Redis pool it owns; the rest is ours.

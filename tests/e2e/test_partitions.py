@@ -268,6 +268,15 @@ async def test_two_worker_processes_share_windows_and_resume_a_killed_ones(
                 await asyncio.sleep(0.02)
 
     window = await in_the_middle()
+    # The window jobs spread over both processes (ARQ would hand every ready job to the
+    # first one that polls): each process holds windows of the mailbox.
+    holders: set[int] = set()
+    async with asyncio.timeout(30):
+        while holders != {first.pid, second.pid}:
+            rows = await windows_of(sim_rt, mailbox_id)
+            holders |= {_pid_of(r["lease_owner"]) for r in rows if r["lease_owner"]}
+            await asyncio.sleep(0.02)
+    window = await in_the_middle()
     victim = _pid_of(window["lease_owner"])
     assert victim in (first.pid, second.pid)
     os.kill(victim, signal.SIGKILL)
@@ -355,3 +364,89 @@ async def test_a_window_that_turns_out_large_splits_and_the_result_stays_exact(
     assert (await status_of(live_api, "sven"))["status"] == "connected"
     assert await windows_of(part_rt, mailbox_id) == []
     await outlook.assert_converged(sim, part_rt, account["email"], str(mailbox_id))
+
+
+async def test_an_idle_job_takes_half_of_a_busy_window_and_the_result_stays_exact(
+    sim: Sim, live_api: LiveApi
+) -> None:
+    """No window left to claim: a job takes the second half of what a held window has left
+    while its holder runs; the holder stops where the taker begins, and the mailbox still
+    converges exactly."""
+    rt = await Runtime.create(
+        live_api.settings.model_copy(
+            update={
+                "backfill_partition_threshold": 300,
+                # Windows never split themselves here: only a steal can share one.
+                "backfill_partition_size": 1_000_000,
+            }
+        )
+    )
+    try:
+        account = await outlook.new_account(sim, 6000, layout="inbox_only")
+        mailbox_id = uuid.UUID(
+            await connect_via_api(live_api, "tove", outlook.connect_body(account))
+        )
+        engine = SyncEngine(rt, owner="slice")
+        for _ in range(200):
+            result = await engine.run_slice(mailbox_id)
+            if result.outcome is not Outcome.CONTINUE:
+                break
+        assert result.outcome is Outcome.WAITING
+        # One window for the whole Inbox: as if the other jobs' windows were all done.
+        async with rt.sessions() as session, session.begin():
+            await session.execute(
+                text(
+                    "DELETE FROM backfill_partitions WHERE mailbox_id = :id "
+                    "AND window_start IS NOT NULL"
+                ),
+                {"id": mailbox_id},
+            )
+            await session.execute(
+                text("UPDATE backfill_partitions SET window_end = NULL WHERE mailbox_id = :id"),
+                {"id": mailbox_id},
+            )
+        [whole] = await windows_of(rt, mailbox_id)
+
+        # The holder pages through the whole window, slowly; once its first page is in,
+        # an idle job finds nothing to claim.
+        await sim.call("PUT", "/_sim/faults", json={"latency_ms": 300})
+        holder = asyncio.create_task(WindowRunner(rt, owner="holder").run(mailbox_id))
+        async with asyncio.timeout(30):
+            while True:
+                if (await windows_of(rt, mailbox_id))[0]["listed_before"]:
+                    break
+                await asyncio.sleep(0.02)
+        seen: dict[int, dict[str, Any]] = {}
+
+        async def watch() -> None:
+            # The windows' rows go with the stream's finish: keep their last state.
+            while True:
+                for w in await windows_of(rt, mailbox_id):
+                    seen[w["id"]] = w
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            taker = await WindowRunner(rt, owner="taker").run(mailbox_id)
+            held = await holder
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        await sim.call("PUT", "/_sim/faults", json={})
+
+        assert taker.claimed == 1 and taker.pages >= 1
+        [taken] = [w for w in seen.values() if w["id"] != whole["id"]]
+        shrunk = seen[whole["id"]]
+        # The second half of what was left, up to now.
+        assert shrunk["window_end"] == taken["window_start"] and taken["window_end"] is None
+        # The holder stopped at its new end instead of listing all 6000 in 7 pages (a
+        # page it had already asked for may reach past that end).
+        assert held.pages < 6 and held.pages + taker.pages <= 8
+        print(f"\nholder {held.pages} pages, taker {taker.pages} pages")
+
+        await run_worker(rt, max_seconds=180)
+        assert (await status_of(live_api, "tove"))["status"] == "connected"
+        assert await windows_of(rt, mailbox_id) == []
+        await outlook.assert_converged(sim, rt, account["email"], str(mailbox_id))
+    finally:
+        await rt.close()

@@ -43,6 +43,29 @@ class PartitionLease:
 
 
 @dataclass(frozen=True, slots=True)
+class WindowEnd:
+    """A window's end as its row says now (None: open-ended)."""
+
+    at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class HeldWindow:
+    """A window another worker holds, and how far it has listed."""
+
+    partition_id: int
+    provider: str
+    stream_key: str
+    window_end: datetime | None
+    # The received times its pages have covered so far, and how many messages they held.
+    listed_from: datetime
+    listed_before: datetime
+    listed: int
+    # The database's clock when it was read: an open window ends now.
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class PlannedWindow:
     start: datetime | None
     end: datetime | None
@@ -194,20 +217,7 @@ class PartitionRepository:
             {"id": mailbox_id, "owner": owner, "seconds": seconds, "syncable": _SYNCABLE},
         )
         row = result.one_or_none()
-        if row is None:
-            return None
-        return PartitionLease(
-            partition_id=int(row[0]),
-            mailbox_id=row[1],
-            stream_key=row[2],
-            generation=int(row[3]),
-            owner=owner,
-            fencing_token=int(row[4]),
-            window_start=row[5],
-            window_end=row[6],
-            checkpoint=row[7],
-            listed=int(row[8]),
-        )
+        return None if row is None else _lease(row, owner)
 
     async def heartbeat(self, lease: PartitionLease, seconds: int) -> bool:
         """Renew the lease without writing anything else; False when it is no longer held."""
@@ -232,16 +242,21 @@ class PartitionRepository:
         checkpoint: dict[str, Any] | None,
         listed: int,
         done: bool,
-    ) -> None:
+        listed_from: datetime | None = None,
+        listed_before: datetime | None = None,
+    ) -> WindowEnd:
         """A page's position in its window, in the page's transaction; renews the lease.
-        Raises PartitionLost when the lease is no longer held, or the mailbox was paused or
-        disconnected meanwhile (the page must roll back)."""
+        Returns the window's end as it is now: another worker may have taken the second
+        half of what the window had left (`steal`). Raises PartitionLost when the lease is
+        no longer held, or the mailbox was paused or disconnected meanwhile (the page must
+        roll back)."""
         result = await self.session.execute(
             text(
                 """
                 UPDATE backfill_partitions AS p
                    SET checkpoint = CAST(:checkpoint AS jsonb), listed = listed + :listed,
-                       done = :done,
+                       done = :done, listed_before = :listed_before,
+                       listed_from = COALESCE(listed_from, :listed_from),
                        lease_expires_at = now() + make_interval(secs => :seconds),
                        updated_at = now()
                  WHERE id = :id AND fencing_token = :token AND lease_owner = :owner
@@ -250,6 +265,7 @@ class PartitionRepository:
                    AND EXISTS (SELECT 1 FROM mailboxes m
                                 WHERE m.id = p.mailbox_id AND NOT m.paused
                                   AND m.status = ANY(CAST(:syncable AS text[])))
+             RETURNING p.window_end
                 """
             ),
             self._fence_params(lease)
@@ -259,22 +275,42 @@ class PartitionRepository:
                 "listed": listed,
                 "done": done,
                 "seconds": seconds,
+                "listed_before": listed_before,
+                "listed_from": listed_from if listed_before is not None else None,
             },
         )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        row = result.one_or_none()
+        if row is None:
             raise PartitionLost(f"partition {lease.partition_id} is no longer held")
+        return WindowEnd(row[0])
 
-    async def split(self, lease: PartitionLease, at: datetime) -> int:
+    async def split(self, lease: PartitionLease, at: datetime) -> int | None:
         """The window turned out large: it ends at `at` from now on, and a new window takes
-        [at, its old end). Fenced like a page. Returns the new partition's id."""
+        [at, its end). Fenced like a page. Returns the new partition's id, or None when the
+        window already ends at `at` or before (another worker took part of it meanwhile)."""
+        current = await self.session.execute(
+            text(
+                """
+                SELECT window_end FROM backfill_partitions
+                 WHERE id = :id AND fencing_token = :token AND lease_owner = :owner
+                   AND lease_expires_at > now() AND NOT done
+                   FOR UPDATE
+                """
+            ),
+            self._fence_params(lease),
+        )
+        row = current.one_or_none()
+        if row is None:
+            raise PartitionLost(f"partition {lease.partition_id} is no longer held")
+        end: datetime | None = row[0]
+        if end is not None and end <= at:
+            return None
         result = await self.session.execute(
             text(
                 """
                 WITH shrunk AS (
-                    UPDATE backfill_partitions
-                       SET window_end = :at, updated_at = now()
-                     WHERE id = :id AND fencing_token = :token AND lease_owner = :owner
-                       AND lease_expires_at > now() AND NOT done
+                    UPDATE backfill_partitions SET window_end = :at, updated_at = now()
+                     WHERE id = :id
                  RETURNING mailbox_id, stream_key, generation
                 )
                 INSERT INTO backfill_partitions (mailbox_id, stream_key, generation,
@@ -283,12 +319,78 @@ class PartitionRepository:
              RETURNING id
                 """
             ),
-            self._fence_params(lease) | {"at": at, "old_end": lease.window_end},
+            {"id": lease.partition_id, "at": at, "old_end": end},
         )
-        new_id = result.scalar_one_or_none()
-        if new_id is None:
-            raise PartitionLost(f"partition {lease.partition_id} is no longer held")
-        return int(new_id)
+        return int(result.scalar_one())
+
+    async def shared_candidates(self, mailbox_id: uuid.UUID) -> list[HeldWindow]:
+        """Windows of the mailbox other workers hold now that know how far they have
+        listed: what an idle worker may take half of (`steal`)."""
+        result = await self.session.execute(
+            text(
+                """
+                SELECT p.id, m.provider, p.stream_key, p.window_end, p.listed_from,
+                       p.listed_before, p.listed, now()
+                  FROM backfill_partitions p
+                  JOIN backfill_streams s
+                    ON s.mailbox_id = p.mailbox_id AND s.stream_key = p.stream_key
+                   AND s.generation = p.generation
+                  JOIN mailboxes m ON m.id = p.mailbox_id
+                 WHERE p.mailbox_id = :id AND NOT p.done
+                   AND p.listed_before IS NOT NULL AND p.listed_from IS NOT NULL
+                   AND p.lease_owner IS NOT NULL AND p.lease_expires_at >= now()
+                   AND m.status = ANY(CAST(:syncable AS text[])) AND NOT m.paused
+                """
+            ),
+            {"id": mailbox_id, "syncable": _SYNCABLE},
+        )
+        return [
+            HeldWindow(int(r[0]), r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7]) for r in result
+        ]
+
+    async def steal(
+        self, victim: HeldWindow, at: datetime, owner: str, seconds: int
+    ) -> PartitionLease | None:
+        """Take [at, end) of a window another worker holds, as a new window leased to
+        `owner`: the holder learns its new end with its next page (`checkpoint`). Nothing
+        happens (None) when the window changed since it was read (done, split, shared, or
+        listed past `at`); waits for the holder's page in flight to commit, if any."""
+        result = await self.session.execute(
+            text(
+                """
+                WITH victim AS (
+                    SELECT id, mailbox_id, stream_key, generation, window_end
+                      FROM backfill_partitions
+                     WHERE id = :id AND NOT done
+                       AND window_end IS NOT DISTINCT FROM CAST(:end AS timestamptz)
+                       AND listed_before < :at
+                       FOR UPDATE
+                ), shrunk AS (
+                    UPDATE backfill_partitions p SET window_end = :at, updated_at = now()
+                      FROM victim WHERE p.id = victim.id
+                 RETURNING victim.mailbox_id, victim.stream_key, victim.generation,
+                           victim.window_end
+                )
+                INSERT INTO backfill_partitions (mailbox_id, stream_key, generation,
+                                                 window_start, window_end, lease_owner,
+                                                 lease_expires_at, fencing_token)
+                SELECT mailbox_id, stream_key, generation, :at, window_end, :owner,
+                       now() + make_interval(secs => :seconds), 1
+                  FROM shrunk
+             RETURNING id, mailbox_id, stream_key, generation, fencing_token, window_start,
+                       window_end, checkpoint, listed
+                """
+            ),
+            {
+                "id": victim.partition_id,
+                "end": victim.window_end,
+                "at": at,
+                "owner": owner,
+                "seconds": seconds,
+            },
+        )
+        row = result.one_or_none()
+        return None if row is None else _lease(row, owner)
 
     async def release(self, lease: PartitionLease) -> None:
         """Give the window back (its slice's budget is spent) so any worker may go on."""
@@ -408,3 +510,18 @@ class PartitionRepository:
             {"id": mailbox_id, "delta": delta},
         )
         return bool(result.scalar_one_or_none())
+
+
+def _lease(row: Any, owner: str) -> PartitionLease:
+    return PartitionLease(
+        partition_id=int(row[0]),
+        mailbox_id=row[1],
+        stream_key=row[2],
+        generation=int(row[3]),
+        owner=owner,
+        fencing_token=int(row[4]),
+        window_start=row[5],
+        window_end=row[6],
+        checkpoint=row[7],
+        listed=int(row[8]),
+    )

@@ -86,7 +86,9 @@ class GmailProvider:
         self._labels = LabelCache(self._client)
 
     def limits(self) -> ProviderLimits:
-        return ProviderLimits(units_per_second=self._settings.gmail_quota_units_per_second)
+        return ProviderLimits(
+            units_per_second=self._settings.gmail_quota_units_per_second, page_size=LIST_PAGE_SIZE
+        )
 
     async def refresh_token(self, account: Account, refresh_token: str | None) -> TokenSet:
         return await refresh_access_token(self._settings, self._http, refresh_token)

@@ -94,7 +94,9 @@ class OutlookProvider:
         self._folders = FolderTracker(self._graph)
 
     def limits(self) -> ProviderLimits:
-        return ProviderLimits(max_concurrency=self._settings.graph_max_concurrency)
+        return ProviderLimits(
+            max_concurrency=self._settings.graph_max_concurrency, page_size=windows.PAGE_SIZE
+        )
 
     async def aclose(self) -> None:
         """Close MSAL's HTTP sessions (the shared httpx client belongs to the caller), and
