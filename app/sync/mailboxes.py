@@ -16,7 +16,7 @@ from app.db.models import Mailbox
 from app.db.repositories.credentials import CredentialRepository
 from app.db.repositories.cursors import CursorRepository
 from app.db.repositories.mailbox_actions import MailboxActions
-from app.db.repositories.mailboxes import MailboxRepository
+from app.db.repositories.mailboxes import ConnectedMailbox, MailboxRepository
 from app.db.repositories.messages import MessageRepository
 from app.db.repositories.outbox import OutboxRepository
 from app.db.repositories.reading import ReadRepository
@@ -71,7 +71,7 @@ def account_key(cmd: ConnectCommand) -> str:
     return "grant:" + hashlib.sha256(cmd.refresh_token.encode()).hexdigest()[:24]
 
 
-async def connect(uow: Transaction, cmd: ConnectCommand) -> Mailbox:
+async def connect(uow: Transaction, cmd: ConnectCommand) -> ConnectedMailbox:
     """Create or revive the mailbox and store its credentials in the caller's transaction;
     the first sync and the push subscription are enqueued after it commits."""
     session = uow.session
@@ -112,9 +112,9 @@ async def connect(uow: Transaction, cmd: ConnectCommand) -> Mailbox:
     uow.after_commit(lambda: enqueue_sync(redis, mailbox_id, suffix=connect_job_suffix()))
     # The push channel is created (or renewed) by the worker that takes this job, at the
     # service's pace (app/sync/jobs.py): connect waits for nothing more.
-    if mailbox.created_at != mailbox.updated_at:
-        # A reconnect (a new row has both times from this transaction): case searches
-        # parked by a refused grant resume from their checkpoints.
+    if mailbox.revived:
+        # A reconnect: case searches parked by a refused grant resume from their
+        # checkpoints.
         await resume_mailbox_cases(uow, mailbox_id)
     return mailbox
 

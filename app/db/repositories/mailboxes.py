@@ -19,7 +19,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -76,6 +75,35 @@ REQUEST_SYNC_CHANGES = """
 """
 
 
+# Connect's common case, a new mailbox, in one plain statement: connect is the hottest
+# write of the API (a tenant's burst of users), and ORM insert-returning costs more than the
+# round trip.
+_CREATE = text(
+    """
+    INSERT INTO mailboxes (id, user_id, provider, account_key, email, auth_mode, tenant_id,
+                           provider_user_id, scope, status, next_sync_at, sync_requested_at,
+                           pending_since)
+    VALUES (:id, :user_id, :provider, :account_key, :email, :auth_mode, :tenant_id,
+            :provider_user_id, :scope, :status, now(), now(), now())
+    ON CONFLICT ON CONSTRAINT uq_mailboxes_account DO NOTHING
+    RETURNING id, user_id, provider, email, status, scope
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectedMailbox:
+    """What connect answers with; `revived`: the account's mailbox existed (a reconnect)."""
+
+    id: uuid.UUID
+    user_id: str
+    provider: str
+    email: str | None
+    status: str
+    scope: str
+    revived: bool = False
+
+
 class MailboxRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -93,37 +121,27 @@ class MailboxRepository:
         tenant_id: str | None,
         provider_user_id: str | None,
         scope: str = MailboxScope.FULL,
-    ) -> Mailbox:
+    ) -> ConnectedMailbox:
         """Create the mailbox, or revive the existing one for this account (reconnect).
         An existing mailbox keeps its scope (the caller checks it against `scope`)."""
-        values = {
-            "id": uuid.uuid4(),
-            "user_id": user_id,
-            "provider": provider,
-            "account_key": account_key,
-            "email": email,
-            "auth_mode": auth_mode,
-            "tenant_id": tenant_id,
-            "provider_user_id": provider_user_id,
-            "scope": scope,
-            "status": MailboxStatus.PENDING.value,
-            "next_sync_at": func.now(),
-            "sync_requested_at": func.now(),
-            "pending_since": func.now(),
-        }
         created = await self.session.execute(
-            select(Mailbox)
-            .from_statement(
-                insert(Mailbox)
-                .values(values)
-                .on_conflict_do_nothing(constraint="uq_mailboxes_account")
-                .returning(Mailbox)
-            )
-            .execution_options(populate_existing=True)
+            _CREATE,
+            {
+                "id": uuid.uuid4(),
+                "user_id": user_id,
+                "provider": provider,
+                "account_key": account_key,
+                "email": email,
+                "auth_mode": auth_mode,
+                "tenant_id": tenant_id,
+                "provider_user_id": provider_user_id,
+                "scope": scope,
+                "status": MailboxStatus.PENDING.value,
+            },
         )
-        mailbox = created.scalar_one_or_none()
-        if mailbox is not None:
-            return mailbox
+        row = created.one_or_none()
+        if row is not None:
+            return ConnectedMailbox(*row)
         existing = (
             await self.session.execute(
                 select(Mailbox)
@@ -164,7 +182,15 @@ class MailboxRepository:
         )
         mailbox = result.scalar_one()
         await self._announce(mailbox.id, mailbox.user_id, change, {})
-        return mailbox
+        return ConnectedMailbox(
+            mailbox.id,
+            mailbox.user_id,
+            mailbox.provider,
+            mailbox.email,
+            mailbox.status,
+            mailbox.scope,
+            revived=True,
+        )
 
     async def get(self, mailbox_id: uuid.UUID) -> Mailbox | None:
         return await self.session.get(Mailbox, mailbox_id, populate_existing=True)
