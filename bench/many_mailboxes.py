@@ -7,14 +7,20 @@ Processes as in production, on this machine: the simulator (Graph, pre-rendered)
 (`uvicorn app.main:app`, one process), `--workers` sync workers (`arq
 app.sync.worker.WorkerSettings`), PostgreSQL and Redis (database 14, flushed). Then:
 
+0. connect with the API alone: as many probe mailboxes through `POST /mail/connect`
+   before any worker runs (then removed, with their jobs): calls/s of the API process
+   when it has the machine to itself;
 1. connect: every mailbox through `POST /mail/connect` (`--connections` keep-alive
-   connections, one request in flight each): connect calls/s, and the time until every
-   mailbox is `connected` (first syncs, and the push subscriptions the workers create);
+   connections, one request in flight each), the workers taking the first syncs
+   meanwhile: connect calls/s and the CPU each process spent per connect during the
+   burst, and the time until every mailbox is `connected` (first syncs, and the push
+   subscriptions the workers create);
 2. notify: one change per mailbox at the simulator (a category on its newest Inbox
    message), made with the simulator's notifications off; then Graph's change
    notification for each, sent to the API at once (16 connections): the API records them
    and enqueues one pass per mailbox: notify → converged mailboxes/s (every mailbox's
-   change stored, no pass owed; the clock starts with the first notification), provider requests and PostgreSQL transactions per notified pass (the
+   change stored, no pass owed; the clock starts with the first notification), provider
+   requests, PostgreSQL transactions and each process's CPU per notified pass (the
    transactions count every commit in the database meanwhile: webhooks and passes);
    `SYNC_POLL_WITHOUT_PUSH_SECONDS` is the periodic interval here, so that mailboxes whose
    first pass ended before their subscription existed have no periodic pass in this phase;
@@ -47,6 +53,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.providers.outlook.mapper import MESSAGE_SELECT
 from bench.common import free_port, scratch_database, start_simulator
+from bench.cpu import CpuSample, foreign_backends
 from bench.loadgen import _Connection
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -195,6 +202,28 @@ async def _stop(process: asyncio.subprocess.Process | None) -> None:
             process.kill()
 
 
+def _probe(i: int) -> dict[str, Any]:
+    token = f"probe-{i}"
+    return {
+        "access_token": token,
+        "refresh_token": token,
+        "expires_in": 3600,
+        "email": f"{token}@contoso.com",
+    }
+
+
+def _per(cpu: dict[str, float], count: int) -> str:
+    """CPU per unit of work by process, in ms, and how busy the machine was."""
+    workers = sum(v for k, v in cpu.items() if k.startswith("worker"))
+    parts = [
+        f"API {1000 * cpu['api'] / count:.1f}",
+        f"workers {1000 * workers / count:.1f}",
+        f"PostgreSQL {1000 * cpu['postgres'] / count:.1f}",
+        f"simulator {1000 * cpu['simulator'] / count:.1f}",
+    ]
+    return f"{', '.join(parts)} ms (machine {100 * cpu['utilization']:.0f}% busy)"
+
+
 async def _noop_ceiling(env: dict[str, str], workers: int, jobs: int, log: Path) -> float:
     redis = await create_pool(RedisSettings.from_dsn(REDIS_URL), default_queue_name="bench:noop")
     processes = [
@@ -270,6 +299,17 @@ async def run(args: argparse.Namespace) -> None:
                             break
                     except httpx.HTTPError:
                         await asyncio.sleep(0.1)
+            # 0. connect, the API alone: the same calls before any worker runs (probe
+            # mailboxes, removed with their queued jobs before the workers start).
+            probes = [
+                _connect_request(port, _probe(i), f"probe-{i}") for i in range(args.mailboxes)
+            ]
+            alone_seconds, alone_statuses = await _send_all(port, probes, args.connections)
+            if set(alone_statuses) != {202}:
+                raise RuntimeError(f"connect answered {alone_statuses}")
+            async with engine.begin() as conn:
+                await conn.execute(text("DELETE FROM mailboxes WHERE user_id LIKE 'probe-%'"))
+            await redis.flushdb()
             profile = (
                 ["-m", "cProfile", "-o", str(Path(args.profile) / "worker-{}.prof")]
                 if args.profile
@@ -295,8 +335,15 @@ async def run(args: argparse.Namespace) -> None:
             # 1. connect
             requests = [_connect_request(port, a, f"user-{i}") for i, a in enumerate(accounts)]
             (await sim.post("/_sim/counters/reset")).raise_for_status()
+            processes: dict[str, int | None] = {
+                "api": api.pid,
+                "simulator": sim_process.pid,
+                **{f"worker{i}": w.pid for i, w in enumerate(workers)},
+            }
+            cpu_before = CpuSample.take(processes)
             connect_started = time.perf_counter()
             connect_seconds, statuses = await _send_all(port, requests, args.connections)
+            connect_cpu = CpuSample.take(processes).since(cpu_before, await foreign_backends(url))
             if set(statuses) != {202}:
                 raise RuntimeError(f"connect answered {statuses}")
             await _wait_until(
@@ -318,6 +365,10 @@ async def run(args: argparse.Namespace) -> None:
                   f"{args.workers} workers, 1 API process")  # fmt: skip
             print(f"connect                  {args.mailboxes / connect_seconds:,.0f} calls/s "
                   f"({args.connections} connections)")  # fmt: skip
+            print(f"                         {_per(connect_cpu, args.mailboxes)} per connect "
+                  "while the burst lasted")  # fmt: skip
+            print(f"connect, API alone       {args.mailboxes / alone_seconds:,.0f} calls/s (the "
+                  "same burst before any worker ran)")  # fmt: skip
             print(f"all connected            {all_connected:.1f} s after the first connect "
                   f"({args.mailboxes / all_connected:,.0f} mailboxes/s)")  # fmt: skip
             print(f"all subscribed           {subscribed:.1f} s after the first connect")
@@ -358,6 +409,7 @@ async def run(args: argparse.Namespace) -> None:
                     "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
                 )
             )
+            cpu_before = CpuSample.take(processes)
             started = time.perf_counter()
             sent_seconds, statuses = await _send_all(port, notifications, 16)
             if set(statuses) != {202}:
@@ -378,6 +430,7 @@ async def run(args: argparse.Namespace) -> None:
                 within=3600,
             )
             converged = time.perf_counter() - started
+            pass_cpu = CpuSample.take(processes).since(cpu_before, await foreign_backends(url))
             commits = (
                 int(
                     await _scalar(
@@ -404,6 +457,8 @@ async def run(args: argparse.Namespace) -> None:
                   f"({notified['methods']})")  # fmt: skip
             print(f"transactions per pass    {commits / args.mailboxes:.2f} "
                   "(every commit meanwhile: webhook groups, passes, scheduler)")  # fmt: skip
+            print(f"CPU per notified pass    {_per(pass_cpu, args.mailboxes)} "
+                  "(the notification's request included)")  # fmt: skip
             for i, worker in enumerate(workers):
                 rss, peak = _rss_mib(worker.pid)
                 print(f"worker {i} RSS             {rss:.0f} MiB now, {peak:.0f} MiB peak")

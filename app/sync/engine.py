@@ -96,6 +96,8 @@ class SliceResult:
     pages: int = 0
     fencing_token: int | None = None
     message: str | None = None
+    # Whether the mailbox belongs to a case (True when the slice did not find out).
+    in_cases: bool = True
 
 
 @dataclass(slots=True)
@@ -216,13 +218,12 @@ class SyncEngine:
     async def run_slice(self, mailbox_id: uuid.UUID) -> SliceResult:
         settings = self.settings
         async with self.rt.sessions() as session, session.begin():
-            lease = await MailboxRepository(session).acquire_lease(
-                mailbox_id, self.owner, settings.lease_seconds
-            )
+            mailboxes = MailboxRepository(session)
+            lease = await mailboxes.acquire_lease(mailbox_id, self.owner, settings.lease_seconds)
+            # Read under the lease just taken, in its transaction.
+            mailbox = None if lease is None else await mailboxes.get(mailbox_id)
         if lease is None:
             return SliceResult(Outcome.BUSY)
-        async with self.rt.sessions() as session:
-            mailbox = await MailboxRepository(session).get(mailbox_id)
         assert mailbox is not None
         started = time.monotonic()
         result = await self._run_leased(mailbox, lease)
@@ -537,11 +538,15 @@ class SyncEngine:
             )
             # Hints noted after this pass took its own point to streams it may not have
             # followed: they owe the next pass (the status is not told otherwise).
-            hinted = await PendingStreamRepository(session).any(mailbox.id)
-            if hinted:
+            if finished.hinted:
                 await mailboxes.request_sync([mailbox.id], full=False)
-        outcome = Outcome.DONE_AGAIN if finished.owed or hinted else Outcome.DONE
-        return SliceResult(outcome, pages=state.pages, fencing_token=lease.fencing_token)
+        outcome = Outcome.DONE_AGAIN if finished.owed or finished.hinted else Outcome.DONE
+        return SliceResult(
+            outcome,
+            pages=state.pages,
+            fencing_token=lease.fencing_token,
+            in_cases=finished.in_cases,
+        )
 
     async def _list_streams(
         self, provider: MailProvider, ctx: SyncContext, tokens: TokenSource, mailbox: Mailbox

@@ -64,7 +64,7 @@ async def sync_mailbox(ctx: dict[str, Any], mailbox_id: str) -> str:
         await enqueue_sync(rt.redis, mid, suffix=f"a{token}")
     elif result.outcome is Outcome.RETRY_LATER:
         await enqueue_sync(rt.redis, mid, suffix=f"r{uuid.uuid4().hex[:8]}", defer_by=result.delay)
-    if result.outcome in (Outcome.DONE, Outcome.DONE_AGAIN):
+    if result.outcome in (Outcome.DONE, Outcome.DONE_AGAIN) and result.in_cases:
         # A full mirror's case entries wait for its first completed pass.
         await wake_after_pass(rt, mid)
     log.info("sync %s: %s after %d pages", mailbox_id, result.outcome.value, result.pages)

@@ -210,6 +210,13 @@ async def plan_backfills(
     `before_windows` (the newest messages' provisional rows, asked for meanwhile) is awaited
     before any window job is enqueued: a window's row must never be overwritten by a
     provisional one."""
+    if all(s.cursor is not None for s in streams):
+        # Every stream follows its cursor (an incremental pass): none is partitioned, none
+        # can be planned, and no plan is left to forget (a stream restarted since has no
+        # cursor). Nothing to ask PostgreSQL, on the passes that matter most for their cost.
+        if before_windows is not None:
+            await before_windows
+        return set()
     settings = rt.settings
     mailbox_id = lease.mailbox_id
     async with rt.sessions() as session, session.begin():

@@ -50,6 +50,10 @@ class Finished:
 
     transition: states.Transition
     owed: bool
+    # Change notifications noted meanwhile point to streams (another pass owes them).
+    hinted: bool = False
+    # The mailbox belongs to a case (its entries may wait for this pass).
+    in_cases: bool = True
 
 
 # "A pass is owed" (MailboxRepository.request_sync): the assignments, shared with the webhook
@@ -439,6 +443,11 @@ class MailboxRepository:
             messages_synced = COALESCE(:messages_synced, m.messages_synced)
             """,
             lease=lease,
+            # What the pass's end needs to know, read under the row's lock in the same
+            # statement rather than by statements of their own.
+            returning=""",
+                EXISTS (SELECT 1 FROM pending_streams p WHERE p.mailbox_id = m.id) AS hinted,
+                EXISTS (SELECT 1 FROM case_mailboxes c WHERE c.mailbox_id = m.id) AS in_cases""",
             params={
                 "phase": phase.value if phase else None,
                 "next_sync_at": next_sync_at,
@@ -466,7 +475,12 @@ class MailboxRepository:
                 "consecutive_failures": row["consecutive_failures"],
             }
         await self._announce(lease.mailbox_id, row["user_id"], change, detail)
-        return Finished(change, owed=pass_completed and row["old_pending_next"] is not None)
+        return Finished(
+            change,
+            owed=pass_completed and row["old_pending_next"] is not None,
+            hinted=bool(row["hinted"]),
+            in_cases=bool(row["in_cases"]),
+        )
 
     async def park_auth_expired(self, lease: Lease, message: str) -> None:
         """A refused refresh: stop syncing until the user reconnects."""
@@ -498,6 +512,7 @@ class MailboxRepository:
         lease: Lease | None = None,
         require_live_lease: bool = False,
         params: dict[str, Any] | None = None,
+        returning: str = "",
     ) -> dict[str, Any] | None:
         """One UPDATE that moves the status only from a status the transition table allows
         (and, with a lease, only for its holder), returning the row as it was before."""
@@ -517,8 +532,8 @@ class MailboxRepository:
              RETURNING old.status AS old_status, old.connected_at AS old_connected_at,
                        old.failing_since AS old_failing_since,
                        old.pending_next AS old_pending_next,
-                       m.user_id, m.consecutive_failures
-                """  # noqa: S608 - assignments and fencing are constant fragments
+                       m.user_id, m.consecutive_failures{returning}
+                """  # noqa: S608 - assignments, fencing, returning are constant fragments
             ),
             {
                 **(params or {}),
