@@ -39,14 +39,11 @@ from app.metrics import (
     LEASES_LOST,
     MESSAGES_WRITTEN,
     PAGES_WRITTEN,
-    RETRY_AFTER_SECONDS,
     SLICE_SECONDS,
     SYNC_ERRORS,
     SYNC_LAG,
-    THROTTLED,
 )
 from app.providers.base import (
-    Account,
     AuthExpiredError,
     CatalogedStreams,
     Cursor,
@@ -61,11 +58,11 @@ from app.providers.base import (
     TransientError,
 )
 from app.sync import activity, states
+from app.sync.binding import bind
 from app.sync.cases.mail import CaseMail
 from app.sync.cases.states import MailboxScope
 from app.sync.heartbeat import renew_while_running
 from app.sync.partitions import backfilling, plan_backfills
-from app.sync.ratelimit import RedisRateGate
 from app.sync.runtime import Runtime
 from app.sync.spread import next_periodic_pass
 from app.sync.states import MailboxStatus, Phase, StreamMode
@@ -142,17 +139,6 @@ class _Listing:
     streams: Sequence[StreamInfo]
     # What to keep for the provider's next listing (CatalogedStreams); None: nothing.
     state: dict[str, Any] | None
-
-
-def account_of(mailbox: Mailbox) -> Account:
-    return Account(
-        provider="google" if mailbox.provider == "google" else "microsoft",
-        mailbox_id=str(mailbox.id),
-        email=mailbox.email,
-        auth_mode="application" if mailbox.auth_mode == "application" else "delegated",
-        tenant_id=mailbox.tenant_id,
-        provider_user_id=mailbox.provider_user_id,
-    )
 
 
 def backoff_seconds(failures: int, *, base: float = 2.0, cap: float = 900.0) -> float:
@@ -239,17 +225,7 @@ class SyncEngine:
     async def _run_leased(self, mailbox: Mailbox, lease: Lease) -> SliceResult:
         settings = self.settings
         mailbox_id = mailbox.id
-        provider = self.rt.provider(mailbox.provider)
-        account = account_of(mailbox)
-        tokens = TokenSource(self.rt, mailbox_id, account, provider)
-        gate = RedisRateGate(
-            self.rt.redis,
-            str(mailbox_id),
-            provider.limits(),
-            slot_ttl_seconds=settings.lease_seconds,
-            on_pause=partial(self._throttled, mailbox.provider),
-        )
-        ctx = SyncContext(account=account, access_token=tokens.get, gate=gate)
+        provider, ctx, tokens = bind(self.rt, mailbox)
         state = _SliceState(
             lease=lease,
             provider=mailbox.provider,
@@ -337,11 +313,6 @@ class SyncEngine:
             log.error("mailbox %s: unexpected failure", mailbox.id, exc_info=exc)
             return await self._retry_later(mailbox, state, exc, None)
         raise exc
-
-    def _throttled(self, provider: str, seconds: float) -> None:
-        THROTTLED.labels(provider).inc()
-        RETRY_AFTER_SECONDS.labels(provider).observe(seconds)
-        self.rt.activity.add(activity.THROTTLED)
 
     async def _record_error(self, mailbox: Mailbox, exc: BaseException, message: str) -> None:
         kind = exc.__class__.__name__

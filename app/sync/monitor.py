@@ -43,17 +43,15 @@ from app.providers.base import (
     ProviderCounts,
     ProviderError,
     ScopeCount,
-    SyncContext,
 )
 from app.sync import states
-from app.sync.engine import account_of
+from app.sync.binding import bind
 from app.sync.gaps import differences
 from app.sync.queue import enqueue_sync, enqueue_verify
-from app.sync.ratelimit import RedisRateGate
 from app.sync.repairs import Bound, Repairer
 from app.sync.runtime import Runtime
 from app.sync.states import PushState, RepairState
-from app.sync.tokens import TokenSource, with_token_retry
+from app.sync.tokens import with_token_retry
 
 log = logging.getLogger(__name__)
 
@@ -318,13 +316,5 @@ class CompletionMonitor:
         await enqueue_sync(self.rt.redis, mailbox_id, suffix=f"verify{uuid.uuid4().hex[:8]}")
 
     def _bind(self, mailbox: Mailbox) -> Bound:
-        provider = self.rt.provider(mailbox.provider)
-        account = account_of(mailbox)
-        tokens = TokenSource(self.rt, mailbox.id, account, provider)
-        gate = RedisRateGate(
-            self.rt.redis,
-            str(mailbox.id),
-            provider.limits(),
-            slot_ttl_seconds=self.settings.lease_seconds,
-        )
-        return Bound(mailbox, provider, SyncContext(account, tokens.get, gate), tokens)
+        provider, ctx, tokens = bind(self.rt, mailbox)
+        return Bound(mailbox, provider, ctx, tokens)

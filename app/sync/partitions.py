@@ -46,7 +46,7 @@ from app.db.repositories.partitions import (
     WindowEnd,
 )
 from app.events.changes import MESSAGES_CHANGED, PageChanges
-from app.metrics import MESSAGES_WRITTEN, PAGES_WRITTEN, RETRY_AFTER_SECONDS, THROTTLED
+from app.metrics import MESSAGES_WRITTEN, PAGES_WRITTEN
 from app.providers.base import (
     CursorInvalidError,
     MailProvider,
@@ -60,11 +60,11 @@ from app.providers.base import (
     WindowPage,
 )
 from app.sync import activity
+from app.sync.binding import bind
 from app.sync.cases.mail import CaseMail
 from app.sync.heartbeat import renew_while_running
 from app.sync.presence import live_workers
 from app.sync.queue import enqueue_sync
-from app.sync.ratelimit import RedisRateGate
 from app.sync.runtime import Runtime
 from app.sync.states import StreamMode
 from app.sync.tokens import TokenSource, with_token_retry
@@ -451,30 +451,12 @@ class WindowRunner:
             await PartitionRepository(session).release(lease)
 
     async def _context(self, mailbox_id: uuid.UUID) -> _Context | None:
-        from app.sync.engine import account_of  # the engine imports this module's planner
-
         async with self.rt.sessions() as session:
             mailbox = await MailboxRepository(session).get(mailbox_id)
             streams = {s.stream_key: s for s in await CursorRepository(session).list(mailbox_id)}
         if mailbox is None:
             return None
-        provider = self.rt.provider(mailbox.provider)
-        account = account_of(mailbox)
-        tokens = TokenSource(self.rt, mailbox_id, account, provider)
-
-        def throttled(seconds: float) -> None:
-            THROTTLED.labels(mailbox.provider).inc()
-            RETRY_AFTER_SECONDS.labels(mailbox.provider).observe(seconds)
-            self.rt.activity.add(activity.THROTTLED)
-
-        gate = RedisRateGate(
-            self.rt.redis,
-            str(mailbox_id),
-            provider.limits(),
-            slot_ttl_seconds=self.settings.lease_seconds,
-            on_pause=throttled,
-        )
-        ctx = SyncContext(account=account, access_token=tokens.get, gate=gate)
+        provider, ctx, tokens = bind(self.rt, mailbox)
         return _Context(
             mailbox_id=mailbox_id,
             provider_name=mailbox.provider,

@@ -24,15 +24,11 @@ from app.providers.base import (
     AttachmentInfo,
     AuthExpiredError,
     BodyFormat,
-    MailProvider,
     MessageBody,
-    SyncContext,
 )
-from app.sync.engine import account_of
-from app.sync.ratelimit import RedisRateGate
+from app.sync.binding import bind
 from app.sync.runtime import Runtime
 from app.sync.states import PARKED, MailboxStatus
-from app.sync.tokens import TokenSource
 
 T = TypeVar("T")
 
@@ -49,20 +45,8 @@ class _Reader:
                 "the mailbox must be reconnected before its content can be read"
                 + (f" ({detail})" if detail else "")
             )
-        self.provider: MailProvider = rt.provider(mailbox.provider)
-        account = account_of(mailbox)
-        self.tokens = TokenSource(rt, mailbox.id, account, self.provider)
-        gate = RedisRateGate(
-            rt.redis,
-            str(mailbox.id),
-            self.provider.limits(),
-            max_wait_seconds=rt.settings.read_max_wait_seconds,
-        )
-        self.ctx = SyncContext(
-            account=account,
-            access_token=self.tokens.get,
-            gate=gate,
-            max_wait=rt.settings.read_max_wait_seconds,
+        self.provider, self.ctx, self.tokens = bind(
+            rt, mailbox, max_wait_seconds=rt.settings.read_max_wait_seconds
         )
 
     async def call(self, call: Callable[[], Awaitable[T]]) -> T:

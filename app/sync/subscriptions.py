@@ -22,8 +22,7 @@ from app.providers.base import (
     SyncContext,
 )
 from app.sync import states
-from app.sync.engine import account_of
-from app.sync.ratelimit import RedisRateGate
+from app.sync.binding import bind
 from app.sync.runtime import Runtime
 from app.sync.states import PushState
 from app.sync.tokens import TokenSource
@@ -52,16 +51,8 @@ class SubscriptionService:
             return None
         if live_only and mailbox.status in states.PARKED:
             return None
-        provider = self.rt.provider(mailbox.provider)
-        account = account_of(mailbox)
-        tokens = TokenSource(self.rt, mailbox_id, account, provider)
-        gate = RedisRateGate(
-            self.rt.redis,
-            str(mailbox_id),
-            provider.limits(),
-            slot_ttl_seconds=self.rt.settings.lease_seconds,
-        )
-        return _Bound(provider, SyncContext(account, tokens.get, gate), tokens)
+        provider, ctx, tokens = bind(self.rt, mailbox)
+        return _Bound(provider, ctx, tokens)
 
     async def _store(self, mailbox_id: uuid.UUID, provider: str, sub: Subscription) -> None:
         async with self.rt.sessions() as session, session.begin():

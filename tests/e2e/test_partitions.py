@@ -62,13 +62,7 @@ async def stored_streams(rt: Runtime, mailbox_id: uuid.UUID) -> dict[str, str]:
 async def start_partitioned(rt: Runtime, mailbox_id: uuid.UUID) -> list[dict[str, Any]]:
     """The mailbox's first slice plans the windows and waits for them; a few window pages
     then commit, so the changes that follow land in the middle of the windows."""
-    engine = SyncEngine(rt, owner="slice")
-    result = await engine.run_slice(mailbox_id)
-    for _ in range(200):  # the other (small) streams, a page a slice
-        if result.outcome is not Outcome.CONTINUE:
-            break
-        result = await engine.run_slice(mailbox_id)
-    assert result.outcome is Outcome.WAITING, result
+    await slices_until_windows(rt, mailbox_id)
     planned = await windows_of(rt, mailbox_id)
     assert len(planned) >= 2
     runner = WindowRunner(rt, owner="early")
@@ -77,6 +71,36 @@ async def start_partitioned(rt: Runtime, mailbox_id: uuid.UUID) -> list[dict[str
     row = await _mailbox(rt, mailbox_id)
     assert row["status"] == "syncing" and row["phase"] == "backfill"
     return planned
+
+
+async def slices_until_windows(rt: Runtime, mailbox_id: uuid.UUID) -> None:
+    """The mailbox's slices (the small streams a page a slice) until it waits for windows."""
+    engine = SyncEngine(rt, owner="slice")
+    for _ in range(200):
+        result = await engine.run_slice(mailbox_id)
+        if result.outcome is not Outcome.CONTINUE:
+            break
+    assert result.outcome is Outcome.WAITING, result
+
+
+async def one_window_for_all(rt: Runtime, mailbox_id: uuid.UUID, stream_key: str) -> None:
+    """As if all the stream's mail had arrived at once: its windows become one, from the
+    start of time to now."""
+    async with rt.sessions() as session, session.begin():
+        await session.execute(
+            text(
+                "DELETE FROM backfill_partitions WHERE mailbox_id = :id AND stream_key = :key "
+                "AND window_start IS NOT NULL"
+            ),
+            {"id": mailbox_id, "key": stream_key},
+        )
+        await session.execute(
+            text(
+                "UPDATE backfill_partitions SET window_end = NULL "
+                "WHERE mailbox_id = :id AND stream_key = :key"
+            ),
+            {"id": mailbox_id, "key": stream_key},
+        )
 
 
 async def _mailbox(rt: Runtime, mailbox_id: uuid.UUID) -> dict[str, Any]:
@@ -319,32 +343,12 @@ async def test_a_window_that_turns_out_large_splits_and_the_result_stays_exact(
 ) -> None:
     account = await outlook.new_account(sim, 4000)
     mailbox_id = uuid.UUID(await connect_via_api(live_api, "sven", outlook.connect_body(account)))
-    engine = SyncEngine(part_rt, owner="slice")
-    for _ in range(200):
-        result = await engine.run_slice(mailbox_id)
-        if result.outcome is not Outcome.CONTINUE:
-            break
-    assert result.outcome is Outcome.WAITING
+    await slices_until_windows(part_rt, mailbox_id)
     planned = await windows_of(part_rt, mailbox_id)
     keys = [w["stream_key"] for w in planned]
     largest = max(set(keys), key=keys.count)
-    # As if all its mail had arrived at once: before any window runs, the stream's windows
-    # become one, from the start of time to now, far larger than a window should be.
-    async with part_rt.sessions() as session, session.begin():
-        await session.execute(
-            text(
-                "DELETE FROM backfill_partitions WHERE mailbox_id = :id AND stream_key = :key "
-                "AND window_start IS NOT NULL"
-            ),
-            {"id": mailbox_id, "key": largest},
-        )
-        await session.execute(
-            text(
-                "UPDATE backfill_partitions SET window_end = NULL "
-                "WHERE mailbox_id = :id AND stream_key = :key"
-            ),
-            {"id": mailbox_id, "key": largest},
-        )
+    # Before any window runs: one window far larger than a window should be.
+    await one_window_for_all(part_rt, mailbox_id, largest)
     [whole] = [w for w in await windows_of(part_rt, mailbox_id) if w["stream_key"] == largest]
     runner = WindowRunner(part_rt, owner="splitter")
     split: list[dict[str, Any]] = []
@@ -386,25 +390,10 @@ async def test_an_idle_job_takes_half_of_a_busy_window_and_the_result_stays_exac
         mailbox_id = uuid.UUID(
             await connect_via_api(live_api, "tove", outlook.connect_body(account))
         )
-        engine = SyncEngine(rt, owner="slice")
-        for _ in range(200):
-            result = await engine.run_slice(mailbox_id)
-            if result.outcome is not Outcome.CONTINUE:
-                break
-        assert result.outcome is Outcome.WAITING
+        await slices_until_windows(rt, mailbox_id)
         # One window for the whole Inbox: as if the other jobs' windows were all done.
-        async with rt.sessions() as session, session.begin():
-            await session.execute(
-                text(
-                    "DELETE FROM backfill_partitions WHERE mailbox_id = :id "
-                    "AND window_start IS NOT NULL"
-                ),
-                {"id": mailbox_id},
-            )
-            await session.execute(
-                text("UPDATE backfill_partitions SET window_end = NULL WHERE mailbox_id = :id"),
-                {"id": mailbox_id},
-            )
+        [inbox] = {w["stream_key"] for w in await windows_of(rt, mailbox_id)}
+        await one_window_for_all(rt, mailbox_id, inbox)
         [whole] = await windows_of(rt, mailbox_id)
 
         # The holder pages through the whole window, slowly; once its first page is in,

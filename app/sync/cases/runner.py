@@ -44,20 +44,19 @@ from app.providers.base import (
     ParticipantSearch,
     PermanentError,
     SearchPage,
-    SyncContext,
     TransientError,
 )
+from app.sync.binding import bind
 from app.sync.cases import states
 from app.sync.cases.events import announce_complete, announce_links
 from app.sync.cases.mail import involving, take
 from app.sync.cases.plan import SearchPlan
 from app.sync.cases.states import EntryStatus, MailboxScope
-from app.sync.engine import account_of, backoff_seconds
+from app.sync.engine import backoff_seconds
 from app.sync.heartbeat import renew_while_running
-from app.sync.ratelimit import RedisRateGate
 from app.sync.runtime import Runtime
 from app.sync.states import MailboxStatus
-from app.sync.tokens import TokenSource, with_token_retry
+from app.sync.tokens import with_token_retry
 
 log = logging.getLogger(__name__)
 
@@ -238,15 +237,7 @@ class CaseSearchRunner:
             # Until every stream follows a cursor, mail arriving now could be behind both the
             # search (which sees what exists when it runs) and the stream.
             return await self._wait(work, STREAMS_RECHECK_SECONDS)
-        account = account_of(mailbox)
-        tokens = TokenSource(self.rt, mailbox.id, account, provider)
-        gate = RedisRateGate(
-            self.rt.redis,
-            str(mailbox.id),
-            provider.limits(),
-            slot_ttl_seconds=self.settings.lease_seconds,
-        )
-        ctx = SyncContext(account=account, access_token=tokens.get, gate=gate)
+        _, ctx, tokens = bind(self.rt, mailbox)
         plan = SearchPlan.load(entry.plan, work.case.since)
         budget = _Budget(time.monotonic() + self.settings.sync_slice_seconds, self.max_pages)
         status = states.during_run(entry.status)
