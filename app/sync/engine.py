@@ -141,6 +141,12 @@ class _Listing:
     state: dict[str, Any] | None
 
 
+def _smaller_than(streams: list[StreamState], messages: int) -> bool:
+    """Whether the streams' counts are all known and hold `messages` or fewer together."""
+    counts = [s.total_estimate for s in streams]
+    return None not in counts and sum(c or 0 for c in counts) <= messages
+
+
 def backoff_seconds(failures: int, *, base: float = 2.0, cap: float = 900.0) -> float:
     """Exponential backoff with full jitter."""
     return random.uniform(base / 2, min(cap, base * (2 ** max(failures, 0))))
@@ -403,6 +409,9 @@ class SyncEngine:
             and settings.sync_recent_first
             and not state.case_mail.cases_only
             and all(s.cursor is None for s in streams_now)
+            # A mailbox no larger than the newest page gains nothing from it: its first
+            # pages are all of it.
+            and not _smaller_than(streams_now, settings.sync_recent_first)
             # Windows write at the stream's generation: provisional rows one below it would
             # undo them (and the last window's sweep would take them).
             and not await backfilling(self.rt, mailbox.id)

@@ -88,7 +88,30 @@ async def test_switched_off_it_fetches_nothing_extra(rt: Runtime) -> None:
         assert not any(orjson.loads(payload).get("recent") for payload in events)
 
 
+async def test_a_mailbox_no_larger_than_the_newest_page_skips_it(rt: Runtime) -> None:
+    rt.settings = rt.settings.model_copy(update={"sync_recent_first": 60})
+    provider = seeded(60, page_size=25, streams=2)
+    registry.override("microsoft", lambda s, h: provider)
+    mailbox_id = await connect(rt, provider)
+    assert (await SyncEngine(rt, "w").run_slice(mailbox_id)).outcome is Outcome.DONE
+    assert provider.recent_calls == 0
+    assert await stored_state(rt, mailbox_id) == truth_state(provider)
+
+
+async def test_one_message_more_than_the_newest_page_is_shown_newest_first(
+    rt: Runtime,
+) -> None:
+    rt.settings = rt.settings.model_copy(update={"sync_recent_first": 60})
+    provider = seeded(61, page_size=25, streams=2)
+    registry.override("microsoft", lambda s, h: provider)
+    mailbox_id = await connect(rt, provider)
+    assert (await SyncEngine(rt, "w").run_slice(mailbox_id)).outcome is Outcome.DONE
+    assert provider.recent_calls == 1
+    assert await stored_state(rt, mailbox_id) == truth_state(provider)
+
+
 async def test_a_refused_listing_only_costs_the_head_start(rt: Runtime) -> None:
+    rt.settings = rt.settings.model_copy(update={"sync_recent_first": 20})
     provider = seeded(80, page_size=25)
     provider.faults.recent_error = PermanentError("400 ErrorInvalidUrlQuery")
     registry.override("microsoft", lambda s, h: provider)
