@@ -82,7 +82,7 @@ async def test_with_events_off_nothing_is_written_to_the_outbox(off: Runtime, rt
     rt._providers.clear()
     on_mailbox = await connect(rt, other, user="olga")
     await _sync(rt, on_mailbox)
-    assert await _outbox(rt) == 2  # the page, mailbox.connected
+    assert await _outbox(rt) == 3  # a page per stream (inbox, sent), mailbox.connected
 
 
 async def test_with_events_off_a_resnapshot_is_refused(
