@@ -23,6 +23,21 @@ from app.sync import states
 
 _SYNCABLE = sorted(s.value for s in states.SYNCABLE)
 
+# The open windows `p` that may run now: of their stream's current plan and generation (a
+# stream restarted since runs none of its old windows), of a mailbox that may sync (not
+# paused, not parked). Claims, shares and the recovery cron read windows through it.
+_RUNNABLE_WINDOWS = """
+      FROM backfill_partitions p
+      JOIN backfill_streams s
+        ON s.mailbox_id = p.mailbox_id AND s.stream_key = p.stream_key
+       AND s.generation = p.generation
+      JOIN sync_cursors c
+        ON c.mailbox_id = s.mailbox_id AND c.stream_key = s.stream_key
+       AND c.generation = s.generation
+      JOIN mailboxes m ON m.id = p.mailbox_id
+     WHERE NOT p.done AND m.status = ANY(CAST(:syncable AS text[])) AND NOT m.paused
+"""
+
 
 class PartitionLost(Exception):
     """The partition's lease lapsed or was taken over: the caller must stop and roll back."""
@@ -188,31 +203,22 @@ class PartitionRepository:
         stream restarted since, or a paused or disconnected mailbox, runs none."""
         result = await self.session.execute(
             text(
-                """
-                UPDATE backfill_partitions AS p
+                f"""
+                UPDATE backfill_partitions AS w
                    SET lease_owner = :owner,
                        lease_expires_at = now() + make_interval(secs => :seconds),
-                       fencing_token = p.fencing_token + 1,
+                       fencing_token = w.fencing_token + 1,
                        updated_at = now()
-                  FROM (SELECT p2.id
-                          FROM backfill_partitions p2
-                          JOIN backfill_streams s
-                            ON s.mailbox_id = p2.mailbox_id AND s.stream_key = p2.stream_key
-                           AND s.generation = p2.generation
-                          JOIN sync_cursors c
-                            ON c.mailbox_id = s.mailbox_id AND c.stream_key = s.stream_key
-                           AND c.generation = s.generation
-                          JOIN mailboxes m ON m.id = p2.mailbox_id
-                         WHERE p2.mailbox_id = :id AND NOT p2.done
-                           AND (p2.lease_owner IS NULL OR p2.lease_expires_at < now())
-                           AND m.status = ANY(CAST(:syncable AS text[])) AND NOT m.paused
-                         ORDER BY p2.window_start NULLS FIRST, p2.id
+                  FROM (SELECT p.id {_RUNNABLE_WINDOWS}
+                           AND p.mailbox_id = :id
+                           AND (p.lease_owner IS NULL OR p.lease_expires_at < now())
+                         ORDER BY p.window_start NULLS FIRST, p.id
                          LIMIT 1
-                           FOR UPDATE OF p2 SKIP LOCKED) AS free
-                 WHERE p.id = free.id
-             RETURNING p.id, p.mailbox_id, p.stream_key, p.generation, p.fencing_token,
-                       p.window_start, p.window_end, p.checkpoint, p.listed
-                """
+                           FOR UPDATE OF p SKIP LOCKED) AS free
+                 WHERE w.id = free.id
+             RETURNING w.id, w.mailbox_id, w.stream_key, w.generation, w.fencing_token,
+                       w.window_start, w.window_end, w.checkpoint, w.listed
+                """  # noqa: S608 - a constant fragment
             ),
             {"id": mailbox_id, "owner": owner, "seconds": seconds, "syncable": _SYNCABLE},
         )
@@ -328,18 +334,13 @@ class PartitionRepository:
         listed: what an idle worker may take half of (`steal`)."""
         result = await self.session.execute(
             text(
-                """
+                f"""
                 SELECT p.id, m.provider, p.stream_key, p.window_end, p.listed_from,
                        p.listed_before, p.listed, now()
-                  FROM backfill_partitions p
-                  JOIN backfill_streams s
-                    ON s.mailbox_id = p.mailbox_id AND s.stream_key = p.stream_key
-                   AND s.generation = p.generation
-                  JOIN mailboxes m ON m.id = p.mailbox_id
-                 WHERE p.mailbox_id = :id AND NOT p.done
+                {_RUNNABLE_WINDOWS}
+                   AND p.mailbox_id = :id
                    AND p.listed_before IS NOT NULL AND p.listed_from IS NOT NULL
                    AND p.lease_owner IS NOT NULL AND p.lease_expires_at >= now()
-                   AND m.status = ANY(CAST(:syncable AS text[])) AND NOT m.paused
                 """
             ),
             {"id": mailbox_id, "syncable": _SYNCABLE},
@@ -470,18 +471,9 @@ class PartitionRepository:
         claim (for job ids)."""
         result = await self.session.execute(
             text(
-                """
+                f"""
                 SELECT p.mailbox_id, max(p.fencing_token) + max(p.id)
-                  FROM backfill_partitions p
-                  JOIN backfill_streams s
-                    ON s.mailbox_id = p.mailbox_id AND s.stream_key = p.stream_key
-                   AND s.generation = p.generation
-                  JOIN sync_cursors c
-                    ON c.mailbox_id = s.mailbox_id AND c.stream_key = s.stream_key
-                   AND c.generation = s.generation
-                  JOIN mailboxes m ON m.id = p.mailbox_id
-                 WHERE NOT p.done
-                   AND m.status = ANY(CAST(:syncable AS text[])) AND NOT m.paused
+                {_RUNNABLE_WINDOWS}
                  GROUP BY p.mailbox_id
                 -- A lapsed lease, or open windows and no live lease at all (no job running).
                 HAVING bool_or(p.lease_owner IS NOT NULL AND p.lease_expires_at < now())
