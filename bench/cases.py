@@ -49,47 +49,21 @@ from app.providers.gmail.quota import QUOTA_UNITS
 from app.providers.gmail.search import SEARCH_PAGE_SIZE as GMAIL_PAGE
 from app.providers.memory import make_message
 from app.providers.outlook.search import SEARCH_PAGE_SIZE as GRAPH_PAGE
-from app.sync import mailboxes as service
 from app.sync.cases import service as cases
 from app.sync.cases.runner import CaseSearchRunner, Outcome
 from app.sync.cases.states import MailboxScope
 from app.sync.engine import Outcome as SyncOutcome
 from app.sync.engine import SyncEngine
 from app.sync.runtime import Runtime
-from bench.common import scratch_database, start_simulator
+from bench.common import Tx, connect_account, scratch_database, start_simulator
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 CONTACT = "counsel@lawfirm.example"
 _ALIASES = {f.alias for f in Settings.model_fields.values() if f.alias}
 
 
-class _Tx:
-    """The unit of work the API hands the services: a session, jobs after commit."""
-
-    def __init__(self, session: Any, rt: Runtime) -> None:
-        self.session, self.rt, self.jobs = session, rt, []
-
-    def after_commit(self, action: Any) -> None:
-        self.jobs.append(action)
-
-
 async def _connect(rt: Runtime, provider: str, account: dict[str, Any]) -> uuid.UUID:
-    async with rt.sessions() as session:
-        mailbox = await service.connect(
-            _Tx(session, rt),
-            service.ConnectCommand(
-                user_id="bench",
-                provider=provider,
-                auth_mode="delegated",
-                email=account["email"],
-                access_token=account["access_token"],
-                refresh_token=account["refresh_token"],
-                expires_in=int(account["expires_in"]),
-                scope=MailboxScope.CASES,
-            ),
-        )
-        await session.commit()
-    return mailbox.id
+    return await connect_account(rt, provider, account, scope=MailboxScope.CASES)
 
 
 async def _first_pass(rt: Runtime, mailbox_id: uuid.UUID) -> None:
@@ -100,7 +74,7 @@ async def _first_pass(rt: Runtime, mailbox_id: uuid.UUID) -> None:
 
 async def _case_entry(rt: Runtime, mailbox_id: uuid.UUID, case_id: str) -> int:
     async with rt.sessions() as session:
-        tx = _Tx(session, rt)
+        tx = Tx(session, rt)
         spec = cases.CaseSpec(case_id, None, [mailbox_id], [CONTACT], None)
         await cases.put_case(tx, "bench", spec)
         await session.commit()
@@ -297,7 +271,7 @@ async def bench_mirror(rt: Runtime, url: str, args: argparse.Namespace) -> None:
     await _seed_mirror(url, mailbox, other, args)
     print(f"seeded                   in {time.perf_counter() - started:.0f} s (not measured)")
     async with rt.sessions() as session:
-        tx = _Tx(session, rt)
+        tx = Tx(session, rt)
         await cases.put_case(
             tx, "bench", cases.CaseSpec("mirror", None, [mailbox], [CONTACT], None)
         )

@@ -8,17 +8,22 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from app.cli import ALEMBIC_INI
+from app.sync import mailboxes as service
+from app.sync.cases.states import MailboxScope
+from app.sync.runtime import Runtime
 
 ADMIN_URL = os.environ.get(
     "BENCH_PG_ADMIN_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -88,3 +93,43 @@ def start_simulator(workdir: Path) -> tuple[subprocess.Popen[bytes], dict[str, s
                 raise
             time.sleep(0.05)
     return process, env
+
+
+class Tx:
+    """The unit of work the API hands the services: a session and the jobs it would enqueue
+    after commit (a benchmark enqueues what it needs itself)."""
+
+    def __init__(self, session: AsyncSession, rt: Runtime) -> None:
+        self.session, self.rt = session, rt
+        self.jobs: list[Callable[[], Awaitable[object]]] = []
+
+    def after_commit(self, action: Callable[[], Awaitable[object]]) -> None:
+        self.jobs.append(action)
+
+
+async def connect_account(
+    rt: Runtime,
+    provider: str,
+    account: dict[str, Any],
+    *,
+    user_id: str = "bench",
+    scope: MailboxScope = MailboxScope.FULL,
+) -> uuid.UUID:
+    """A simulator account connected through the service call `POST /mail/connect` makes,
+    committed; no job is enqueued."""
+    async with rt.sessions() as session:
+        mailbox = await service.connect(
+            Tx(session, rt),
+            service.ConnectCommand(
+                user_id=user_id,
+                provider="google" if provider == "google" else "microsoft",
+                auth_mode="delegated",
+                email=account["email"],
+                access_token=account["access_token"],
+                refresh_token=account["refresh_token"],
+                expires_in=int(account["expires_in"]),
+                scope=scope,
+            ),
+        )
+        await session.commit()
+    return mailbox.id

@@ -29,22 +29,13 @@ import httpx
 from sqlalchemy import text
 
 from app.config import Settings
-from app.sync import mailboxes as service
 from app.sync.queue import enqueue_sync
 from app.sync.runtime import Runtime
 from app.sync.states import MailboxStatus
-from bench.common import scratch_database, start_simulator
+from bench.common import connect_account, scratch_database, start_simulator
 
 REDIS_DB_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 _ALIASES = {f.alias for f in Settings.model_fields.values() if f.alias}
-
-
-class _Tx:
-    def __init__(self, session: Any, rt: Runtime) -> None:
-        self.session, self.rt, self.jobs = session, rt, []
-
-    def after_commit(self, action: Any) -> None:
-        self.jobs.append(action)
 
 
 async def _truth(sim: httpx.AsyncClient, email: str) -> dict[str, dict[str, Any]]:
@@ -151,22 +142,9 @@ async def run(args: argparse.Namespace) -> None:
                     raise RuntimeError("worker exited during start-up")
                 await asyncio.sleep(0.05)
             (await sim.post("/_sim/counters/reset")).raise_for_status()
-            async with rt.sessions() as session:
-                started = time.perf_counter()
-                mailbox = await service.connect(
-                    _Tx(session, rt),
-                    service.ConnectCommand(
-                        user_id="bench",
-                        provider="google",
-                        auth_mode="delegated",
-                        email=email,
-                        access_token=account["access_token"],
-                        refresh_token=account["refresh_token"],
-                        expires_in=int(account["expires_in"]),
-                    ),
-                )
-                await session.commit()
-            await enqueue_sync(rt.redis, mailbox.id)
+            started = time.perf_counter()
+            mailbox_id = await connect_account(rt, "google", {**account, "email": email})
+            await enqueue_sync(rt.redis, mailbox_id)
             status = ""
             while status != MailboxStatus.CONNECTED:
                 await asyncio.sleep(0.1)
@@ -174,7 +152,7 @@ async def run(args: argparse.Namespace) -> None:
                     status, last_error = (
                         await session.execute(
                             text("SELECT status, last_error FROM mailboxes WHERE id = :id"),
-                            {"id": mailbox.id},
+                            {"id": mailbox_id},
                         )
                     ).one()
                 if status in (MailboxStatus.ERROR, MailboxStatus.AUTH_EXPIRED):
@@ -183,7 +161,7 @@ async def run(args: argparse.Namespace) -> None:
                     raise RuntimeError("worker exited")
             elapsed = time.perf_counter() - started
             counters = (await sim.get("/_sim/counters")).json()["accounts"][f"google:{email}"]
-            verdict = await _compare(rt, mailbox.id, await _truth(sim, email))
+            verdict = await _compare(rt, mailbox_id, await _truth(sim, email))
             units = counters["quota_units"]
             print(f"messages                 {args.messages:,} in {elapsed:.1f} s")
             print(f"result                   {verdict}")

@@ -32,23 +32,14 @@ import httpx
 from sqlalchemy import text
 
 from app.config import Settings
-from app.sync import mailboxes as service
 from app.sync.engine import Outcome, SyncEngine
 from app.sync.monitor import CompletionMonitor
 from app.sync.monitor import Outcome as Check
 from app.sync.runtime import Runtime
-from bench.common import scratch_database, start_simulator
+from bench.common import connect_account, scratch_database, start_simulator
 
 REDIS_DB_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
 _ALIASES = {f.alias for f in Settings.model_fields.values() if f.alias}
-
-
-class _Tx:
-    def __init__(self, session: Any, rt: Runtime) -> None:
-        self.session, self.rt, self.jobs = session, rt, []
-
-    def after_commit(self, action: Any) -> None:
-        self.jobs.append(action)
 
 
 async def _sql(rt: Runtime, sql: str, **params: Any) -> Any:
@@ -94,21 +85,9 @@ async def _provider_round(
         response = await sim.post("/_sim/microsoft/accounts", json=body, timeout=600)
     response.raise_for_status()
     account = response.json()
-    async with rt.sessions() as session:
-        mailbox = await service.connect(
-            _Tx(session, rt),
-            service.ConnectCommand(
-                user_id=f"bench-{provider}",
-                provider=provider,
-                auth_mode="delegated",
-                email=email,
-                access_token=account["access_token"],
-                refresh_token=account["refresh_token"],
-                expires_in=int(account["expires_in"]),
-            ),
-        )
-        await session.commit()
-    mailbox_id = mailbox.id
+    mailbox_id = await connect_account(
+        rt, provider, {**account, "email": email}, user_id=f"bench-{provider}"
+    )
 
     (await sim.post("/_sim/counters/reset")).raise_for_status()
     started = time.perf_counter()

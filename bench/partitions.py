@@ -45,24 +45,15 @@ from sqlalchemy import text
 
 from app.config import Settings
 from app.providers.outlook.mapper import MESSAGE_SELECT
-from app.sync import mailboxes as service
 from app.sync.queue import enqueue_sync
 from app.sync.runtime import Runtime
-from bench.common import scratch_database, start_simulator
+from bench.common import connect_account, scratch_database, start_simulator
 from bench.cpu import CpuSample, foreign_backends
 from bench.provider_sync import _ALIASES, _copy_ceiling, _create_account, _peak_rss_mib, _stop
 
 REDIS_DB_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 GRAPH_CONCURRENCY = 4
 GRAPH_PAGE = 1000
-
-
-class _Tx:
-    def __init__(self, session: Any, rt: Runtime) -> None:
-        self.session, self.rt, self.jobs = session, rt, []
-
-    def after_commit(self, action: Any) -> None:
-        self.jobs.append(action)
 
 
 async def sync_once(
@@ -134,24 +125,10 @@ async def sync_once(
             processes: dict[str, int | None] = {f"worker{i}": p.pid for i, p in enumerate(procs)}
             processes["simulator"] = sim_process.pid
             load = os.getloadavg()[0]
-            async with rt.sessions() as session:
-                tx = _Tx(session, rt)
-                cpu_before = CpuSample.take(processes)
-                started = time.perf_counter()
-                mailbox = await service.connect(
-                    tx,
-                    service.ConnectCommand(
-                        user_id="bench",
-                        provider="google" if provider == "google" else "microsoft",
-                        auth_mode="delegated",
-                        email=account["email"],
-                        access_token=account["access_token"],
-                        refresh_token=account["refresh_token"],
-                        expires_in=int(account["expires_in"]),
-                    ),
-                )
-                await session.commit()
-            await enqueue_sync(rt.redis, mailbox.id)
+            cpu_before = CpuSample.take(processes)
+            started = time.perf_counter()
+            mailbox_id = await connect_account(rt, provider, account)
+            await enqueue_sync(rt.redis, mailbox_id)
             while True:
                 await asyncio.sleep(0.05)
                 async with rt.sessions() as session:
@@ -161,7 +138,7 @@ async def sync_once(
                                 "SELECT status, messages_synced, last_error "
                                 "FROM mailboxes WHERE id = :id"
                             ),
-                            {"id": mailbox.id},
+                            {"id": mailbox_id},
                         )
                     ).one()
                 if row[0] == "connected":
@@ -181,7 +158,7 @@ async def sync_once(
                             "SELECT max(n) FROM (SELECT count(*) AS n FROM messages "
                             "WHERE mailbox_id = :id GROUP BY stream_key) s"
                         ),
-                        {"id": mailbox.id},
+                        {"id": mailbox_id},
                     )
                 ).scalar_one()
             result = {
@@ -195,7 +172,7 @@ async def sync_once(
                 "cpu": cpu,
             }
             if copy:
-                result["copy"] = await _copy_ceiling(url, mailbox.id)
+                result["copy"] = await _copy_ceiling(url, mailbox_id)
             await sim.aclose()
             await rt.close()
             for p in procs:

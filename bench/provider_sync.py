@@ -45,10 +45,9 @@ from sqlalchemy import text
 
 from app.config import Settings
 from app.providers.outlook.mapper import MESSAGE_SELECT
-from app.sync import mailboxes as service
 from app.sync.queue import enqueue_subscription, enqueue_sync
 from app.sync.runtime import Runtime
-from bench.common import scratch_database, start_simulator
+from bench.common import connect_account, scratch_database, start_simulator
 from bench.cpu import CpuSample, foreign_backends
 
 REDIS_DB_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -161,38 +160,16 @@ async def run(args: argparse.Namespace) -> None:
                 if worker.returncode is not None:
                     raise RuntimeError("worker exited during start-up")
                 await asyncio.sleep(0.05)
-            async with rt.sessions() as session:
-
-                class _Tx:
-                    def __init__(self) -> None:
-                        self.session, self.rt, self.jobs = session, rt, []
-
-                    def after_commit(self, action: Any) -> None:
-                        self.jobs.append(action)
-
-                tx = _Tx()
-                processes = {
-                    "worker": worker.pid,
-                    "simulator": sim_process.pid,
-                    "publisher": publisher.pid if publisher else None,
-                }
-                cpu_before = CpuSample.take(processes)
-                started = time.perf_counter()
-                mailbox = await service.connect(
-                    tx,
-                    service.ConnectCommand(
-                        user_id="bench",
-                        provider=args.provider,
-                        auth_mode="delegated",
-                        email=account["email"],
-                        access_token=account["access_token"],
-                        refresh_token=account["refresh_token"],
-                        expires_in=int(account["expires_in"]),
-                    ),
-                )
-                await session.commit()
-            await enqueue_sync(rt.redis, mailbox.id)
-            await enqueue_subscription(rt.redis, mailbox.id)
+            processes = {
+                "worker": worker.pid,
+                "simulator": sim_process.pid,
+                "publisher": publisher.pid if publisher else None,
+            }
+            cpu_before = CpuSample.take(processes)
+            started = time.perf_counter()
+            mailbox_id = await connect_account(rt, args.provider, account)
+            await enqueue_sync(rt.redis, mailbox_id)
+            await enqueue_subscription(rt.redis, mailbox_id)
             status = ""
             first_visible: float | None = None
             while status != "connected":
@@ -203,7 +180,7 @@ async def run(args: argparse.Namespace) -> None:
                             text(
                                 "SELECT status, messages_synced, last_error FROM mailboxes WHERE id = :id"
                             ),
-                            {"id": mailbox.id},
+                            {"id": mailbox_id},
                         )
                     ).one()
                 status = row[0]
@@ -263,7 +240,7 @@ async def run(args: argparse.Namespace) -> None:
                 )
                 print(f"fraction of ceiling      {rate / ceiling:.3f}")
             else:
-                copy_rate = await _copy_ceiling(url, mailbox.id)
+                copy_rate = await _copy_ceiling(url, mailbox_id)
                 print(f"COPY ceiling             {copy_rate:,.0f} messages/s")
                 print(f"ratio to COPY            {rate / copy_rate:.3f}")
             if args.events == "on":
@@ -296,14 +273,14 @@ async def run(args: argparse.Namespace) -> None:
                                     "SELECT extract(epoch FROM published_at - created_at) "
                                     "FROM outbox_events WHERE mailbox_id = :id"
                                 ),
-                                {"id": mailbox.id},
+                                {"id": mailbox_id},
                             )
                         ).scalars()
                     )
                     events = (
                         await session.execute(
                             text("SELECT count(*) FROM outbox_events WHERE mailbox_id = :id"),
-                            {"id": mailbox.id},
+                            {"id": mailbox_id},
                         )
                     ).scalar_one()
                 print(f"outbox empty             {drained:.2f} s after connected")
