@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import event, exc, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -23,14 +24,30 @@ WRITES_EVENTS = "mailsync.writes_events"
 
 
 def make_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         # asyncpg caches prepared statements per connection; the default size is fine.
         connect_args={"server_settings": {"lock_timeout": LOCK_TIMEOUT_MS}},
     )
+    event.listen(engine.sync_engine.pool, "checkout", _drop_closed)
+    return engine
+
+
+def _drop_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Hand out no pooled connection that PostgreSQL has closed (a restart, a terminated
+    backend): the pool discards it and checks out another.
+
+    SQLAlchemy's `pool_pre_ping` asks the server instead, and on asyncpg that is three round
+    trips (BEGIN, an empty query, ROLLBACK) before every transaction, which made it most of
+    the statements of a short pass. An idle pooled connection is read by the event loop, so
+    a backend that went away has already marked it closed; a statement on a connection lost
+    since fails like any other and its request or job is answered or retried as such.
+    """
+    driver = record.driver_connection
+    if driver is not None and driver.is_closed():
+        raise exc.DisconnectionError("the pooled connection was closed by the server")
 
 
 def make_sessionmaker(

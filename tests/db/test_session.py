@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from app.config import Settings
 from app.db.session import make_engine, open_connections
@@ -38,3 +41,48 @@ async def test_a_worker_starts_while_postgresql_is_unreachable(
         assert "no database connections opened at start-up" in caplog.text
     finally:
         await rt.close()
+
+
+async def test_a_connection_the_server_closed_is_never_handed_out(database_url: str) -> None:
+    """PostgreSQL restarted or a backend terminated: the next users get fresh connections
+    and their statements succeed, with no ping before each transaction."""
+    engine = make_engine(database_url, pool_size=3)
+    admin = make_engine(database_url, pool_size=1)
+    try:
+        pids: list[int] = []
+        drivers: list[Any] = []
+
+        async def backend_pid() -> None:
+            async with engine.connect() as connection:
+                drivers.append((await connection.get_raw_connection()).driver_connection)
+                pids.append(
+                    (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+                )
+                await asyncio.sleep(0.05)  # hold it, so the three are different connections
+
+        await asyncio.gather(*(backend_pid() for _ in range(3)))
+        assert engine.pool.checkedin() == 3  # type: ignore[attr-defined]
+        async with admin.connect() as connection:
+            await connection.execute(
+                text("SELECT pg_terminate_backend(pid) FROM unnest(CAST(:pids AS int[])) AS pid"),
+                {"pids": pids},
+            )
+        # The event loop reads each closed socket while the connections idle in the pool.
+        for _ in range(100):
+            if all(driver.is_closed() for driver in drivers):
+                break
+            await asyncio.sleep(0.02)
+
+        async def query() -> int:
+            async with engine.connect() as connection:
+                value: int = (
+                    await connection.execute(text("SELECT pg_backend_pid()"))
+                ).scalar_one()
+                await asyncio.sleep(0.05)
+                return value
+
+        fresh = await asyncio.gather(*(query() for _ in range(3)))
+        assert not set(fresh) & set(pids)
+    finally:
+        await engine.dispose()
+        await admin.dispose()
