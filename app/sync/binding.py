@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from app.db.models import Mailbox
+from app.db.repositories.credentials import StoredCredential
 from app.metrics import RETRY_AFTER_SECONDS, THROTTLED
 from app.providers.base import Account, MailProvider, SyncContext
 from app.sync import activity
@@ -36,12 +37,19 @@ class Binding(NamedTuple):
     tokens: TokenSource
 
 
-def bind(rt: Runtime, mailbox: Mailbox, *, max_wait_seconds: float | None = None) -> Binding:
+def bind(
+    rt: Runtime,
+    mailbox: Mailbox,
+    *,
+    max_wait_seconds: float | None = None,
+    credential: StoredCredential | None = None,
+) -> Binding:
     """`max_wait_seconds`: a person waits for the answer (an API read), so a provider that
-    would wait longer for its limits refuses (ThrottledError) instead."""
+    would wait longer for its limits refuses (ThrottledError) instead. `credential`: the
+    stored tokens, when the caller has just read them in its own transaction."""
     provider = rt.provider(mailbox.provider)
     account = account_of(mailbox)
-    tokens = TokenSource(rt, mailbox.id, account, provider)
+    tokens = TokenSource(rt, mailbox.id, account, provider, credential=credential)
     name = mailbox.provider
 
     def throttled(seconds: float) -> None:

@@ -26,12 +26,13 @@ from functools import partial
 from typing import Any
 
 from app.db.models import Mailbox
+from app.db.repositories.credentials import CredentialRepository, StoredCredential
 from app.db.repositories.cursors import CursorRepository, StreamState
 from app.db.repositories.mailboxes import Lease, LeaseLost, MailboxRepository
 from app.db.repositories.messages import MessageRepository
 from app.db.repositories.outbox import OutboxRepository
 from app.db.repositories.partitions import PartitionRepository
-from app.db.repositories.pending_streams import PendingStreamRepository
+from app.db.repositories.pending_streams import PendingHint, PendingStreamRepository
 from app.db.repositories.stream_catalogs import StreamCatalogRepository
 from app.db.session import AsyncSession
 from app.events.changes import MESSAGES_CHANGED, PageChanges
@@ -66,7 +67,7 @@ from app.sync.partitions import backfilling, plan_backfills
 from app.sync.runtime import Runtime
 from app.sync.spread import next_periodic_pass
 from app.sync.states import MailboxStatus, Phase, StreamMode
-from app.sync.targets import plan_pass
+from app.sync.targets import HINTS_AT_MOST, may_target, plan_pass
 from app.sync.tokens import TokenSource, with_token_retry
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,18 @@ class _SliceState:
             self.heartbeat.cancel()
             await asyncio.gather(self.heartbeat, return_exceptions=True)
             self.heartbeat = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Start:
+    """What a slice read in its lease's transaction."""
+
+    mailbox: Mailbox
+    stored: list[StreamState]
+    resuming: bool
+    # Hints noted since the last pass began; None when this slice cannot target them.
+    pending: list[PendingHint] | None
+    credential: StoredCredential | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,13 +225,16 @@ class SyncEngine:
         async with self.rt.sessions() as session, session.begin():
             mailboxes = MailboxRepository(session)
             lease = await mailboxes.acquire_lease(mailbox_id, self.owner, settings.lease_seconds)
-            # Read under the lease just taken, in its transaction.
-            mailbox = None if lease is None else await mailboxes.get(mailbox_id)
+            # What the slice starts from, read under the lease just taken in its transaction:
+            # a short pass is a handful of statements, and each transaction of its own costs
+            # as much as one of them.
+            start = None if lease is None else await self._read_start(session, mailbox_id)
         if lease is None:
             return SliceResult(Outcome.BUSY)
-        assert mailbox is not None
+        assert start is not None
+        mailbox = start.mailbox
         started = time.monotonic()
-        result = await self._run_leased(mailbox, lease)
+        result = await self._run_leased(start, lease)
         SLICE_SECONDS.labels(mailbox.provider, result.outcome.value).observe(
             time.monotonic() - started
         )
@@ -228,10 +244,25 @@ class SyncEngine:
             SYNC_LAG.labels(mailbox.provider).observe(max(lag, 0.0))
         return result
 
-    async def _run_leased(self, mailbox: Mailbox, lease: Lease) -> SliceResult:
+    async def _read_start(self, session: AsyncSession, mailbox_id: uuid.UUID) -> _Start:
+        mailbox = await MailboxRepository(session).get(mailbox_id)
+        assert mailbox is not None  # the lease was just taken on it
+        stored = await CursorRepository(session).list(mailbox_id)
+        # A slice that continues a pass follows the streams as the pass found them (a
+        # stream deleted since is dropped when its fetch says so); one that begins a pass
+        # may target what notifications pointed to.
+        resuming = mailbox.pass_started_at is not None and not all(s.caught_up for s in stored)
+        pending = None
+        if not resuming and may_target(mailbox, stored):
+            pending = await PendingStreamRepository(session).read(mailbox_id, HINTS_AT_MOST)
+        credential = await CredentialRepository(session, self.rt.cipher).get(mailbox_id)
+        return _Start(mailbox, stored, resuming, pending, credential)
+
+    async def _run_leased(self, start: _Start, lease: Lease) -> SliceResult:
         settings = self.settings
+        mailbox = start.mailbox
         mailbox_id = mailbox.id
-        provider, ctx, tokens = bind(self.rt, mailbox)
+        provider, ctx, tokens = bind(self.rt, mailbox, credential=start.credential)
         state = _SliceState(
             lease=lease,
             provider=mailbox.provider,
@@ -250,7 +281,7 @@ class SyncEngine:
             )
         )
         try:
-            return await self._settle(mailbox, provider, ctx, tokens, state)
+            return await self._settle(start, provider, ctx, tokens, state)
         except asyncio.CancelledError:
             if not lost.is_set():
                 raise
@@ -266,17 +297,17 @@ class SyncEngine:
 
     async def _settle(
         self,
-        mailbox: Mailbox,
+        start: _Start,
         provider: MailProvider,
         ctx: SyncContext,
         tokens: TokenSource,
         state: _SliceState,
     ) -> SliceResult:
         try:
-            return await self._sync(mailbox, provider, ctx, tokens, state)
+            return await self._sync(start, provider, ctx, tokens, state)
         except BaseException as exc:
             await state.stop_heartbeat()
-            return await self._after_failure(mailbox, state, exc)
+            return await self._after_failure(start.mailbox, state, exc)
 
     async def _after_failure(
         self, mailbox: Mailbox, state: _SliceState, exc: BaseException
@@ -329,13 +360,14 @@ class SyncEngine:
 
     async def _sync(
         self,
-        mailbox: Mailbox,
+        start: _Start,
         provider: MailProvider,
         ctx: SyncContext,
         tokens: TokenSource,
         state: _SliceState,
     ) -> SliceResult:
         settings = self.settings
+        mailbox = start.mailbox
         lease = state.lease
         budget = _Budget(time.monotonic() + settings.sync_slice_seconds, settings.sync_slice_pages)
         first_pass = mailbox.last_synced_at is None
@@ -347,15 +379,11 @@ class SyncEngine:
                     await MailboxRepository(session).learn_email(mailbox.id, address)
                 mailbox.email = address
                 ctx.account = dataclasses.replace(ctx.account, email=address)
-        async with self.rt.sessions() as session:
-            stored = await CursorRepository(session).list(mailbox.id)
-        # A pass may span slices: a slice that continues one follows the streams as the
-        # pass found them (a stream deleted since is dropped when its fetch says so).
-        resuming = mailbox.pass_started_at is not None and not all(s.caught_up for s in stored)
+        stored = start.stored
         plan = None
-        if not resuming:
+        if not start.resuming:
             plan = await plan_pass(
-                self.rt, mailbox, provider, ctx, tokens, {s.stream_key for s in stored}
+                mailbox, provider, ctx, tokens, {s.stream_key for s in stored}, start.pending
             )
         listing = None
         if plan is not None and (plan.full or plan.discover):

@@ -2,7 +2,7 @@
 
 A change notification names what changed (app/providers/base.py ChangeHint); the webhook
 log keeps it in `pending_streams` beside the pass it owes. When a pass begins it reads the
-hints waiting for its mailbox, and:
+hints waiting for its mailbox (in the transaction that takes its lease), and:
 
 - the periodic pass (its time has come: `mailboxes.full_pass_at`), a pass nobody notified
   (sync now, a retry, the first sync) and a pass owed by a notification that names nothing
@@ -21,14 +21,15 @@ hint noted later stays for the next pass (app/sync/engine.py owes it one).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 
 from app.db.models import Mailbox
-from app.db.repositories.pending_streams import PendingHint, PendingStreamRepository
+from app.db.repositories.cursors import StreamState
+from app.db.repositories.pending_streams import PendingHint
 from app.providers.base import MailProvider, MessageLocator, SyncContext
-from app.sync.runtime import Runtime
 from app.sync.tokens import TokenSource, with_token_retry
 
 # Notified messages located at the provider for one pass, at most; beyond that a pass over
@@ -54,18 +55,23 @@ def periodic_pass_due(mailbox: Mailbox, now: datetime | None = None) -> bool:
     return due is None or due <= (now or datetime.now(UTC))
 
 
+def may_target(mailbox: Mailbox, stored: Sequence[StreamState]) -> bool:
+    """Whether a beginning pass may follow only what notifications pointed to: not the
+    first (no stream known yet), not a periodic one."""
+    return bool(stored) and not periodic_pass_due(mailbox)
+
+
 async def plan_pass(
-    rt: Runtime,
     mailbox: Mailbox,
     provider: MailProvider,
     ctx: SyncContext,
     tokens: TokenSource,
     known_streams: set[str],
+    pending: list[PendingHint] | None,
 ) -> PassPlan:
-    if not known_streams or periodic_pass_due(mailbox):
+    """`pending`: the hints read with the lease (None when `may_target` said no)."""
+    if pending is None:
         return PassPlan(full=True)
-    async with rt.sessions() as session:
-        pending = await PendingStreamRepository(session).read(mailbox.id, HINTS_AT_MOST)
     hints = list(dict.fromkeys(p.hint for p in pending))
     if not hints or len(hints) >= HINTS_AT_MOST or any(h.everything for h in hints):
         return PassPlan(full=True)

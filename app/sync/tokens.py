@@ -40,14 +40,22 @@ class MissingCredentials(AuthExpiredError):
 
 class TokenSource:
     def __init__(
-        self, rt: Runtime, mailbox_id: uuid.UUID, account: Account, provider: MailProvider
+        self,
+        rt: Runtime,
+        mailbox_id: uuid.UUID,
+        account: Account,
+        provider: MailProvider,
+        *,
+        credential: StoredCredential | None = None,
     ):
+        """`credential`: the stored row as the caller just read it; used while fresh, like
+        one this source read itself."""
         self._rt = rt
         self._mailbox_id = mailbox_id
         self._account = account
         self._provider = provider
         self._margin = timedelta(seconds=rt.settings.token_refresh_margin_seconds)
-        self._cached: StoredCredential | None = None
+        self._cached: StoredCredential | None = credential
         self._lock = asyncio.Lock()
         self.refreshes = 0
 
