@@ -55,7 +55,14 @@ async def test_status_watch_refreshes_until_interrupted(rt: Runtime, settings: S
         "--interval",
         "0.2",
         cwd=ROOT,
-        env=process_env(settings, COLUMNS="200", TTY_COMPATIBLE="1", TTY_INTERACTIVE="1"),
+        # Faulthandler: should it ever not exit, SIGABRT prints where each thread waits.
+        env=process_env(
+            settings,
+            COLUMNS="200",
+            TTY_COMPATIBLE="1",
+            TTY_INTERACTIVE="1",
+            PYTHONFAULTHANDLER="1",
+        ),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -81,7 +88,14 @@ async def test_status_watch_refreshes_until_interrupted(rt: Runtime, settings: S
         await until("70%")
     finally:
         process.send_signal(signal.SIGINT)
-        _, raw_err = await asyncio.wait_for(process.communicate(), timeout=15)
+        try:
+            _, raw_err = await asyncio.wait_for(process.communicate(), timeout=60)
+        except TimeoutError:
+            process.send_signal(signal.SIGABRT)
+            _, raw_err = await asyncio.wait_for(process.communicate(), timeout=15)
+            raise AssertionError(
+                "status --watch did not exit within 60 s of Ctrl-C:\n" + raw_err.decode()
+            ) from None
     assert process.returncode == 0, raw_err.decode()
 
 
