@@ -47,6 +47,7 @@ from app.metrics import (
 from app.providers.base import (
     AuthExpiredError,
     CatalogedStreams,
+    ChangeHint,
     Cursor,
     CursorInvalidError,
     LiveCursor,
@@ -67,7 +68,7 @@ from app.sync.partitions import backfilling, plan_backfills
 from app.sync.runtime import Runtime
 from app.sync.spread import next_periodic_pass
 from app.sync.states import MailboxStatus, Phase, StreamMode
-from app.sync.targets import HINTS_AT_MOST, may_target, plan_pass
+from app.sync.targets import HINTS_AT_MOST, may_target, moved_away, plan_pass
 from app.sync.tokens import TokenSource, with_token_retry
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,8 @@ class _SliceState:
     incomplete: bool = False
     status: MailboxStatus = MailboxStatus.SYNCING
     heartbeat: asyncio.Task[None] | None = None
+    # Messages this slice's pages removed from their stream (deleted, moved out, swept).
+    removed: set[str] = field(default_factory=set)
     # A cases-only mailbox keeps only its owner's case mail; every page links what it wrote.
     case_mail: CaseMail = field(default_factory=lambda: CaseMail(MailboxScope.FULL))
 
@@ -505,6 +508,9 @@ class SyncEngine:
                 raise task.exception()  # type: ignore[misc]
         if not queue.empty():
             state.incomplete = True
+        follow_up: list[ChangeHint] = []
+        if plan is not None and plan.trusted and not state.incomplete:
+            follow_up = await moved_away(plan, state.removed, provider, ctx, tokens)
 
         await state.stop_heartbeat()
         if partitioned and not state.incomplete:
@@ -532,6 +538,11 @@ class SyncEngine:
         # together do not come due together (app/sync/spread.py).
         next_at = next_periodic_pass(mailbox.id, interval)
         async with self.rt.sessions() as session, session.begin():
+            if plan is not None and plan.trusted:
+                # Before the end's check for hints: what is noted here owes the next pass.
+                hints = PendingStreamRepository(session)
+                await hints.take(mailbox.id, plan.trusted)
+                await hints.note(mailbox.id, follow_up)
             # Pages keep the counter exact; after an enumeration, recount as a safety net.
             recount = first_pass or any(s.mode == StreamMode.FULL for s in streams_now)
             count = await MessageRepository(session).count(mailbox.id) if recount else None
@@ -785,12 +796,14 @@ class SyncEngine:
                 mailbox_id, stream.key, page.deletes, remember=events
             )
             changes.deleted(deleted)
+            state.removed.update(deleted)
             relabelled = await messages.apply_label_changes(mailbox_id, page.label_changes)
             changes.relabelled(relabelled)
             swept: list[str] = []
             if page.full_sync_complete:
                 swept = await messages.sweep_stream(mailbox_id, stream.key, generation)
                 changes.deleted(swept)
+                state.removed.update(swept)
             await CursorRepository(session).save(
                 mailbox_id,
                 stream.key,

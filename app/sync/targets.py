@@ -9,10 +9,12 @@ hints waiting for its mailbox (in the transaction that takes its lease), and:
   (Graph's `missed`) follow every stream, and take every hint;
 - any other pass follows the union of the hinted streams and leaves the other cursors where
   they are: a named stream (Gmail's history), the stream the store holds a notified message
-  in, and, for a new or changed message, the stream the provider says it is in now (one
-  request per message, a moved message being in both). Too many messages to locate, a
-  provider that cannot locate one, or a message neither the provider nor the store can
-  place, make it a pass over everything.
+  in, and, for a new message, the stream the provider says it is in now (one request for
+  them all). A changed message the store holds is not located: its stream is followed, and
+  only if that stream's delta removed it (it moved) does the pass ask where it went, and
+  leave that stream to the next pass. Too many messages to locate, a provider that cannot
+  locate one, or a message neither the provider nor the store can place, make it a pass
+  over everything.
 
 A stream the store does not know yet (a folder created since the last discovery) makes the
 pass refresh the stream list first. What a pass reads when it begins is what it takes: a
@@ -29,7 +31,7 @@ from functools import partial
 from app.db.models import Mailbox
 from app.db.repositories.cursors import StreamState
 from app.db.repositories.pending_streams import PendingHint
-from app.providers.base import MailProvider, MessageLocator, SyncContext
+from app.providers.base import EVERY_STREAM, ChangeHint, MailProvider, MessageLocator, SyncContext
 from app.sync.tokens import TokenSource, with_token_retry
 
 # Notified messages located at the provider for one pass, at most; beyond that a pass over
@@ -46,6 +48,9 @@ class PassPlan:
     streams: set[str] = field(default_factory=set)
     # The hints the pass covers, as it read them (taken when it begins).
     taken: list[PendingHint] = field(default_factory=list)
+    # Changed messages followed in the stream the store holds them in, unlocated: taken
+    # when the pass ends, once it knows whether they stayed (`moved_away`).
+    trusted: list[PendingHint] = field(default_factory=list)
     # A hinted stream the store does not know: refresh the stream list first.
     discover: bool = False
 
@@ -77,7 +82,12 @@ async def plan_pass(
         return PassPlan(full=True)
     streams = {h.stream for h in hints if h.stream}
     streams.update(p.stored_stream for p in pending if p.stored_stream)
-    to_locate = sorted({h.message for h in hints if h.locate and h.message})
+    # A changed message the store holds is followed in the stream it is stored in, without
+    # asking where it is now: if it moved, that stream's delta removes it, and the pass asks
+    # then (`moved_away`).
+    trusted = [p for p in pending if p.hint.locate and p.hint.message and p.stored_stream]
+    held = {p.hint.message for p in trusted}
+    to_locate = sorted({h.message for h in hints if h.locate and h.message} - held)
     if to_locate:
         if len(to_locate) > LOCATE_AT_MOST or not isinstance(provider, MessageLocator):
             return PassPlan(full=True)
@@ -87,5 +97,32 @@ async def plan_pass(
             # Neither the provider nor the store can place it: look everywhere.
             return PassPlan(full=True)
         streams.update(key for key in located.values() if key)
-    taken = list({p.hint: p for p in pending}.values())
-    return PassPlan(full=False, streams=streams, taken=taken, discover=not streams <= known_streams)
+    taken = [p for p in {p.hint: p for p in pending}.values() if p not in trusted]
+    return PassPlan(
+        full=False,
+        streams=streams,
+        taken=taken,
+        trusted=trusted,
+        discover=not streams <= known_streams,
+    )
+
+
+async def moved_away(
+    plan: PassPlan,
+    removed: set[str],
+    provider: MailProvider,
+    ctx: SyncContext,
+    tokens: TokenSource,
+) -> list[ChangeHint]:
+    """What the next pass must follow for the trusted messages this pass saw leave their
+    stream: the stream each is in now (one request for them all). A stream this pass
+    followed already holds the message (the move came before the notification, and so
+    before the pass); one gone at the provider too was deleted, as its stream said."""
+    left = sorted({p.hint.message for p in plan.trusted} & removed)
+    if not left:
+        return []
+    if len(left) > LOCATE_AT_MOST or not isinstance(provider, MessageLocator):
+        return [EVERY_STREAM]
+    located = await with_token_retry(tokens, partial(provider.locate, ctx, left))
+    now_in = {key for key in located.values() if key} - plan.streams
+    return [ChangeHint(stream=key) for key in sorted(now_in)]

@@ -7,6 +7,7 @@ import uuid
 from sqlalchemy import text
 
 from app.db.repositories.pending_streams import PendingStreamRepository
+from app.providers.base import ChangeHint
 from app.sync.runtime import Runtime
 from tests.db.test_messages_repository import _mailbox
 
@@ -46,3 +47,17 @@ async def test_a_hint_noted_again_after_a_pass_read_it_stays_for_the_next_pass(
     assert await _messages(rt, mailbox_id) == ["moved"]
     async with rt.sessions() as session:
         assert await PendingStreamRepository(session).any(mailbox_id)
+
+
+async def test_a_pass_notes_hints_for_the_next_pass_once_each(rt: Runtime) -> None:
+    mailbox_id = await _mailbox(rt)
+    hints = [ChangeHint(stream="inbox"), ChangeHint(message="m1", locate=True)]
+    for _ in range(2):
+        async with rt.sessions() as session, session.begin():
+            await PendingStreamRepository(session).note(mailbox_id, hints)
+    async with rt.sessions() as session:
+        read = await PendingStreamRepository(session).read(mailbox_id, 10)
+    assert sorted((h.hint.stream, h.hint.message, h.hint.locate) for h in read) == [
+        ("", "m1", True),
+        ("inbox", "", False),
+    ]

@@ -124,10 +124,46 @@ async def test_a_notified_pass_makes_at_most_three_graph_requests_and_converges(
 
     requests = await _requests(sim, account)
     assert requests["total"] <= 3, requests
-    assert not any(requests.get(kind) for kind in DISCOVERY), requests
+    # The store knows the changed message's folder: no request asks where it is.
+    assert requests == {"total": 1, "messages.delta": 1}, requests
     assert followed == [await _folder_id(sim, account, "Archive")]
     await assert_converged(sim, sim_rt, account["email"], mailbox_id)
     status = await status_of(live_api, "tara")
+    assert status["status"] == "connected" and status["in_sync"], status
+
+
+async def test_a_notified_move_is_followed_to_the_folder_the_message_went_to(
+    sim: Sim, live_api: LiveApi, sim_rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pass follows the folder the store holds the message in; its delta removes the
+    message, so the pass asks where it went and the next pass follows that folder."""
+    account = await _eleven_folder_account(sim, 400)
+    mailbox_id = await _connected(sim, live_api, sim_rt, "umar", account)
+    followed = _following(sim_rt, monkeypatch)
+    await _reset_counters(sim)
+    before = await _accepted(sim_rt, mailbox_id)
+
+    await sim.call(
+        "POST",
+        f"/_sim/microsoft/accounts/{account['email']}/messages/move",
+        json={"folder": "archive", "count": 1, "destination": "inbox"},
+    )
+    await _wait_accepted(sim_rt, mailbox_id, before + 1)
+    await run_worker(sim_rt)
+
+    archive = await _folder_id(sim, account, "Archive")
+    inbox = await _folder_id(sim, account, "Inbox")
+    assert followed == [archive, inbox]
+    requests = await _requests(sim, account)
+    assert requests == {"total": 3, "messages.delta": 2, "messages.get": 1}, requests
+    await assert_converged(sim, sim_rt, account["email"], mailbox_id)
+    async with sim_rt.sessions() as session:
+        left = await session.execute(
+            text("SELECT count(*) FROM pending_streams WHERE mailbox_id = :id"),
+            {"id": uuid.UUID(mailbox_id)},
+        )
+        assert left.scalar_one() == 0
+    status = await status_of(live_api, "umar")
     assert status["status"] == "connected" and status["in_sync"], status
 
 

@@ -75,6 +75,30 @@ class PendingStreamRepository:
             },
         )
 
+    async def note(self, mailbox_id: uuid.UUID, hints: Sequence[ChangeHint]) -> None:
+        """Hints for the next pass, noted by a pass (not a notification)."""
+        if not hints:
+            return
+        await self.session.execute(
+            text(
+                """
+                INSERT INTO pending_streams (mailbox_id, stream_key, message_id, locate)
+                SELECT CAST(:id AS uuid), stream_key, message_id, locate
+                  FROM unnest(CAST(:streams AS text[]), CAST(:messages AS text[]),
+                              CAST(:locates AS boolean[])) AS t(stream_key, message_id, locate)
+                 ORDER BY 1, 2, 3, 4
+                ON CONFLICT (mailbox_id, stream_key, message_id, locate)
+                   DO UPDATE SET noted_at = EXCLUDED.noted_at
+                """
+            ),
+            {
+                "id": mailbox_id,
+                "streams": [h.stream for h in hints],
+                "messages": [h.message for h in hints],
+                "locates": [h.locate for h in hints],
+            },
+        )
+
     async def take_all(self, mailbox_id: uuid.UUID) -> None:
         """A pass over every stream covers every hint noted before it began."""
         await self.session.execute(
