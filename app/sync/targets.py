@@ -9,8 +9,8 @@ hints waiting for its mailbox (in the transaction that takes its lease), and:
   (Graph's `missed`) follow every stream, and take every hint;
 - any other pass follows the union of the hinted streams and leaves the other cursors where
   they are: a named stream (Gmail's history), the stream the store holds a notified message
-  in, and, for a new message, the stream the provider says it is in now (one request for
-  them all). A changed message the store holds is not located: its stream is followed, and
+  in, and, for a new message, the stream the provider says it is in now (one request per
+  message). A changed message the store holds is not located: its stream is followed, and
   only if that stream's delta removed it (it moved) does the pass ask where it went, and
   leave that stream to the next pass. Too many messages to locate, a provider that cannot
   locate one, or a message neither the provider nor the store can place, make it a pass
@@ -115,7 +115,7 @@ async def moved_away(
     tokens: TokenSource,
 ) -> list[ChangeHint]:
     """What the next pass must follow for the trusted messages this pass saw leave their
-    stream: the stream each is in now (one request for them all). A stream this pass
+    stream: the stream each is in now (one request per message). A stream this pass
     followed already holds the message (the move came before the notification, and so
     before the pass); one gone at the provider too was deleted, as its stream said."""
     left = sorted({p.hint.message for p in plan.trusted} & removed)
