@@ -44,6 +44,10 @@ async def test_status_prints_each_mailbox_with_its_progress(
     assert "gus@example.com" in only.stdout and "olivia" not in only.stdout
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_status_watch_refreshes_until_interrupted(rt: Runtime, settings: Settings) -> None:
     [mailbox_id] = await add_mailboxes(
         rt, [{"email": "wendy@contoso.com", "status": "syncing", "synced": 10, "total": 100}]
@@ -65,6 +69,9 @@ async def test_status_watch_refreshes_until_interrupted(rt: Runtime, settings: S
         ),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        # As in a terminal: a test run started in the background (a shell's `&`, some CI
+        # runners) ignores SIGINT, and a child inherits that, so Ctrl-C would never arrive.
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )
     assert process.stdout is not None
     seen = ""
