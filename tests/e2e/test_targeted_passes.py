@@ -74,6 +74,31 @@ async def _wait_accepted(rt: Runtime, mailbox_id: str, at_least: int) -> None:
             await asyncio.sleep(0.05)
 
 
+async def _notified(
+    sim: Sim,
+    rt: Runtime,
+    account: dict[str, Any],
+    mailbox_id: str,
+    change: str,
+    body: dict[str, Any],
+) -> None:
+    """One change at the simulator, once the live API has recorded its notification."""
+    before = await _accepted(rt, mailbox_id)
+    await sim.call(
+        "POST", f"/_sim/microsoft/accounts/{account['email']}/messages/{change}", json=body
+    )
+    await _wait_accepted(rt, mailbox_id, before + 1)
+
+
+async def _pending_hints(rt: Runtime, mailbox_id: str) -> int:
+    async with rt.sessions() as session:
+        left = await session.execute(
+            text("SELECT count(*) FROM pending_streams WHERE mailbox_id = :id"),
+            {"id": uuid.UUID(mailbox_id)},
+        )
+        return int(left.scalar_one())
+
+
 async def _folder_id(sim: Sim, account: dict[str, Any], name: str) -> str:
     folders = (await sim.call("GET", f"/_sim/microsoft/accounts/{account['user_id']}"))["folders"]
     return str(next(f["id"] for f in folders if f["display_name"] == name))
@@ -112,14 +137,14 @@ async def test_a_notified_pass_makes_at_most_three_graph_requests_and_converges(
         assert streams.scalar_one() == 11
     followed = _following(sim_rt, monkeypatch)
     await _reset_counters(sim)
-    before = await _accepted(sim_rt, mailbox_id)
-
-    await sim.call(
-        "POST",
-        f"/_sim/microsoft/accounts/{account['email']}/messages/categories",
-        json={"folder": "archive", "count": 1, "categories": ["Tara"]},
+    await _notified(
+        sim,
+        sim_rt,
+        account,
+        mailbox_id,
+        "categories",
+        {"folder": "archive", "count": 1, "categories": ["Tara"]},
     )
-    await _wait_accepted(sim_rt, mailbox_id, before + 1)
     await run_worker(sim_rt)
 
     requests = await _requests(sim, account)
@@ -141,14 +166,14 @@ async def test_a_notified_move_is_followed_to_the_folder_the_message_went_to(
     mailbox_id = await _connected(sim, live_api, sim_rt, "umar", account)
     followed = _following(sim_rt, monkeypatch)
     await _reset_counters(sim)
-    before = await _accepted(sim_rt, mailbox_id)
-
-    await sim.call(
-        "POST",
-        f"/_sim/microsoft/accounts/{account['email']}/messages/move",
-        json={"folder": "archive", "count": 1, "destination": "inbox"},
+    await _notified(
+        sim,
+        sim_rt,
+        account,
+        mailbox_id,
+        "move",
+        {"folder": "archive", "count": 1, "destination": "inbox"},
     )
-    await _wait_accepted(sim_rt, mailbox_id, before + 1)
     await run_worker(sim_rt)
 
     archive = await _folder_id(sim, account, "Archive")
@@ -157,12 +182,7 @@ async def test_a_notified_move_is_followed_to_the_folder_the_message_went_to(
     requests = await _requests(sim, account)
     assert requests == {"total": 3, "messages.delta": 2, "messages.get": 1}, requests
     await assert_converged(sim, sim_rt, account["email"], mailbox_id)
-    async with sim_rt.sessions() as session:
-        left = await session.execute(
-            text("SELECT count(*) FROM pending_streams WHERE mailbox_id = :id"),
-            {"id": uuid.UUID(mailbox_id)},
-        )
-        assert left.scalar_one() == 0
+    assert await _pending_hints(sim_rt, mailbox_id) == 0
     status = await status_of(live_api, "umar")
     assert status["status"] == "connected" and status["in_sync"], status
 
@@ -246,12 +266,7 @@ async def test_notifications_for_three_folders_in_one_burst_give_one_pass_over_t
     expected = {await _folder_id(sim, account, n) for n in ("Inbox", "Archive", "Sent Items")}
     assert sorted(followed) == sorted(expected)
     await assert_converged(sim, sim_rt, email, mailbox_id)
-    async with sim_rt.sessions() as session:
-        left = await session.execute(
-            text("SELECT count(*) FROM pending_streams WHERE mailbox_id = :id"),
-            {"id": uuid.UUID(mailbox_id)},
-        )
-        assert left.scalar_one() == 0
+    assert await _pending_hints(sim_rt, mailbox_id) == 0
 
 
 async def test_folder_discovery_is_not_repeated_by_a_slice_on_another_worker(
