@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import orjson
@@ -9,9 +10,19 @@ from sqlalchemy import text
 
 from app.providers import registry
 from app.providers.base import PermanentError, StreamInfo
+from app.providers.memory import MemoryProvider
 from app.sync.engine import Outcome, SyncEngine
 from app.sync.runtime import Runtime
 from tests.sync.helpers import connect, mailbox_row, seeded, stored_ids, stored_state, truth_state
+
+
+async def _connected(
+    rt: Runtime, recent_first: int, provider: MemoryProvider
+) -> tuple[MemoryProvider, uuid.UUID]:
+    """A mailbox of `provider`, connected with SYNC_RECENT_FIRST = `recent_first`."""
+    rt.settings = rt.settings.model_copy(update={"sync_recent_first": recent_first})
+    registry.override("microsoft", lambda s, h: provider)
+    return provider, await connect(rt, provider)
 
 
 def _newest(provider: Any, count: int) -> set[str]:
@@ -20,10 +31,7 @@ def _newest(provider: Any, count: int) -> set[str]:
 
 
 async def test_newest_messages_are_stored_before_the_backfill_starts(rt: Runtime) -> None:
-    rt.settings = rt.settings.model_copy(update={"sync_recent_first": 20})
-    provider = seeded(300, page_size=25, streams=3)
-    registry.override("microsoft", lambda s, h: provider)
-    mailbox_id = await connect(rt, provider)
+    provider, mailbox_id = await _connected(rt, 20, seeded(300, page_size=25, streams=3))
     newest = _newest(provider, 20)
     seen_at_first_page: list[set[str]] = []
     fetches: list[str] = []
@@ -51,10 +59,7 @@ async def test_newest_messages_are_stored_before_the_backfill_starts(rt: Runtime
 async def test_a_recent_message_gone_before_the_enumeration_does_not_survive_it(
     rt: Runtime,
 ) -> None:
-    rt.settings = rt.settings.model_copy(update={"sync_recent_first": 10})
-    provider = seeded(120, page_size=25, streams=2)
-    registry.override("microsoft", lambda s, h: provider)
-    mailbox_id = await connect(rt, provider)
+    provider, mailbox_id = await _connected(rt, 10, seeded(120, page_size=25, streams=2))
     doomed = sorted(_newest(provider, 10))[0]
     stream = next(key for key, messages in provider.streams.items() if doomed in messages)
 
@@ -72,10 +77,7 @@ async def test_a_recent_message_gone_before_the_enumeration_does_not_survive_it(
 
 
 async def test_switched_off_it_fetches_nothing_extra(rt: Runtime) -> None:
-    rt.settings = rt.settings.model_copy(update={"sync_recent_first": 0})
-    provider = seeded(60, page_size=25)
-    registry.override("microsoft", lambda s, h: provider)
-    mailbox_id = await connect(rt, provider)
+    provider, mailbox_id = await _connected(rt, 0, seeded(60, page_size=25))
     assert (await SyncEngine(rt, "w").run_slice(mailbox_id)).outcome is Outcome.DONE
     assert provider.recent_calls == 0
     async with rt.sessions() as session:
@@ -89,10 +91,7 @@ async def test_switched_off_it_fetches_nothing_extra(rt: Runtime) -> None:
 
 
 async def test_a_mailbox_no_larger_than_the_newest_page_skips_it(rt: Runtime) -> None:
-    rt.settings = rt.settings.model_copy(update={"sync_recent_first": 60})
-    provider = seeded(60, page_size=25, streams=2)
-    registry.override("microsoft", lambda s, h: provider)
-    mailbox_id = await connect(rt, provider)
+    provider, mailbox_id = await _connected(rt, 60, seeded(60, page_size=25, streams=2))
     assert (await SyncEngine(rt, "w").run_slice(mailbox_id)).outcome is Outcome.DONE
     assert provider.recent_calls == 0
     assert await stored_state(rt, mailbox_id) == truth_state(provider)
@@ -101,21 +100,15 @@ async def test_a_mailbox_no_larger_than_the_newest_page_skips_it(rt: Runtime) ->
 async def test_one_message_more_than_the_newest_page_is_shown_newest_first(
     rt: Runtime,
 ) -> None:
-    rt.settings = rt.settings.model_copy(update={"sync_recent_first": 60})
-    provider = seeded(61, page_size=25, streams=2)
-    registry.override("microsoft", lambda s, h: provider)
-    mailbox_id = await connect(rt, provider)
+    provider, mailbox_id = await _connected(rt, 60, seeded(61, page_size=25, streams=2))
     assert (await SyncEngine(rt, "w").run_slice(mailbox_id)).outcome is Outcome.DONE
     assert provider.recent_calls == 1
     assert await stored_state(rt, mailbox_id) == truth_state(provider)
 
 
 async def test_a_refused_listing_only_costs_the_head_start(rt: Runtime) -> None:
-    rt.settings = rt.settings.model_copy(update={"sync_recent_first": 20})
-    provider = seeded(80, page_size=25)
+    provider, mailbox_id = await _connected(rt, 20, seeded(80, page_size=25))
     provider.faults.recent_error = PermanentError("400 ErrorInvalidUrlQuery")
-    registry.override("microsoft", lambda s, h: provider)
-    mailbox_id = await connect(rt, provider)
     assert (await SyncEngine(rt, "w").run_slice(mailbox_id)).outcome is Outcome.DONE
     assert provider.recent_calls == 1
     assert await stored_state(rt, mailbox_id) == truth_state(provider)
