@@ -74,20 +74,26 @@ async def _wait_accepted(rt: Runtime, mailbox_id: str, at_least: int) -> None:
             await asyncio.sleep(0.05)
 
 
-async def _notified(
+async def _one_notified_change(
     sim: Sim,
     rt: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
     account: dict[str, Any],
     mailbox_id: str,
     change: str,
     body: dict[str, Any],
-) -> None:
-    """One change at the simulator, once the live API has recorded its notification."""
+) -> list[str]:
+    """One change at the simulator, recorded by the live API from its notification, then
+    the worker until nothing is queued: the streams it followed (counters reset first)."""
+    followed = _following(rt, monkeypatch)
+    await _reset_counters(sim)
     before = await _accepted(rt, mailbox_id)
     await sim.call(
         "POST", f"/_sim/microsoft/accounts/{account['email']}/messages/{change}", json=body
     )
     await _wait_accepted(rt, mailbox_id, before + 1)
+    await run_worker(rt)
+    return followed
 
 
 async def _pending_hints(rt: Runtime, mailbox_id: str) -> int:
@@ -135,17 +141,15 @@ async def test_a_notified_pass_makes_at_most_three_graph_requests_and_converges(
             {"id": uuid.UUID(mailbox_id)},
         )
         assert streams.scalar_one() == 11
-    followed = _following(sim_rt, monkeypatch)
-    await _reset_counters(sim)
-    await _notified(
+    followed = await _one_notified_change(
         sim,
         sim_rt,
+        monkeypatch,
         account,
         mailbox_id,
         "categories",
         {"folder": "archive", "count": 1, "categories": ["Tara"]},
     )
-    await run_worker(sim_rt)
 
     requests = await _requests(sim, account)
     assert requests["total"] <= 3, requests
@@ -164,17 +168,15 @@ async def test_a_notified_move_is_followed_to_the_folder_the_message_went_to(
     message, so the pass asks where it went and the next pass follows that folder."""
     account = await _eleven_folder_account(sim, 400)
     mailbox_id = await _connected(sim, live_api, sim_rt, "umar", account)
-    followed = _following(sim_rt, monkeypatch)
-    await _reset_counters(sim)
-    await _notified(
+    followed = await _one_notified_change(
         sim,
         sim_rt,
+        monkeypatch,
         account,
         mailbox_id,
         "move",
         {"folder": "archive", "count": 1, "destination": "inbox"},
     )
-    await run_worker(sim_rt)
 
     archive = await _folder_id(sim, account, "Archive")
     inbox = await _folder_id(sim, account, "Inbox")
