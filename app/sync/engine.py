@@ -124,10 +124,16 @@ class _SliceState:
     incomplete: bool = False
     status: MailboxStatus = MailboxStatus.SYNCING
     heartbeat: asyncio.Task[None] | None = None
-    # Messages this slice's pages removed from their stream (deleted, moved out, swept).
-    removed: set[str] = field(default_factory=set)
+    # Changed messages a targeted pass follows in their stored stream, unlocated
+    # (targets.py), and those of them this slice's pages removed from it (moved out).
+    trusted: frozenset[str] = frozenset()
+    left: set[str] = field(default_factory=set)
     # A cases-only mailbox keeps only its owner's case mail; every page links what it wrote.
     case_mail: CaseMail = field(default_factory=lambda: CaseMail(MailboxScope.FULL))
+
+    def removed(self, ids: Sequence[str]) -> None:
+        if self.trusted and ids:
+            self.left.update(self.trusted.intersection(ids))
 
     async def stop_heartbeat(self) -> None:
         """Before the slice releases its lease: a heartbeat that found the lease released
@@ -388,6 +394,7 @@ class SyncEngine:
             plan = await plan_pass(
                 mailbox, provider, ctx, tokens, {s.stream_key for s in stored}, start.pending
             )
+            state.trusted = frozenset(p.hint.message for p in plan.trusted)
         listing = None
         if plan is not None and (plan.full or plan.discover):
             listing = await self._list_streams(provider, ctx, tokens, mailbox)
@@ -510,7 +517,7 @@ class SyncEngine:
             state.incomplete = True
         follow_up: list[ChangeHint] = []
         if plan is not None and plan.trusted and not state.incomplete:
-            follow_up = await moved_away(plan, state.removed, provider, ctx, tokens)
+            follow_up = await moved_away(plan, state.left, provider, ctx, tokens)
 
         await state.stop_heartbeat()
         if partitioned and not state.incomplete:
@@ -796,14 +803,14 @@ class SyncEngine:
                 mailbox_id, stream.key, page.deletes, remember=events
             )
             changes.deleted(deleted)
-            state.removed.update(deleted)
+            state.removed(deleted)
             relabelled = await messages.apply_label_changes(mailbox_id, page.label_changes)
             changes.relabelled(relabelled)
             swept: list[str] = []
             if page.full_sync_complete:
                 swept = await messages.sweep_stream(mailbox_id, stream.key, generation)
                 changes.deleted(swept)
-                state.removed.update(swept)
+                state.removed(swept)
             await CursorRepository(session).save(
                 mailbox_id,
                 stream.key,

@@ -109,20 +109,19 @@ async def plan_pass(
 
 async def moved_away(
     plan: PassPlan,
-    removed: set[str],
+    left: set[str],
     provider: MailProvider,
     ctx: SyncContext,
     tokens: TokenSource,
 ) -> list[ChangeHint]:
-    """What the next pass must follow for the trusted messages this pass saw leave their
+    """What the next pass must follow for the trusted messages this pass saw `left` their
     stream: the stream each is in now (one request per message). A stream this pass
     followed already holds the message (the move came before the notification, and so
     before the pass); one gone at the provider too was deleted, as its stream said."""
-    left = sorted({p.hint.message for p in plan.trusted} & removed)
     if not left:
         return []
     if len(left) > LOCATE_AT_MOST or not isinstance(provider, MessageLocator):
         return [EVERY_STREAM]
-    located = await with_token_retry(tokens, partial(provider.locate, ctx, left))
+    located = await with_token_retry(tokens, partial(provider.locate, ctx, sorted(left)))
     now_in = {key for key in located.values() if key} - plan.streams
     return [ChangeHint(stream=key) for key in sorted(now_in)]
