@@ -29,6 +29,7 @@ from app.db.repositories.outbox import OutboxRepository
 from app.db.repositories.resnapshots import ResnapshotRepository
 from app.db.session import AsyncSession
 from app.events.changes import MESSAGES_SNAPSHOT, SNAPSHOT_COMPLETE, columns_of_rows
+from app.sync.queue import enqueue
 from app.sync.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,9 @@ def job_id(snapshot_id: uuid.UUID | str, batch: int) -> str:
 
 
 async def enqueue_batch(redis: ArqRedis, snapshot_id: uuid.UUID | str, batch: int) -> bool:
-    job = await redis.enqueue_job(
-        FUNCTION, str(snapshot_id), batch, _job_id=job_id(snapshot_id, batch)
+    return await enqueue(
+        redis, FUNCTION, str(snapshot_id), batch, job_id=job_id(snapshot_id, batch)
     )
-    return job is not None
 
 
 async def request(

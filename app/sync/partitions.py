@@ -64,7 +64,7 @@ from app.sync.binding import bind
 from app.sync.cases.mail import CaseMail
 from app.sync.heartbeat import renew_while_running
 from app.sync.presence import live_workers
-from app.sync.queue import enqueue_sync
+from app.sync.queue import enqueue, enqueue_sync
 from app.sync.runtime import Runtime
 from app.sync.states import StreamMode
 from app.sync.tokens import TokenSource, with_token_retry
@@ -163,14 +163,14 @@ async def enqueue_windows(
     claims whichever window is free."""
     enqueued = 0
     for slot in range(jobs):
-        job = await redis.enqueue_job(
+        enqueued += await enqueue(
+            redis,
             PARTITION_FUNCTION,
             str(mailbox_id),
             handoffs,
-            _job_id=f"partition:{mailbox_id}:{tag}:{slot}",
-            _defer_by=defer_by,
+            job_id=f"partition:{mailbox_id}:{tag}:{slot}",
+            defer_by=defer_by,
         )
-        enqueued += job is not None
     return enqueued
 
 

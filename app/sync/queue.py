@@ -6,6 +6,12 @@ that on purpose: every "something changed" for a mailbox enqueues `sync:<id>`, s
 of webhooks collapses into one pending job. A change that arrives while that job is
 already running is not lost: it is recorded as `sync_requested_at` in PostgreSQL, and the
 running job sees it when it releases its lease and enqueues another pass under a new id.
+
+Every enqueue here is one Redis round trip: ARQ's `enqueue_job` takes three (WATCH the job
+key, EXISTS of the job and its kept result, then MULTI/EXEC), on a connection of its own.
+`_ENQUEUE` makes the same check and the same writes in one script, which Redis runs
+atomically, so the semantics above hold unchanged: the job and its queue entry are the
+ones ARQ's workers read (arq.jobs.serialize_job, ARQ's key prefixes and expiry).
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ import uuid
 from typing import Any
 
 from arq.connections import ArqRedis
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from redis.commands.core import AsyncScript
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +32,44 @@ SYNC_FUNCTION = "sync_mailbox"
 SUBSCRIBE_FUNCTION = "ensure_subscription"
 CLEANUP_FUNCTION = "cleanup_disconnected"
 VERIFY_FUNCTION = "verify_mailbox"
+
+
+# KEYS: the job, its kept result, the queue. ARGV: expiry (ms), the serialized job, score,
+# job id. 0 when the job or its result exists (ARQ's enqueue_job returns None then).
+_ENQUEUE = AsyncScript(
+    None,  # type: ignore[arg-type]  # bound to the caller's client at each call
+    b"""
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return 1
+""",
+)
+
+
+async def enqueue(
+    redis: ArqRedis,
+    function: str,
+    *args: Any,
+    job_id: str,
+    defer_by: float | None = None,
+    queue_name: str | None = None,
+) -> bool:
+    """ARQ's `enqueue_job(function, *args, _job_id=job_id, _defer_by=defer_by)` in one round
+    trip; False where it would return None (a job of that id queued, running or kept)."""
+    now_ms = int(time.time() * 1000)
+    defer_ms = round(defer_by * 1000) if defer_by else 0
+    job = serialize_job(function, args, {}, None, now_ms, serializer=redis.job_serializer)
+    queued = await _ENQUEUE(
+        keys=[
+            job_key_prefix + job_id,
+            result_key_prefix + job_id,
+            queue_name or redis.default_queue_name,
+        ],
+        args=[defer_ms + redis.expires_extra_ms, job, now_ms + defer_ms, job_id],
+        client=redis,
+    )
+    return bool(queued)
 
 
 def sync_job_id(mailbox_id: uuid.UUID | str, suffix: str | None = None) -> str:
@@ -37,13 +84,13 @@ async def enqueue_sync(
     defer_by: float | None = None,
 ) -> bool:
     """Returns False when an equivalent job is already pending (that is fine, see above)."""
-    job = await redis.enqueue_job(
+    return await enqueue(
+        redis,
         SYNC_FUNCTION,
         str(mailbox_id),
-        _job_id=sync_job_id(mailbox_id, suffix),
-        _defer_by=defer_by,
+        job_id=sync_job_id(mailbox_id, suffix),
+        defer_by=defer_by,
     )
-    return job is not None
 
 
 CONNECT_SUFFIX = "connect"
@@ -62,10 +109,13 @@ def is_connect_job(job_id: str) -> bool:
 async def enqueue_subscription(
     redis: ArqRedis, mailbox_id: uuid.UUID | str, *, defer_by: float | None = None
 ) -> bool:
-    job = await redis.enqueue_job(
-        SUBSCRIBE_FUNCTION, str(mailbox_id), _job_id=f"subscribe:{mailbox_id}", _defer_by=defer_by
+    return await enqueue(
+        redis,
+        SUBSCRIBE_FUNCTION,
+        str(mailbox_id),
+        job_id=f"subscribe:{mailbox_id}",
+        defer_by=defer_by,
     )
-    return job is not None
 
 
 # The next free moment (epoch milliseconds) for creating a push channel, shared by every
@@ -91,16 +141,12 @@ async def subscription_slot(redis: ArqRedis, per_second: float) -> float:
 
 
 async def enqueue_cleanup(redis: ArqRedis, mailbox_id: uuid.UUID | str) -> bool:
-    job = await redis.enqueue_job(
-        CLEANUP_FUNCTION, str(mailbox_id), _job_id=f"cleanup:{mailbox_id}"
-    )
-    return job is not None
+    return await enqueue(redis, CLEANUP_FUNCTION, str(mailbox_id), job_id=f"cleanup:{mailbox_id}")
 
 
 async def enqueue_verify(redis: ArqRedis, mailbox_id: uuid.UUID | str, *, suffix: str) -> bool:
     """One completion check; `suffix` names the scheduled check, so ticks that find the same
     check due do not queue it twice, and a lost job never blocks the next one."""
-    job = await redis.enqueue_job(
-        VERIFY_FUNCTION, str(mailbox_id), _job_id=f"verify:{mailbox_id}:{suffix}"
+    return await enqueue(
+        redis, VERIFY_FUNCTION, str(mailbox_id), job_id=f"verify:{mailbox_id}:{suffix}"
     )
-    return job is not None

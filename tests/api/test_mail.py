@@ -174,7 +174,7 @@ async def test_connect_succeeds_while_redis_is_down(
         raise RedisConnectionError("Redis is down")
 
     app_rt = api._transport.app.state.rt  # type: ignore[attr-defined]
-    monkeypatch.setattr(app_rt.redis, "enqueue_job", unreachable)
+    monkeypatch.setattr(app_rt.redis, "evalsha", unreachable)
     response = await api.post(
         "/mail/connect", json=connect_body(provider, email="down@example.com"), headers=ALICE
     )

@@ -16,6 +16,7 @@ from arq.connections import ArqRedis
 
 from app.db.repositories.cases import CaseEntryRepository
 from app.sync.cases.runner import CaseSearchRunner, Outcome
+from app.sync.queue import enqueue
 from app.sync.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -34,13 +35,9 @@ async def enqueue_case(
     suffix: str | None = None,
     defer_by: float | None = None,
 ) -> bool:
-    job = await redis.enqueue_job(
-        CASE_FUNCTION,
-        str(entry_id),
-        _job_id=case_job_id(entry_id, suffix),
-        _defer_by=defer_by,
+    return await enqueue(
+        redis, CASE_FUNCTION, str(entry_id), job_id=case_job_id(entry_id, suffix), defer_by=defer_by
     )
-    return job is not None
 
 
 async def enqueue_cases(redis: ArqRedis, entry_ids: Iterable[int]) -> None:
