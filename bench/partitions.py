@@ -37,6 +37,7 @@ import os
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,8 @@ async def sync_once(
             load = os.getloadavg()[0]
             cpu_before = CpuSample.take(processes)
             started = time.perf_counter()
+            async with rt.sessions() as session:
+                clock_start = await _clock(session)
             mailbox_id = await connect_account(rt, provider, account)
             await enqueue_sync(rt.redis, mailbox_id)
             while True:
@@ -152,6 +155,7 @@ async def sync_once(
             rss = [_peak_rss_mib(p.pid) for p in procs]
             counters = (await sim.get("/_sim/counters")).json()["totals"]
             async with rt.sessions() as session:
+                phases = await _phases(session, mailbox_id, clock_start)
                 largest = (
                     await session.execute(
                         text(
@@ -170,6 +174,7 @@ async def sync_once(
                 "largest_stream": int(largest or 0),
                 "load": load,
                 "cpu": cpu,
+                "phases": phases,
             }
             if copy:
                 result["copy"] = await _copy_ceiling(url, mailbox_id)
@@ -183,6 +188,31 @@ async def sync_once(
             await _stop(p)
         sim_process.terminate()
         sim_process.wait(timeout=10)
+
+
+async def _clock(session: Any) -> datetime:
+    return (await session.execute(text("SELECT clock_timestamp()"))).scalar_one()
+
+
+async def _phases(session: Any, mailbox_id: Any, start: datetime) -> tuple[float, float, float]:
+    """Seconds from connect to the first page's transaction, to the last's, and to now
+    (PostgreSQL's clock: a row's updated_at is its transaction's start)."""
+    first, last = (
+        await session.execute(
+            text("SELECT min(updated_at), max(updated_at) FROM messages WHERE mailbox_id = :id"),
+            {"id": mailbox_id},
+        )
+    ).one()
+    end = await _clock(session)
+    return tuple((t - start).total_seconds() for t in (first, last, end))  # type: ignore[return-value]
+
+
+def _timeline(result: dict[str, Any]) -> str:
+    first, last, end = result["phases"]
+    return (
+        f"first page {first:.2f} s after connect, last page {last:.2f} s, connected seen "
+        f"{end:.2f} s (pages alone {result['synced'] / max(last - first, 1e-9):,.0f} msg/s)"
+    )
 
 
 def _line(label: str, value: str) -> None:
@@ -229,6 +259,7 @@ async def outlook(args: argparse.Namespace) -> None:
         f"{slow['rate']:,.0f} msg/s ({slow['elapsed']:.1f} s; {_counters(slow)})",
     )
     _line("", _machine(slow))
+    _line("", _timeline(slow))
     fast = await sync_once(
         "microsoft", args.messages, latency_ms=0, overrides=partitioned, copy=True, **same
     )
@@ -252,6 +283,7 @@ async def outlook(args: argparse.Namespace) -> None:
     )
     _line("(b) same processes, no latency", f"{fast['rate']:,.0f} msg/s ({fast['elapsed']:.1f} s)")
     _line("", _machine(fast))
+    _line("", _timeline(fast))
     _line(
         f"{args.latency_ms:.0f} ms/request / min(a, b)",
         f"{slow['rate'] / min(requests_bound, fast['rate']):.3f}",

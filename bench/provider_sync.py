@@ -77,8 +77,12 @@ async def _create_account(
     return dict(response.json())
 
 
-async def _copy_ceiling(url: str, mailbox_id: uuid.UUID) -> float:
-    """COPY the synced rows into an index-free scratch table: what PostgreSQL alone can take."""
+async def _copy_ceiling(url: str, mailbox_id: uuid.UUID, rounds: int = 3) -> float:
+    """COPY the synced rows into an index-free scratch table: what PostgreSQL alone can take.
+
+    The best of `rounds` runs, each into a fresh table: right after a sync, autovacuum and
+    the checkpointer work on the new rows, and one run alone has read anywhere from half to
+    all of the machine's COPY rate."""
     conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
     try:
         rows = await conn.fetch(
@@ -87,15 +91,20 @@ async def _copy_ceiling(url: str, mailbox_id: uuid.UUID) -> float:
             "is_read, has_attachments FROM messages WHERE mailbox_id = $1",
             mailbox_id,
         )
-        await conn.execute("CREATE TABLE copy_ceiling (LIKE messages INCLUDING DEFAULTS)")
         records = [tuple(r) for r in rows]
         columns = list(rows[0].keys())
-        started = time.perf_counter()
-        for i in range(0, len(records), 1000):
-            await conn.copy_records_to_table(
-                "copy_ceiling", records=records[i : i + 1000], columns=columns
-            )
-        return len(records) / (time.perf_counter() - started)
+        best = 0.0
+        for round_ in range(rounds):
+            table = f"copy_ceiling_{round_}"
+            await conn.execute(f"CREATE TABLE {table} (LIKE messages INCLUDING DEFAULTS)")
+            started = time.perf_counter()
+            for i in range(0, len(records), 1000):
+                await conn.copy_records_to_table(
+                    table, records=records[i : i + 1000], columns=columns
+                )
+            best = max(best, len(records) / (time.perf_counter() - started))
+            await conn.execute(f"DROP TABLE {table}")
+        return best
     finally:
         await conn.close()
 
