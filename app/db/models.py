@@ -80,6 +80,9 @@ class Mailbox(SQLModel, table=True):
     )
 
     next_sync_at: datetime | None = _ts()
+    # The suffix of the job connect enqueued (sync:{id}:{connect_job}) until a slice takes
+    # the lease: the scheduler re-enqueues a waiting first sync under the same id.
+    connect_job: str | None = Field(default=None, sa_column=Column(Text))
     # Set by webhooks and connect; a sync that started before it owes another pass.
     sync_requested_at: datetime | None = _ts()
     # The slice that holds (or last held) the lease started at sync_started_at; the pass it

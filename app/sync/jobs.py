@@ -128,7 +128,13 @@ async def schedule(ctx: dict[str, Any]) -> dict[str, int]:
         due = await repo.due_for_sync(limit)
         lapsed = await repo.with_lapsed_lease(limit)
         leftovers = await repo.disconnected_with_credentials(limit)
-    enqueued = sum(await _in_batches([partial(enqueue_sync, rt.redis, mid) for mid in due]))
+    # A first sync still waiting for its connect's job is queued under that job's id:
+    # collapsed with it while it waits, made again if Redis lost it.
+    enqueued = sum(
+        await _in_batches(
+            [partial(enqueue_sync, rt.redis, mid, suffix=connect) for mid, connect in due]
+        )
+    )
     # A dead worker's job id may still be held for the in-progress timeout; use a new one.
     enqueued += sum(
         await _in_batches(

@@ -75,6 +75,9 @@ async def connect(uow: Transaction, cmd: ConnectCommand) -> ConnectedMailbox:
     """Create or revive the mailbox and store its credentials in the caller's transaction;
     the first sync and the push subscription are enqueued after it commits."""
     session = uow.session
+    # The job's id is stored with the mailbox: the scheduler's rescue of a first sync that
+    # is due re-enqueues this very job (collapsed with it while it waits in Redis).
+    suffix = connect_job_suffix()
     mailbox = await MailboxRepository(session).upsert_for_connect(
         user_id=cmd.user_id,
         provider=cmd.provider,
@@ -84,6 +87,7 @@ async def connect(uow: Transaction, cmd: ConnectCommand) -> ConnectedMailbox:
         tenant_id=cmd.tenant_id,
         provider_user_id=cmd.provider_user_id,
         scope=cmd.scope,
+        connect_job=suffix,
     )
     if mailbox.scope != cmd.scope:
         raise ScopeConflict(
@@ -109,7 +113,7 @@ async def connect(uow: Transaction, cmd: ConnectCommand) -> ConnectedMailbox:
     mailbox_id = mailbox.id
     # A reconnect while a sync job is queued must not be swallowed by job-id coalescing:
     # the new credentials deserve a pass of their own.
-    uow.after_commit(lambda: enqueue_sync(redis, mailbox_id, suffix=connect_job_suffix()))
+    uow.after_commit(lambda: enqueue_sync(redis, mailbox_id, suffix=suffix))
     # The push channel is created (or renewed) by the worker that takes this job, at the
     # service's pace (app/sync/jobs.py): connect waits for nothing more.
     if mailbox.revived:

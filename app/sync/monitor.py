@@ -47,7 +47,7 @@ from app.providers.base import (
 from app.sync import states
 from app.sync.binding import bind
 from app.sync.gaps import differences
-from app.sync.queue import enqueue_sync, enqueue_verify
+from app.sync.queue import enqueue_sync, enqueue_verify, sync_job_id
 from app.sync.repairs import Bound, Repairer
 from app.sync.runtime import Runtime
 from app.sync.states import PushState, RepairState
@@ -96,7 +96,7 @@ class CompletionMonitor:
             without_push=settings.sync_poll_without_push_seconds,
         )
         lapsed: list[uuid.UUID] = []
-        overdue: list[uuid.UUID] = []
+        overdue: list[tuple[uuid.UUID, str | None]] = []
         async with self.rt.sessions() as session, session.begin():
             repo = MonitorRepository(session)
             scheduled = await repo.schedule_first_checks(settings.verify_interval_seconds)
@@ -118,7 +118,8 @@ class CompletionMonitor:
         for mailbox_id in due:
             await enqueue_verify(self.rt.redis, mailbox_id, suffix=minute)
         window = int(time.time() // stall)
-        for mailbox_id in overdue:
+        overdue = await self._not_waiting(overdue)
+        for mailbox_id, _ in overdue:
             await enqueue_sync(self.rt.redis, mailbox_id, suffix=f"overdue{window}")
             MONITOR_REENQUEUED.inc()
         if overdue:
@@ -131,6 +132,21 @@ class CompletionMonitor:
             "overdue": len(overdue),
             "push_lapsed": len(lapsed),
         }
+
+    async def _not_waiting(
+        self, overdue: list[tuple[uuid.UUID, str | None]]
+    ) -> list[tuple[uuid.UUID, str | None]]:
+        """Leave out first syncs whose connect's job is still queued: behind a burst of
+        connects it waits its turn, and a second job would only run a second pass."""
+        waiting = [(mid, connect) for mid, connect in overdue if connect]
+        if not waiting:
+            return overdue
+        async with self.rt.redis.pipeline(transaction=False) as pipe:
+            for mid, connect in waiting:
+                pipe.zscore(self.rt.redis.default_queue_name, sync_job_id(mid, connect))
+            scores = await pipe.execute()
+        queued = {mid for (mid, _), score in zip(waiting, scores, strict=True) if score is not None}
+        return [(mid, connect) for mid, connect in overdue if mid not in queued]
 
     # -- one check --------------------------------------------------------------------
 

@@ -86,9 +86,9 @@ _CREATE = text(
     """
     INSERT INTO mailboxes (id, user_id, provider, account_key, email, auth_mode, tenant_id,
                            provider_user_id, scope, status, next_sync_at, sync_requested_at,
-                           pending_since)
+                           pending_since, connect_job)
     VALUES (:id, :user_id, :provider, :account_key, :email, :auth_mode, :tenant_id,
-            :provider_user_id, :scope, :status, now(), now(), now())
+            :provider_user_id, :scope, :status, now(), now(), now(), :connect_job)
     ON CONFLICT ON CONSTRAINT uq_mailboxes_account DO NOTHING
     RETURNING id, user_id, provider, email, status, scope
     """
@@ -125,9 +125,11 @@ class MailboxRepository:
         tenant_id: str | None,
         provider_user_id: str | None,
         scope: str = MailboxScope.FULL,
+        connect_job: str | None = None,
     ) -> ConnectedMailbox:
         """Create the mailbox, or revive the existing one for this account (reconnect).
-        An existing mailbox keeps its scope (the caller checks it against `scope`)."""
+        An existing mailbox keeps its scope (the caller checks it against `scope`).
+        `connect_job`: the suffix of the first sync job the caller enqueues after commit."""
         created = await self.session.execute(
             _CREATE,
             {
@@ -141,6 +143,7 @@ class MailboxRepository:
                 "provider_user_id": provider_user_id,
                 "scope": scope,
                 "status": MailboxStatus.PENDING.value,
+                "connect_job": connect_job,
             },
         )
         row = created.one_or_none()
@@ -175,6 +178,7 @@ class MailboxRepository:
                 consecutive_failures=0,
                 disconnected_at=None,
                 next_sync_at=func.now(),
+                connect_job=connect_job,
                 sync_requested_at=func.now(),
                 pending_since=func.coalesce(col(Mailbox.pending_since), func.now()),
                 # New credentials: the next pass looks at everything.
@@ -280,6 +284,9 @@ class MailboxRepository:
                        lease_expires_at = now() + make_interval(secs => :seconds),
                        fencing_token = fencing_token + 1,
                        sync_started_at = now(),
+                       -- The connect's job has run, or another took its place: a pass
+                       -- owed from now on is queued under an id of its own.
+                       connect_job = NULL,
                        updated_at = now()
                  WHERE id = :id
                    AND status = ANY(CAST(:syncable AS text[]))
@@ -567,12 +574,13 @@ class MailboxRepository:
 
     # -- scheduler --------------------------------------------------------------------
 
-    async def due_for_sync(self, limit: int) -> list[uuid.UUID]:
-        """Mailboxes whose next pass is due (periodic, owed after a change, or a retry)."""
+    async def due_for_sync(self, limit: int) -> list[tuple[uuid.UUID, str | None]]:
+        """Mailboxes whose next pass is due (periodic, owed after a change, or a retry),
+        each with the suffix of its connect's job while no slice has taken the lease."""
         result = await self.session.execute(
             text(
                 """
-                SELECT id FROM mailboxes
+                SELECT id, connect_job FROM mailboxes
                  WHERE next_sync_at <= now()
                    AND status = ANY(CAST(:syncable AS text[]))
                    AND NOT paused
@@ -583,7 +591,7 @@ class MailboxRepository:
             ),
             {"syncable": _SYNCABLE, "limit": limit},
         )
-        return [row[0] for row in result.all()]
+        return [(row[0], row[1]) for row in result.all()]
 
     async def reslot_late(
         self, *, interval: float, without_push: float, late_seconds: float, limit: int

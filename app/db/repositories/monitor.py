@@ -180,14 +180,15 @@ class MonitorRepository:
         fast_interval: float,
         polling: Sequence[PushState],
         limit: int,
-    ) -> list[uuid.UUID]:
+    ) -> list[tuple[uuid.UUID, str | None]]:
         """Mailboxes nothing has moved for `stall_seconds` although they should be syncing:
         due (or their lease lapsed) that long ago, or with no completed pass for twice
-        their interval (fast for those whose push state polls) and not backing off."""
+        their interval (fast for those whose push state polls) and not backing off; each
+        with the suffix of its connect's job while no slice has taken the lease."""
         result = await self.session.execute(
             text(
                 """
-                SELECT id FROM mailboxes
+                SELECT id, connect_job FROM mailboxes
                  WHERE status = ANY(CAST(:syncable AS text[]))
                    AND updated_at < now() - make_interval(secs => :stall)
                    AND (lease_owner IS NULL
@@ -212,7 +213,7 @@ class MonitorRepository:
                 "limit": limit,
             },
         )
-        return [row[0] for row in result.all()]
+        return [(row[0], row[1]) for row in result.all()]
 
     # -- what the store holds ---------------------------------------------------------
 
