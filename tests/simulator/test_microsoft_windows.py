@@ -150,3 +150,56 @@ async def test_a_prerendered_folder_lists_its_windows_as_before(client: httpx.As
     )
     assert after.json()["value"] == before.json()["value"]
     assert len(after.json()["value"]) > 100
+
+
+async def _page(
+    client: httpx.AsyncClient, account: dict[str, Any], link: str, params: dict[str, Any] | None
+) -> dict[str, Any]:
+    response = await client.get(link, params=params, headers=auth(account))
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+@pytest.mark.parametrize("order", ["receivedDateTime", "receivedDateTime desc"])
+async def test_skip_pages_count_from_the_window_start_even_after_a_change_between_pages(
+    client: httpx.AsyncClient, order: str
+) -> None:
+    """The simulator resumes a page where the previous one stopped while nothing changed;
+    its pages are always what counting $skip items from the window's start gives."""
+    account = await create_account(client, message_count=400)
+    user = account["user_id"]
+    truth = await ground_truth(client, user, "inbox")
+    received = sorted(m["received_at"] for m in truth)
+    start, end = received[10], received[-10]
+    link = "/v1.0/me/mailFolders/inbox/messages"
+    base = {
+        "$filter": f"receivedDateTime ge {start} and receivedDateTime lt {end}",
+        "$orderby": order,
+        "$select": "receivedDateTime,subject",
+    }
+
+    async def whole() -> list[str]:
+        body = await _page(client, account, link, {**base, "$top": 1000})
+        assert "@odata.nextLink" not in body
+        return [m["id"] for m in body["value"]]
+
+    before = await whole()
+    paged: list[str] = []
+    body = await _page(client, account, link, {**base, "$top": 9})
+    for _ in range(3):
+        paged += [m["id"] for m in body["value"]]
+        body = await _page(client, account, body["@odata.nextLink"], None)
+    paged += [m["id"] for m in body["value"]]
+    assert paged == before[: len(paged)] and len(paged) == 36
+
+    # A message of the window's first page leaves the folder: offset paging now counts
+    # from the start again, so the next page starts one item later than before.
+    moved = await client.post(
+        f"/_sim/microsoft/accounts/{user}/messages/move",
+        json={"ids": [before[0]], "destination": "archive"},
+    )
+    assert moved.status_code == 200, moved.text
+    after = await whole()
+    assert after == before[1:]
+    body = await _page(client, account, body["@odata.nextLink"], None)
+    assert [m["id"] for m in body["value"]] == after[36:45]

@@ -656,17 +656,28 @@ def _list_messages(ctx: GraphRequest, folder: Folder | None) -> Response:
     low, high = _key_bounds(mailbox, flt)
     ascending = orderby in ("receiveddatetime", "receiveddatetime asc")
     in_range: Iterator[int]
+    matched = 0
+    position: tuple[Any, ...] | None = None
     if folder is not None and (low > 0 or high < mailbox.next_key):
         # A received-time window of a folder: walk the window's keys, not the whole folder.
-        in_range = _folder_keys_between(mailbox, folder, low, high, ascending=ascending)
+        # $skip means "after this many", counted from the window's start; when the previous
+        # page of the same listing stopped there and nothing changed since, the walk
+        # resumes at its key instead of counting the skipped ones again (the same items).
+        position = (folder.index, low, high, ascending, flt.is_read)
+        start, end = low, high
+        resume = mailbox.list_positions.get((*position, skip)) if skip else None
+        if resume is not None and resume[0] == mailbox.seq:
+            start, end = (resume[1], high) if ascending else (low, resume[1] + 1)
+            matched = skip
+        in_range = _folder_keys_between(mailbox, folder, start, end, ascending=ascending)
     else:
         keys = mailbox.members(folder) if folder is not None else mailbox.all_keys_desc()
         in_range = _bounded_desc(keys, low, high)
         if ascending:
             in_range = iter(sorted(in_range))
     items: list[str] = []
-    matched = 0
     more = False
+    stopped_at = -1
     # Seeded messages never changed are served as pre-rendered, when the mailbox was
     # pre-rendered for this $select (as the delta enumeration serves them).
     stored = (
@@ -681,7 +692,7 @@ def _list_messages(ctx: GraphRequest, folder: Folder | None) -> Response:
             if matched <= skip:
                 continue
             if len(items) == top:
-                more = True
+                more, stopped_at = True, key
                 break
             slot = bisect_left(folder.seed, key)
             if slot < len(folder.seed) and folder.seed[slot] == key:
@@ -700,11 +711,15 @@ def _list_messages(ctx: GraphRequest, folder: Folder | None) -> Response:
         if matched <= skip:
             continue
         if len(items) == top:
-            more = True
+            more, stopped_at = True, key
             break
         items.append(message_json(mailbox, key, state, immutable=ctx.immutable_ids, select=select))
     path = f"mailFolders('{folder.id}')/messages" if folder is not None else "messages"
     links = {}
+    if more and position is not None:
+        mailbox.list_positions[(*position, skip + top)] = (mailbox.seq, stopped_at)
+        while len(mailbox.list_positions) > _LIST_POSITIONS:
+            mailbox.list_positions.popitem(last=False)
     if more:
         params = {k: v for k, v in ctx.request.query_params.items() if k.lstrip("$") != "skip"}
         params["$skip"] = str(skip + top)
@@ -712,6 +727,9 @@ def _list_messages(ctx: GraphRequest, folder: Folder | None) -> Response:
     context = f"{ctx.state.sim.base_url}/v1.0/$metadata#users('{mailbox.user_id}')/messages"
     return Response(collection_json(context, items, links), media_type="application/json")
 
+
+# Listing positions kept per mailbox (a backfill's windows each need one at a time).
+_LIST_POSITIONS = 256
 
 # Graph refuses these beside $search (app/simulator/microsoft/search.py).
 _NOT_WITH_SEARCH = (("orderby", "$orderBy"), ("filter", "$filter"), ("skip", "$skip"))

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from app.simulator.contacts import PlantedContact, Planting
 from app.simulator.content import ContentSpec, seeded_content
@@ -189,6 +190,10 @@ class Mailbox:
         self._last_key = -1
         self._last_content = generate(seed, 0, 1, self.email)
         self._last_added_at = datetime.now(UTC).replace(microsecond=0)
+        # A folder listing's window, order, read filter and $skip -> (seq, the key its next
+        # page starts at): offset paging resumes where the previous page stopped while
+        # nothing changed (app/simulator/microsoft/graph.py, _list_messages).
+        self.list_positions: OrderedDict[tuple[Any, ...], tuple[int, int]] = OrderedDict()
         # (folder, since, until) -> changed keys: a long round is paged without rescanning.
         self.change_cache: OrderedDict[tuple[int, int, int], list[tuple[int, tuple[int, ...]]]] = (
             OrderedDict()
