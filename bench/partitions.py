@@ -22,8 +22,10 @@ against a ceiling measured in the same run:
   memory does not grow with the mailbox).
 
 Every run prints the machine's load when it starts, how busy the machine was while it ran,
-and the CPU each process spent per 1000 messages (workers, PostgreSQL, simulator): the
-machine is shared, and the no-latency figures are CPU-bound.
+the CPU each process spent per 1000 messages (workers, PostgreSQL, simulator), and when the
+first and the last page committed after connect (PostgreSQL's clock): the machine is
+shared, and the no-latency figures are CPU-bound. Each COPY ceiling is the best of three
+runs.
 
 The simulator shares the machine's cores with what is measured: a Microsoft mailbox is
 pre-rendered before the clock starts (as bench.provider_sync does).

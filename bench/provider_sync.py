@@ -10,7 +10,7 @@ The simulator and one worker (`arq app.sync.worker.WorkerSettings`) run as separ
 processes, as in production; this script connects the mailbox through the same service
 call the API uses and watches PostgreSQL. It prints messages/s, the worker's peak RSS, the
 simulator's request/throttle counters and, for comparison, the machine's ceiling: asyncpg
-COPY of the same rows into a scratch table.
+COPY of the same rows into a scratch table (the best of three runs).
 
 The simulator shares this machine's cores with what is measured, while Microsoft's
 servers do not: before the clock starts, a Microsoft mailbox is pre-rendered (the
