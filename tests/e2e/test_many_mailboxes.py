@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from sqlalchemy import text
 
+from app.sync import jobs
 from app.sync.runtime import Runtime
 from app.sync.spread import phase_of
 from tests.conftest import LiveApi, bearer, run_worker
@@ -46,6 +47,10 @@ async def test_two_hundred_mailboxes_connected_in_a_burst_converge_and_spread(
     await sim.call("POST", "/_sim/counters/reset")
     mailbox_ids = await _connect_all(live_api, accounts)
     assert len(set(mailbox_ids)) == MAILBOXES
+    # A scheduler tick while the connect jobs wait finds every first sync due: it queues
+    # nothing more (each would be a second pass).
+    ticked = await jobs.schedule({"rt": sim_rt})
+    assert ticked["due"] == MAILBOXES and ticked["enqueued"] == 0, ticked
 
     await run_worker(sim_rt, max_seconds=280)
 
@@ -64,6 +69,17 @@ async def test_two_hundred_mailboxes_connected_in_a_burst_converge_and_spread(
     assert {r.status for r in rows} == {"connected"}
     assert all(r.pending_since is None for r in rows)
     totals = await sim.counters()
+    # One pass each: one delta request per folder of every mailbox.
+    async with sim_rt.sessions() as session:
+        streams = (
+            await session.execute(
+                text(
+                    "SELECT count(*) FROM sync_cursors WHERE mailbox_id = ANY(CAST(:ids AS uuid[]))"
+                ),
+                {"ids": [uuid.UUID(m) for m in mailbox_ids]},
+            )
+        ).scalar_one()
+    assert totals["methods"]["messages.delta"] == streams, totals
     assert totals["retry_after_violations"] == 0, totals
     assert totals["throttled"] == 0, totals
     assert totals["concurrency_peak"] <= sim_rt.settings.graph_max_concurrency, totals
