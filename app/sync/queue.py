@@ -53,7 +53,6 @@ async def enqueue(
     *args: Any,
     job_id: str,
     defer_by: float | None = None,
-    queue_name: str | None = None,
 ) -> bool:
     """ARQ's `enqueue_job(function, *args, _job_id=job_id, _defer_by=defer_by)` in one round
     trip; False where it would return None (a job of that id queued, running or kept)."""
@@ -64,7 +63,7 @@ async def enqueue(
         keys=[
             job_key_prefix + job_id,
             result_key_prefix + job_id,
-            queue_name or redis.default_queue_name,
+            redis.default_queue_name,
         ],
         args=[defer_ms + redis.expires_extra_ms, job, now_ms + defer_ms, job_id],
         client=redis,
