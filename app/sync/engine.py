@@ -68,7 +68,14 @@ from app.sync.partitions import backfilling, plan_backfills
 from app.sync.runtime import Runtime
 from app.sync.spread import next_periodic_pass
 from app.sync.states import MailboxStatus, Phase, StreamMode
-from app.sync.targets import HINTS_AT_MOST, may_target, moved_away, plan_pass
+from app.sync.targets import (
+    HINTS_AT_MOST,
+    PassPlan,
+    may_target,
+    moved_away,
+    plan_pass,
+    stored_plan,
+)
 from app.sync.tokens import TokenSource, with_token_retry
 
 log = logging.getLogger(__name__)
@@ -154,6 +161,17 @@ class _Start:
     # Hints noted since the last pass began; None when this slice cannot target them.
     pending: list[PendingHint] | None
     credential: StoredCredential | None
+    # A targeted pass the store alone could plan, begun in the lease's transaction.
+    begun: _Begun | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Begun:
+    """A pass begun: its plan, its streams as committed, the slice's status."""
+
+    plan: PassPlan
+    streams: list[StreamState]
+    status: MailboxStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +255,7 @@ class SyncEngine:
             # What the slice starts from, read under the lease just taken in its transaction:
             # a short pass is a handful of statements, and each transaction of its own costs
             # as much as one of them.
-            start = None if lease is None else await self._read_start(session, mailbox_id)
+            start = None if lease is None else await self._read_start(session, lease)
         if lease is None:
             return SliceResult(Outcome.BUSY)
         assert start is not None
@@ -253,7 +271,8 @@ class SyncEngine:
             SYNC_LAG.labels(mailbox.provider).observe(max(lag, 0.0))
         return result
 
-    async def _read_start(self, session: AsyncSession, mailbox_id: uuid.UUID) -> _Start:
+    async def _read_start(self, session: AsyncSession, lease: Lease) -> _Start:
+        mailbox_id = lease.mailbox_id
         mailbox = await MailboxRepository(session).get(mailbox_id)
         assert mailbox is not None  # the lease was just taken on it
         stored = await CursorRepository(session).list(mailbox_id)
@@ -265,7 +284,50 @@ class SyncEngine:
         if not resuming and may_target(mailbox, stored):
             pending = await PendingStreamRepository(session).read(mailbox_id, HINTS_AT_MOST)
         credential = await CredentialRepository(session, self.rt.cipher).get(mailbox_id)
-        return _Start(mailbox, stored, resuming, pending, credential)
+        begun = None
+        plan = stored_plan({s.stream_key for s in stored}, pending)
+        if plan is not None and mailbox.email is not None:
+            # Nothing to ask the provider before the pass begins: it begins here, and
+            # `pass_started_at` is durable before the first request all the same.
+            streams, status = await self._begin_pass(session, mailbox, lease, plan)
+            begun = _Begun(plan, streams, status)
+        return _Start(mailbox, stored, resuming, pending, credential, begun)
+
+    async def _begin_pass(
+        self,
+        session: AsyncSession,
+        mailbox: Mailbox,
+        lease: Lease,
+        plan: PassPlan | None,
+        *,
+        removed: int = 0,
+    ) -> tuple[list[StreamState], MailboxStatus]:
+        """Mark the streams the pass follows (a plan: a pass begins) and move the mailbox's
+        progress, under its lease; the streams as now committed and the slice's status."""
+        cursors = CursorRepository(session)
+        if plan is not None:
+            hints = PendingStreamRepository(session)
+            if plan.full:
+                # Every stream is polled once from its cursor: every hint is covered.
+                await cursors.start_pass(mailbox.id)
+                await hints.take_all(mailbox.id)
+            else:
+                await cursors.start_pass(mailbox.id, only=sorted(plan.streams))
+                await hints.take(mailbox.id, plan.taken)
+        streams_now = await cursors.list(mailbox.id)
+        totals = [s.total_estimate for s in streams_now if s.total_estimate is not None]
+        status = states.during_slice(mailbox.status)
+        await MailboxRepository(session).fence(
+            lease,
+            self.settings.lease_seconds,
+            synced_delta=-removed,
+            total_estimate=sum(totals) if totals else None,
+            status=status if status != mailbox.status else None,
+            phase=states.phase_of((s.progress() for s in streams_now), running=True),
+            begin_pass=plan is not None,
+            full_pass=plan is not None and plan.full,
+        )
+        return streams_now, status
 
     async def _run_leased(self, start: _Start, lease: Lease) -> SliceResult:
         settings = self.settings
@@ -390,56 +452,22 @@ class SyncEngine:
                 ctx.account = dataclasses.replace(ctx.account, email=address)
         stored = start.stored
         plan = None
-        if not start.resuming:
+        if start.begun is not None:
+            plan = start.begun.plan
+        elif not start.resuming:
             plan = await plan_pass(
                 mailbox, provider, ctx, tokens, {s.stream_key for s in stored}, start.pending
             )
+        if plan is not None:
             state.trusted = frozenset(p.hint.message for p in plan.trusted)
         listing = None
         if plan is not None and (plan.full or plan.discover):
             listing = await self._list_streams(provider, ctx, tokens, mailbox)
-        async with self.rt.sessions() as session, session.begin():
-            cursors = CursorRepository(session)
-            removed: list[str] = []
-            if listing is not None:
-                streams = listing.streams
-                labels_before = {s.stream_key: s.labels for s in stored}
-                await cursors.sync_streams(mailbox.id, list(streams))
-                removed = await MessageRepository(session).delete_streams_except(
-                    mailbox.id, [s.key for s in streams]
-                )
-                if removed and settings.events_enabled:
-                    gone = PageChanges(None)
-                    gone.deleted(removed)
-                    await OutboxRepository(session).add(
-                        mailbox.id, MESSAGES_CHANGED, gone.payload() or {}
-                    )
-                await self._relabel_renamed_streams(session, mailbox.id, labels_before, streams)
-                if listing.state is not None:
-                    await StreamCatalogRepository(session).save(mailbox.id, listing.state)
-            begin_pass = plan is not None
-            if plan is not None:
-                hints = PendingStreamRepository(session)
-                if plan.full:
-                    # Every stream is polled once from its cursor: every hint is covered.
-                    await cursors.start_pass(mailbox.id)
-                    await hints.take_all(mailbox.id)
-                else:
-                    await cursors.start_pass(mailbox.id, only=sorted(plan.streams))
-                    await hints.take(mailbox.id, plan.taken)
-            streams_now = await cursors.list(mailbox.id)
-            state.totals = {s.stream_key: s.total_estimate for s in streams_now}
-            state.status = states.during_slice(mailbox.status)
-            await MailboxRepository(session).fence(
-                lease,
-                settings.lease_seconds,
-                synced_delta=-len(removed),
-                total_estimate=self._total(state),
-                status=state.status if state.status != mailbox.status else None,
-                phase=states.phase_of((s.progress() for s in streams_now), running=True),
-                begin_pass=begin_pass,
-                full_pass=plan is not None and plan.full,
-            )
+        if start.begun is not None:
+            streams_now, state.status = start.begun.streams, start.begun.status
+        else:
+            streams_now, state.status = await self._begin(mailbox, lease, stored, plan, listing)
+        state.totals = {s.stream_key: s.total_estimate for s in streams_now}
 
         recent: asyncio.Task[None] | None = None
         if (
@@ -573,6 +601,36 @@ class SyncEngine:
             fencing_token=lease.fencing_token,
             in_cases=finished.in_cases,
         )
+
+    async def _begin(
+        self,
+        mailbox: Mailbox,
+        lease: Lease,
+        stored: list[StreamState],
+        plan: PassPlan | None,
+        listing: _Listing | None,
+    ) -> tuple[list[StreamState], MailboxStatus]:
+        """The slice's first transaction after its lease's: the streams as listed now (a
+        folder gone takes its rows with it), and the pass begun (`_begin_pass`)."""
+        async with self.rt.sessions() as session, session.begin():
+            removed: list[str] = []
+            if listing is not None:
+                streams = listing.streams
+                labels_before = {s.stream_key: s.labels for s in stored}
+                await CursorRepository(session).sync_streams(mailbox.id, list(streams))
+                removed = await MessageRepository(session).delete_streams_except(
+                    mailbox.id, [s.key for s in streams]
+                )
+                if removed and self.settings.events_enabled:
+                    gone = PageChanges(None)
+                    gone.deleted(removed)
+                    await OutboxRepository(session).add(
+                        mailbox.id, MESSAGES_CHANGED, gone.payload() or {}
+                    )
+                await self._relabel_renamed_streams(session, mailbox.id, labels_before, streams)
+                if listing.state is not None:
+                    await StreamCatalogRepository(session).save(mailbox.id, listing.state)
+            return await self._begin_pass(session, mailbox, lease, plan, removed=len(removed))
 
     async def _list_streams(
         self, provider: MailProvider, ctx: SyncContext, tokens: TokenSource, mailbox: Mailbox

@@ -2,7 +2,8 @@
 
 A change notification names what changed (app/providers/base.py ChangeHint); the webhook
 log keeps it in `pending_streams` beside the pass it owes. When a pass begins it reads the
-hints waiting for its mailbox (in the transaction that takes its lease), and:
+hints waiting for its mailbox (in the transaction that takes its lease; when the store
+alone answers the plan, `stored_plan`, the pass begins in that transaction too), and:
 
 - the periodic pass (its time has come: `mailboxes.full_pass_at`), a pass nobody notified
   (sync now, a retry, the first sync) and a pass owed by a notification that names nothing
@@ -66,6 +67,55 @@ def may_target(mailbox: Mailbox, stored: Sequence[StreamState]) -> bool:
     return bool(stored) and not periodic_pass_due(mailbox)
 
 
+@dataclass(slots=True)
+class _Targets:
+    """What the hints say before any request: the streams named or held in the store,
+    the trusted messages, and the messages only the provider can place."""
+
+    streams: set[str]
+    trusted: list[PendingHint]
+    to_locate: list[str]
+
+
+def _targets(pending: list[PendingHint] | None) -> _Targets | None:
+    """None: the pass follows every stream."""
+    if pending is None:
+        return None
+    hints = list(dict.fromkeys(p.hint for p in pending))
+    if not hints or len(hints) >= HINTS_AT_MOST or any(h.everything for h in hints):
+        return None
+    streams = {h.stream for h in hints if h.stream}
+    streams.update(p.stored_stream for p in pending if p.stored_stream)
+    # A changed message the store holds is followed in the stream it is stored in, without
+    # asking where it is now: if it moved, that stream's delta removes it, and the pass asks
+    # then (`moved_away`).
+    trusted = [p for p in pending if p.hint.locate and p.hint.message and p.stored_stream]
+    held = {p.hint.message for p in trusted}
+    to_locate = sorted({h.message for h in hints if h.locate and h.message} - held)
+    return _Targets(streams, trusted, to_locate)
+
+
+def _targeted(pending: list[PendingHint], targets: _Targets, known_streams: set[str]) -> PassPlan:
+    taken = [p for p in {p.hint: p for p in pending}.values() if p not in targets.trusted]
+    return PassPlan(
+        full=False,
+        streams=targets.streams,
+        taken=taken,
+        trusted=targets.trusted,
+        discover=not targets.streams <= known_streams,
+    )
+
+
+def stored_plan(known_streams: set[str], pending: list[PendingHint] | None) -> PassPlan | None:
+    """The targeted plan when the store alone answers it (no message to locate, no stream
+    to discover), so the pass can begin in the lease's transaction; None otherwise."""
+    targets = _targets(pending)
+    if pending is None or targets is None or targets.to_locate:
+        return None
+    plan = _targeted(pending, targets, known_streams)
+    return None if plan.discover else plan
+
+
 async def plan_pass(
     mailbox: Mailbox,
     provider: MailProvider,
@@ -75,19 +125,10 @@ async def plan_pass(
     pending: list[PendingHint] | None,
 ) -> PassPlan:
     """`pending`: the hints read with the lease (None when `may_target` said no)."""
-    if pending is None:
+    targets = _targets(pending)
+    if pending is None or targets is None:
         return PassPlan(full=True)
-    hints = list(dict.fromkeys(p.hint for p in pending))
-    if not hints or len(hints) >= HINTS_AT_MOST or any(h.everything for h in hints):
-        return PassPlan(full=True)
-    streams = {h.stream for h in hints if h.stream}
-    streams.update(p.stored_stream for p in pending if p.stored_stream)
-    # A changed message the store holds is followed in the stream it is stored in, without
-    # asking where it is now: if it moved, that stream's delta removes it, and the pass asks
-    # then (`moved_away`).
-    trusted = [p for p in pending if p.hint.locate and p.hint.message and p.stored_stream]
-    held = {p.hint.message for p in trusted}
-    to_locate = sorted({h.message for h in hints if h.locate and h.message} - held)
+    streams, to_locate = targets.streams, targets.to_locate
     if to_locate:
         if len(to_locate) > LOCATE_AT_MOST or not isinstance(provider, MessageLocator):
             return PassPlan(full=True)
@@ -97,14 +138,7 @@ async def plan_pass(
             # Neither the provider nor the store can place it: look everywhere.
             return PassPlan(full=True)
         streams.update(key for key in located.values() if key)
-    taken = [p for p in {p.hint: p for p in pending}.values() if p not in trusted]
-    return PassPlan(
-        full=False,
-        streams=streams,
-        taken=taken,
-        trusted=trusted,
-        discover=not streams <= known_streams,
-    )
+    return _targeted(pending, targets, known_streams)
 
 
 async def moved_away(

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from app.providers.base import Cursor, Page, StreamInfo, SyncContext
 from app.sync.engine import Outcome, SliceResult, SyncEngine
@@ -141,16 +141,28 @@ async def test_a_notified_pass_makes_at_most_three_graph_requests_and_converges(
             {"id": uuid.UUID(mailbox_id)},
         )
         assert streams.scalar_one() == 11
-    followed = await _one_notified_change(
-        sim,
-        sim_rt,
-        monkeypatch,
-        account,
-        mailbox_id,
-        "categories",
-        {"folder": "archive", "count": 1, "categories": ["Tara"]},
-    )
+    commits: list[object] = []
 
+    def committed(connection: object) -> None:
+        commits.append(connection)
+
+    event.listen(sim_rt.engine.sync_engine, "commit", committed)
+    try:
+        followed = await _one_notified_change(
+            sim,
+            sim_rt,
+            monkeypatch,
+            account,
+            mailbox_id,
+            "categories",
+            {"folder": "archive", "count": 1, "categories": ["Tara"]},
+        )
+    finally:
+        event.remove(sim_rt.engine.sync_engine, "commit", committed)
+
+    # The pass begins in its lease's transaction (the store places the message), then its
+    # page, then its end.
+    assert len(commits) == 3, commits
     requests = await _requests(sim, account)
     assert requests["total"] <= 3, requests
     # The store knows the changed message's folder: no request asks where it is.
