@@ -128,7 +128,7 @@ async def plan_pass(
     targets = _targets(pending)
     if pending is None or targets is None:
         return PassPlan(full=True)
-    streams, to_locate = targets.streams, targets.to_locate
+    to_locate = targets.to_locate
     if to_locate:
         if len(to_locate) > LOCATE_AT_MOST or not isinstance(provider, MessageLocator):
             return PassPlan(full=True)
@@ -137,7 +137,7 @@ async def plan_pass(
         if any(key is None and message not in stored for message, key in located.items()):
             # Neither the provider nor the store can place it: look everywhere.
             return PassPlan(full=True)
-        streams.update(key for key in located.values() if key)
+        targets.streams.update(key for key in located.values() if key)
     return _targeted(pending, targets, known_streams)
 
 
