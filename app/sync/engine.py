@@ -19,7 +19,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -187,6 +187,12 @@ def _smaller_than(streams: list[StreamState], messages: int) -> bool:
     return None not in counts and sum(c or 0 for c in counts) <= messages
 
 
+def _known_sum(estimates: Iterable[int | None]) -> int | None:
+    """The sum of the estimates known; None when none is."""
+    known = [e for e in estimates if e is not None]
+    return sum(known) if known else None
+
+
 def backoff_seconds(failures: int, *, base: float = 2.0, cap: float = 900.0) -> float:
     """Exponential backoff with full jitter."""
     return random.uniform(base / 2, min(cap, base * (2 ** max(failures, 0))))
@@ -315,13 +321,12 @@ class SyncEngine:
                 await cursors.start_pass(mailbox.id, only=sorted(plan.streams))
                 await hints.take(mailbox.id, plan.taken)
         streams_now = await cursors.list(mailbox.id)
-        totals = [s.total_estimate for s in streams_now if s.total_estimate is not None]
         status = states.during_slice(mailbox.status)
         await MailboxRepository(session).fence(
             lease,
             self.settings.lease_seconds,
             synced_delta=-removed,
-            total_estimate=sum(totals) if totals else None,
+            total_estimate=_known_sum(s.total_estimate for s in streams_now),
             status=status if status != mailbox.status else None,
             phase=states.phase_of((s.progress() for s in streams_now), running=True),
             begin_pass=plan is not None,
@@ -967,8 +972,7 @@ class SyncEngine:
 
     @staticmethod
     def _total(state: _SliceState) -> int | None:
-        known = [t for t in state.totals.values() if t is not None]
-        return sum(known) if known else None
+        return _known_sum(state.totals.values())
 
     async def _guarded(self, action: Callable[[MailboxRepository], Awaitable[object]]) -> None:
         try:
