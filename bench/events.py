@@ -38,6 +38,7 @@ from app.events.acks import AckedPublisher
 from app.events.changes import MESSAGES_CHANGED, PageChanges
 from app.events.expand import expand
 from app.events.publisher import Publisher
+from app.events.wire import WireClient
 from app.providers.base import MessageBatch
 from app.providers.memory import make_message
 from bench.common import scratch_database
@@ -86,7 +87,9 @@ async def _ceilings(settings: Settings, size: int, count: int) -> tuple[float, f
         await asyncio.gather(*futures)
         publish_async = count / (time.perf_counter() - started)
 
-        acks = AckedPublisher(nc, settings.events_publish_window, timeout=30)
+        wire = WireClient()
+        await wire.connect(settings.nats_url)
+        acks = AckedPublisher(wire, settings.events_publish_window, timeout=30)
         await acks.start()
         started = time.perf_counter()
         batch = acks.batch()
@@ -96,6 +99,7 @@ async def _ceilings(settings: Settings, size: int, count: int) -> tuple[float, f
         inbox = count / (time.perf_counter() - started)
         assert batch.stored(0, count)
         await acks.stop()
+        await wire.close()
         return publish_async, inbox
     finally:
         await js.delete_stream(stream)

@@ -32,7 +32,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import asyncpg
-from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -45,6 +44,7 @@ from app.events import metrics
 from app.events.acks import AckedPublisher, AckTimeout, Batch
 from app.events.expand import expand
 from app.events.stream import ensure_stream
+from app.events.wire import WireClient
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class Publisher:
         self.settings = settings
         self.engine = make_engine(settings.database_url, pool_size=2)
         self.sessions = make_sessionmaker(self.engine)
-        self.nc: NATS | None = None
+        self.nc: WireClient | None = None
         self.js: JetStreamContext | None = None
         self.acks: AckedPublisher | None = None
         self.ack_timeout = ACK_TIMEOUT_SECONDS
@@ -138,7 +138,7 @@ class Publisher:
         async def error(exc: Exception) -> None:
             log.warning("NATS: %s", exc)
 
-        nc = NATS()
+        nc = WireClient()
         # nats-py retries a first connect forever with unlimited reconnects: bound it, so a
         # NATS that is down is a failed round (backoff, logged, counted) like any other.
         connecting = nc.connect(

@@ -22,9 +22,11 @@ from app.db.repositories.outbox import OutboxRepository
 from app.events.acks import DUPLICATE, PENDING, REFUSED, STORED, AckedPublisher, AckTimeout
 from app.events.changes import MESSAGES_CHANGED, PageChanges
 from app.events.publisher import Publisher, RoundFailed
+from app.events.wire import WireClient
 from app.providers.base import MessageBatch
 from app.providers.memory import make_message
 from app.sync.runtime import Runtime
+from tests.events.conftest import NATS_URL
 from tests.events.support import Consumer
 from tests.sync.helpers import connect, seeded
 
@@ -153,12 +155,22 @@ async def test_a_deleted_stream_marks_nothing_and_is_created_again(
     assert info.state.messages == 20
 
 
+@pytest.fixture
+async def wire() -> AsyncIterator[WireClient]:
+    client = WireClient()
+    await client.connect(NATS_URL)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
 async def test_acks_are_read_per_message_and_a_late_ack_counts_for_nothing(
-    nc: NATS, events_settings: Settings, consumer: Consumer
+    nc: NATS, wire: WireClient, events_settings: Settings, consumer: Consumer
 ) -> None:
     prefix = events_settings.events_subject_prefix
     stored_subject = f"{prefix}.user.ida.email.received"
-    acks = AckedPublisher(nc, window=8, timeout=0.5)
+    acks = AckedPublisher(wire, window=8, timeout=0.5)
     await acks.start()
 
     # Something that answers after the batch gave up on it.
@@ -167,6 +179,7 @@ async def test_acks_are_read_per_message_and_a_late_ack_counts_for_nothing(
         await nc.publish(msg.reply, orjson.dumps({"stream": "X", "seq": 1}))
 
     slow = await nc.subscribe("slow.answer", cb=late)
+    await nc.flush()  # the server knows the subscription before the other connection sends
     try:
         first = acks.batch()
         await acks.publish(first, "slow.answer", b"{}", "late-1")
@@ -187,16 +200,18 @@ async def test_acks_are_read_per_message_and_a_late_ack_counts_for_nothing(
         await asyncio.sleep(1.0)  # the late answer arrives now
         assert list(first.states) == [PENDING] and first.received == 0
         assert second.received == 4
+        # Every answer came straight from the parser, none through the subscription.
+        assert wire.routed == 5
     finally:
         await slow.unsubscribe()
         await acks.stop()
 
 
 async def test_outstanding_acks_never_exceed_the_window(
-    nc: NATS, events_settings: Settings, consumer: Consumer
+    wire: WireClient, events_settings: Settings, consumer: Consumer
 ) -> None:
     subject = f"{events_settings.events_subject_prefix}.user.win.email.received"
-    acks = AckedPublisher(nc, window=16, timeout=10)
+    acks = AckedPublisher(wire, window=16, timeout=10)
     await acks.start()
     try:
         batch = acks.batch()
